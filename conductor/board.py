@@ -1,0 +1,338 @@
+"""Posting jobs and moving layers on: the writes that any client or node may make.
+
+Atomicity, per method:
+
+* :meth:`Board.post` writes a small job in one transaction. A job too big for one request is
+  written as chunks of tasks first and the job key last, so no reader sees it half-written; its
+  first layers are then queued by :meth:`Board.enqueue`.
+* :meth:`Board.settle` is idempotent and safe to run from any number of nodes at once: one
+  transaction finishes every drained layer of a job and starts the layers that may now start,
+  guarded by the job's revision and by compares that no task of a finishing layer is ready or
+  claimed. It is how layer order (invariant 3) is kept.
+* :meth:`Board.enqueue` queues a running layer's tasks in chunks (a task and its ready marker in
+  the same transaction), then marks the layer ``enqueued``; a layer is never finished before that.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+from . import codec, ids, model, states
+from .errors import NotFound
+from .keys import Keys
+from .model import Value
+from .ops import KV, Get, Op, Put, Delete, absent, mod_is, range_empty
+from .store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Store, op_size
+
+log = logging.getLogger("conductor.board")
+
+INLINE_TASKS = 48  # a starting layer with at most this many tasks is queued in the same txn
+CHUNK_TASKS = 60  # tasks queued per transaction (two ops each)
+MAX_TRIES = 50
+
+
+def chunked(ops: list[Op], max_ops: int = MAX_TXN_OPS - 4, max_bytes: int = MAX_REQUEST_BYTES) -> Iterable[list[Op]]:
+    """Split ops into groups under etcd's op-count and request-size limits."""
+    group: list[Op] = []
+    size = 0
+    for op in ops:
+        n = op_size(op)
+        if group and (len(group) >= max_ops or size + n > max_bytes):
+            yield group
+            group, size = [], 0
+        group.append(op)
+        size += n
+    if group:
+        yield group
+
+
+class Board:
+    """Reads and writes of jobs, layers and tasks through one :class:`Store`."""
+
+    def __init__(self, store: Store, keys: Keys):
+        self.store = store
+        self.keys = keys
+
+    # ---- lookups -----------------------------------------------------------------------------
+
+    def owner(self, job_id: str) -> str:
+        """The user who owns a job; raises NotFound."""
+        kv = self.store.get(self.keys.index(job_id))
+        if kv is None:
+            raise NotFound(f"no job {job_id}")
+        return codec.unpack(kv.value)["user"]
+
+    def resolve_job(self, prefix: str) -> str:
+        """A job id from a unique prefix of one (ids are long; people type the start)."""
+        from .errors import Ambiguous
+
+        res = self.store.range(self.keys.index(prefix), self.keys.index(prefix[:-1] + chr(ord(prefix[-1]) + 1)),
+                               limit=2, keys_only=True) if prefix else None
+        if res is None or not res.kvs:
+            raise NotFound(f"no job {prefix}")
+        if len(res.kvs) > 1:
+            raise Ambiguous(f"{prefix} matches more than one job; give more of the id")
+        return res.kvs[0].key.rsplit("/", 1)[1]
+
+    def load(self, key: str) -> tuple[Value, KV] | None:
+        kv = self.store.get(key)
+        return (codec.unpack(kv.value), kv) if kv else None
+
+    # ---- posting -----------------------------------------------------------------------------
+
+    def post(self, spec: dict[str, Any], user: str, *, source: dict[str, Any] | None = None,
+             job_id: str | None = None, node: str | None = None) -> str:
+        """Write a validated job spec; returns its id. See the module docstring for atomicity."""
+        job_id = job_id or ids.new_job_id()
+        job = model.new_job(job_id, spec, user, source or {"kind": "api"})
+        layers = [model.new_layer(job, i, lspec) for i, lspec in enumerate(spec["layers"])]
+        tasks = [[model.new_task(layer, n, tspec) for n, tspec in enumerate(lspec["tasks"])]
+                 for layer, lspec in zip(layers, spec["layers"])]
+        job["layers"] = [model.layer_summary(layer) for layer in layers]
+        started = advance(job, {layer["index"]: layer for layer in layers}, node)
+        k = self.keys
+        n_head = len(self._head_ops(job, layers, tasks))
+        small = sum(len(t) for t in tasks) + sum(len(tasks[i]) for i in started) + n_head <= MAX_TXN_OPS
+        if small:
+            for i in started:
+                layers[i]["enqueued"] = True
+                for task in tasks[i]:
+                    model.move(task, states.QUEUED, "its layer started", node)
+            ops: list[Op] = self._task_ops(tasks) + self._head_ops(job, layers, tasks)
+            if sum(op_size(op) for op in ops) < MAX_REQUEST_BYTES:
+                res = self.store.txn([absent(k.job(user, job_id))], ops)
+                if not res.succeeded:
+                    raise RuntimeError(f"job id {job_id} already exists")
+                self._log_post(job, layers)
+                return job_id
+            for i in started:  # too many bytes for one request after all: take the long way
+                layers[i]["enqueued"] = False
+                for task in tasks[i]:
+                    task["state"] = states.PENDING
+                    task["records"].pop()
+        revs: dict[str, int] = {}
+        for group in chunked(self._task_ops(tasks)):
+            res = self.store.txn([absent(k.job(user, job_id))], group)
+            for op in group:
+                if isinstance(op, Put):
+                    revs[op.key] = res.revision
+        res = self.store.txn([absent(k.job(user, job_id))], self._head_ops(job, layers, tasks))
+        if not res.succeeded:
+            raise RuntimeError(f"job id {job_id} already exists")
+        self._log_post(job, layers)
+        for i in started:
+            known = [(task, revs[k.task(user, task["id"])]) for task in tasks[i]]
+            self.enqueue(user, layers[i]["id"], known, node=node)
+        if started:
+            self.settle(job_id, user, node)
+        return job_id
+
+    def _task_ops(self, tasks: list[list[Value]]) -> list[Op]:
+        ops: list[Op] = []
+        for layer_tasks in tasks:
+            for task in layer_tasks:
+                data = codec.pack(task)
+                ops.append(Put(self.keys.task(task["user"], task["id"]), data))
+                if task["state"] == states.QUEUED:
+                    ops.append(Put(self.keys.ready(task["id"]), data))
+                if task.get("paused_at"):
+                    ops.append(Put(self.keys.paused(task["id"]), b""))
+        return ops
+
+    def _head_ops(self, job: Value, layers: list[Value], tasks: list[list[Value]]) -> list[Op]:
+        k, user = self.keys, job["user"]
+        ops: list[Op] = [Put(k.layer(user, layer["id"]), codec.pack(layer)) for layer in layers]
+        ops += [Put(k.paused(layer["id"]), b"") for layer in layers if layer.get("paused_at")]
+        if job.get("paused_at"):
+            ops.append(Put(k.paused(job["id"]), b""))
+        ops.append(Put(k.index(job["id"]), codec.pack({"user": user})))
+        if job["state"] in (states.PENDING, states.RUNNING):
+            ops.append(Put(k.active(job["id"]), codec.pack({"user": user})))
+        ops.append(Put(k.job(user, job["id"]), codec.pack(job)))  # last: the job appears whole
+        return ops
+
+    def _log_post(self, job: Value, layers: list[Value]) -> None:
+        log.info("job %s %s posted by %s (%d layers, %d tasks)", job["id"], job["name"], job["user"],
+                 len(layers), job["tasks"])
+        for layer in layers:
+            if layer["state"] != states.PENDING:
+                log.info("layer %s %s %s", layer["id"], layer["name"], layer["state"])
+
+    # ---- queueing a running layer --------------------------------------------------------------
+
+    def enqueue(self, user: str, layer_id: str, known: list[tuple[Value, int]] | None = None,
+                node: str | None = None) -> None:
+        """Queue every PENDING task of a RUNNING layer, then mark the layer enqueued."""
+        k = self.keys
+        for _ in range(MAX_TRIES):
+            found = self.load(k.layer(user, layer_id))
+            if found is None:
+                return
+            layer, layer_kv = found
+            if layer["state"] != states.RUNNING or layer.get("enqueued"):
+                return
+            if known is None:
+                kvs, _ = self.store.scan(k.task(user, layer_id + "."))
+                pending = [(v, kv.mod_revision) for kv in kvs
+                           if (v := codec.unpack(kv.value))["state"] == states.PENDING]
+            else:
+                pending, known = known, None
+            clean = True
+            for start in range(0, len(pending), CHUNK_TASKS):
+                chunk = pending[start:start + CHUNK_TASKS]
+                ops: list[Op] = []
+                for task, _rev in chunk:
+                    model.move(task, states.QUEUED, "its layer started", node)
+                    data = codec.pack(task)
+                    ops += [Put(k.task(user, task["id"]), data), Put(k.ready(task["id"]), data)]
+                res = self.store.txn([mod_is(k.task(user, t["id"]), rev) for t, rev in chunk], ops)
+                clean = clean and res.succeeded
+            if not clean:
+                continue  # someone changed a task meanwhile: list what is still PENDING again
+            layer["enqueued"] = True
+            res = self.store.txn([mod_is(layer_kv.key, layer_kv.mod_revision)],
+                                 [Put(layer_kv.key, codec.pack(layer))])
+            if res.succeeded:
+                log.info("layer %s queued %d tasks", layer_id, layer["tasks"])
+                return
+
+    # ---- moving layers on ----------------------------------------------------------------------
+
+    def settle(self, job_id: str, user: str | None = None, node: str | None = None,
+               repair: bool = False) -> bool:
+        """Finish drained layers and start the next ones; returns whether anything changed.
+
+        With ``repair``, also finish queueing any running layer whose queueing was cut short."""
+        k = self.keys
+        user = user or self.owner(job_id)
+        changed = False
+        for _ in range(MAX_TRIES):
+            snap = self.store.read([Get(k.job(user, job_id)), Get.prefix(k.layer(user, job_id + "."))])
+            if not snap.responses[0].kvs:
+                return False
+            job_kv = snap.responses[0].kvs[0]
+            job = codec.unpack(job_kv.value)
+            layer_kvs = {kv.key: kv for kv in snap.responses[1].kvs}
+            layers = {(v := codec.unpack(kv.value))["index"]: v for kv in layer_kvs.values()}
+            running = [i for i, layer in layers.items() if layer["state"] == states.RUNNING]
+            if repair:
+                repair = False
+                stuck = [layers[i]["id"] for i in running if not layers[i].get("enqueued")]
+                for lid in stuck:
+                    self.enqueue(user, lid, node=node)
+                if stuck:
+                    continue
+            counts = self._counts(user, job_id, [layers[i]["id"] for i in running])
+            finished: list[int] = []
+            for i in running:
+                layer = layers[i]
+                ready, claimed, errored = counts[layer["id"]]
+                if layer.get("enqueued") and ready == 0 and claimed == 0:
+                    outcome = states.layer_outcome(errored, layer["on_error"])
+                    why = (f"{errored} task(s) errored" if outcome == states.ERRORED else
+                           "every task is done" + (f" ({errored} errored, policy continue)" if errored else ""))
+                    model.move(layer, outcome, why, node)
+                    layer["ended"] = model.now()
+                    finished.append(i)
+            for s in job["layers"]:
+                s["state"] = layers[int(s["id"].rsplit(".", 1)[1])]["state"]
+            started = advance(job, layers, node)
+            if not finished and not started and job["state"] == codec.unpack(job_kv.value)["state"]:
+                return changed
+            compare = [mod_is(job_kv.key, job_kv.mod_revision)]
+            ops: list[Op] = []
+            for i in finished:
+                lid = layers[i]["id"]
+                compare += [range_empty(k.ready(lid + ".")), range_empty(k.claim(lid + "."))]
+            inline: dict[int, list[tuple[Value, KV]]] = {}
+            for i in started:
+                if layers[i]["tasks"] <= INLINE_TASKS:
+                    kvs, _ = self.store.scan(k.task(user, layers[i]["id"] + "."))
+                    inline[i] = [(v, kv) for kv in kvs if (v := codec.unpack(kv.value))["state"] == states.PENDING]
+            for i, pairs in inline.items():
+                layers[i]["enqueued"] = True
+                for task, kv in pairs:
+                    model.move(task, states.QUEUED, "its layer started", node)
+                    data = codec.pack(task)
+                    compare.append(mod_is(kv.key, kv.mod_revision))
+                    ops += [Put(kv.key, data), Put(k.ready(task["id"]), data)]
+            for i in set(finished) | set(started):
+                key = k.layer(user, layers[i]["id"])
+                compare.append(mod_is(key, layer_kvs[key].mod_revision))
+                ops.append(Put(key, codec.pack(layers[i])))
+            if job["state"] not in (states.PENDING, states.RUNNING):
+                ops.append(Delete(k.active(job_id)))
+            ops.append(Put(job_kv.key, codec.pack(job)))
+            res = self.store.txn(compare, ops)
+            if not res.succeeded:
+                continue
+            changed = True
+            for i in finished + started:
+                log.info("layer %s %s %s", layers[i]["id"], layers[i]["name"], layers[i]["state"])
+            if job["state"] != codec.unpack(job_kv.value)["state"]:
+                log.info("job %s %s %s", job_id, job["name"], job["state"])
+            for i in started:
+                if i not in inline:
+                    self.enqueue(user, layers[i]["id"], node=node)
+            if started and any(i not in inline for i in started):
+                continue  # a big layer was queued in chunks: settle again in case it already drained
+            return True
+        log.warning("settle of job %s gave up after %d tries (heavy contention)", job_id, MAX_TRIES)
+        return False
+
+    def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, tuple[int, int, int]]:
+        """(ready, claimed, errored) per layer, read as one snapshot."""
+        if not layer_ids:
+            return {}
+        k = self.keys
+        ops: list[Get] = []
+        for lid in layer_ids:
+            ops += [Get.count(k.ready(lid + ".")), Get.count(k.claim(lid + ".")),
+                    Get.count(k.tally(user, job_id, states.ERRORED, lid + "."))]
+        out: dict[str, tuple[int, int, int]] = {}
+        for start in range(0, len(ops), 120):
+            res = self.store.read(ops[start:start + 120])
+            for j in range(0, len(res.responses), 3):
+                lid = layer_ids[(start + j) // 3]
+                out[lid] = (res.responses[j].count, res.responses[j + 1].count, res.responses[j + 2].count)
+        return out
+
+
+def advance(job: Value, layers: dict[int, Value], node: str | None = None) -> list[int]:
+    """Start every layer that may start now (empty ones complete at once) and derive the job's
+    state. Works on values in memory; returns the indices of layers set RUNNING."""
+    started: list[int] = []
+    by_id = {s["id"]: s for s in job["layers"]}
+    while True:
+        order = states.runnable_orders(model.summary_tuples(job))
+        if order is None:
+            break
+        only_empty = True
+        for s in job["layers"]:
+            if s["order"] != order or s["state"] != states.PENDING:
+                continue
+            layer = layers[int(s["id"].rsplit(".", 1)[1])]
+            layer["tasks"] = s["tasks"] = max(layer["tasks"], s["tasks"])
+            if layer["tasks"] == 0:
+                model.move(layer, states.COMPLETED, "it has no tasks", node)
+                layer["started"] = layer["ended"] = model.now()
+            else:
+                model.move(layer, states.RUNNING, "every layer of lower order is done", node)
+                layer["started"] = model.now()
+                layer["enqueued"] = False
+                started.append(layer["index"])
+                only_empty = False
+            by_id[layer["id"]]["state"] = layer["state"]
+        if not only_empty:
+            break
+    new_state = states.job_state(model.summary_tuples(job))
+    if new_state != job["state"]:
+        reason = {states.RUNNING: "a layer started", states.COMPLETED: "every layer is done",
+                  states.ERRORED: "a layer errored and nothing else can run",
+                  states.PENDING: "nothing started"}[new_state]
+        model.move(job, new_state, reason, node)
+        if new_state == states.RUNNING and not job.get("started"):
+            job["started"] = model.now()
+        if new_state in (states.COMPLETED, states.ERRORED):
+            job["ended"] = model.now()
+    return started

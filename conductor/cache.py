@@ -1,0 +1,245 @@
+"""A node's live copy of the ``q/`` stream: ready tasks, claims, run markers, pause markers.
+
+Fed by one list-then-watch (:meth:`Store.follow`), so after handling the events of revision R the
+cache is exactly the stream's state at R. Two things rest on that:
+
+* **Orphans**: a finish deletes a claim and its run marker in one revision; a lease expiry deletes
+  only the claim. A run marker left without its claim after a revision is an orphan, reported to
+  ``on_orphan`` (and again on every full listing, so a missed event is repaired).
+* **Layer drained**: after its finish at revision R, a node waits until the cache has reached R;
+  if it then sees no ready and no claimed task of the layer, the layer may be finished. Whoever
+  commits the last finish of a layer sees that, so no layer is left unfinished.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from . import codec
+from .claims import Ready
+from .keys import Keys
+from .ops import KV, Event
+from .store import FollowHandler
+
+log = logging.getLogger("conductor.cache")
+
+
+def layer_of(task_id: str) -> str:
+    return task_id.rsplit(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class ClaimInfo:
+    node: str
+    lease: int
+    create_revision: int
+
+
+class ReadyQueue:
+    """Ready tasks grouped by (priority, job, layer), picked best group first.
+
+    Within a group a node picks at random among the first few tasks, so nodes racing for one
+    layer rarely pick the same task, while tasks still start roughly in posting order.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[int, str, str], OrderedDict[str, Ready]] = {}
+        self._where: dict[str, tuple[int, str, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._where
+
+    def put(self, entry: Ready) -> None:
+        self.remove(entry.id)
+        task = entry.task
+        group = (-int(task.get("priority", 0)), task["job"], task["layer"])
+        self._groups.setdefault(group, OrderedDict())[entry.id] = entry
+        self._where[entry.id] = group
+
+    def remove(self, task_id: str) -> Ready | None:
+        group = self._where.pop(task_id, None)
+        if group is None:
+            return None
+        bag = self._groups[group]
+        entry = bag.pop(task_id)
+        if not bag:
+            del self._groups[group]
+        return entry
+
+    def get(self, task_id: str) -> Ready | None:
+        group = self._where.get(task_id)
+        return self._groups[group][task_id] if group else None
+
+    def clear(self) -> None:
+        self._groups.clear()
+        self._where.clear()
+
+    def pick(self, want: int, accept: Callable[[Ready], bool], skip_groups: Callable[[str, str], bool]) -> list[Ready]:
+        """Up to ``want`` entries that ``accept`` takes, best priority first."""
+        out: list[Ready] = []
+        for group in sorted(self._groups):
+            if len(out) >= want:
+                break
+            if skip_groups(group[1], group[2]):
+                continue
+            bag = self._groups[group]
+            window: list[Ready] = []
+            for entry in bag.values():
+                window.append(entry)
+                if len(window) >= 4 * want + 8:
+                    break
+            random.shuffle(window)
+            for entry in window:
+                if len(out) >= want:
+                    break
+                if accept(entry):
+                    out.append(entry)
+        return out
+
+    def ids(self) -> Iterable[str]:
+        return self._where.keys()
+
+
+class Cache(FollowHandler):
+    def __init__(self, keys: Keys, on_orphan: Callable[[str, int], None] | None = None):
+        self.keys = keys
+        self.on_orphan = on_orphan or (lambda task, lease: None)
+        self.cond = threading.Condition()
+        self.ready = ReadyQueue()
+        self.claims: dict[str, ClaimInfo] = {}
+        self.runs: dict[str, int] = {}  # task -> lease of its run marker
+        self.paused: set[str] = set()
+        self.ready_by_layer: Counter[str] = Counter()
+        self.claims_by_layer: Counter[str] = Counter()
+        self.revision = 0
+        self.is_synced = False
+        self.changes = 0  # bumped on every change a claim loop may care about
+        self._prefix = keys.stream()
+
+    # ---- FollowHandler ---------------------------------------------------------------------------
+
+    def reset(self, kvs: list[KV], revision: int) -> None:
+        with self.cond:
+            self.ready.clear()
+            self.claims.clear()
+            self.runs.clear()
+            self.paused.clear()
+            self.ready_by_layer.clear()
+            self.claims_by_layer.clear()
+            for kv in kvs:
+                self._apply_put(kv)
+            self.revision = revision
+            self.is_synced = True
+            self.changes += 1
+            orphans = [(t, lease) for t, lease in self.runs.items()
+                       if t not in self.claims or self.claims[t].lease != lease]
+            self.cond.notify_all()
+        log.debug("stream listed at revision %d: %d ready, %d claimed", revision, len(self.ready), len(self.claims))
+        for task, lease in orphans:
+            self.on_orphan(task, lease)
+
+    def events(self, events: list[Event], revision: int) -> None:
+        lost: list[tuple[str, int]] = []
+        with self.cond:
+            for ev in events:
+                if ev.kind == "put":
+                    self._apply_put(ev.kv)
+                else:
+                    gone = self._apply_delete(ev.kv.key)
+                    if gone is not None:
+                        lost.append(gone)
+            self.revision = max(self.revision, revision)
+            self.changes += 1
+            orphans = [(t, lease) for t, lease in lost if self.runs.get(t) == lease]
+            self.cond.notify_all()
+        for task, lease in orphans:
+            self.on_orphan(task, lease)
+
+    def synced(self, flag: bool) -> None:
+        with self.cond:
+            if not flag:
+                self.is_synced = False
+            self.cond.notify_all()
+
+    # ---- applying events ---------------------------------------------------------------------------
+
+    def _split(self, key: str) -> tuple[str, str]:
+        rest = key[len(self._prefix):]
+        kind, _, name = rest.partition("/")
+        return kind, name
+
+    def _apply_put(self, kv: KV) -> None:
+        kind, name = self._split(kv.key)
+        if kind == "ready":
+            if name not in self.ready:
+                self.ready_by_layer[layer_of(name)] += 1
+            self.ready.put(Ready(codec.unpack(kv.value), kv.mod_revision))
+        elif kind == "claims":
+            if name not in self.claims:
+                self.claims_by_layer[layer_of(name)] += 1
+            info = codec.unpack(kv.value)
+            self.claims[name] = ClaimInfo(info.get("node", "?"), kv.lease, kv.create_revision)
+        elif kind == "runs":
+            lease_text, _, task = name.partition("/")
+            self.runs[task] = int(lease_text, 16)
+        elif kind == "paused":
+            self.paused.add(name)
+
+    def _apply_delete(self, key: str) -> tuple[str, int] | None:
+        """Apply a delete; for a deleted claim return (task, lease) to check for an orphan."""
+        kind, name = self._split(key)
+        if kind == "ready":
+            if self.ready.remove(name) is not None:
+                self._dec(self.ready_by_layer, layer_of(name))
+        elif kind == "claims":
+            info = self.claims.pop(name, None)
+            if info is not None:
+                self._dec(self.claims_by_layer, layer_of(name))
+                return name, info.lease
+        elif kind == "runs":
+            lease_text, _, task = name.partition("/")
+            if self.runs.get(task) == int(lease_text, 16):
+                del self.runs[task]
+        elif kind == "paused":
+            self.paused.discard(name)
+        return None
+
+    @staticmethod
+    def _dec(counter: Counter[str], key: str) -> None:
+        counter[key] -= 1
+        if counter[key] <= 0:
+            del counter[key]
+
+    # ---- questions ---------------------------------------------------------------------------------
+
+    def drop(self, task_ids: Iterable[str]) -> None:
+        """Forget ready entries found stale by a failed claim (the watch brings back live ones)."""
+        with self.cond:
+            for tid in task_ids:
+                if self.ready.remove(tid) is not None:
+                    self._dec(self.ready_by_layer, layer_of(tid))
+
+    def wait_revision(self, revision: int, timeout: float) -> bool:
+        """Wait until the cache has applied ``revision``; False if it is not live or time ran out."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.is_synced and self.revision >= revision, timeout)
+
+    def layer_busy(self, layer_id: str) -> bool:
+        with self.cond:
+            return self.ready_by_layer.get(layer_id, 0) > 0 or self.claims_by_layer.get(layer_id, 0) > 0
+
+    def orphans(self) -> list[tuple[str, int]]:
+        with self.cond:
+            return [(t, lease) for t, lease in self.runs.items()
+                    if t not in self.claims or self.claims[t].lease != lease]
+
+    def claims_of(self, node: str) -> int:
+        with self.cond:
+            return sum(1 for c in self.claims.values() if c.node == node)

@@ -1,0 +1,300 @@
+"""The node side of the board: claim, finish, hand back, recover.
+
+Atomicity and fencing:
+
+* :meth:`Claims.claim` takes a batch of ready tasks in one transaction. For each task it compares
+  the ready marker's and the task's revision (the two are written together, so they are equal) and
+  that no claim exists, and that neither the job nor the layer is paused; then it deletes the ready
+  marker, creates the claim on the node's lease, writes the durable run marker and the task as
+  RUNNING. The claim's create revision (the transaction's revision) is the fencing token.
+* :meth:`Claims.finish` commits outcomes only where the claim still has that create revision
+  (invariant 1): a node whose claim expired commits nothing. The task, its tally or ready marker,
+  result, log tail, and the removal of claim and run marker are one transaction.
+* :meth:`Claims.recover` requeues a task whose run marker outlived its claim (its node's lease
+  expired), once, whichever node gets there first.
+
+Expected races return values (an empty list, ``False``, ``None``); failures raise from
+:mod:`conductor.errors`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec, model, states
+from .keys import Keys, lease_hex
+from .model import Value
+from .ops import Compare, Delete, Get, Op, Put, absent, created_at, mod_is, present
+from .store import Store
+
+log = logging.getLogger("conductor.claims")
+
+
+@dataclass
+class Ready:
+    """A ready marker as a node's cache holds it: the task value and the marker's revision."""
+
+    task: Value
+    mod_revision: int
+
+    @property
+    def id(self) -> str:
+        return self.task["id"]
+
+
+@dataclass
+class Claimed:
+    """A task this node holds: the value it wrote and the fencing token of its claim."""
+
+    task: Value
+    task_rev: int
+    claim_rev: int
+    lease: int
+    job: Value = field(default_factory=dict)
+    layer: Value = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.task["id"]
+
+
+@dataclass
+class Outcome:
+    """How one run of a task ended, as the executor saw it."""
+
+    ok: bool
+    reason: str
+    exit_code: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    usage: dict[str, Any] | None = None
+    result: bytes | None = None
+    log_tail: bytes = b""
+    log_size: int = 0
+    log_path: str | None = None
+    retry: bool = True  # False: a failure that must not be retried (killed by a user)
+    hand_back: bool = False  # True: give the task back without counting the attempt
+
+
+@dataclass
+class Finished:
+    """What a committed finish did: the task's new value and state."""
+
+    claimed: Claimed
+    task: Value
+    state: str
+    revision: int = 0
+
+
+class Claims:
+    def __init__(self, store: Store, keys: Keys, node: str):
+        self.store = store
+        self.keys = keys
+        self.node = node
+
+    # ---- claim ---------------------------------------------------------------------------------
+
+    def claim(self, batch: list[Ready], lease: int) -> tuple[list[Claimed], set[str]]:
+        """Claim every task of ``batch`` or none. Returns what was claimed, and on failure the
+        ids found stale (taken by another node, changed, or paused) so the caller can drop them."""
+        k, node = self.keys, self.node
+        at = model.now()
+        compare: list[Compare] = []
+        ops: list[Op] = []
+        running: list[Value] = []
+        jobs: dict[str, str] = {}
+        layers: dict[str, str] = {}
+        for entry in batch:
+            task = copy.deepcopy(entry.task)
+            user = task["user"]
+            task["attempts"] = task.get("attempts", 0) + 1
+            task.update(node=node, started=at, ended=None, exit_code=None, usage=None, reason=None)
+            model.move(task, states.RUNNING,
+                       f"claimed by {node} (attempt {task['attempts']} of {task['max_attempts']})", node, at)
+            running.append(task)
+            compare += [mod_is(k.ready(task["id"]), entry.mod_revision),
+                        mod_is(k.task(user, task["id"]), entry.mod_revision), absent(k.claim(task["id"]))]
+            claim = {"node": node, "lease": lease_hex(lease), "attempt": task["attempts"], "user": user, "at": at}
+            ops += [Delete(k.ready(task["id"])),
+                    Put(k.claim(task["id"]), codec.pack(claim), lease=lease),
+                    Put(k.run(lease, task["id"]), codec.pack({"node": node, "user": user})),
+                    Put(k.task(user, task["id"]), codec.pack(task))]
+            jobs[task["job"]] = user
+            layers[task["layer"]] = user
+        reads: list[Op] = [Get(k.job(u, j)) for j, u in jobs.items()] + [Get(k.layer(u, lid)) for lid, u in layers.items()]
+        compare += [absent(k.paused(j)) for j in jobs] + [absent(k.paused(lid)) for lid in layers]
+        check: list[Op] = [Get(k.ready(e.id), keys_only=True) for e in batch]
+        check += [Get(k.paused(j), keys_only=True) for j in jobs] + [Get(k.paused(lid), keys_only=True) for lid in layers]
+        res = self.store.txn(compare, ops + reads, check)
+        if not res.succeeded:
+            return [], self._stale(batch, list(jobs), list(layers), res.responses)
+        values = [codec.unpack(r.kvs[0].value) if r.kvs else {} for r in res.responses[len(ops):]]
+        job_values = dict(zip(jobs, values[:len(jobs)]))
+        layer_values = dict(zip(layers, values[len(jobs):]))
+        return [Claimed(task, res.revision, res.revision, lease, job_values[task["job"]], layer_values[task["layer"]])
+                for task in running], set()
+
+    @staticmethod
+    def _stale(batch: list[Ready], jobs: list[str], layers: list[str], responses: list[Any]) -> set[str]:
+        stale = set()
+        for entry, r in zip(batch, responses):
+            if not r.kvs or r.kvs[0].mod_revision != entry.mod_revision:
+                stale.add(entry.id)
+        paused = {i for i, r in zip(jobs + layers, responses[len(batch):]) if r.kvs}
+        for entry in batch:
+            if entry.task["job"] in paused or entry.task["layer"] in paused:
+                stale.add(entry.id)
+        return stale
+
+    # ---- finish --------------------------------------------------------------------------------
+
+    def finish(self, items: list[tuple[Claimed, Outcome]]) -> tuple[list[Finished], list[Claimed]]:
+        """Commit outcomes, fenced by each claim. Returns (committed, lost): a lost one's claim had
+        expired or been taken, so nothing of it was written."""
+        if not items:
+            return [], []
+        compare: list[Compare] = []
+        ops: list[Op] = []
+        done: list[Finished] = []
+        for claimed, outcome in items:
+            c, o, s = self._finish_txn(claimed, claimed.task, outcome)
+            compare += c
+            ops += o
+            done.append(s)
+        if len(items) > 1:
+            res = self.store.txn(compare, ops)
+            if res.succeeded:
+                for f in done:
+                    f.revision = res.revision
+                return done, []
+        committed: list[Finished] = []
+        lost: list[Claimed] = []
+        for claimed, outcome in items:
+            result = self._finish_one(claimed, outcome)
+            (committed.append(result) if result else lost.append(claimed))
+        return committed, lost
+
+    def _finish_one(self, claimed: Claimed, outcome: Outcome) -> Finished | None:
+        k = self.keys
+        user = claimed.task["user"]
+        task, task_rev = claimed.task, claimed.task_rev
+        for _ in range(20):
+            compare, ops, finished = self._finish_txn(claimed, task, outcome, task_rev)
+            res = self.store.txn(compare, ops, [Get(k.claim(claimed.id)), Get(k.task(user, claimed.id))])
+            if res.succeeded:
+                finished.revision = res.revision
+                return finished
+            claim_r, task_r = res.responses
+            if not claim_r.kvs or claim_r.kvs[0].create_revision != claimed.claim_rev:
+                log.warning("task %s: claim lost (lease expired or taken over); outcome %r not committed",
+                            claimed.id, outcome.reason)
+                return None
+            if not task_r.kvs:
+                log.warning("task %s was removed while it ran; outcome not committed", claimed.id)
+                return None
+            task, task_rev = codec.unpack(task_r.kvs[0].value), task_r.kvs[0].mod_revision
+        return None
+
+    def _finish_txn(self, claimed: Claimed, current: Value, o: Outcome,
+                    task_rev: int | None = None) -> tuple[list[Compare], list[Op], Finished]:
+        k, node = self.keys, self.node
+        task = copy.deepcopy(current)
+        user, tid = task["user"], task["id"]
+        task.update(exit_code=o.exit_code, ended=o.ended or model.now(), usage=o.usage, reason=o.reason)
+        if o.started:
+            task["started"] = o.started
+        if task["state"] != states.RUNNING:  # a user moved it meanwhile (skip, kill); keep their state
+            new_state = task["state"]
+        elif o.hand_back:
+            task["attempts"] = max(0, task["attempts"] - 1)
+            new_state = model.move(task, states.QUEUED, f"handed back by {node}: {o.reason}; attempt not counted", node)["state"]
+        elif o.ok:
+            new_state = model.move(task, states.COMPLETED, f"{o.reason} on {node}", node)["state"]
+        elif o.retry and task["attempts"] < task["max_attempts"]:
+            model.add_record(task, states.ERRORED, f"{o.reason} on {node}", node)
+            new_state = model.move(task, states.QUEUED,
+                                   f"retry: attempt {task['attempts'] + 1} of {task['max_attempts']} next", node)["state"]
+        else:
+            left = "" if not o.retry else f"; no attempt left ({task['attempts']} of {task['max_attempts']})"
+            new_state = model.move(task, states.ERRORED, f"{o.reason} on {node}{left}", node)["state"]
+        data = codec.pack(task)
+        compare = [created_at(k.claim(tid), claimed.claim_rev), mod_is(k.task(user, tid), task_rev or claimed.task_rev)]
+        ops: list[Op] = [Delete(k.claim(tid)), Delete(k.run(claimed.lease, tid)), Put(k.task(user, tid), data)]
+        if new_state == states.QUEUED:
+            ops.append(Put(k.ready(tid), data))
+        elif new_state in states.FINAL and current["state"] == states.RUNNING:
+            ops.append(Put(k.tally(user, task["job"], new_state, tid), b""))
+        if o.result is not None:
+            ops.append(Put(k.result(user, tid), codec.pack({"data": o.result, "attempt": task["attempts"],
+                                                             "node": node, "at": task["ended"]})))
+        if o.log_tail or o.log_size or task["attempts"] > 1:
+            ops.append(Put(k.log(user, tid), codec.pack({
+                "data": o.log_tail, "size": o.log_size, "truncated": o.log_size > len(o.log_tail),
+                "attempt": task["attempts"], "node": node, "path": o.log_path, "at": task["ended"]})))
+        return compare, ops, Finished(claimed, task, new_state)
+
+    # ---- recovery ------------------------------------------------------------------------------
+
+    def recover(self, task_id: str, lease: int) -> str | None:
+        """Requeue (or fail, with no attempt left) a task whose node's lease expired while it held
+        the task. Returns the task's new state, or None when there was nothing to do."""
+        k = self.keys
+        marker_key = k.run(lease, task_id)
+        for _ in range(20):
+            marker = self.store.get(marker_key)
+            if marker is None:
+                return None
+            user = codec.unpack(marker.value).get("user", "")
+            snap = self.store.read([Get(k.claim(task_id)), Get(k.task(user, task_id))])
+            claim_r, task_r = snap.responses
+            if claim_r.kvs and claim_r.kvs[0].lease == lease:
+                return None  # its node is alive: not an orphan
+            lost_node = codec.unpack(marker.value).get("node", "?")
+            guard = [mod_is(marker_key, marker.mod_revision), absent(k.claim(task_id))]
+            if not task_r.kvs:
+                self.store.txn(guard, [Delete(marker_key)])
+                return None
+            task_kv = task_r.kvs[0]
+            task = codec.unpack(task_kv.value)
+            guard.append(mod_is(task_kv.key, task_kv.mod_revision))
+            ops: list[Op] = [Delete(marker_key)]
+            if task["state"] != states.RUNNING or task.get("node") != lost_node:
+                if self.store.txn(guard, ops).succeeded:
+                    return None
+                continue
+            why = f"node {lost_node} was lost (its lease expired) during attempt {task['attempts']}"
+            if task["attempts"] < task["max_attempts"]:
+                model.move(task, states.QUEUED, why, self.node)
+                data = codec.pack(task)
+                ops += [Put(task_kv.key, data), Put(k.ready(task_id), data)]
+            else:
+                model.move(task, states.ERRORED, f"{why}; no attempt left", self.node)
+                task["ended"] = model.now()
+                data = codec.pack(task)
+                ops += [Put(task_kv.key, data), Put(k.tally(user, task["job"], states.ERRORED, task_id), b"")]
+            if self.store.txn(guard, ops).succeeded:
+                log.info("task %s %s: %s", task_id, task["state"], why)
+                return task["state"]
+        return None
+
+    def orphans(self) -> list[tuple[str, int]]:
+        """(task, lease) of every run marker without a live claim of that lease: read keys only."""
+        k = self.keys
+        snap = self.store.read([Get.prefix(k.run(), keys_only=True), Get.prefix(k.claim(), keys_only=True)])
+        claimed = {kv.key[len(k.claim()):]: kv.lease for kv in snap.responses[1].kvs}
+        out = []
+        for kv in snap.responses[0].kvs:
+            lease_text, _, task_id = kv.key[len(k.run()):].partition("/")
+            lease = int(lease_text, 16)
+            if claimed.get(task_id) != lease:
+                out.append((task_id, lease))
+        return out
+
+    def present_claim(self, task_id: str, claim_rev: int) -> bool:
+        kv = self.store.get(self.keys.claim(task_id))
+        return kv is not None and kv.create_revision == claim_rev
+
+
+__all__ = ["Claims", "Claimed", "Outcome", "Ready", "Finished", "present"]

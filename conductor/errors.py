@@ -1,0 +1,77 @@
+"""One rooted tree of errors.
+
+Expected races (a lost claim, a stale compare) are not errors: the functions that meet them return
+``None`` or ``False``. Everything here means something failed or was refused.
+"""
+from __future__ import annotations
+
+
+class ConductorError(Exception):
+    """Root of every error Conductor raises on purpose."""
+
+    exit_code = 1
+
+
+class StoreError(ConductorError):
+    """etcd answered with something we could not use."""
+
+
+class StoreUnavailable(StoreError):
+    """etcd could not be reached (or did not answer in time)."""
+
+    exit_code = 3
+
+
+class LeaseLost(ConductorError):
+    """The node's lease expired or was revoked: its claims are gone."""
+
+
+class InvalidSpec(ConductorError):
+    """Bad input: a job file, a template, a parameter or a command.
+
+    ``field`` names where the problem is (``layers[1].tasks[0].cmd``) and ``reason`` says what is
+    wrong with it. Nothing has been written when this is raised.
+    """
+
+    exit_code = 2
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+class NotFound(ConductorError):
+    """No object with that id (or prefix) exists."""
+
+    exit_code = 4
+
+
+class Ambiguous(ConductorError):
+    """An id prefix matches more than one object."""
+
+    exit_code = 2
+
+
+class StaleEtag(ConductorError):
+    """A change named an etag that is no longer the object's current one."""
+
+    exit_code = 5
+
+    def __init__(self, object_id: str, given: int, current: int):
+        self.object_id = object_id
+        self.given = given
+        self.current = current
+        super().__init__(f"{object_id}: etag {given} is stale, the current etag is {current}")
+
+
+class Refused(ConductorError):
+    """A change that the object's state does not allow (adding tasks to a running layer...)."""
+
+    exit_code = 6
+
+
+class EtcdMissing(ConductorError):
+    """No etcd endpoint was given, none answers locally, and no etcd binary is installed."""
+
+    exit_code = 7

@@ -1,0 +1,209 @@
+"""Running one task: a supervised child in its own process group.
+
+Output (stdout and stderr together) goes to a log file on the node; its last bytes become the
+stored tail. Usage is the child's rusage (CPU time and peak RSS of the waited tree) together with
+psutil samples of the whole group while it runs (peak RSS, including children it never waited
+for). A kill sends SIGTERM to the group and every descendant psutil can find, then SIGKILL after a
+grace period; after the child exits, whatever is left of its group is killed, so a task leaves
+nothing running behind it. Commands never go through a shell unless the spec says ``shell: true``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from .claims import Claimed, Outcome
+from .fence import Fence
+from .model import now
+
+log = logging.getLogger("conductor.executor")
+
+NODE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SHELL")
+
+
+def task_env(claimed: Claimed, extra: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
+    """The node's minimal environment, then the job's, layer's and task's env, then the ids."""
+    source = os.environ if base is None else base
+    env = {name: source[name] for name in NODE_ENV if name in source}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    task = claimed.task
+    for layer_env in (claimed.job.get("env"), claimed.layer.get("env"), task.get("env")):
+        env.update(layer_env or {})
+    env.update(extra)
+    env.update({"CONDUCTOR_JOB_ID": task["job"], "CONDUCTOR_LAYER_ID": task["layer"],
+                "CONDUCTOR_TASK_ID": task["id"], "CONDUCTOR_ATTEMPT": str(task["attempts"])})
+    return env
+
+
+def argv_of(task: dict) -> list[str]:
+    if task.get("shell"):
+        return ["/bin/sh", "-c", *task["cmd"]]
+    return list(task["cmd"])
+
+
+@dataclass
+class Limits:
+    result_cap: int = 65536
+    tail_cap: int = 8192
+    grace: float = 10.0
+
+
+class Run:
+    """One attempt of one task on this node."""
+
+    def __init__(self, claimed: Claimed, env: dict[str, str], workdir: Path, cwd: str | None,
+                 fence: Fence, limits: Limits, on_done: Callable[["Run", Outcome], None]):
+        self.claimed = claimed
+        self.env = env
+        self.dir = workdir
+        self.cwd = cwd
+        self.fence = fence
+        self.limits = limits
+        self.on_done = on_done
+        self.log_path = workdir / "output.log"
+        self.result_path = workdir / "result"
+        self.spawn_path = workdir / "spawn.json"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.peak_rss = 0
+        self._kill: tuple[str, bool, bool] | None = None  # reason, retry, hand_back
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.claimed.id
+
+    def start(self) -> None:
+        """Start the child and a thread that waits for it; failures to start become outcomes."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.env["CONDUCTOR_RESULT"] = str(self.result_path)
+        self.env["CONDUCTOR_SPAWN"] = str(self.spawn_path)
+        self.started = now()
+        try:
+            with open(self.log_path, "wb") as out:
+                self.proc = subprocess.Popen(argv_of(self.claimed.task), stdin=subprocess.DEVNULL, stdout=out,
+                                             stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+                                             start_new_session=True, close_fds=True)
+        except (OSError, ValueError) as exc:
+            reason = f"cannot start: {getattr(exc, 'strerror', None) or exc}"
+            if isinstance(exc, FileNotFoundError) and exc.filename:
+                reason += f": {exc.filename}"
+            self._finish(Outcome(False, reason, None, self.started, now()))
+            return
+        self.fence.add(self.proc.pid)
+        timeout = self.claimed.task.get("timeout")
+        if timeout:
+            self._timer = threading.Timer(timeout, self.kill, (f"timed out after {timeout:g}s",))
+            self._timer.daemon = True
+            self._timer.start()
+        threading.Thread(target=self._wait, name=f"run-{self.id}", daemon=True).start()
+
+    def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
+             grace: float | None = None) -> None:
+        """Stop the task: SIGTERM to its group and descendants, SIGKILL after the grace period."""
+        with self._lock:
+            if self._kill is None:
+                self._kill = (reason, retry, hand_back)
+            proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        victims = self._tree(proc.pid)
+        self._signal(proc.pid, victims, signal.SIGTERM)
+        wait = self.limits.grace if grace is None else grace
+        timer = threading.Timer(wait, self._signal, (proc.pid, victims, signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+
+    @staticmethod
+    def _tree(pid: int) -> list[psutil.Process]:
+        try:
+            return psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            return []
+
+    @staticmethod
+    def _signal(pgid: int, victims: list[psutil.Process], sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for p in victims:
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+
+    def sample(self) -> None:
+        """Record the group's current RSS (called about once a second while it runs)."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            root = psutil.Process(proc.pid)
+            rss = root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True))
+            self.peak_rss = max(self.peak_rss, rss)
+        except psutil.Error:
+            pass
+
+    def _wait(self) -> None:
+        assert self.proc is not None
+        pid = self.proc.pid
+        _, status, usage = os.wait4(pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        ended = now()
+        if self._timer:
+            self._timer.cancel()
+        self._signal(pid, [], signal.SIGKILL)  # anything left in its group
+        self.fence.remove(pid)
+        code = self.proc.returncode
+        rusage = {"cpu": round(usage.ru_utime + usage.ru_stime, 3),
+                  "max_rss": max(usage.ru_maxrss * 1024, self.peak_rss), "wall": round(ended - self.started, 3)}
+        if self._kill is not None:
+            reason, retry, hand_back = self._kill
+            outcome = Outcome(False, reason, code, self.started, ended, rusage, retry=retry, hand_back=hand_back)
+        elif code == 0:
+            outcome = Outcome(True, "exit 0", 0, self.started, ended, rusage)
+        elif code < 0:
+            outcome = Outcome(False, f"killed by signal {signal.Signals(-code).name}", code, self.started, ended, rusage)
+        else:
+            outcome = Outcome(False, f"exit {code}", code, self.started, ended, rusage)
+        self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
+        outcome.log_path = str(self.log_path)
+        try:
+            size = self.log_path.stat().st_size
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, size - self.limits.tail_cap))
+                outcome.log_tail = f.read()
+            outcome.log_size = size
+        except OSError:
+            pass
+        try:
+            rsize = self.result_path.stat().st_size
+        except OSError:
+            rsize = -1
+        if rsize > self.limits.result_cap:
+            outcome.ok = False
+            outcome.reason = (f"result is {rsize} bytes, over the cap of {self.limits.result_cap} bytes "
+                              f"(exit {outcome.exit_code})")
+        elif rsize >= 0:
+            outcome.result = self.result_path.read_bytes()
+        self.on_done(self, outcome)
+
+    def cleanup(self) -> None:
+        """Remove the attempt's scratch files; the log stays on the node."""
+        for path in (self.result_path, self.spawn_path):
+            try:
+                path.unlink()
+            except OSError:
+                pass

@@ -1,0 +1,119 @@
+"""Every key and prefix of the keyspace, in one place.
+
+All keys live under a namespace (default ``/conductor/``). ``docs/keyspace.md`` documents the same
+table for other tools; a test checks the two agree. The ``q/`` prefix holds what every node
+watches in one stream: ready markers, claims, run markers and pause markers, so that the events of
+one revision (a claim deleted together with its run marker, say) arrive together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_NAMESPACE = "/conductor/"
+
+# name -> (pattern, lease-bound?, what it holds). The docs' table is checked against this.
+LAYOUT: dict[str, tuple[str, bool, str]] = {
+    "node": ("nodes/<node>", True, "node info: host, pid, version, labels, slots, facts"),
+    "ready": ("q/ready/<task>", False, "exists while the task may be claimed; value = the task"),
+    "claim": ("q/claims/<task>", True, "who runs the task now; create_revision = fencing token"),
+    "run": ("q/runs/<lease>/<task>", False, "durable twin of a claim: found without a claim = orphan"),
+    "paused": ("q/paused/<id>", False, "exists while a job, layer or task is paused"),
+    "job": ("users/<user>/jobs/<job>", False, "job spec + state"),
+    "layer": ("users/<user>/layers/<layer>", False, "layer spec + state"),
+    "task": ("users/<user>/tasks/<task>", False, "task spec + state + history"),
+    "result": ("users/<user>/results/<task>", False, "result bytes (capped)"),
+    "log": ("users/<user>/logs/<task>", False, "log tail of the latest attempt (capped)"),
+    "tally": ("users/<user>/tally/<job>/<state>/<task>", False, "one per finished task, by state"),
+    "index": ("index/<job>", False, "which user owns a job"),
+    "active": ("active/<job>", False, "exists while a job is not finished"),
+    "leader": ("leaders/<role>", True, "which node does a cluster-wide chore"),
+}
+
+
+def prefix_end(prefix: str) -> str:
+    """The first key after every key that starts with ``prefix`` (etcd's range_end)."""
+    data = prefix.encode()
+    for i in range(len(data) - 1, -1, -1):
+        if data[i] < 0xFF:
+            return (data[:i] + bytes([data[i] + 1])).decode("latin-1")
+    return "\0"
+
+
+def lease_hex(lease_id: int) -> str:
+    return f"{lease_id:016x}"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds keys under one namespace. Methods named after ``LAYOUT`` entries."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        ns = self.namespace if self.namespace.endswith("/") else self.namespace + "/"
+        if not ns.startswith("/"):
+            ns = "/" + ns
+        object.__setattr__(self, "namespace", ns)
+
+    def _k(self, rest: str) -> str:
+        return self.namespace + rest
+
+    # ---- cluster -------------------------------------------------------------------------
+    def node(self, name: str = "") -> str:
+        return self._k(f"nodes/{name}")
+
+    def leader(self, role: str) -> str:
+        return self._k(f"leaders/{role}")
+
+    def index(self, job: str = "") -> str:
+        return self._k(f"index/{job}")
+
+    def active(self, job: str = "") -> str:
+        return self._k(f"active/{job}")
+
+    # ---- the watched stream ----------------------------------------------------------------
+    def stream(self) -> str:
+        return self._k("q/")
+
+    def ready(self, task: str = "") -> str:
+        return self._k(f"q/ready/{task}")
+
+    def claim(self, task: str = "") -> str:
+        return self._k(f"q/claims/{task}")
+
+    def run(self, lease_id: int | None = None, task: str = "") -> str:
+        if lease_id is None:
+            return self._k("q/runs/")
+        return self._k(f"q/runs/{lease_hex(lease_id)}/{task}")
+
+    def paused(self, some_id: str = "") -> str:
+        return self._k(f"q/paused/{some_id}")
+
+    # ---- a user's objects ------------------------------------------------------------------
+    def user(self, user: str) -> str:
+        return self._k(f"users/{user}/")
+
+    def job(self, user: str, job: str = "") -> str:
+        return self._k(f"users/{user}/jobs/{job}")
+
+    def layer(self, user: str, layer: str = "") -> str:
+        return self._k(f"users/{user}/layers/{layer}")
+
+    def task(self, user: str, task: str = "") -> str:
+        return self._k(f"users/{user}/tasks/{task}")
+
+    def result(self, user: str, task: str = "") -> str:
+        return self._k(f"users/{user}/results/{task}")
+
+    def log(self, user: str, task: str = "") -> str:
+        return self._k(f"users/{user}/logs/{task}")
+
+    def tally(self, user: str, job: str, state: str = "", task: str = "") -> str:
+        if not state:
+            return self._k(f"users/{user}/tally/{job}/")
+        return self._k(f"users/{user}/tally/{job}/{state}/{task}")
+
+    # ---- parsing keys back -----------------------------------------------------------------
+    def strip(self, key: str) -> str:
+        """The key without the namespace."""
+        return key[len(self.namespace):] if key.startswith(self.namespace) else key

@@ -1,0 +1,390 @@
+"""The conductor daemon: threads that claim, run, finish and repair.
+
+Threads (see docs/architecture.md):
+
+* ``session``: the lease keepalive (:mod:`conductor.session`), never starved by the rest.
+* ``stream``: list-then-watch of ``q/`` into the :class:`Cache`.
+* ``claim``: picks ready tasks that fit the free slots and claims them in one transaction each batch.
+* ``run-*``: one per running task, waiting for its child (:mod:`conductor.executor`).
+* ``finish``: commits outcomes in batches, fenced by each claim, then settles drained layers.
+* ``keeper``: recovers orphans, runs the periodic safety-net sweep, refreshes node facts.
+
+Shutdown: the first SIGTERM stops claiming and hands running tasks back (killed, then requeued
+with no attempt counted) or, with ``--drain``, lets them finish; a second SIGTERM stops at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import queue
+import random
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import psutil
+
+from . import __version__, codec, states
+from .board import Board
+from .cache import Cache
+from .claims import Claimed, Claims, Outcome, Ready
+from .errors import LeaseLost, StoreError, StoreUnavailable
+from .executor import Limits, Run, task_env
+from .fence import Fence
+from .keys import Keys
+from .ops import Put, absent
+from .session import NameTaken, Session
+from .settings import NodeSettings
+from .store import Store
+
+log = logging.getLogger("conductor.node")
+
+BATCH = 24  # most tasks claimed or finished in one transaction
+
+
+class Conductor:
+    def __init__(self, settings: NodeSettings, store: Store | None = None):
+        self.settings = settings
+        self.store = store or Store(settings.etcd, timeout=settings.etcd_timeout)
+        self.keys = Keys(settings.namespace)
+        self.board = Board(self.store, self.keys)
+        self.name = settings.node_name()
+        self.fence = Fence()
+        self.cache = Cache(self.keys, on_orphan=self._orphan_seen)
+        self.limits = Limits(settings.result_cap, settings.tail_cap, settings.grace)
+        self.runs: dict[str, Run] = {}
+        self.slots_used = 0
+        self._lock = threading.Lock()
+        self._freed = 0
+        self._done: queue.Queue[tuple[Run, Outcome] | None] = queue.Queue()
+        self._orphans: queue.Queue[tuple[str, int]] = queue.Queue()
+        self._to_settle: set[tuple[str, str]] = set()
+        self.stopping = threading.Event()
+        self.stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._follower: Any = None
+        self._mem_cache = (0.0, 0)
+        self.session: Session
+        self.claims: Claims
+
+    # ---- start and stop ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.fence.start()
+        self._open_session()
+        self.claims = Claims(self.store, self.keys, self.name)
+        self.session.start()
+        self._follower = self.store.follow(self.keys.stream(), self.cache, name="stream")
+        for target, name in ((self._claim_loop, "claim"), (self._finish_loop, "finish"),
+                             (self._keeper_loop, "keeper")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("node %s ready: %d slots, labels %s, etcd %s, namespace %s", self.name, self.settings.slots,
+                 self.settings.labels or "{}", self.store.describe(), self.keys.namespace)
+
+    def _open_session(self) -> None:
+        base = self.name
+        for n in range(1, 100):
+            self.session = Session(self.store, self.keys, self.name, self.settings.ttl, self._info, self.fence,
+                                   on_lost=self._session_lost)
+            try:
+                self.session.open()
+                return
+            except NameTaken:
+                if self.settings.name:
+                    raise
+                self.name = f"{base}-{n + 1}"
+        raise NameTaken(f"could not find a free node name starting with {base}")
+
+    def run_forever(self) -> int:
+        """Start, then serve until signalled. Returns the process exit status."""
+        signals: list[int] = []
+        woke = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:  # only sets flags
+            signals.append(signum)
+            woke.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        self.start()
+        handled = 0
+        while not self.stopped.is_set():
+            woke.wait(0.5)
+            woke.clear()
+            if len(signals) > handled:
+                handled = len(signals)
+                if handled == 1:
+                    log.info("node %s: %s received; %s", self.name, signal.Signals(signals[0]).name,
+                             "draining running tasks" if self.settings.drain else "handing running tasks back")
+                    threading.Thread(target=self.shutdown, args=(self.settings.drain,), daemon=True).start()
+                else:
+                    log.warning("node %s: second signal; stopping now", self.name)
+                    self.stop_now()
+                    return 1
+        return 0
+
+    def shutdown(self, drain: bool = False, timeout: float | None = None) -> None:
+        """Stop claiming; hand running tasks back (or let them finish); leave the cluster."""
+        self.stopping.set()
+        with self.cache.cond:
+            self.cache.cond.notify_all()
+        if not drain:
+            for run in list(self.runs.values()):
+                run.kill("the node is shutting down", hand_back=True, grace=self.settings.shutdown_grace)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.runs and (deadline is None or time.monotonic() < deadline) and not self.stopped.is_set():
+            time.sleep(0.05)
+        self._done.put(None)
+        for thread in self._threads:
+            if thread.name == "finish":
+                thread.join(timeout=10)
+        self._close()
+
+    def stop_now(self) -> None:
+        self.stopping.set()
+        self.fence.kill_all("the node was told to stop now")
+        self._close()
+
+    def _close(self) -> None:
+        if self.stopped.is_set():
+            return
+        if self._follower:
+            self._follower.stop()
+        self.session.close(revoke=True)
+        self.fence.close()
+        self.stopped.set()
+        with self.cache.cond:
+            self.cache.cond.notify_all()
+
+    # ---- node facts --------------------------------------------------------------------------------
+
+    def _info(self) -> dict[str, Any]:
+        vm = psutil.virtual_memory()
+        return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "version": __version__,
+                "labels": self.settings.labels, "slots": self.settings.slots, "cpus": os.cpu_count(),
+                "memory": vm.total, "memory_available": vm.available, "load": os.getloadavg()[0],
+                "platform": platform.platform(terse=True), "started": getattr(self, "_started", time.time()),
+                "at": time.time()}
+
+    def _available_memory(self) -> int:
+        at, value = self._mem_cache
+        if time.monotonic() - at > 1.0:
+            value = psutil.virtual_memory().available
+            self._mem_cache = (time.monotonic(), value)
+        return value
+
+    # ---- claiming ----------------------------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self.settings.slots - self.slots_used
+
+    def _claim_loop(self) -> None:
+        seen = -1
+        backoff = 0.05
+        while not self.stopping.is_set():
+            cache = self.cache
+            with cache.cond:
+                cache.cond.wait_for(lambda: self.stopping.is_set() or (
+                    cache.changes + self._freed != seen and self._free() > 0 and cache.is_synced
+                    and len(cache.ready) > 0 and not self.session.lost), timeout=1.0)
+                if self.stopping.is_set():
+                    return
+                seen = cache.changes + self._freed
+                if self._free() <= 0 or self.session.lost or not cache.is_synced:
+                    continue
+                batch = cache.ready.pick(min(self._free(), BATCH), self._acceptor(), self._group_paused)
+            if not batch:
+                continue
+            try:
+                claimed, stale = self.claims.claim(batch, self.session.lease)
+                backoff = 0.05
+            except (StoreUnavailable, LeaseLost, StoreError) as exc:
+                log.debug("claim failed: %s", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                seen = -1
+                continue
+            if stale:
+                self.cache.drop(stale)
+                seen = -1
+            for c in claimed:
+                self._start(c)
+
+    def _acceptor(self) -> Any:
+        free = [self._free()]
+        labels = self.settings.labels
+
+        def accept(entry: Ready) -> bool:
+            task = entry.task
+            if task.get("paused_at") or task["id"] in self.cache.paused:
+                return False
+            needs = task.get("needs") or {}
+            slots = needs.get("slots", 1)
+            if slots > free[0] or slots > self.settings.slots:
+                return False
+            if any(labels.get(k) != v for k, v in (needs.get("labels") or {}).items()):
+                return False
+            if needs.get("memory") and needs["memory"] > self._available_memory():
+                return False
+            free[0] -= slots
+            return True
+
+        return accept
+
+    def _group_paused(self, job: str, layer: str) -> bool:
+        return job in self.cache.paused or layer in self.cache.paused
+
+    def _start(self, c: Claimed) -> None:
+        task = c.task
+        log.info("task %s %s RUNNING on %s (attempt %d of %d)", task["id"], task["name"], self.name,
+                 task["attempts"], task["max_attempts"])
+        extra = {"CONDUCTOR_ETCD": self.store.describe(), "CONDUCTOR_NAMESPACE": self.keys.namespace,
+                 "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": self.name}
+        workdir = self.settings.data_dir / "tasks" / task["job"] / f"{task['id']}.{task['attempts']}"
+        run = Run(c, task_env(c, extra), workdir, task.get("cwd") or self.settings.cwd, self.fence,
+                  self.limits, self._run_done)
+        with self._lock:
+            self.runs[c.id] = run
+            self.slots_used += (task.get("needs") or {}).get("slots", 1)
+        run.start()
+
+    def _run_done(self, run: Run, outcome: Outcome) -> None:
+        with self._lock:
+            self.slots_used -= (run.claimed.task.get("needs") or {}).get("slots", 1)
+        with self.cache.cond:
+            self._freed += 1
+            self.cache.cond.notify_all()
+        self._done.put((run, outcome))
+
+    # ---- finishing ---------------------------------------------------------------------------------
+
+    def _finish_loop(self) -> None:
+        while True:
+            item = self._done.get()
+            if item is None:
+                return
+            items = [item]
+            while len(items) < BATCH:
+                try:
+                    more = self._done.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._done.put(None)
+                    break
+                items.append(more)
+            self._commit(items)
+
+    def _commit(self, items: list[tuple[Run, Outcome]]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                committed, lost = self.claims.finish([(run.claimed, outcome) for run, outcome in items])
+                break
+            except StoreError as exc:  # etcd away: keep the outcomes; the claims fence them anyway
+                log.warning("cannot commit %d outcome(s) yet: %s", len(items), exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        by_id = {run.id: run for run, _ in items}
+        for f in committed:
+            task = f.task
+            extra = f" (exit {task['exit_code']})" if task.get("exit_code") not in (None, 0) else ""
+            log.info("task %s %s %s on %s: %s%s", task["id"], task["name"], f.state, self.name,
+                     task["records"][-1]["reason"], extra if f.state != states.QUEUED else "")
+        for c in lost:
+            log.warning("task %s: outcome dropped, this node no longer holds it", c.id)
+        for run in by_id.values():
+            run.cleanup()
+            with self._lock:
+                self.runs.pop(run.id, None)
+        layers = {(f.task["job"], f.task["layer"], f.task["user"]) for f in committed if f.state in states.FINAL}
+        if layers:
+            synced = self.cache.wait_revision(max(f.revision for f in committed), timeout=2.0)
+            for job, layer, user in layers:
+                if not synced or not self.cache.layer_busy(layer):
+                    self._settle(job, user)
+
+    def _settle(self, job: str, user: str) -> None:
+        try:
+            self.board.settle(job, user, node=self.name)
+        except StoreError as exc:
+            log.warning("could not settle job %s now (%s); the keeper will retry", job, exc)
+            with self._lock:
+                self._to_settle.add((job, user))
+
+    # ---- orphans, sweeps, facts ------------------------------------------------------------------
+
+    def _orphan_seen(self, task_id: str, lease: int) -> None:
+        self._orphans.put((task_id, lease))
+
+    def _session_lost(self) -> None:
+        for run in list(self.runs.values()):
+            run.kill("self-fenced: the node lost its etcd session", grace=0)
+
+    def _keeper_loop(self) -> None:
+        sweep_at = time.monotonic() + self.settings.sweep * random.uniform(0.5, 1.0)
+        facts_at = time.monotonic() + 10
+        while not self.stopped.is_set():
+            try:
+                task_id, lease = self._orphans.get(timeout=0.5)
+                time.sleep(random.uniform(0, 0.05))  # let one node win without a stampede
+                self._recover(task_id, lease)
+            except queue.Empty:
+                pass
+            except StoreError as exc:
+                log.debug("orphan recovery deferred: %s", exc)
+            now = time.monotonic()
+            for run in list(self.runs.values()):
+                run.sample()
+            if now >= sweep_at and not self.stopping.is_set():
+                sweep_at = now + self.settings.sweep * random.uniform(0.8, 1.2)
+                try:
+                    self.sweep()
+                except StoreError as exc:
+                    log.debug("sweep deferred: %s", exc)
+            if now >= facts_at:
+                facts_at = now + 10
+                self.session.refresh_info()
+
+    def _recover(self, task_id: str, lease: int) -> None:
+        with self.cache.cond:
+            still = self.cache.runs.get(task_id) == lease and (
+                task_id not in self.cache.claims or self.cache.claims[task_id].lease != lease)
+        if not still and self.cache.is_synced:
+            return
+        state = self.claims.recover(task_id, lease)
+        if state == states.ERRORED:
+            job = task_id.split(".", 1)[0]
+            self._settle(job, self.board.owner(job))
+
+    def sweep(self) -> None:
+        """The safety net: orphans this node's watch may have missed, and (on one node, the
+        sweeper) every active job settled again. Cost: keys of running tasks, plus one read per
+        active job on one node."""
+        orphans = self.cache.orphans() if self.cache.is_synced else self.claims.orphans()
+        for task_id, lease in orphans:
+            self._recover(task_id, lease)
+        with self._lock:
+            pending, self._to_settle = self._to_settle, set()
+        for job, user in pending:
+            self._settle(job, user)
+        if not self._lead("sweeper"):
+            return
+        for kv in self.store.iter_prefix(self.keys.active()):
+            job = kv.key.rsplit("/", 1)[1]
+            self.board.settle(job, codec.unpack(kv.value).get("user"), node=self.name, repair=True)
+
+    def _lead(self, role: str) -> bool:
+        key = self.keys.leader(role)
+        lease = self.session.lease
+        res = self.store.txn([absent(key)], [Put(key, self.name.encode(), lease)])
+        if res.succeeded:
+            return True
+        kv = self.store.get(key)
+        return kv is not None and kv.lease == lease

@@ -1,0 +1,62 @@
+"""Settings of a conductor and of a client, passed in (no globals), with their defaults."""
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .keys import DEFAULT_NAMESPACE
+
+LOCAL_ETCD = "127.0.0.1:2379"
+
+
+def default_data_dir() -> Path:
+    """``$CONDUCTOR_DATA``, else ``$XDG_DATA_HOME/conductor``, else ``~/.local/share/conductor``."""
+    if os.environ.get("CONDUCTOR_DATA"):
+        return Path(os.environ["CONDUCTOR_DATA"])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "conductor"
+
+
+def default_user() -> str:
+    if os.environ.get("CONDUCTOR_USER"):
+        return os.environ["CONDUCTOR_USER"]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "default"
+
+
+def default_etcd() -> list[str]:
+    env = os.environ.get("CONDUCTOR_ETCD")
+    return [e for e in env.split(",") if e.strip()] if env else []
+
+
+def default_namespace() -> str:
+    return os.environ.get("CONDUCTOR_NAMESPACE", DEFAULT_NAMESPACE)
+
+
+@dataclass
+class NodeSettings:
+    """Everything ``conductor run`` takes."""
+
+    etcd: list[str] = field(default_factory=default_etcd)
+    namespace: str = field(default_factory=default_namespace)
+    name: str = ""
+    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    labels: dict[str, str] = field(default_factory=dict)
+    ttl: int = 10
+    data_dir: Path = field(default_factory=default_data_dir)
+    sweep: float = 10.0  # seconds between safety-net sweeps
+    grace: float = 10.0  # SIGTERM -> SIGKILL for kills
+    shutdown_grace: float = 3.0  # SIGTERM -> SIGKILL when handing tasks back on shutdown
+    drain: bool = False
+    result_cap: int = 64 * 1024
+    tail_cap: int = 8 * 1024
+    etcd_timeout: float = 5.0
+    cwd: str = field(default_factory=os.getcwd)
+
+    def node_name(self) -> str:
+        return self.name or socket.gethostname().split(".")[0]

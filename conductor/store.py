@@ -1,0 +1,458 @@
+"""The one seam to etcd: the only module that imports ``etcd3``.
+
+It uses etcd3's generated gRPC stubs directly, so every call has a timeout, ranges can count
+without reading, transactions can nest, and watches run in threads we own: a watch that breaks
+(etcd restarted, connection lost) waits with backoff and lists again instead of spinning or dying.
+
+Atomicity: each call is one etcd request, so :meth:`Store.txn` is atomic and a :meth:`Store.read`
+of several ranges is one consistent snapshot. Raised: :class:`StoreUnavailable` when etcd cannot be
+reached in time, :class:`LeaseLost` when a write names a lease that has expired, :class:`StoreError`
+for anything else etcd refuses.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"  # etcd3's stubs predate protobuf 4
+
+import grpc  # noqa: E402
+
+try:
+    from etcd3 import etcdrpc  # noqa: E402
+except TypeError as exc:  # protobuf was imported earlier with its C implementation
+    raise ImportError(
+        "conductor.store must be imported before anything else imports protobuf "
+        "(etcd3 needs PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python)"
+    ) from exc
+
+from .errors import LeaseLost, StoreError, StoreUnavailable  # noqa: E402
+from .keys import prefix_end  # noqa: E402
+from .ops import KV, Compare, Delete, Event, Get, Op, Put, RangeResult, Txn, TxnResult  # noqa: E402
+
+log = logging.getLogger("conductor.store")
+
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+MAX_REQUEST_BYTES = 1_400_000  # under etcd's 1.5 MiB request limit, with room for framing
+DEFAULT_PORT = 2379
+
+_TARGETS = {"mod": etcdrpc.Compare.MOD, "create": etcdrpc.Compare.CREATE,
+            "version": etcdrpc.Compare.VERSION, "value": etcdrpc.Compare.VALUE,
+            "lease": etcdrpc.Compare.LEASE}
+_RESULTS = {"==": etcdrpc.Compare.EQUAL, "!=": etcdrpc.Compare.NOT_EQUAL,
+            "<": etcdrpc.Compare.LESS, ">": etcdrpc.Compare.GREATER}
+_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.CANCELLED}
+
+
+def parse_endpoints(spec: str | Sequence[str] | None) -> list[tuple[str, int]]:
+    """``"a:2379,b:2379"`` or a list of such (``http://`` prefixes allowed) -> [(host, port)]."""
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, str) else list(spec)
+    out: list[tuple[str, int]] = []
+    for item in items:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            for scheme in ("http://", "https://"):
+                if part.startswith(scheme):
+                    part = part[len(scheme):]
+            part = part.rstrip("/")
+            host, _, port = part.rpartition(":")
+            if not host:
+                host, port = port, str(DEFAULT_PORT)
+            try:
+                out.append((host, int(port)))
+            except ValueError:
+                raise StoreError(f"etcd endpoint {item!r}: port {port!r} is not a number") from None
+    return out
+
+
+def _target(endpoints: list[tuple[str, int]]) -> str:
+    if len(endpoints) == 1:
+        host, port = endpoints[0]
+        return f"{host}:{port}"
+    addresses = []
+    for host, port in endpoints:
+        try:
+            ip = socket.getaddrinfo(host, port, socket.AF_INET)[0][4][0]
+        except OSError as exc:
+            raise StoreError(f"etcd endpoint {host}:{port}: {exc}") from None
+        addresses.append(f"{ip}:{port}")
+    return "ipv4:" + ",".join(addresses)
+
+
+def _translate(exc: grpc.RpcError, what: str) -> Exception:
+    code = exc.code() if hasattr(exc, "code") else None
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    if code in _UNAVAILABLE:
+        return StoreUnavailable(f"etcd unavailable during {what}: {detail}")
+    if code == grpc.StatusCode.NOT_FOUND and "lease" in (detail or ""):
+        return LeaseLost(f"{what}: {detail}")
+    return StoreError(f"etcd refused {what}: {detail}")
+
+
+def _kv(kv: Any) -> KV:
+    return KV(kv.key.decode("utf-8", "replace"), kv.value, kv.create_revision, kv.mod_revision,
+              kv.version, kv.lease)
+
+
+class Store:
+    """A connection to one etcd cluster (one or several endpoints, with failover)."""
+
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = 5.0):
+        self.endpoints = parse_endpoints(endpoints)
+        if not self.endpoints:
+            raise StoreError("no etcd endpoint given")
+        self.timeout = timeout
+        options = [
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+            ("grpc.max_send_message_length", 16 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
+        ]
+        if len(self.endpoints) > 1:
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        self.channel = grpc.insecure_channel(_target(self.endpoints), options=options)
+        self._kv = etcdrpc.KVStub(self.channel)
+        self._lease = etcdrpc.LeaseStub(self.channel)
+        self._watch = etcdrpc.WatchStub(self.channel)
+        self._maint = etcdrpc.MaintenanceStub(self.channel)
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.channel.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self.endpoints)
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], request: Any, what: str, timeout: float | None = None) -> Any:
+        try:
+            return fn(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise _translate(exc, what) from None
+        except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
+            raise StoreUnavailable(f"etcd unavailable during {what}: {exc}") from None
+
+    def get(self, key: str) -> KV | None:
+        resp = self._call(self._kv.Range, etcdrpc.RangeRequest(key=key.encode()), "get")
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    def range(self, key: str, range_end: str | None = None, *, limit: int = 0, revision: int = 0,
+              keys_only: bool = False, count_only: bool = False, timeout: float | None = None) -> RangeResult:
+        req = etcdrpc.RangeRequest(key=key.encode(), limit=limit, revision=revision,
+                                   keys_only=keys_only, count_only=count_only)
+        if range_end is not None:
+            req.range_end = range_end.encode("latin-1")
+        resp = self._call(self._kv.Range, req, "range", timeout)
+        return RangeResult([_kv(kv) for kv in resp.kvs], resp.count, resp.more, resp.header.revision)
+
+    def count(self, prefix: str) -> int:
+        return self.range(prefix, prefix_end(prefix), count_only=True).count
+
+    def scan(self, prefix: str, *, page: int = 1000, revision: int = 0,
+             keys_only: bool = False) -> tuple[list[KV], int]:
+        """Every key under ``prefix`` as one snapshot (paged reads pinned to one revision)."""
+        end = prefix_end(prefix)
+        out: list[KV] = []
+        start = prefix
+        while True:
+            res = self.range(start, end, limit=page, revision=revision, keys_only=keys_only,
+                             timeout=max(self.timeout, 30.0))
+            if not revision:
+                revision = res.revision
+            out.extend(res.kvs)
+            if not res.more or not res.kvs:
+                return out, revision
+            start = res.kvs[-1].key + "\0"
+
+    def iter_prefix(self, prefix: str, *, page: int = 1000, keys_only: bool = False) -> Iterator[KV]:
+        """Like :meth:`scan` but yields page by page, so memory stays at one page."""
+        end = prefix_end(prefix)
+        start, revision = prefix, 0
+        while True:
+            res = self.range(start, end, limit=page, revision=revision, keys_only=keys_only,
+                             timeout=max(self.timeout, 30.0))
+            revision = revision or res.revision
+            yield from res.kvs
+            if not res.more or not res.kvs:
+                return
+            start = res.kvs[-1].key + "\0"
+
+    def read(self, ops: Sequence[Get]) -> TxnResult:
+        """Several ranges as one consistent snapshot (a transaction with no compares)."""
+        return self.txn((), ops)
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def txn(self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = (),
+            timeout: float | None = None) -> TxnResult:
+        """One atomic transaction. Returns whether the compares held and what the branch read."""
+        req = _txn_request(Txn(compare, success, failure))
+        resp = self._call(self._kv.Txn, req, "transaction", timeout)
+        return _txn_result(resp, resp.header.revision)
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        resp = self._call(self._kv.Put, etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease), "put")
+        return resp.header.revision
+
+    def delete(self, key: str, range_end: str | None = None) -> int:
+        req = etcdrpc.DeleteRangeRequest(key=key.encode())
+        if range_end is not None:
+            req.range_end = range_end.encode("latin-1")
+        return self._call(self._kv.DeleteRange, req, "delete").deleted
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self.delete(prefix, prefix_end(prefix))
+
+    # ---- leases ------------------------------------------------------------------------------
+
+    def grant(self, ttl: int) -> int:
+        resp = self._call(self._lease.LeaseGrant, etcdrpc.LeaseGrantRequest(TTL=ttl), "lease grant")
+        if resp.error:
+            raise StoreError(f"lease grant refused: {resp.error}")
+        return resp.ID
+
+    def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
+        """Refresh a lease once; returns its new TTL, 0 when it has already expired."""
+        try:
+            stream = self._lease.LeaseKeepAlive(iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)]),
+                                                timeout=timeout or self.timeout)
+            for resp in stream:
+                return resp.TTL
+            return 0
+        except grpc.RpcError as exc:
+            raise _translate(exc, "lease keepalive") from None
+        except ValueError as exc:
+            raise StoreUnavailable(f"etcd unavailable during lease keepalive: {exc}") from None
+
+    def revoke(self, lease_id: int, timeout: float | None = None) -> None:
+        try:
+            self._call(self._lease.LeaseRevoke, etcdrpc.LeaseRevokeRequest(ID=lease_id), "lease revoke",
+                       timeout)
+        except StoreError as exc:
+            if "not found" not in str(exc):
+                raise
+
+    def lease_ttl(self, lease_id: int) -> int:
+        """Seconds left on a lease, -1 when it does not exist."""
+        resp = self._call(self._lease.LeaseTimeToLive, etcdrpc.LeaseTimeToLiveRequest(ID=lease_id), "lease ttl")
+        return resp.TTL
+
+    # ---- maintenance -------------------------------------------------------------------------
+
+    def revision(self) -> int:
+        return self.range("\0", limit=1, keys_only=True).revision
+
+    def status(self) -> dict[str, Any]:
+        resp = self._call(self._maint.Status, etcdrpc.StatusRequest(), "status")
+        return {"version": resp.version, "db_size": resp.dbSize, "leader": resp.leader,
+                "revision": resp.header.revision, "member": resp.header.member_id}
+
+    def compact(self, revision: int) -> None:
+        try:
+            self._call(self._kv.Compact, etcdrpc.CompactionRequest(revision=revision), "compact", 60.0)
+        except StoreError as exc:
+            if "compacted" not in str(exc):
+                raise
+
+    # ---- watches -----------------------------------------------------------------------------
+
+    def follow(self, prefix: str, handler: "FollowHandler", name: str = "watch") -> "Follower":
+        """List ``prefix`` and then watch it from the list's revision + 1, in a thread of its own.
+
+        ``handler.reset(kvs, revision)`` gets each full listing (the first, and a new one after every
+        broken or compacted watch); ``handler.events(events, revision)`` gets each watch response
+        (all the events of one revision arrive together); ``handler.synced(flag)`` says when the
+        view is live or stale. Returns the running :class:`Follower`; call ``stop()`` to end it.
+        """
+        follower = Follower(self, prefix, handler, name)
+        follower.start()
+        return follower
+
+    def _open_watch(self, prefix: str, start_revision: int,
+                    requests: "queue.Queue[Any]") -> Any:
+        create = etcdrpc.WatchCreateRequest(key=prefix.encode(), range_end=prefix_end(prefix).encode("latin-1"),
+                                            start_revision=start_revision, prev_kv=True)
+
+        def request_iter() -> Iterator[Any]:
+            yield etcdrpc.WatchRequest(create_request=create)
+            while True:
+                item = requests.get()
+                if item is None:
+                    return
+                yield item
+
+        return self._watch.Watch(request_iter())
+
+
+class FollowHandler:
+    """What a :class:`Follower` calls; all calls come from the follower's own thread."""
+
+    def reset(self, kvs: list[KV], revision: int) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def events(self, events: list[Event], revision: int) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def synced(self, flag: bool) -> None:
+        pass
+
+
+class Follower(threading.Thread):
+    """List-then-watch loop for one prefix; re-lists after any break, with backoff, never spins."""
+
+    def __init__(self, store: Store, prefix: str, handler: FollowHandler, name: str):
+        super().__init__(name=name, daemon=True)
+        self.store = store
+        self.prefix = prefix
+        self.handler = handler
+        self._stop_event = threading.Event()
+        self._requests: "queue.Queue[Any] | None" = None
+        self._stream: Any = None
+        self.resets = 0
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        stream = self._stream
+        if self._requests is not None:
+            self._requests.put(None)
+        if stream is not None:
+            stream.cancel()
+
+    def run(self) -> None:
+        delay = 0.1
+        while not self._stop_event.is_set():
+            try:
+                self._list_and_watch()
+                delay = 0.1
+            except (StoreError, grpc.RpcError, ValueError) as exc:
+                if self._stop_event.is_set():
+                    break
+                log.debug("watch on %s broke: %s", self.prefix, exc)
+            except Exception:  # a bug in a handler must not kill the watch
+                log.exception("watch handler on %s failed", self.prefix)
+            self.handler.synced(False)
+            if self._stop_event.wait(delay * (0.5 + random.random())):
+                break
+            delay = min(delay * 2, 2.0)
+
+    def _list_and_watch(self) -> None:
+        kvs, revision = self.store.scan(self.prefix)
+        self.resets += 1
+        self.handler.reset(kvs, revision)
+        self._requests = queue.Queue()
+        self._stream = self.store._open_watch(self.prefix, revision + 1, self._requests)
+        if self._stop_event.is_set():
+            self._stream.cancel()
+            return
+        synced = False
+        for resp in self._stream:
+            if resp.compact_revision or resp.canceled:
+                log.info("watch on %s was %s; listing again", self.prefix,
+                         "compacted" if resp.compact_revision else "canceled")
+                self._stream.cancel()
+                return
+            if resp.created and not synced:
+                synced = True
+                self.handler.synced(True)
+            if resp.events:
+                events = [Event("put" if ev.type == 0 else "delete", _kv(ev.kv),
+                                _kv(ev.prev_kv) if ev.HasField("prev_kv") else None) for ev in resp.events]
+                self.handler.events(events, resp.header.revision)
+
+
+# ---- request building ----------------------------------------------------------------------------
+
+
+def _range_request(op: Get) -> Any:
+    req = etcdrpc.RangeRequest(key=op.key.encode(), count_only=op.count_only, keys_only=op.keys_only,
+                               limit=op.limit)
+    if op.range_end is not None:
+        req.range_end = op.range_end.encode("latin-1")
+    return req
+
+
+def _request_op(op: Op) -> Any:
+    if isinstance(op, Put):
+        return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(key=op.key.encode(), value=op.value,
+                                                                lease=op.lease))
+    if isinstance(op, Delete):
+        req = etcdrpc.DeleteRangeRequest(key=op.key.encode())
+        if op.range_end is not None:
+            req.range_end = op.range_end.encode("latin-1")
+        return etcdrpc.RequestOp(request_delete_range=req)
+    if isinstance(op, Get):
+        return etcdrpc.RequestOp(request_range=_range_request(op))
+    if isinstance(op, Txn):
+        return etcdrpc.RequestOp(request_txn=_txn_request(op))
+    raise TypeError(f"not an etcd operation: {op!r}")
+
+
+def _compare(c: Compare) -> Any:
+    msg = etcdrpc.Compare(key=c.key.encode(), target=_TARGETS[c.target], result=_RESULTS[c.op])
+    if c.range_end is not None:
+        msg.range_end = c.range_end.encode("latin-1")
+    if c.target == "mod":
+        msg.mod_revision = int(c.value)
+    elif c.target == "create":
+        msg.create_revision = int(c.value)
+    elif c.target == "version":
+        msg.version = int(c.value)
+    elif c.target == "lease":
+        msg.lease = int(c.value)
+    else:
+        msg.value = c.value if isinstance(c.value, bytes) else str(c.value).encode()
+    return msg
+
+
+def _txn_request(t: Txn) -> Any:
+    return etcdrpc.TxnRequest(compare=[_compare(c) for c in t.compare],
+                              success=[_request_op(o) for o in t.success],
+                              failure=[_request_op(o) for o in t.failure])
+
+
+def _txn_result(resp: Any, revision: int) -> TxnResult:
+    out: list[Any] = []
+    for r in resp.responses:
+        kind = r.WhichOneof("response")
+        if kind == "response_range":
+            rr = r.response_range
+            out.append(RangeResult([_kv(kv) for kv in rr.kvs], rr.count, rr.more, revision))
+        elif kind == "response_delete_range":
+            out.append(r.response_delete_range.deleted)
+        elif kind == "response_txn":
+            out.append(_txn_result(r.response_txn, revision))
+        else:
+            out.append(None)
+    return TxnResult(resp.succeeded, revision, out)
+
+
+def op_size(op: Op) -> int:
+    """Rough bytes an op adds to a request, for splitting big writes under etcd's limit."""
+    if isinstance(op, Put):
+        return len(op.key) + len(op.value) + 16
+    if isinstance(op, Txn):
+        return sum(op_size(o) for o in (*op.success, *op.failure)) + 64 * len(op.compare)
+    return len(op.key) + 16 + (len(op.range_end) if getattr(op, "range_end", None) else 0)
