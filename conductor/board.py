@@ -236,12 +236,16 @@ class Board:
                     finished.append(i)
             for s in job["layers"]:
                 s["state"] = layers[int(s["id"].rsplit(".", 1)[1])]["state"]
-            started = advance(job, layers, node)
+            emptied: list[int] = []
+            started = advance(job, layers, node, emptied)
+            finished += emptied
             if not finished and not started and job["state"] == codec.unpack(job_kv.value)["state"]:
                 return changed
             compare = [mod_is(job_kv.key, job_kv.mod_revision)]
             ops: list[Op] = []
             for i in finished:
+                if i in emptied:
+                    continue
                 lid = layers[i]["id"]
                 compare += [range_empty(k.ready(lid + ".")), range_empty(k.claim(lid + "."))]
             inline: dict[int, list[tuple[Value, KV]]] = {}
@@ -298,9 +302,11 @@ class Board:
         return out
 
 
-def advance(job: Value, layers: dict[int, Value], node: str | None = None) -> list[int]:
+def advance(job: Value, layers: dict[int, Value], node: str | None = None,
+            emptied: list[int] | None = None) -> list[int]:
     """Start every layer that may start now (empty ones complete at once) and derive the job's
-    state. Works on values in memory; returns the indices of layers set RUNNING."""
+    state. Works on values in memory; returns the indices of layers set RUNNING, and appends
+    those completed for having no tasks to ``emptied``."""
     started: list[int] = []
     by_id = {s["id"]: s for s in job["layers"]}
     while True:
@@ -316,6 +322,8 @@ def advance(job: Value, layers: dict[int, Value], node: str | None = None) -> li
             if layer["tasks"] == 0:
                 model.move(layer, states.COMPLETED, "it has no tasks", node)
                 layer["started"] = layer["ended"] = model.now()
+                if emptied is not None:
+                    emptied.append(layer["index"])
             else:
                 model.move(layer, states.RUNNING, "every layer of lower order is done", node)
                 layer["started"] = model.now()
