@@ -1,9 +1,9 @@
 """Running one task: a supervised child in its own process group.
 
 Output (stdout and stderr together) goes to a log file on the node; its last bytes become the
-stored tail. Usage is the child's rusage (CPU time and peak RSS of the waited tree) together with
-psutil samples of the whole group while it runs (peak RSS, including children it never waited
-for). A kill sends SIGTERM to the group and every descendant psutil can find, then SIGKILL after a
+stored tail. CPU time is the child's rusage (its own and its waited descendants'); peak memory
+comes from psutil samples of the task's process tree while it runs (each process's high-water
+mark), so a task shorter than the sampling period reports none. A kill sends SIGTERM to the group and every descendant psutil can find, then SIGKILL after a
 grace period; after the child exits, whatever is left of its group is killed, so a task leaves
 nothing running behind it. Commands never go through a shell unless the spec says ``shell: true``.
 """
@@ -143,14 +143,18 @@ class Run:
                 pass
 
     def sample(self) -> None:
-        """Record the group's current RSS (called about once a second while it runs)."""
+        """Record the peak RSS of the task's process tree so far (called a few times a second).
+
+        On Linux each process's own high-water mark (VmHWM) is read, so one late sample still sees
+        an earlier peak. rusage's maxrss is not used: after exec it still carries the forking
+        parent's high-water mark."""
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
         try:
             root = psutil.Process(proc.pid)
-            rss = root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True))
-            self.peak_rss = max(self.peak_rss, rss)
+            total = sum(_peak_rss(p) for p in [root, *root.children(recursive=True)])
+            self.peak_rss = max(self.peak_rss, total)
         except psutil.Error:
             pass
 
@@ -165,8 +169,8 @@ class Run:
         self._signal(pid, [], signal.SIGKILL)  # anything left in its group
         self.fence.remove(pid)
         code = self.proc.returncode
-        rusage = {"cpu": round(usage.ru_utime + usage.ru_stime, 3),
-                  "max_rss": max(usage.ru_maxrss * 1024, self.peak_rss), "wall": round(ended - self.started, 3)}
+        rusage = {"cpu": round(usage.ru_utime + usage.ru_stime, 3), "max_rss": self.peak_rss or None,
+                  "wall": round(ended - self.started, 3)}
         if self._kill is not None:
             reason, retry, hand_back = self._kill
             outcome = Outcome(False, reason, code, self.started, ended, rusage, retry=retry, hand_back=hand_back)
@@ -207,3 +211,17 @@ class Run:
                 path.unlink()
             except OSError:
                 pass
+
+
+def _peak_rss(p: psutil.Process) -> int:
+    try:
+        with open(f"/proc/{p.pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return p.memory_info().rss
+    except psutil.Error:
+        return 0

@@ -332,7 +332,7 @@ class Conductor:
         facts_at = time.monotonic() + 10
         while not self.stopped.is_set():
             try:
-                task_id, lease = self._orphans.get(timeout=0.5)
+                task_id, lease = self._orphans.get(timeout=0.25)
                 time.sleep(random.uniform(0, 0.05))  # let one node win without a stampede
                 self._recover(task_id, lease)
             except queue.Empty:
