@@ -38,6 +38,61 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**
 _LABEL = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 
 
+class _Int(int):
+    """An int that remembers how it was written (``010`` stays ``010`` in an argv)."""
+
+    source: str
+
+
+class _Float(float):
+    source: str
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with the 1.2 core schema's scalars: only true/false are booleans (not yes/no/on/off),
+    no sexagesimal or 0-prefixed octal numbers, and numbers keep their source text."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    value = _Int(int(text, 0) if text.startswith(("0o", "0x")) else int(text))
+    value.source = text
+    return value
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = loader.construct_scalar(node)
+    value = _Float(float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf")
+                         .replace(".nan", "nan").replace(".NaN", "nan").replace(".NAN", "nan")))
+    value.source = text
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
+def _scalar_text(value: Any) -> str:
+    """How a scalar was written: numbers keep their source text, booleans are true/false."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return getattr(value, "source", None) or str(value)
+
+
 def load_file(path: str) -> dict[str, Any]:
     """Read a job file (``-`` for stdin) into a map, or raise InvalidSpec naming the file."""
     if path == "-":
@@ -59,7 +114,7 @@ def parse_text(text: str, where: str = "input") -> dict[str, Any]:
     if not text.strip():
         raise InvalidSpec("file", f"{where}: is empty")
     try:
-        data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.safe_load(text)
+        data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.load(text, Loader=_Loader)
     except json.JSONDecodeError as exc:
         raise InvalidSpec("file", f"{where}: not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except yaml.YAMLError as exc:
@@ -150,9 +205,9 @@ def parse_env(value: Any, field: str) -> dict[str, str]:
     for name, val in value.items():
         if not isinstance(name, str) or not name or "=" in name or "\0" in name:
             raise InvalidSpec(f"{field}.{name}", "is not a valid environment variable name")
-        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+        if not isinstance(val, (str, int, float)):
             raise InvalidSpec(f"{field}.{name}", f"must be a string or a number, not a {_kind(val)}")
-        text = str(val)
+        text = _scalar_text(val)
         if "\0" in text:
             raise InvalidSpec(f"{field}.{name}", "must not contain a NUL byte")
         out[name] = text
@@ -181,11 +236,9 @@ def parse_labels(labels: dict[str, Any], field: str) -> dict[str, str]:
     for k, v in labels.items():
         if not isinstance(k, str) or not _LABEL.match(k):
             raise InvalidSpec(f"{field}.{k}", "label names are letters, digits and . _ - /")
-        if isinstance(v, bool):
-            v = "true" if v else "false"
         if not isinstance(v, (str, int, float)):
             raise InvalidSpec(f"{field}.{k}", f"must be a string, not a {_kind(v)}")
-        out[k] = str(v)
+        out[k] = _scalar_text(v)
     return out
 
 
@@ -225,9 +278,9 @@ def _cmd(task: dict[str, Any], where: str, shell: bool) -> list[str]:
         raise InvalidSpec(field, "must not be empty")
     argv = []
     for i, arg in enumerate(cmd):
-        if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
+        if not isinstance(arg, (str, int, float)):
             raise InvalidSpec(f"{field}[{i}]", f"must be a string, not a {_kind(arg)}")
-        text = str(arg)
+        text = _scalar_text(arg)
         if "\0" in text:
             raise InvalidSpec(f"{field}[{i}]", "must not contain a NUL byte")
         argv.append(text)
