@@ -1,0 +1,1 @@
+"""The conductor command line (installed as the conductor.cli package)."""

@@ -1,0 +1,213 @@
+"""``conductor``: the command line, a thin layer over :class:`conductor.Client`."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from conductor import __version__
+from conductor.errors import ConductorError, InvalidSpec
+from conductor.spec import parse_labels
+
+from . import render
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode="rich",
+                  help="Conductor: a peer-to-peer workflow runner. Every machine runs [bold]conductor run[/]; "
+                       "etcd is the only shared state.")
+
+Etcd = Annotated[Optional[list[str]], typer.Option(
+    "--etcd", envvar="CONDUCTOR_ETCD", show_envvar=True,
+    help="etcd endpoint(s), host:port, comma-separated or repeated. Default: 127.0.0.1:2379.")]
+Namespace = Annotated[Optional[str], typer.Option(
+    "--namespace", envvar="CONDUCTOR_NAMESPACE", show_envvar=True,
+    help="Key prefix of this cluster in etcd. Default: /conductor/.")]
+User = Annotated[Optional[str], typer.Option(
+    "--user", envvar="CONDUCTOR_USER", show_envvar=True, help="Whose jobs. Default: your login name.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _client(etcd: list[str] | None, namespace: str | None, user: str | None = None) -> Any:
+    from conductor.client import Client  # imports the etcd client: only when a command needs it
+
+    return Client(etcd=_endpoints(etcd), namespace=namespace, user=user)
+
+
+def _endpoints(etcd: list[str] | None) -> list[str] | None:
+    if not etcd:
+        return None
+    return [part.strip() for item in etcd for part in item.split(",") if part.strip()]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"conductor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+@app.command()
+def run(etcd: Etcd = None, namespace: Namespace = None,
+        name: Annotated[str, typer.Option(help="Node name. Default: the host name (with -2, -3... if taken).")] = "",
+        slots: Annotated[Optional[int], typer.Option(min=1, help="Tasks at once. Default: CPU count.")] = None,
+        labels: Annotated[Optional[list[str]], typer.Option(
+            "--labels", help="k=v labels tasks can require (needs.labels); comma-separated or repeated.")] = None,
+        ttl: Annotated[int, typer.Option(min=2, help="Lease TTL in seconds: how soon others take over.")] = 10,
+        data_dir: Annotated[Optional[Path], typer.Option(help="Logs and local etcd data. "
+                                                         "Default: ~/.local/share/conductor.")] = None,
+        drain: Annotated[bool, typer.Option(help="On SIGTERM let running tasks finish instead of "
+                                                 "handing them back.")] = False,
+        sweep: Annotated[float, typer.Option(min=0.5, help="Seconds between safety-net sweeps.")] = 10.0,
+        verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
+        local_port: Annotated[int, typer.Option(hidden=True, help="Port of the local etcd (tests).")] = 2379) -> None:
+    """Join the cluster and run tasks until stopped (SIGTERM hands tasks back; twice stops now)."""
+    from conductor.localetcd import LocalEtcd, port_open
+    from conductor.node import Conductor
+    from conductor.settings import NodeSettings, default_data_dir
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("grpc", "urllib3", "docker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings = NodeSettings(namespace=namespace or NodeSettings().namespace, name=name, ttl=ttl, drain=drain,
+                            sweep=sweep, data_dir=data_dir or default_data_dir())
+    if slots:
+        settings.slots = slots
+    label_map: dict[str, str] = {}
+    for item in labels or []:
+        for pair in item.split(","):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise InvalidSpec("--labels", f"{pair!r} is not k=v")
+            label_map[key.strip()] = value.strip()
+    settings.labels = parse_labels(label_map, "--labels")
+    local = None
+    endpoints = _endpoints(etcd)
+    if not endpoints:
+        if port_open("127.0.0.1", local_port):
+            render.err.print(f"using the etcd that answers on 127.0.0.1:{local_port}")
+        else:
+            local = LocalEtcd(settings.data_dir / "etcd", port=local_port)
+            local.start()
+            render.err.print(f"started a local etcd (pid {local.proc.pid if local.proc else '?'}) on "
+                             f"{local.endpoint}, data in {local.data_dir}; it stops with this conductor")
+        endpoints = [f"127.0.0.1:{local_port}"]
+    settings.etcd = endpoints
+    try:
+        status = Conductor(settings).run_forever()
+    finally:
+        if local:
+            local.stop()
+    raise typer.Exit(status)
+
+
+@app.command()
+def post(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - for stdin.")],
+         wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end; exit 1 if it failed.")] = False,
+         paused: Annotated[bool, typer.Option("--paused", help="Post it paused.")] = False,
+         timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after this many seconds.")] = None,
+         etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
+    """Post a job of ordered layers of tasks; prints its id."""
+    with _client(etcd, namespace, user) as client:
+        job_id = client.post(file, paused=paused)
+        if not wait:
+            render.print_json({"id": job_id}) if json else print(job_id)
+            return
+        if not json:
+            print(job_id)
+        job = _follow(client, job_id, timeout, quiet=json)
+        if json:
+            render.print_json({"id": job_id, "state": job["state"], "counts": client.counts(job_id)})
+        else:
+            render.err.print(f"job {job_id} {render.state(job['state'])}")
+        if job["state"] != "COMPLETED":
+            raise typer.Exit(1)
+
+
+def _follow(client: Any, job_id: str, timeout: float | None, quiet: bool) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return client.wait(job_id, timeout=timeout)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), console=render.err,
+                  transient=False) as bar:
+        handle = bar.add_task(job_id, total=None, extra="")
+
+        def update(job: dict[str, Any], counts: dict[str, int]) -> None:
+            extra = f"{counts['running']} running" + (f", {counts['errored']} errored" if counts["errored"] else "")
+            bar.update(handle, total=counts["total"] or 1, completed=counts["done"], extra=extra,
+                       description=f"{job['name']} {job['state']}")
+
+        return client.wait(job_id, timeout=timeout, on_progress=update)
+
+
+@app.command()
+def show(some_id: Annotated[Optional[str], typer.Argument(metavar="[ID]", help="A job, layer or task id "
+                                                          "(a unique prefix of a job id will do).")] = None,
+         state: Annotated[Optional[str], typer.Option(help="Only jobs in this state.")] = None,
+         name: Annotated[Optional[str], typer.Option(help="Only jobs whose name contains this.")] = None,
+         all_users: Annotated[bool, typer.Option("--all-users", help="Jobs of every user.")] = False,
+         limit: Annotated[int, typer.Option(min=0, help="At most this many jobs (0: all).")] = 50,
+         offset: Annotated[int, typer.Option(min=0, help="Skip this many of the newest jobs.")] = 0,
+         tasks: Annotated[int, typer.Option(min=0, help="Tasks shown per layer in a job tree.")] = 20,
+         etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
+    """List jobs, or show one job, layer or task."""
+    with _client(etcd, namespace, user) as client:
+        if some_id is None:
+            jobs = client.jobs(all_users=all_users, state=state, name=name, limit=limit, offset=offset)
+            render.print_json(jobs) if json else render.jobs_table(jobs)
+            return
+        found = client.show(some_id)
+        if json:
+            render.print_json(found)
+        elif found["kind"] == "job":
+            render.job_tree(found, tasks)
+        elif found["kind"] == "layer":
+            render.layer_view(found)
+        else:
+            render.task_view(found)
+
+
+@app.command()
+def nodes(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
+    """List live nodes: labels, running tasks and slots, host facts."""
+    with _client(etcd, namespace) as client:
+        found = client.nodes()
+        render.print_json(found) if json else render.nodes_table(found)
+
+
+@app.command()
+def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - for stdin.")],
+          json: Json = False) -> None:
+    """Validate a job file without posting it (no etcd needed)."""
+    from conductor import spec
+
+    normalised = spec.validate_job(spec.load_file(file))
+    if json:
+        render.print_json(normalised)
+    else:
+        n = sum(len(layer["tasks"]) for layer in normalised["layers"])
+        print(f"{file}: valid: {len(normalised['layers'])} layer(s), {n} task(s)")
+
+
+def main() -> None:
+    try:
+        app()
+    except ConductorError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

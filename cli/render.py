@@ -1,0 +1,192 @@
+"""Human output for the CLI: tables, trees, progress. Machine output is ``--json``."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+STATE_STYLE = {"PENDING": "dim", "QUEUED": "cyan", "RUNNING": "yellow", "COMPLETED": "green",
+               "ERRORED": "bold red", "SKIPPED": "magenta"}
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_default, sort_keys=True) + "\n")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def state(text: str, paused: bool = False) -> str:
+    style = STATE_STYLE.get(text, "")
+    label = f"[{style}]{text}[/]" if style else text
+    return label + (" [dim](paused)[/]" if paused else "")
+
+
+def age(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return span(time.time() - ts)
+
+
+def span(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(n)
+
+
+def progress(counts: dict[str, int]) -> str:
+    done = counts.get("completed", 0) + counts.get("skipped", 0)
+    parts = [f"{done}/{counts.get('total', 0)} done"]
+    if counts.get("running"):
+        parts.append(f"[yellow]{counts['running']} running[/]")
+    if counts.get("queued"):
+        parts.append(f"[cyan]{counts['queued']} queued[/]")
+    if counts.get("errored"):
+        parts.append(f"[red]{counts['errored']} errored[/]")
+    if counts.get("skipped"):
+        parts.append(f"[magenta]{counts['skipped']} skipped[/]")
+    return ", ".join(parts)
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> None:
+    if not jobs:
+        out.print("[dim]no jobs[/]")
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("ID", "NAME", "STATE", "PROGRESS", "AGE", "USER"):
+        table.add_column(col)
+    for job in jobs:
+        table.add_row(job["id"], job["name"], state(job["state"], job.get("paused")), progress(job["counts"]),
+                      age(job["created"]), job["user"])
+    out.print(table)
+
+
+def _duration(obj: dict[str, Any]) -> str:
+    if not obj.get("started"):
+        return "-"
+    end = obj.get("ended") or (time.time() if obj.get("state") == "RUNNING" else None)
+    return span(end - obj["started"]) if end else "-"
+
+
+def job_tree(job: dict[str, Any], max_tasks: int = 20) -> None:
+    head = (f"[bold]{job['name']}[/] {job['id']}  {state(job['state'], bool(job.get('paused_at')))}  "
+            f"{progress(job['counts'])}  [dim]etag {job['etag']}, posted {age(job['created'])} ago by {job['user']}[/]")
+    tree = Tree(head)
+    for layer in job["layer_list"]:
+        branch = tree.add(f"[bold]{layer['name']}[/] {layer['id']} order {layer['order']}  "
+                          f"{state(layer['state'], bool(layer.get('paused_at')))}  {len(layer['task_list'])} task(s)"
+                          f"{'  on_error continue' if layer.get('on_error') == 'continue' else ''}  [dim]etag {layer['etag']}[/]")
+        tasks = layer["task_list"]
+        for task in tasks[:max_tasks]:
+            usage = task.get("usage") or {}
+            bits = [f"{task['name']} {task['id']}", state(task["state"], bool(task.get("paused_at"))),
+                    f"attempt {task.get('attempts', 0)}/{task.get('max_attempts')}"]
+            if task.get("node"):
+                bits.append(f"on {task['node']}")
+            if task.get("exit_code") is not None:
+                bits.append(f"exit {task['exit_code']}")
+            bits.append(_duration(task))
+            if usage.get("max_rss"):
+                bits.append(f"[dim]{size(usage['max_rss'])} peak, {usage.get('cpu', 0):.2f}s cpu[/]")
+            branch.add("  ".join(bits))
+        if len(tasks) > max_tasks:
+            branch.add(f"[dim]... {len(tasks) - max_tasks} more (show LAYER_ID, or --tasks N)[/]")
+    out.print(tree)
+
+
+def layer_view(layer: dict[str, Any], max_tasks: int = 200) -> None:
+    job_like = {"name": f"layer {layer['name']}", "id": layer["id"], "state": layer["state"],
+                "paused_at": layer.get("paused_at"), "etag": layer["etag"], "created": None, "user": layer["user"],
+                "counts": {"total": layer.get("tasks", 0)}, "layer_list": [layer]}
+    job_tree(job_like, max_tasks)
+
+
+def task_view(task: dict[str, Any]) -> None:
+    usage = task.get("usage") or {}
+    out.print(f"[bold]{task['name']}[/] {task['id']}  {state(task['state'], bool(task.get('paused_at')))}  "
+              f"[dim]etag {task['etag']}[/]")
+    cmd = " ".join(task.get("cmd") or [])
+    rows = [("command", ("sh -c " if task.get("shell") else "") + cmd),
+            ("image", task.get("image")), ("attempts", f"{task.get('attempts', 0)} of {task.get('max_attempts')}"),
+            ("node", task.get("node")), ("exit code", task.get("exit_code")), ("reason", task.get("reason")),
+            ("started", _clock(task.get("started"))), ("ended", _clock(task.get("ended"))),
+            ("duration", _duration(task)),
+            ("peak memory", size(usage.get("max_rss")) if usage else None),
+            ("cpu time", f"{usage['cpu']:.3f}s" if usage.get("cpu") is not None else None),
+            ("timeout", f"{task['timeout']:g}s" if task.get("timeout") else None),
+            ("env", " ".join(f"{k}={v}" for k, v in (task.get("env") or {}).items()) or None)]
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    for name, value in rows:
+        if value not in (None, "", "-"):
+            table.add_row(name, str(value))
+    out.print(table)
+    out.print("[bold]history[/]" + (f" [dim]({task['records_dropped']} older records dropped)[/]"
+                                      if task.get("records_dropped") else ""))
+    hist = Table(box=None, pad_edge=False)
+    for col in ("TIME", "STATE", "NODE", "REASON"):
+        hist.add_column(col)
+    for rec in task.get("records", []):
+        hist.add_row(_clock(rec.get("at")), state(rec["state"]), rec.get("node") or "-", rec.get("reason") or "")
+    out.print(hist)
+    if task.get("result") is not None:
+        out.print("[bold]result[/]")
+        out.print(task["result"], markup=False)
+    log = task.get("log")
+    if log:
+        extra = f", last {len(log['tail'] or '')} bytes shown" if log.get("truncated") else ""
+        out.print(f"[bold]log tail[/] [dim](attempt {log.get('attempt')} on {log.get('node')}, {log.get('size')} bytes"
+                  f"{extra}; full log at {log.get('path')} on that node)[/]")
+        out.print(log.get("tail") or "", markup=False, end="")
+
+
+def _clock(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
+def nodes_table(nodes: list[dict[str, Any]]) -> None:
+    if not nodes:
+        out.print("[dim]no live nodes[/]")
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("NAME", "HOST", "RUNNING", "LABELS", "CPUS", "MEMORY FREE", "LOAD", "UP", "VERSION"):
+        table.add_column(col)
+    for n in nodes:
+        labels = ",".join(f"{k}={v}" for k, v in (n.get("labels") or {}).items()) or "-"
+        table.add_row(n.get("name", "?"), f"{n.get('host')} pid {n.get('pid')}", f"{n['running']}/{n.get('slots')}",
+                      labels, str(n.get("cpus")), f"{size(n.get('memory_available'))} of {size(n.get('memory'))}",
+                      f"{n.get('load', 0):.2f}", age(n.get("started")), n.get("version", "?"))
+    out.print(table)
