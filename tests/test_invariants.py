@@ -1,0 +1,176 @@
+"""The invariants of docs/design.md, each against a real etcd, at the level where it is kept."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from conductor import codec, spec, states
+from conductor.board import Board
+from conductor.claims import Claims, Outcome, Ready
+from conductor.client import Client
+from conductor.keys import Keys
+from conductor.model import MAX_RECORDS
+from conductor.ops import KV, Event, Put
+from conductor.store import FollowHandler, Store
+from harness import wait_for
+
+
+def ready_entries(store: Store, keys: Keys) -> list[Ready]:
+    return [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.ready())[0]]
+
+
+def one_task_job(board: Board, **task) -> str:
+    return board.post(spec.validate_job({"name": "j", "layers": [{"tasks": [{"cmd": ["true"], **task}]}]}), "u")
+
+
+def test_fenced_finish_commits_nothing_once_the_claim_is_gone(client: Client):
+    """Invariant 1: a node whose claim expired (or was taken over) writes nothing."""
+    store, keys, board = client.store, client.keys, client.board
+    job = one_task_job(board)
+    lease = store.grant(5)
+    claims = Claims(store, keys, "node-a")
+    [held], _ = claims.claim(ready_entries(store, keys), lease)
+    store.revoke(lease)  # as if the lease expired: the claim vanishes
+    before = store.get(keys.task("u", held.id))
+    committed, lost = claims.finish([(held, Outcome(True, "exit 0", 0))])
+    assert committed == [] and [c.id for c in lost] == [held.id]
+    after = store.get(keys.task("u", held.id))
+    assert after.mod_revision == before.mod_revision, "nothing was written"
+    assert store.count(keys.tally("u", job)) == 0
+    # someone else may now recover it, exactly once
+    other = Claims(store, keys, "node-b")
+    assert other.recover(held.id, lease) == states.QUEUED
+    assert other.recover(held.id, lease) is None
+    [again], _ = other.claim(ready_entries(store, keys), store.grant(5))
+    assert again.task["attempts"] == 2
+
+
+def test_a_claim_taken_by_another_node_fences_the_first(client: Client):
+    store, keys, board = client.store, client.keys, client.board
+    one_task_job(board)
+    a, b = Claims(store, keys, "a"), Claims(store, keys, "b")
+    entries = ready_entries(store, keys)
+    lease_a, lease_b = store.grant(5), store.grant(5)
+    [held], _ = a.claim(entries, lease_a)
+    taken, stale = b.claim(entries, lease_b)  # the same snapshot: must lose
+    assert taken == [] and stale == {held.id}
+
+
+def test_a_big_job_is_never_seen_half_written(client: Client):
+    """Invariant 2: chunks of tasks first, the job key last; a watcher sees no job before all of it."""
+    store, keys = client.store, client.keys
+    seen: list[tuple[str, int]] = []
+    done = threading.Event()
+
+    class Recorder(FollowHandler):
+        def reset(self, kvs: list[KV], revision: int) -> None:
+            done.set()
+
+        def events(self, events: list[Event], revision: int) -> None:
+            seen.extend((ev.kv.key, ev.kv.mod_revision) for ev in events if ev.kind == "put")
+
+    follower = store.follow(keys.user("tester"), Recorder())
+    done.wait(5)
+    n = 700
+    job = client.post({"name": "big", "layers": [{"tasks": [{"cmd": ["true", str(i)]} for i in range(n)]},
+                                                 {"tasks": [{"cmd": ["true"]}]}]})
+    wait_for(lambda: any(k.endswith(f"/jobs/{job}") for k, _ in seen), 10)
+    follower.stop()
+    job_rev = min(r for k, r in seen if k.endswith(f"/jobs/{job}"))
+    task_revs = {k: r for k, r in seen if "/tasks/" in k and r < job_rev}
+    assert len(task_revs) == n + 1, "every task was written before the job appeared"
+    assert len({r for r in task_revs.values()}) > 1, "the job was split into several transactions"
+    assert client.job(job)["tasks"] == n + 1
+    assert store.count(keys.ready(job + ".0.")) == n, "its first layer was queued after"
+
+
+def test_bounded_storage_result_cap_log_tail_and_records(client: Client, shared_etcd, start_nodes):
+    """Invariant 6: result over the cap is refused clearly; log tail and history are capped."""
+    start_nodes(shared_etcd.endpoint, 1)
+    job = client.post({"name": "caps", "layers": [{"tasks": [
+        {"cmd": ["sh", "-c", "head -c 70000 /dev/zero > $CONDUCTOR_RESULT"], "max_attempts": 1},
+        {"cmd": ["sh", "-c", "seq 1 100000"]},
+        {"cmd": ["false"], "max_attempts": 30}], "on_error": "continue"}]})
+    client.wait(job, timeout=60)
+    big = client.task(f"{job}.0.0")
+    assert big["state"] == "ERRORED" and "result is 70000 bytes, over the cap of 65536 bytes" in big["reason"]
+    assert big["result"] is None
+    noisy = client.task(f"{job}.0.1")
+    assert noisy["log"]["size"] > 500_000 and noisy["log"]["truncated"]
+    assert len(noisy["log"]["tail"]) <= 8192 and noisy["log"]["tail"].endswith("100000\n")
+    retried = client.task(f"{job}.0.2")
+    assert retried["attempts"] == 30 and len(retried["records"]) == MAX_RECORDS
+    assert retried["records_dropped"] == 30 * 3 - MAX_RECORDS  # QUEUED + (RUNNING, ERRORED, QUEUED) x 29 + RUNNING, ERRORED
+
+
+def test_layer_order_no_claim_before_lower_orders_are_done(client: Client):
+    """Invariant 3: nothing of a later layer is ready while an earlier one runs."""
+    store, keys, board = client.store, client.keys, client.board
+    job = board.post(spec.validate_job({"name": "o", "layers": [
+        {"order": 1, "tasks": [{"cmd": ["true"]}]}, {"order": 2, "tasks": [{"cmd": ["true"]}]}]}), "u")
+    claims, lease = Claims(store, keys, "n"), store.grant(10)
+    ready = ready_entries(store, keys)
+    assert [r.id for r in ready] == [f"{job}.0.0"]
+    [held], _ = claims.claim(ready, lease)
+    assert ready_entries(store, keys) == []
+    [done], _ = claims.finish([(held, Outcome(False, "exit 1", 1))])
+    assert done.state == states.QUEUED and [r.id for r in ready_entries(store, keys)] == [f"{job}.0.0"]
+    [held], _ = claims.claim(ready_entries(store, keys), lease)
+    claims.finish([(held, Outcome(True, "exit 0", 0))])
+    assert board.settle(job, "u")
+    assert [r.id for r in ready_entries(store, keys)] == [f"{job}.1.0"]
+
+
+def test_orphans_are_found_from_run_markers(client: Client):
+    """Invariant 4: a run marker without its claim is an orphan; the sweep's read finds it."""
+    store, keys, board = client.store, client.keys, client.board
+    one_task_job(board, max_attempts=1)
+    claims, lease = Claims(store, keys, "gone"), store.grant(5)
+    [held], _ = claims.claim(ready_entries(store, keys), lease)
+    assert claims.orphans() == []
+    store.revoke(lease)
+    assert claims.orphans() == [(held.id, lease)]
+    assert Claims(store, keys, "rescuer").recover(held.id, lease) == states.ERRORED, "no attempt left"
+    assert claims.orphans() == []
+    task = codec.unpack(store.get(keys.task("u", held.id)).value)
+    assert "node gone was lost" in task["records"][-1]["reason"]
+
+
+def test_transition_table_is_enforced():
+    import pytest
+
+    from conductor.states import BadTransition, check_task
+
+    check_task(states.QUEUED, states.RUNNING)
+    with pytest.raises(BadTransition):
+        check_task(states.COMPLETED, states.RUNNING)
+    with pytest.raises(BadTransition):
+        check_task(states.PENDING, states.RUNNING)
+
+
+def test_paused_job_is_not_claimed(client: Client):
+    store, keys, board = client.store, client.keys, client.board
+    job = board.post(spec.validate_job({"name": "p", "paused": True, "layers": [{"tasks": [{"cmd": ["true"]}]}]}), "u")
+    claims, lease = Claims(store, keys, "n"), store.grant(10)
+    taken, stale = claims.claim(ready_entries(store, keys), lease)
+    assert taken == [] and stale == {f"{job}.0.0"}
+
+
+def test_values_keep_unknown_fields(client: Client):
+    store, keys, board = client.store, client.keys, client.board
+    job = one_task_job(board)
+    key = keys.task("u", f"{job}.0.0")
+    kv = store.get(key)
+    value = codec.unpack(kv.value)
+    value["from_the_future"] = {"x": 1}
+    data = codec.pack(value)
+    store.txn([], [Put(key, data), Put(keys.ready(f"{job}.0.0"), data)])
+    claims, lease = Claims(store, keys, "n"), store.grant(10)
+    [held], _ = claims.claim(ready_entries(store, keys), lease)
+    claims.finish([(held, Outcome(True, "exit 0", 0))])
+    assert codec.unpack(store.get(key).value)["from_the_future"] == {"x": 1}
+
+
+def test_cli_tail_of_a_missing_result_is_none(client: Client, tmp_path: Path):
+    job = one_task_job(client.board)
+    assert client.result(f"{job}.0.0") is None
