@@ -27,7 +27,7 @@ from . import codec, model, states
 from .keys import Keys, lease_hex
 from .model import Value
 from .ops import Compare, Delete, Get, Op, Put, absent, created_at, mod_is, present
-from .store import Store
+from .store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Store, op_size
 
 log = logging.getLogger("conductor.claims")
 
@@ -152,29 +152,39 @@ class Claims:
 
     def finish(self, items: list[tuple[Claimed, Outcome]]) -> tuple[list[Finished], list[Claimed]]:
         """Commit outcomes, fenced by each claim. Returns (committed, lost): a lost one's claim had
-        expired or been taken, so nothing of it was written."""
-        if not items:
-            return [], []
-        compare: list[Compare] = []
-        ops: list[Op] = []
-        done: list[Finished] = []
-        for claimed, outcome in items:
-            c, o, s = self._finish_txn(claimed, claimed.task, outcome)
-            compare += c
-            ops += o
-            done.append(s)
-        if len(items) > 1:
-            res = self.store.txn(compare, ops)
-            if res.succeeded:
-                for f in done:
-                    f.revision = res.revision
-                return done, []
+        expired or been taken, so nothing of it was written. Outcomes are grouped into as few
+        transactions as etcd's op and size limits allow; a group whose compares fail is retried
+        one outcome at a time."""
         committed: list[Finished] = []
         lost: list[Claimed] = []
+        group: list[tuple[Claimed, Outcome, list[Compare], list[Op], Finished]] = []
+        size = 0
         for claimed, outcome in items:
+            compare, ops, finished = self._finish_txn(claimed, claimed.task, outcome)
+            n = sum(op_size(op) for op in ops)
+            if group and (sum(len(g[3]) for g in group) + len(ops) > MAX_TXN_OPS
+                          or sum(len(g[2]) for g in group) + len(compare) > MAX_TXN_OPS
+                          or size + n > MAX_REQUEST_BYTES):
+                self._commit_group(group, committed, lost)
+                group, size = [], 0
+            group.append((claimed, outcome, compare, ops, finished))
+            size += n
+        if group:
+            self._commit_group(group, committed, lost)
+        return committed, lost
+
+    def _commit_group(self, group: list[tuple[Claimed, Outcome, list[Compare], list[Op], Finished]],
+                      committed: list[Finished], lost: list[Claimed]) -> None:
+        if len(group) > 1:
+            res = self.store.txn([c for g in group for c in g[2]], [o for g in group for o in g[3]])
+            if res.succeeded:
+                for g in group:
+                    g[4].revision = res.revision
+                    committed.append(g[4])
+                return
+        for claimed, outcome, *_ in group:
             result = self._finish_one(claimed, outcome)
             (committed.append(result) if result else lost.append(claimed))
-        return committed, lost
 
     def _finish_one(self, claimed: Claimed, outcome: Outcome) -> Finished | None:
         k = self.keys

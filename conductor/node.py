@@ -42,7 +42,8 @@ from .store import Store
 
 log = logging.getLogger("conductor.node")
 
-BATCH = 24  # most tasks claimed or finished in one transaction
+CLAIM_BATCH = 16  # most tasks claimed in one transaction (4 ops each, plus a read of each job and layer)
+FINISH_BATCH = 32  # most outcomes taken at once; claims.finish splits them to fit etcd's limits
 
 
 class Conductor:
@@ -198,7 +199,7 @@ class Conductor:
                 seen = cache.changes + self._freed
                 if self._free() <= 0 or self.session.lost or not cache.is_synced:
                     continue
-                batch = cache.ready.pick(min(self._free(), BATCH), self._acceptor(), self._group_paused)
+                batch = cache.ready.pick(min(self._free(), CLAIM_BATCH), self._acceptor(), self._group_paused)
             if not batch:
                 continue
             try:
@@ -270,7 +271,7 @@ class Conductor:
             if item is None:
                 return
             items = [item]
-            while len(items) < BATCH:
+            while len(items) < FINISH_BATCH:
                 try:
                     more = self._done.get_nowait()
                 except queue.Empty:

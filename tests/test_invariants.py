@@ -174,3 +174,20 @@ def test_values_keep_unknown_fields(client: Client):
 def test_cli_tail_of_a_missing_result_is_none(client: Client, tmp_path: Path):
     job = one_task_job(client.board)
     assert client.result(f"{job}.0.0") is None
+
+
+def test_a_large_batch_of_finishes_is_split_to_fit_etcd_limits(client: Client):
+    """32 outcomes with near-cap results and full log tails: more ops and bytes than one request takes."""
+    store, keys, board = client.store, client.keys, client.board
+    job = board.post(spec.validate_job({"name": "b", "layers": [{"tasks": [{"cmd": ["true"]}] * 32}]}), "u")
+    claims, lease = Claims(store, keys, "n"), store.grant(30)
+    held = []
+    while len(held) < 32:
+        got, _ = claims.claim(ready_entries(store, keys)[:16], lease)
+        held += got
+    outcomes = [(c, Outcome(True, "exit 0", 0, result=b"r" * 60_000, log_tail=b"l" * 8192, log_size=9000))
+                for c in held]
+    committed, lost = claims.finish(outcomes)
+    assert len(committed) == 32 and lost == []
+    assert store.count(keys.tally("u", job, states.COMPLETED)) == 32
+    assert len(codec.unpack(store.get(keys.result("u", f"{job}.0.31")).value)["data"]) == 60_000
