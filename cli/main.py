@@ -66,6 +66,8 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
         drain: Annotated[bool, typer.Option(help="On SIGTERM let running tasks finish instead of "
                                                  "handing them back.")] = False,
         sweep: Annotated[float, typer.Option(min=0.5, help="Seconds between safety-net sweeps.")] = 10.0,
+        docker_host: Annotated[str, typer.Option(envvar="DOCKER_HOST", help="Docker API (Docker or podman) for "
+                                                 "container tasks. Default: a local socket if one exists.")] = "",
         verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
         local_port: Annotated[int, typer.Option(hidden=True, help="Port of the local etcd (tests).")] = 2379) -> None:
     """Join the cluster and run tasks until stopped (SIGTERM hands tasks back; twice stops now)."""
@@ -78,7 +80,7 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
     for noisy in ("grpc", "urllib3", "docker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = NodeSettings(namespace=namespace or NodeSettings().namespace, name=name, ttl=ttl, drain=drain,
-                            sweep=sweep, data_dir=data_dir or default_data_dir())
+                            sweep=sweep, data_dir=data_dir or default_data_dir(), docker_host=docker_host)
     if slots:
         settings.slots = slots
     label_map: dict[str, str] = {}

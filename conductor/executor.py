@@ -100,12 +100,26 @@ class Run:
             self._finish(Outcome(False, reason, None, self.started, now()))
             return
         self.fence.add(self.proc.pid)
+        self._supervise()
+
+    def _supervise(self) -> None:
+        """Arm the task's timeout and start the thread that waits for it to end."""
         timeout = self.claimed.task.get("timeout")
         if timeout:
             self._timer = threading.Timer(timeout, self.kill, (f"timed out after {timeout:g}s",))
             self._timer.daemon = True
             self._timer.start()
-        threading.Thread(target=self._wait, name=f"run-{self.id}", daemon=True).start()
+        threading.Thread(target=self._wait_safely, name=f"run-{self.id}", daemon=True).start()
+
+    def _wait_safely(self) -> None:
+        """Whatever goes wrong while supervising, the task gets an outcome and is never stuck."""
+        self._finished = False
+        try:
+            self._wait()
+        except Exception as exc:  # noqa: BLE001
+            log.exception("task %s: supervising it failed", self.id)
+            if not self._finished:
+                self._finish(Outcome(False, f"conductor error while supervising: {exc!r}", None, self.started, now()))
 
     def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
              grace: float | None = None) -> None:
@@ -168,21 +182,23 @@ class Run:
             self._timer.cancel()
         self._signal(pid, [], signal.SIGKILL)  # anything left in its group
         self.fence.remove(pid)
-        code = self.proc.returncode
-        rusage = {"cpu": round(usage.ru_utime + usage.ru_stime, 3), "max_rss": self.peak_rss or None,
-                  "wall": round(ended - self.started, 3)}
+        self._finish(self._outcome(self.proc.returncode, ended, usage.ru_utime + usage.ru_stime))
+
+    def _outcome(self, code: int, ended: float, cpu: float | None) -> Outcome:
+        """The outcome of a run that exited with ``code`` (negative: killed by that signal)."""
+        usage = {"cpu": None if cpu is None else round(cpu, 3), "max_rss": self.peak_rss or None,
+                 "wall": round(ended - self.started, 3)}
         if self._kill is not None:
             reason, retry, hand_back = self._kill
-            outcome = Outcome(False, reason, code, self.started, ended, rusage, retry=retry, hand_back=hand_back)
-        elif code == 0:
-            outcome = Outcome(True, "exit 0", 0, self.started, ended, rusage)
-        elif code < 0:
-            outcome = Outcome(False, f"killed by signal {signal.Signals(-code).name}", code, self.started, ended, rusage)
-        else:
-            outcome = Outcome(False, f"exit {code}", code, self.started, ended, rusage)
-        self._finish(outcome)
+            return Outcome(False, reason, code, self.started, ended, usage, retry=retry, hand_back=hand_back)
+        if code == 0:
+            return Outcome(True, "exit 0", 0, self.started, ended, usage)
+        if code < 0:
+            return Outcome(False, f"killed by signal {signal.Signals(-code).name}", code, self.started, ended, usage)
+        return Outcome(False, f"exit {code}", code, self.started, ended, usage)
 
     def _finish(self, outcome: Outcome) -> None:
+        self._finished = True
         outcome.log_path = str(self.log_path)
         try:
             size = self.log_path.stat().st_size

@@ -31,6 +31,7 @@ from . import __version__, codec, states
 from .board import Board
 from .cache import Cache
 from .claims import Claimed, Claims, Outcome, Ready
+from .containers import ContainerRun, default_docker_host, reachable
 from .errors import LeaseLost, StoreError, StoreUnavailable
 from .executor import Limits, Run, task_env
 from .fence import Fence
@@ -53,7 +54,9 @@ class Conductor:
         self.keys = Keys(settings.namespace)
         self.board = Board(self.store, self.keys)
         self.name = settings.node_name()
-        self.fence = Fence()
+        self.docker_host = settings.docker_host or default_docker_host()
+        self.containers: str | None = None  # the Docker API version when container tasks can run here
+        self.fence = Fence(self.docker_host)
         self.cache = Cache(self.keys, on_orphan=self._orphan_seen)
         self.limits = Limits(settings.result_cap, settings.tail_cap, settings.grace)
         self.runs: dict[str, Run] = {}
@@ -75,6 +78,7 @@ class Conductor:
 
     def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.containers = reachable(self.docker_host)
         self.fence.start()
         self._open_session()
         self.claims = Claims(self.store, self.keys, self.name)
@@ -85,8 +89,9 @@ class Conductor:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("node %s ready: %d slots, labels %s, etcd %s, namespace %s", self.name, self.settings.slots,
-                 self.settings.labels or "{}", self.store.describe(), self.keys.namespace)
+        log.info("node %s ready: %d slots, labels %s, etcd %s, namespace %s, containers %s", self.name,
+                 self.settings.slots, self.settings.labels or "{}", self.store.describe(), self.keys.namespace,
+                 f"via {self.docker_host} ({self.containers})" if self.containers else "none")
 
     def _open_session(self) -> None:
         base = self.name
@@ -171,6 +176,7 @@ class Conductor:
                 "labels": self.settings.labels, "slots": self.settings.slots, "cpus": os.cpu_count(),
                 "memory": vm.total, "memory_available": vm.available, "load": os.getloadavg()[0],
                 "platform": platform.platform(terse=True), "started": getattr(self, "_started", time.time()),
+                "containers": self.containers,
                 "at": time.time()}
 
     def _available_memory(self) -> int:
@@ -186,6 +192,14 @@ class Conductor:
         return self.settings.slots - self.slots_used
 
     def _claim_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._claim_until_stopped()
+            except Exception:  # never let a bug stop this node from taking work
+                log.exception("claim loop: unexpected error")
+                time.sleep(1.0)
+
+    def _claim_until_stopped(self) -> None:
         seen = -1
         backoff = 0.05
         while not self.stopping.is_set():
@@ -225,6 +239,8 @@ class Conductor:
             task = entry.task
             if task.get("paused_at") or task["id"] in self.cache.paused:
                 return False
+            if task.get("image") and not self.containers:
+                return False
             needs = task.get("needs") or {}
             slots = needs.get("slots", 1)
             if slots > free[0] or slots > self.settings.slots:
@@ -248,8 +264,9 @@ class Conductor:
         extra = {"CONDUCTOR_ETCD": self.store.describe(), "CONDUCTOR_NAMESPACE": self.keys.namespace,
                  "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": self.name}
         workdir = self.settings.data_dir / "tasks" / task["job"] / f"{task['id']}.{task['attempts']}"
-        run = Run(c, task_env(c, extra), workdir, task.get("cwd") or self.settings.cwd, self.fence,
-                  self.limits, self._run_done)
+        args = (c, task_env(c, extra), workdir, task.get("cwd") or self.settings.cwd, self.fence, self.limits,
+                self._run_done)
+        run = ContainerRun(*args, docker_host=self.docker_host) if task.get("image") else Run(*args)
         with self._lock:
             self.runs[c.id] = run
             self.slots_used += (task.get("needs") or {}).get("slots", 1)
@@ -290,8 +307,10 @@ class Conductor:
                 break
             except StoreError as exc:  # etcd away: keep the outcomes; the claims fence them anyway
                 log.warning("cannot commit %d outcome(s) yet: %s", len(items), exc)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                log.exception("committing %d outcome(s) failed; retrying", len(items))
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
         by_id = {run.id: run for run, _ in items}
         for f in committed:
             task = f.task
@@ -333,25 +352,33 @@ class Conductor:
         facts_at = time.monotonic() + 10
         while not self.stopped.is_set():
             try:
-                task_id, lease = self._orphans.get(timeout=0.25)
-                time.sleep(random.uniform(0, 0.05))  # let one node win without a stampede
-                self._recover(task_id, lease)
-            except queue.Empty:
-                pass
+                sweep_at, facts_at = self._keep(sweep_at, facts_at)
+            except Exception:  # the keeper must outlive any bug in what it calls
+                log.exception("keeper: unexpected error")
+                time.sleep(1.0)
+
+    def _keep(self, sweep_at: float, facts_at: float) -> tuple[float, float]:
+        try:
+            task_id, lease = self._orphans.get(timeout=0.25)
+            time.sleep(random.uniform(0, 0.05))  # let one node win without a stampede
+            self._recover(task_id, lease)
+        except queue.Empty:
+            pass
+        except StoreError as exc:
+            log.debug("orphan recovery deferred: %s", exc)
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            run.sample()
+        if now >= sweep_at and not self.stopping.is_set():
+            sweep_at = now + self.settings.sweep * random.uniform(0.8, 1.2)
+            try:
+                self.sweep()
             except StoreError as exc:
-                log.debug("orphan recovery deferred: %s", exc)
-            now = time.monotonic()
-            for run in list(self.runs.values()):
-                run.sample()
-            if now >= sweep_at and not self.stopping.is_set():
-                sweep_at = now + self.settings.sweep * random.uniform(0.8, 1.2)
-                try:
-                    self.sweep()
-                except StoreError as exc:
-                    log.debug("sweep deferred: %s", exc)
-            if now >= facts_at:
-                facts_at = now + 10
-                self.session.refresh_info()
+                log.debug("sweep deferred: %s", exc)
+        if now >= facts_at:
+            facts_at = now + 10
+            self.session.refresh_info()
+        return sweep_at, facts_at
 
     def _recover(self, task_id: str, lease: int) -> None:
         with self.cache.cond:

@@ -57,6 +57,7 @@ class NodeSettings:
     tail_cap: int = 8 * 1024
     etcd_timeout: float = 5.0
     cwd: str = field(default_factory=os.getcwd)
+    docker_host: str = ""  # Docker API for container tasks; "" = $DOCKER_HOST or a local socket
 
     def node_name(self) -> str:
         return self.name or socket.gethostname().split(".")[0]

@@ -1,0 +1,159 @@
+"""Container tasks (``image`` + ``cmd``) through the Docker API: the only module importing docker.
+
+Works with Docker and with podman's Docker-compatible service. The attempt's scratch directory is
+mounted at ``/conductor`` so ``$CONDUCTOR_RESULT`` and ``$CONDUCTOR_SPAWN`` work as for processes.
+A container gets the job's, layer's and task's env and the ``CONDUCTOR_*`` variables, not the
+node's environment; ``cwd`` is the working directory inside the container. Its output streams to
+the same local log file; kills go to the container (SIGTERM, SIGKILL after the grace period), and
+the fence watchdog kills it through the same API when the node loses its lease.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from .executor import Run
+from .model import now
+
+log = logging.getLogger("conductor.containers")
+
+MOUNT = "/conductor"
+
+
+def default_docker_host() -> str:
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    for path in ("/var/run/docker.sock", "/run/podman/podman.sock"):
+        if Path(path).exists():
+            return f"unix://{path}"
+    return ""
+
+
+def reachable(docker_host: str, timeout: float = 3.0) -> str | None:
+    """The API's version string if a Docker API answers at ``docker_host``, else None."""
+    if not docker_host:
+        return None
+    try:
+        client = docker.DockerClient(base_url=docker_host, timeout=timeout)
+        try:
+            return str(client.version().get("Version", "?"))
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure means "no containers here"
+        return None
+
+
+def container_env(env: dict[str, str]) -> dict[str, str]:
+    """The task env without the node's own variables, with scratch paths inside the container."""
+    out = {k: v for k, v in env.items() if k not in ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")}
+    out["CONDUCTOR_RESULT"] = f"{MOUNT}/result"
+    out["CONDUCTOR_SPAWN"] = f"{MOUNT}/spawn.json"
+    return out
+
+
+class ContainerRun(Run):
+    """One attempt of a container task."""
+
+    def __init__(self, *args: Any, docker_host: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.docker_host = docker_host
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o777)  # the container's user may not be ours
+        task = self.claimed.task
+        self.started = now()
+        self.container: Any = None
+        self._cpu: float | None = None
+        self._sampled = 0.0
+        try:
+            self.api = docker.DockerClient(base_url=self.docker_host, timeout=120)
+            self.container = self.api.containers.run(
+                task["image"], command=list(task["cmd"]) or None, environment=container_env(self.env),
+                detach=True, name=f"conductor-{task['id']}-{task['attempts']}-{os.getpid()}",
+                labels={"conductor.task": task["id"], "conductor.node": os.uname().nodename},
+                volumes={str(self.dir): {"bind": MOUNT, "mode": "rw"}}, working_dir=task.get("cwd") or None)
+        except docker.errors.ImageNotFound as exc:
+            self._finish(self._fail(f"cannot start container: image {task['image']!r} not found ({_why(exc)})"))
+            return
+        except docker.errors.DockerException as exc:
+            self._finish(self._fail(f"cannot start container: {_why(exc)}"))
+            return
+        self.fence.add_container(self.container.id)
+        self._supervise()
+
+    def _fail(self, reason: str) -> Any:
+        from .claims import Outcome
+
+        return Outcome(False, reason, None, self.started, now())
+
+    def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
+             grace: float | None = None) -> None:
+        with self._lock:
+            if self._kill is None:
+                self._kill = (reason, retry, hand_back)
+        container = getattr(self, "container", None)
+        if container is None:
+            return
+        self._signal_container("SIGTERM")
+        wait = self.limits.grace if grace is None else grace
+        timer = threading.Timer(wait, self._signal_container, ("SIGKILL",))
+        timer.daemon = True
+        timer.start()
+
+    def _signal_container(self, sig: str) -> None:
+        try:
+            self.container.kill(signal=sig)
+        except docker.errors.DockerException:
+            pass  # already gone
+
+    def sample(self) -> None:
+        """Peak memory and CPU time from the container's stats, every few seconds."""
+        container = getattr(self, "container", None)
+        if container is None or time.monotonic() - self._sampled < 2.0:
+            return
+        self._sampled = time.monotonic()
+        try:
+            stats = container.stats(stream=False)
+        except Exception:  # noqa: BLE001 - an exited container may answer with no JSON at all
+            return
+        memory = stats.get("memory_stats") or {}
+        self.peak_rss = max(self.peak_rss, int(memory.get("max_usage") or memory.get("usage") or 0))
+        total = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+        if total:
+            self._cpu = total / 1e9
+
+    def _wait(self) -> None:
+        container = self.container
+        try:
+            with open(self.log_path, "wb") as out:
+                for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                    out.write(chunk)
+                    out.flush()
+            code = int(container.wait().get("StatusCode", -1))
+        except docker.errors.DockerException as exc:
+            log.warning("task %s: lost track of container %s: %s", self.id, container.id[:12], _why(exc))
+            code = -9
+        ended = now()
+        if self._timer:
+            self._timer.cancel()
+        self.sample()
+        self.fence.remove_container(container.id)
+        try:
+            container.remove(force=True)
+        except docker.errors.DockerException:
+            pass
+        if code > 128 and self._kill is not None:
+            code = -(code - 128)  # shells report a signal as 128 + signal number
+        self._finish(self._outcome(code, ended, self._cpu))
+
+
+def _why(exc: Exception) -> str:
+    return str(getattr(exc, "explanation", None) or exc).strip()
