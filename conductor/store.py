@@ -1,8 +1,8 @@
-"""The one seam to etcd: the only module that imports ``etcd3``.
+"""The one seam to etcd: the only module that talks to it (through :mod:`conductor.etcdpb`).
 
-It uses etcd3's generated gRPC stubs directly, so every call has a timeout, ranges can count
-without reading, transactions can nest, and watches run in threads we own: a watch that breaks
-(etcd restarted, connection lost) waits with backoff and lists again instead of spinning or dying.
+It calls etcd's gRPC API directly, so every call has a timeout, ranges can count without reading,
+transactions can nest, and watches run in threads we own: a watch that breaks (etcd restarted,
+connection lost) waits with backoff and lists again instead of spinning or dying.
 
 Atomicity: each call is one etcd request, so :meth:`Store.txn` is atomic and a :meth:`Store.read`
 of several ranges is one consistent snapshot. Raised: :class:`StoreUnavailable` when etcd cannot be
@@ -12,7 +12,6 @@ for anything else etcd refuses.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import socket
@@ -20,21 +19,12 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
-os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"  # etcd3's stubs predate protobuf 4
+import grpc
 
-import grpc  # noqa: E402
-
-try:
-    from etcd3 import etcdrpc  # noqa: E402
-except TypeError as exc:  # protobuf was imported earlier with its C implementation
-    raise ImportError(
-        "conductor.store must be imported before anything else imports protobuf "
-        "(etcd3 needs PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python)"
-    ) from exc
-
-from .errors import LeaseLost, StoreError, StoreUnavailable  # noqa: E402
-from .keys import prefix_end  # noqa: E402
-from .ops import KV, Compare, Delete, Event, Get, Op, Put, RangeResult, Txn, TxnResult  # noqa: E402
+from . import etcdpb as etcdrpc
+from .errors import LeaseLost, StoreError, StoreUnavailable
+from .keys import prefix_end
+from .ops import KV, Compare, Delete, Event, Get, Op, Put, RangeResult, Txn, TxnResult
 
 log = logging.getLogger("conductor.store")
 
@@ -126,10 +116,7 @@ class Store:
         if len(self.endpoints) > 1:
             options.append(("grpc.lb_policy_name", "round_robin"))
         self.channel = grpc.insecure_channel(_target(self.endpoints), options=options)
-        self._kv = etcdrpc.KVStub(self.channel)
-        self._lease = etcdrpc.LeaseStub(self.channel)
-        self._watch = etcdrpc.WatchStub(self.channel)
-        self._maint = etcdrpc.MaintenanceStub(self.channel)
+        self._kv = self._lease = self._watch = self._maint = etcdrpc.Stub(self.channel)
         self._closed = False
 
     def close(self) -> None:
@@ -147,16 +134,28 @@ class Store:
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[..., Any], request: Any, what: str, timeout: float | None = None) -> Any:
-        try:
-            return fn(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc, what) from None
-        except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
-            raise StoreUnavailable(f"etcd unavailable during {what}: {exc}") from None
+    def _call(self, fn: Callable[..., Any], request: Any, what: str, timeout: float | None = None,
+              idempotent: bool = False) -> Any:
+        """One request. A read that meets a passing unavailability (a leader election, a member
+        going away) is retried until the timeout; a write is not, since it may have been applied."""
+        budget = timeout or self.timeout
+        deadline = time.monotonic() + budget
+        delay = 0.05
+        while True:
+            try:
+                return fn(request, timeout=max(0.05, deadline - time.monotonic()) if idempotent else budget)
+            except grpc.RpcError as exc:
+                error = _translate(exc, what)
+            except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
+                raise StoreUnavailable(f"etcd unavailable during {what}: {exc}") from None
+            if not (idempotent and isinstance(error, StoreUnavailable)) or self._closed \
+                    or time.monotonic() + delay >= deadline:
+                raise error
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def get(self, key: str) -> KV | None:
-        resp = self._call(self._kv.Range, etcdrpc.RangeRequest(key=key.encode()), "get")
+        resp = self._call(self._kv.Range, etcdrpc.RangeRequest(key=key.encode()), "get", idempotent=True)
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     def range(self, key: str, range_end: str | None = None, *, limit: int = 0, revision: int = 0,
@@ -165,7 +164,7 @@ class Store:
                                    keys_only=keys_only, count_only=count_only)
         if range_end is not None:
             req.range_end = range_end.encode("latin-1")
-        resp = self._call(self._kv.Range, req, "range", timeout)
+        resp = self._call(self._kv.Range, req, "range", timeout, idempotent=True)
         return RangeResult([_kv(kv) for kv in resp.kvs], resp.count, resp.more, resp.header.revision)
 
     def count(self, prefix: str) -> int:
@@ -210,7 +209,8 @@ class Store:
             timeout: float | None = None) -> TxnResult:
         """One atomic transaction. Returns whether the compares held and what the branch read."""
         req = _txn_request(Txn(compare, success, failure))
-        resp = self._call(self._kv.Txn, req, "transaction", timeout)
+        reads_only = not compare and all(isinstance(op, Get) for op in (*success, *failure))
+        resp = self._call(self._kv.Txn, req, "transaction", timeout, idempotent=reads_only)
         return _txn_result(resp, resp.header.revision)
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
@@ -257,7 +257,8 @@ class Store:
 
     def lease_ttl(self, lease_id: int) -> int:
         """Seconds left on a lease, -1 when it does not exist."""
-        resp = self._call(self._lease.LeaseTimeToLive, etcdrpc.LeaseTimeToLiveRequest(ID=lease_id), "lease ttl")
+        resp = self._call(self._lease.LeaseTimeToLive, etcdrpc.LeaseTimeToLiveRequest(ID=lease_id), "lease ttl",
+                          idempotent=True)
         return resp.TTL
 
     # ---- maintenance -------------------------------------------------------------------------
@@ -266,7 +267,7 @@ class Store:
         return self.range("\0", limit=1, keys_only=True).revision
 
     def status(self) -> dict[str, Any]:
-        resp = self._call(self._maint.Status, etcdrpc.StatusRequest(), "status")
+        resp = self._call(self._maint.Status, etcdrpc.StatusRequest(), "status", idempotent=True)
         return {"version": resp.version, "db_size": resp.dbSize, "leader": resp.leader,
                 "revision": resp.header.revision, "member": resp.header.member_id}
 
