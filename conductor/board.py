@@ -26,7 +26,8 @@ from .store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Store, op_size
 
 log = logging.getLogger("conductor.board")
 
-INLINE_TASKS = 48  # a starting layer with at most this many tasks is queued in the same txn
+INLINE_TASKS = 40  # starting layers with at most this many tasks in all are queued in the same txn
+MAX_FINISH = 24  # layers finished in one settle transaction (three range compares each)
 CHUNK_TASKS = 60  # tasks queued per transaction (two ops each)
 MAX_TRIES = 50
 
@@ -91,14 +92,14 @@ class Board:
         job["layers"] = [model.layer_summary(layer) for layer in layers]
         started = advance(job, {layer["index"]: layer for layer in layers}, node)
         k = self.keys
-        n_head = len(self._head_ops(job, layers, tasks))
+        n_head = len(self._head_ops(job, layers))
         small = sum(len(t) for t in tasks) + sum(len(tasks[i]) for i in started) + n_head <= MAX_TXN_OPS
         if small:
             for i in started:
                 layers[i]["enqueued"] = True
                 for task in tasks[i]:
                     model.move(task, states.QUEUED, "its layer started", node)
-            ops: list[Op] = self._task_ops(tasks) + self._head_ops(job, layers, tasks)
+            ops: list[Op] = self._task_ops(tasks) + self._head_ops(job, layers)
             if sum(op_size(op) for op in ops) < MAX_REQUEST_BYTES:
                 res = self.store.txn([absent(k.job(user, job_id))], ops)
                 if not res.succeeded:
@@ -111,12 +112,12 @@ class Board:
                     task["state"] = states.PENDING
                     task["records"].pop()
         revs: dict[str, int] = {}
-        for group in chunked(self._task_ops(tasks)):
+        for group in chunked(self._task_ops(tasks) + self._layer_ops(layers)):
             res = self.store.txn([absent(k.job(user, job_id))], group)
             for op in group:
                 if isinstance(op, Put):
                     revs[op.key] = res.revision
-        res = self.store.txn([absent(k.job(user, job_id))], self._head_ops(job, layers, tasks))
+        res = self.store.txn([absent(k.job(user, job_id))], self._head_ops(job))
         if not res.succeeded:
             raise RuntimeError(f"job id {job_id} already exists")
         self._log_post(job, layers)
@@ -139,10 +140,15 @@ class Board:
                     ops.append(Put(self.keys.paused(task["id"]), b""))
         return ops
 
-    def _head_ops(self, job: Value, layers: list[Value], tasks: list[list[Value]]) -> list[Op]:
+    def _layer_ops(self, layers: list[Value]) -> list[Op]:
+        k = self.keys
+        ops: list[Op] = [Put(k.layer(layer["user"], layer["id"]), codec.pack(layer)) for layer in layers]
+        return ops + [Put(k.paused(layer["id"]), b"") for layer in layers if layer.get("paused_at")]
+
+    def _head_ops(self, job: Value, layers: list[Value] | None = None) -> list[Op]:
+        """The job key and its index; with ``layers``, the layers too (a job posted in one txn)."""
         k, user = self.keys, job["user"]
-        ops: list[Op] = [Put(k.layer(user, layer["id"]), codec.pack(layer)) for layer in layers]
-        ops += [Put(k.paused(layer["id"]), b"") for layer in layers if layer.get("paused_at")]
+        ops: list[Op] = self._layer_ops(layers) if layers else []
         if job.get("paused_at"):
             ops.append(Put(k.paused(job["id"]), b""))
         ops.append(Put(k.index(job["id"]), codec.pack({"user": user})))
@@ -224,10 +230,10 @@ class Board:
                     continue
             counts = self._counts(user, job_id, [layers[i]["id"] for i in running])
             finished: list[int] = []
-            for i in running:
+            for i in running[:MAX_FINISH]:  # the rest in the next round: a txn has 128 compares at most
                 layer = layers[i]
                 ready, claimed, errored = counts[layer["id"]]
-                if layer.get("enqueued") and ready == 0 and claimed == 0:
+                if layer.get("enqueued") and ready == 0 and claimed == 0:  # claimed counts run markers too
                     outcome = states.layer_outcome(errored, layer["on_error"])
                     why = (f"{errored} task(s) errored" if outcome == states.ERRORED else
                            "every task is done" + (f" ({errored} errored, policy continue)" if errored else ""))
@@ -247,12 +253,15 @@ class Board:
                 if i in emptied:
                     continue
                 lid = layers[i]["id"]
-                compare += [range_empty(k.ready(lid + ".")), range_empty(k.claim(lid + "."))]
+                compare += [range_empty(k.ready(lid + ".")), range_empty(k.claim(lid + ".")),
+                            range_empty(k.run(lid + "."))]
             inline: dict[int, list[tuple[Value, KV]]] = {}
+            budget = INLINE_TASKS  # across every starting layer, so the txn stays under 128 ops
             for i in started:
-                if layers[i]["tasks"] <= INLINE_TASKS:
+                if layers[i]["tasks"] <= budget:
                     kvs, _ = self.store.scan(k.task(user, layers[i]["id"] + "."))
                     inline[i] = [(v, kv) for kv in kvs if (v := codec.unpack(kv.value))["state"] == states.PENDING]
+                    budget -= len(inline[i])
             for i, pairs in inline.items():
                 layers[i]["enqueued"] = True
                 for task, kv in pairs:
@@ -278,27 +287,26 @@ class Board:
             for i in started:
                 if i not in inline:
                     self.enqueue(user, layers[i]["id"], node=node)
-            if started and any(i not in inline for i in started):
-                continue  # a big layer was queued in chunks: settle again in case it already drained
-            return True
+            # and again: a big layer may have drained while it was queued, or layers were left over
         log.warning("settle of job %s gave up after %d tries (heavy contention)", job_id, MAX_TRIES)
-        return False
+        return changed
 
     def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, tuple[int, int, int]]:
-        """(ready, claimed, errored) per layer, read as one snapshot."""
+        """(ready, claimed or orphaned, errored) per layer, read as one snapshot."""
         if not layer_ids:
             return {}
         k = self.keys
         ops: list[Get] = []
         for lid in layer_ids:
-            ops += [Get.count(k.ready(lid + ".")), Get.count(k.claim(lid + ".")),
+            ops += [Get.count(k.ready(lid + ".")), Get.count(k.claim(lid + ".")), Get.count(k.run(lid + ".")),
                     Get.count(k.tally(user, job_id, states.ERRORED, lid + "."))]
         out: dict[str, tuple[int, int, int]] = {}
         for start in range(0, len(ops), 120):
             res = self.store.read(ops[start:start + 120])
-            for j in range(0, len(res.responses), 3):
-                lid = layer_ids[(start + j) // 3]
-                out[lid] = (res.responses[j].count, res.responses[j + 1].count, res.responses[j + 2].count)
+            for j in range(0, len(res.responses), 4):
+                lid = layer_ids[(start + j) // 4]
+                ready, claimed, running, errored = (r.count for r in res.responses[j:j + 4])
+                out[lid] = (ready, max(claimed, running), errored)
         return out
 
 

@@ -108,9 +108,11 @@ class ReadyQueue:
 
 
 class Cache(FollowHandler):
-    def __init__(self, keys: Keys, on_orphan: Callable[[str, int], None] | None = None):
+    def __init__(self, keys: Keys, on_orphan: Callable[[str, int], None] | None = None,
+                 on_kill: Callable[[str, dict], None] | None = None):
         self.keys = keys
         self.on_orphan = on_orphan or (lambda task, lease: None)
+        self.on_kill = on_kill or (lambda task, request: None)
         self.cond = threading.Condition()
         self.ready = ReadyQueue()
         self.claims: dict[str, ClaimInfo] = {}
@@ -118,6 +120,8 @@ class Cache(FollowHandler):
         self.paused: set[str] = set()
         self.ready_by_layer: Counter[str] = Counter()
         self.claims_by_layer: Counter[str] = Counter()
+        self.runs_by_layer: Counter[str] = Counter()
+        self.kills: dict[str, dict] = {}  # task -> kill request
         self.revision = 0
         self.is_synced = False
         self.changes = 0  # bumped on every change a claim loop may care about
@@ -133,6 +137,8 @@ class Cache(FollowHandler):
             self.paused.clear()
             self.ready_by_layer.clear()
             self.claims_by_layer.clear()
+            self.runs_by_layer.clear()
+            self.kills.clear()
             for kv in kvs:
                 self._apply_put(kv)
             self.revision = revision
@@ -187,10 +193,14 @@ class Cache(FollowHandler):
             info = codec.unpack(kv.value)
             self.claims[name] = ClaimInfo(info.get("node", "?"), kv.lease, kv.create_revision)
         elif kind == "runs":
-            lease_text, _, task = name.partition("/")
-            self.runs[task] = int(lease_text, 16)
+            if name not in self.runs:
+                self.runs_by_layer[layer_of(name)] += 1
+            self.runs[name] = int(codec.unpack(kv.value).get("lease", "0"), 16)
         elif kind == "paused":
             self.paused.add(name)
+        elif kind == "kills":
+            self.kills[name] = codec.unpack(kv.value)
+            self.on_kill(name, self.kills[name])
 
     def _apply_delete(self, key: str) -> tuple[str, int] | None:
         """Apply a delete; for a deleted claim return (task, lease) to check for an orphan."""
@@ -204,11 +214,12 @@ class Cache(FollowHandler):
                 self._dec(self.claims_by_layer, layer_of(name))
                 return name, info.lease
         elif kind == "runs":
-            lease_text, _, task = name.partition("/")
-            if self.runs.get(task) == int(lease_text, 16):
-                del self.runs[task]
+            if self.runs.pop(name, None) is not None:
+                self._dec(self.runs_by_layer, layer_of(name))
         elif kind == "paused":
             self.paused.discard(name)
+        elif kind == "kills":
+            self.kills.pop(name, None)
         return None
 
     @staticmethod
@@ -232,8 +243,9 @@ class Cache(FollowHandler):
             return self.cond.wait_for(lambda: self.is_synced and self.revision >= revision, timeout)
 
     def layer_busy(self, layer_id: str) -> bool:
+        """Has the layer a task that is ready, claimed, or orphaned (run marker without claim)?"""
         with self.cond:
-            return self.ready_by_layer.get(layer_id, 0) > 0 or self.claims_by_layer.get(layer_id, 0) > 0
+            return any(c.get(layer_id, 0) > 0 for c in (self.ready_by_layer, self.claims_by_layer, self.runs_by_layer))
 
     def orphans(self) -> list[tuple[str, int]]:
         with self.cond:

@@ -119,7 +119,7 @@ class Claims:
             claim = {"node": node, "lease": lease_hex(lease), "attempt": task["attempts"], "user": user, "at": at}
             ops += [Delete(k.ready(task["id"])),
                     Put(k.claim(task["id"]), codec.pack(claim), lease=lease),
-                    Put(k.run(lease, task["id"]), codec.pack({"node": node, "user": user})),
+                    Put(k.run(task["id"]), codec.pack({"node": node, "user": user, "lease": lease_hex(lease)})),
                     Put(k.task(user, task["id"]), codec.pack(task))]
             jobs[task["job"]] = user
             layers[task["layer"]] = user
@@ -231,7 +231,7 @@ class Claims:
             new_state = model.move(task, states.ERRORED, f"{o.reason} on {node}{left}", node)["state"]
         data = codec.pack(task)
         compare = [created_at(k.claim(tid), claimed.claim_rev), mod_is(k.task(user, tid), task_rev or claimed.task_rev)]
-        ops: list[Op] = [Delete(k.claim(tid)), Delete(k.run(claimed.lease, tid)), Put(k.task(user, tid), data)]
+        ops: list[Op] = [Delete(k.claim(tid)), Delete(k.run(tid)), Put(k.task(user, tid), data)]
         if new_state == states.QUEUED:
             ops.append(Put(k.ready(tid), data))
         elif new_state in states.FINAL and current["state"] == states.RUNNING:
@@ -251,10 +251,10 @@ class Claims:
         """Requeue (or fail, with no attempt left) a task whose node's lease expired while it held
         the task. Returns the task's new state, or None when there was nothing to do."""
         k = self.keys
-        marker_key = k.run(lease, task_id)
+        marker_key = k.run(task_id)
         for _ in range(20):
             marker = self.store.get(marker_key)
-            if marker is None:
+            if marker is None or int(codec.unpack(marker.value).get("lease", "0"), 16) != lease:
                 return None
             user = codec.unpack(marker.value).get("user", "")
             snap = self.store.read([Get(k.claim(task_id)), Get(k.task(user, task_id))])
@@ -290,14 +290,14 @@ class Claims:
         return None
 
     def orphans(self) -> list[tuple[str, int]]:
-        """(task, lease) of every run marker without a live claim of that lease: read keys only."""
+        """(task, lease) of every run marker without a live claim of that lease."""
         k = self.keys
-        snap = self.store.read([Get.prefix(k.run(), keys_only=True), Get.prefix(k.claim(), keys_only=True)])
+        snap = self.store.read([Get.prefix(k.run()), Get.prefix(k.claim(), keys_only=True)])
         claimed = {kv.key[len(k.claim()):]: kv.lease for kv in snap.responses[1].kvs}
         out = []
         for kv in snap.responses[0].kvs:
-            lease_text, _, task_id = kv.key[len(k.run()):].partition("/")
-            lease = int(lease_text, 16)
+            task_id = kv.key[len(k.run()):]
+            lease = int(codec.unpack(kv.value).get("lease", "0"), 16)
             if claimed.get(task_id) != lease:
                 out.append((task_id, lease))
         return out

@@ -16,7 +16,8 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "node": ("nodes/<node>", True, "node info: host, pid, version, labels, slots, facts"),
     "ready": ("q/ready/<task>", False, "exists while the task may be claimed; value = the task"),
     "claim": ("q/claims/<task>", True, "who runs the task now; create_revision = fencing token"),
-    "run": ("q/runs/<lease>/<task>", False, "durable twin of a claim: found without a claim = orphan"),
+    "run": ("q/runs/<task>", False, "durable twin of a claim (value names the lease): without its claim = orphan"),
+    "kill": ("q/kills/<task>", False, "a request to stop a running task (kill or skip), for its node"),
     "paused": ("q/paused/<id>", False, "exists while a job, layer or task is paused"),
     "job": ("users/<user>/jobs/<job>", False, "job spec + state"),
     "layer": ("users/<user>/layers/<layer>", False, "layer spec + state"),
@@ -81,10 +82,11 @@ class Keys:
     def claim(self, task: str = "") -> str:
         return self._k(f"q/claims/{task}")
 
-    def run(self, lease_id: int | None = None, task: str = "") -> str:
-        if lease_id is None:
-            return self._k("q/runs/")
-        return self._k(f"q/runs/{lease_hex(lease_id)}/{task}")
+    def run(self, task: str = "") -> str:
+        return self._k(f"q/runs/{task}")
+
+    def kill(self, task: str = "") -> str:
+        return self._k(f"q/kills/{task}")
 
     def paused(self, some_id: str = "") -> str:
         return self._k(f"q/paused/{some_id}")

@@ -191,3 +191,40 @@ def test_a_large_batch_of_finishes_is_split_to_fit_etcd_limits(client: Client):
     assert len(committed) == 32 and lost == []
     assert store.count(keys.tally("u", job, states.COMPLETED)) == 32
     assert len(codec.unpack(store.get(keys.result("u", f"{job}.0.31")).value)["data"]) == 60_000
+
+
+def test_an_orphaned_task_keeps_its_layer_open(client: Client):
+    """Between a lease expiring and its task being requeued, the layer is not done (layer order)."""
+    store, keys, board = client.store, client.keys, client.board
+    job = board.post(spec.validate_job({"name": "o", "layers": [{"tasks": [{"cmd": ["true"]}]},
+                                                                 {"tasks": [{"cmd": ["true"]}]}]}), "u")
+    claims, lease = Claims(store, keys, "dying"), store.grant(5)
+    [held], _ = claims.claim(ready_entries(store, keys), lease)
+    store.revoke(lease)  # claim gone, run marker left: an orphan
+    assert board.settle(job, "u") is False
+    assert ready_entries(store, keys) == [], "the next layer did not start"
+    assert Claims(store, keys, "rescuer").recover(held.id, lease) == states.QUEUED
+    [again], _ = claims.claim(ready_entries(store, keys), store.grant(5))
+    claims.finish([(again, Outcome(True, "exit 0", 0))])
+    assert board.settle(job, "u")
+    assert [r.id for r in ready_entries(store, keys)] == [f"{job}.1.0"]
+
+
+def test_many_layers_of_one_order_start_and_finish_together(client: Client):
+    """Five layers of 40 tasks starting at once, and 130 layers in one job: every txn fits etcd."""
+    store, keys, board = client.store, client.keys, client.board
+    job = board.post(spec.validate_job({"name": "wide", "layers": [
+        {"order": 0, "tasks": [{"cmd": ["true"]}]}] + [
+        {"order": 1, "tasks": [{"cmd": ["true"]}] * 40} for _ in range(5)]}), "u")
+    claims, lease = Claims(store, keys, "n"), store.grant(30)
+    for _ in range(20):
+        ready = ready_entries(store, keys)
+        if not ready:
+            break
+        for start in range(0, len(ready), 16):
+            got, _ = claims.claim(ready[start:start + 16], lease)
+            claims.finish([(c, Outcome(True, "exit 0", 0)) for c in got])
+        board.settle(job, "u")
+    assert codec.unpack(store.get(keys.job("u", job)).value)["state"] == states.COMPLETED
+    tall = board.post(spec.validate_job({"name": "tall", "layers": [{"tasks": []} for _ in range(130)]}), "u")
+    assert codec.unpack(store.get(keys.job("u", tall)).value)["state"] == states.COMPLETED
