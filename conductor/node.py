@@ -45,6 +45,7 @@ log = logging.getLogger("conductor.node")
 
 CLAIM_BATCH = 16  # most tasks claimed in one transaction (4 ops each, plus a read of each job and layer)
 FINISH_BATCH = 32  # most outcomes taken at once; claims.finish splits them to fit etcd's limits
+GATHER = 0.002  # seconds to wait for more outcomes (or freed slots) to share one transaction
 
 
 class Conductor:
@@ -66,11 +67,13 @@ class Conductor:
         self._done: queue.Queue[tuple[Run, Outcome] | None] = queue.Queue()
         self._orphans: queue.Queue[tuple[str, int]] = queue.Queue()
         self._to_settle: set[tuple[str, str]] = set()
+        self._inflight: set[str] = set()  # being claimed right now: not strays
         self.stopping = threading.Event()
         self.stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._follower: Any = None
         self._mem_cache = (0.0, 0)
+        self._started = time.time()
         self.session: Session
         self.claims: Claims
 
@@ -175,7 +178,7 @@ class Conductor:
         return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "version": __version__,
                 "labels": self.settings.labels, "slots": self.settings.slots, "cpus": os.cpu_count(),
                 "memory": vm.total, "memory_available": vm.available, "load": os.getloadavg()[0],
-                "platform": platform.platform(terse=True), "started": getattr(self, "_started", time.time()),
+                "platform": platform.platform(terse=True), "started": self._started,
                 "containers": self.containers,
                 "at": time.time()}
 
@@ -210,17 +213,25 @@ class Conductor:
                     and len(cache.ready) > 0 and not self.session.lost), timeout=1.0)
                 if self.stopping.is_set():
                     return
+                if 0 < self._free() < min(self.settings.slots, CLAIM_BATCH) and len(cache.ready) > self._free():
+                    # more work than free slots: let a few more slots free up, to claim them in one txn
+                    cache.cond.wait_for(lambda: self._free() >= min(self.settings.slots, CLAIM_BATCH)
+                                        or self.stopping.is_set(), timeout=GATHER)
                 seen = cache.changes + self._freed
                 if self._free() <= 0 or self.session.lost or not cache.is_synced:
                     continue
                 batch = cache.ready.pick(min(self._free(), CLAIM_BATCH), self._acceptor(), self._group_paused)
             if not batch:
                 continue
+            with self._lock:
+                self._inflight.update(e.id for e in batch)
             try:
                 claimed, stale = self.claims.claim(batch, self.session.lease)
                 backoff = 0.05
-            except (StoreUnavailable, LeaseLost, StoreError) as exc:
+            except StoreError as exc:  # if it committed after all, the sweep hands those claims back
                 log.debug("claim failed: %s", exc)
+                with self._lock:
+                    self._inflight.difference_update(e.id for e in batch)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 seen = -1
@@ -230,6 +241,8 @@ class Conductor:
                 seen = -1
             for c in claimed:
                 self._start(c)
+            with self._lock:
+                self._inflight.difference_update(e.id for e in batch)
 
     def _acceptor(self) -> Any:
         free = [self._free()]
@@ -271,6 +284,8 @@ class Conductor:
             self.runs[c.id] = run
             self.slots_used += (task.get("needs") or {}).get("slots", 1)
         run.start()
+        if self.stopping.is_set() and not self.settings.drain:  # claimed as the first SIGTERM came
+            run.kill("the node is shutting down", hand_back=True, grace=self.settings.shutdown_grace)
 
     def _run_done(self, run: Run, outcome: Outcome) -> None:
         with self._lock:
@@ -288,9 +303,10 @@ class Conductor:
             if item is None:
                 return
             items = [item]
+            gather_until = time.monotonic() + GATHER  # outcomes that come together commit together
             while len(items) < FINISH_BATCH:
                 try:
-                    more = self._done.get_nowait()
+                    more = self._done.get(timeout=max(0.0, gather_until - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:
@@ -315,7 +331,7 @@ class Conductor:
         for f in committed:
             task = f.task
             extra = f" (exit {task['exit_code']})" if task.get("exit_code") not in (None, 0) else ""
-            log.info("task %s %s %s on %s: %s%s", task["id"], task["name"], f.state, self.name,
+            log.info("task %s %s %s: %s%s", task["id"], task["name"], f.state,
                      task["records"][-1]["reason"], extra if f.state != states.QUEUED else "")
         for c in lost:
             log.warning("task %s: outcome dropped, this node no longer holds it", c.id)
@@ -398,6 +414,7 @@ class Conductor:
         orphans = self.cache.orphans() if self.cache.is_synced else self.claims.orphans()
         for task_id, lease in orphans:
             self._recover(task_id, lease)
+        self._release_strays()
         with self._lock:
             pending, self._to_settle = self._to_settle, set()
         for job, user in pending:
@@ -408,10 +425,35 @@ class Conductor:
             job = kv.key.rsplit("/", 1)[1]
             self.board.settle(job, codec.unpack(kv.value).get("user"), node=self.name, repair=True)
 
+    def _release_strays(self) -> None:
+        """Hand back claims on this node's lease that it is not running: a claim whose reply was
+        lost (etcd failed over mid-request) looks failed to the claim loop but may have committed."""
+        lease = self.session.lease
+        with self.cache.cond:
+            held = [(t, c) for t, c in self.cache.claims.items() if c.lease == lease]
+        with self._lock:
+            strays = [(t, c) for t, c in held if t not in self.runs and t not in self._inflight]
+        for task_id, info in strays:
+            found = self.board.load(self.keys.run(task_id))
+            if found is None:
+                continue
+            user = found[0].get("user", "")
+            task = self.board.load(self.keys.task(user, task_id))
+            if task is None or task[0]["state"] != states.RUNNING or task[0].get("node") != self.name:
+                continue
+            with self._lock:
+                if task_id in self.runs or task_id in self._inflight:
+                    continue
+            claimed = Claimed(task[0], task[1].mod_revision, info.create_revision, lease)
+            outcome = Outcome(False, "the claim's reply was lost; never started", hand_back=True)
+            committed, _ = self.claims.finish([(claimed, outcome)])
+            if committed:
+                log.warning("task %s: handed back a claim this node held but never started", task_id)
+
     def _lead(self, role: str) -> bool:
         key = self.keys.leader(role)
         lease = self.session.lease
-        res = self.store.txn([absent(key)], [Put(key, self.name.encode(), lease)])
+        res = self.store.txn([absent(key)], [Put(key, codec.pack({"node": self.name, "at": time.time()}), lease)])
         if res.succeeded:
             return True
         kv = self.store.get(key)

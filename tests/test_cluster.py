@@ -173,3 +173,27 @@ def test_stalled_node_does_not_commit_after_losing_its_claim(client: Client, sha
     assert "claim lost" in stalled.log() or "self-fencing" in stalled.log() or "no longer holds" in stalled.log()
     assert other.alive() and stalled.alive(), "the stalled node carries on with a new lease"
     wait_for(lambda: "rejoined with a new lease" in stalled.log(), 10)
+
+
+def test_a_claim_whose_reply_was_lost_is_handed_back(client: Client, shared_etcd, start_nodes, tmp_path: Path):
+    """A claim committed on a node's lease that the node never started (its reply was lost when
+    etcd failed over) is found by the node's sweep and handed back, then runs normally."""
+    from conductor import codec
+    from conductor.claims import Claims, Ready
+
+    node = start_nodes(shared_etcd.endpoint, 1, slots=1)[0]
+    client.post({"name": "blocker", "paused": True, "layers": [{"tasks": [{"cmd": ["true"]}]}]})
+    job = client.post({"name": "stray", "paused": True, "layers": [{"tasks": [
+        shell(f"echo ran >> {tmp_path / 'ran.txt'}")]}]})
+    info = codec.unpack(client.store.get(client.keys.node(node.name)).value)
+    lease = int(info["lease"], 16)
+    kv = client.store.get(client.keys.ready(f"{job}.0.0"))
+    # unpause the job's key by hand (not through a claim loop) and claim on the node's lease
+    client.store.delete(client.keys.paused(job))
+    [held], _ = Claims(client.store, client.keys, node.name).claim([Ready(codec.unpack(kv.value), kv.mod_revision)],
+                                                                    lease)
+    wait_for(lambda: "never started" in node.log(), 10, what="the node handed the stray claim back")
+    assert client.wait(job, timeout=20)["state"] == "COMPLETED"
+    assert (tmp_path / "ran.txt").read_text() == "ran\n"
+    task = client.task(f"{job}.0.0")
+    assert task["attempts"] == 1 and any("never started" in r["reason"] for r in task["records"])
