@@ -61,8 +61,9 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
         labels: Annotated[Optional[list[str]], typer.Option(
             "--labels", help="k=v labels tasks can require (needs.labels); comma-separated or repeated.")] = None,
         ttl: Annotated[int, typer.Option(min=2, help="Lease TTL in seconds: how soon others take over.")] = 10,
-        data_dir: Annotated[Optional[Path], typer.Option(help="Logs and local etcd data. "
-                                                         "Default: ~/.local/share/conductor.")] = None,
+        data_dir: Annotated[Optional[Path], typer.Option(help="Task logs and local etcd data. Default: "
+                                                         "$CONDUCTOR_DATA, else $XDG_DATA_HOME/conductor, else "
+                                                         "~/.local/share/conductor.")] = None,
         drain: Annotated[bool, typer.Option(help="On SIGTERM let running tasks finish instead of "
                                                  "handing them back.")] = False,
         sweep: Annotated[float, typer.Option(min=0.5, help="Seconds between safety-net sweeps.")] = 10.0,

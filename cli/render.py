@@ -91,6 +91,22 @@ def jobs_table(jobs: list[dict[str, Any]]) -> None:
     out.print(table)
 
 
+def _task_line(task: dict[str, Any]) -> str:
+    usage = task.get("usage") or {}
+    bits = [f"{task['name']} {task['id']}", state(task["state"], bool(task.get("paused_at"))),
+            f"attempt {task.get('attempts', 0)}/{task.get('max_attempts')}"]
+    if task.get("node"):
+        bits.append(f"on {task['node']}")
+    if task.get("exit_code") is not None:
+        bits.append(f"exit {task['exit_code']}")
+    bits.append(_duration(task))
+    if usage.get("max_rss"):
+        bits.append(f"[dim]{size(usage['max_rss'])} peak[/]")
+    if usage.get("cpu") is not None:
+        bits.append(f"[dim]{usage['cpu']:.2f}s cpu[/]")
+    return "  ".join(bits)
+
+
 def _duration(obj: dict[str, Any]) -> str:
     if not obj.get("started"):
         return "-"
@@ -108,27 +124,22 @@ def job_tree(job: dict[str, Any], max_tasks: int = 20) -> None:
                           f"{'  on_error continue' if layer.get('on_error') == 'continue' else ''}  [dim]etag {layer['etag']}[/]")
         tasks = layer["task_list"]
         for task in tasks[:max_tasks]:
-            usage = task.get("usage") or {}
-            bits = [f"{task['name']} {task['id']}", state(task["state"], bool(task.get("paused_at"))),
-                    f"attempt {task.get('attempts', 0)}/{task.get('max_attempts')}"]
-            if task.get("node"):
-                bits.append(f"on {task['node']}")
-            if task.get("exit_code") is not None:
-                bits.append(f"exit {task['exit_code']}")
-            bits.append(_duration(task))
-            if usage.get("max_rss"):
-                bits.append(f"[dim]{size(usage['max_rss'])} peak, {usage.get('cpu', 0):.2f}s cpu[/]")
-            branch.add("  ".join(bits))
+            branch.add(_task_line(task))
         if len(tasks) > max_tasks:
             branch.add(f"[dim]... {len(tasks) - max_tasks} more (show LAYER_ID, or --tasks N)[/]")
     out.print(tree)
 
 
 def layer_view(layer: dict[str, Any], max_tasks: int = 200) -> None:
-    job_like = {"name": f"layer {layer['name']}", "id": layer["id"], "state": layer["state"],
-                "paused_at": layer.get("paused_at"), "etag": layer["etag"], "created": None, "user": layer["user"],
-                "counts": {"total": layer.get("tasks", 0)}, "layer_list": [layer]}
-    job_tree(job_like, max_tasks)
+    out.print(f"[bold]layer {layer['name']}[/] {layer['id']} of job {layer['job']}  order {layer['order']}  "
+              f"{state(layer['state'], bool(layer.get('paused_at')))}  {progress(layer['counts'])}  "
+              f"[dim]etag {layer['etag']}, {_duration(layer)}[/]")
+    tree = Tree("[dim]tasks[/]")
+    for task in layer["task_list"][:max_tasks]:
+        tree.add(_task_line(task))
+    if len(layer["task_list"]) > max_tasks:
+        tree.add(f"[dim]... {len(layer['task_list']) - max_tasks} more (--json lists all)[/]")
+    out.print(tree)
 
 
 def task_view(task: dict[str, Any]) -> None:

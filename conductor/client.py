@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from . import codec, ids, spec, states, views
 from .board import Board
-from .errors import ConductorError, NotFound
+from .errors import ConductorError, NotFound, WaitTimeout
 from .keys import Keys
 from .ops import KV, Event
 from .settings import LOCAL_ETCD, default_etcd, default_namespace, default_user
@@ -112,7 +112,7 @@ class Client:
              on_progress: Callable[[dict[str, Any], dict[str, int]], None] | None = None) -> dict[str, Any]:
         """Follow a job (by watches, not polling) until it is COMPLETED or ERRORED; returns it.
 
-        ``on_progress(job, counts)`` is called on every change. Raises TimeoutError."""
+        ``on_progress(job, counts)`` is called on every change. Raises WaitTimeout."""
         _, full, owner = self.locate(job_id)
         watch = _JobWatch()
         followers = [self.store.follow(self.keys.job(owner, full), watch.job_handler(), name="wait-job"),
@@ -128,7 +128,8 @@ class Client:
                         return watch.job
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        raise TimeoutError(f"job {full} still {watch.job['state'] if watch.job else 'unknown'}")
+                        raise WaitTimeout(f"job {full} is still {watch.job['state'] if watch.job else 'unknown'} "
+                                          f"after {timeout:g}s")
                     watch.cond.wait(remaining if remaining is not None else 1.0)
         finally:
             for f in followers:

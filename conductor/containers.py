@@ -130,17 +130,31 @@ class ContainerRun(Run):
         if total:
             self._cpu = total / 1e9
 
-    def _wait(self) -> None:
-        container = self.container
+    def _stream_logs(self) -> None:
+        """Copy the container's output to the log file while it runs (for live tails)."""
         try:
             with open(self.log_path, "wb") as out:
-                for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                for chunk in self.container.logs(stream=True, follow=True, stdout=True, stderr=True):
                     out.write(chunk)
                     out.flush()
+        except Exception:  # noqa: BLE001 - the complete logs are fetched again at the end
+            pass
+
+    def _wait(self) -> None:
+        container = self.container
+        streamer = threading.Thread(target=self._stream_logs, name=f"logs-{self.id}", daemon=True)
+        streamer.start()
+        try:
             code = int(container.wait().get("StatusCode", -1))
         except docker.errors.DockerException as exc:
             log.warning("task %s: lost track of container %s: %s", self.id, container.id[:12], _why(exc))
             code = -9
+        streamer.join(timeout=2.0)
+        if streamer.is_alive():  # podman's follow can hang on a container that exited at once
+            try:
+                self.log_path.write_bytes(container.logs(stdout=True, stderr=True))
+            except docker.errors.DockerException:
+                pass
         ended = now()
         if self._timer:
             self._timer.cancel()

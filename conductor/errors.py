@@ -22,8 +22,8 @@ class StoreUnavailable(StoreError):
     exit_code = 3
 
 
-class LeaseLost(ConductorError):
-    """The node's lease expired or was revoked: its claims are gone."""
+class LeaseLost(StoreError):
+    """A write named a lease that has expired or was revoked: its claims are gone."""
 
 
 class InvalidSpec(ConductorError):
@@ -69,6 +69,12 @@ class Refused(ConductorError):
     """A change that the object's state does not allow (adding tasks to a running layer...)."""
 
     exit_code = 6
+
+
+class WaitTimeout(ConductorError):
+    """A wait for a job ran out of time before the job ended."""
+
+    exit_code = 8
 
 
 class EtcdMissing(ConductorError):

@@ -18,6 +18,7 @@ from .errors import InvalidSpec
 
 MAX_TASK_SPEC_BYTES = 64 * 1024
 MAX_NAME = 200
+MAX_LAYERS = 1000  # the job value keeps a line per layer; it must stay well under etcd's 1.5 MiB
 DEFAULT_MAX_ATTEMPTS = 3
 ON_ERROR = ("fail", "continue")
 
@@ -353,6 +354,8 @@ def validate_job(data: Any) -> dict[str, Any]:
         raise InvalidSpec("layers", f"must be a list, not a {_kind(layers)}")
     if not layers:
         raise InvalidSpec("layers", "must hold at least one layer")
+    if len(layers) > MAX_LAYERS:
+        raise InvalidSpec("layers", f"has {len(layers)} layers, the limit is {MAX_LAYERS}")
     defaults = _common(data, "", {})
     name = data.get("name")
     return {

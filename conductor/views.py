@@ -31,12 +31,13 @@ def with_etag(value: dict[str, Any], kv: KV) -> dict[str, Any]:
 
 
 def job_counts(store: Store, keys: Keys, jobs: list[dict[str, Any]]) -> list[dict[str, int]]:
-    """Task counts by state for each job, from key counts (one snapshot per 24 jobs)."""
+    """Task counts by state for each job (or layer: a map with ``user``, ``job``, ``id``, ``tasks``),
+    from key counts, never by reading tasks (one snapshot per 24 of them)."""
     ops: list[Get] = []
     for job in jobs:
-        user, jid = job["user"], job["id"]
-        ops += [Get.count(keys.ready(jid + ".")), Get.count(keys.claim(jid + "."))]
-        ops += [Get.count(keys.tally(user, jid, s, jid + ".")) for s in (states.COMPLETED, states.ERRORED, states.SKIPPED)]
+        user, jid, prefix = job["user"], job.get("job", job["id"]), job["id"] + "."
+        ops += [Get.count(keys.ready(prefix)), Get.count(keys.claim(prefix))]
+        ops += [Get.count(keys.tally(user, jid, s, prefix)) for s in (states.COMPLETED, states.ERRORED, states.SKIPPED)]
     results: list[int] = []
     for start in range(0, len(ops), 120):
         res = store.read(ops[start:start + 120])
@@ -146,6 +147,7 @@ def layer_detail(board: Board, layer_id: str, user: str) -> dict[str, Any]:
     for t in tasks:
         t.pop("records", None)
     layer["task_list"] = sorted(tasks, key=lambda t: ids.id_sort_key(t["id"]))
+    layer["counts"] = job_counts(store, keys, [layer])[0]
     return layer
 
 
