@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -66,6 +67,9 @@ class ContainerRun(Run):
         self.docker_host = docker_host
 
     def start(self) -> None:
+        self.dir = Path(f"{self.scratch}.d")  # mounted at /conductor: result and spawn files
+        self.result_path = self.dir / "result"
+        self.spawn_path = self.dir / "spawn.json"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o777)  # the container's user may not be ours
         task = self.claimed.task
@@ -87,7 +91,8 @@ class ContainerRun(Run):
             self._finish(self._fail(f"cannot start container: {_why(exc)}"))
             return
         self.fence.add_container(self.container.id)
-        self._supervise()
+        self._arm_timeout()
+        threading.Thread(target=self._safely, args=(self._wait,), name=f"run-{self.id}", daemon=True).start()
 
     def _fail(self, reason: str) -> Any:
         from .claims import Outcome
@@ -167,6 +172,10 @@ class ContainerRun(Run):
         if code > 128 and self._kill is not None:
             code = -(code - 128)  # shells report a signal as 128 + signal number
         self._finish(self._outcome(code, ended, self._cpu))
+
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _why(exc: Exception) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 
@@ -56,21 +57,70 @@ class Limits:
     grace: float = 10.0
 
 
-class Run:
-    """One attempt of one task on this node."""
+class Reaper:
+    """One thread that waits for every child process of a node.
 
-    def __init__(self, claimed: Claimed, env: dict[str, str], workdir: Path, cwd: str | None,
-                 fence: Fence, limits: Limits, on_done: Callable[["Run", Outcome], None]):
+    On Linux each child gets a pidfd watched by one epoll, so a node does not start a thread per
+    task; where pidfds are missing, each child is waited for in a thread of its own instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[int, tuple[int, Callable[[int, Any], None]]] = {}
+        self._epoll = select.epoll() if hasattr(select, "epoll") and hasattr(os, "pidfd_open") else None
+        if self._epoll is not None:
+            threading.Thread(target=self._loop, name="reaper", daemon=True).start()
+
+    def watch(self, pid: int, done: Callable[[int, Any], None]) -> None:
+        """Call ``done(status, rusage)`` (from another thread) once ``pid`` has exited."""
+        if self._epoll is None:
+            threading.Thread(target=lambda: done(*os.wait4(pid, 0)[1:]), name=f"wait-{pid}", daemon=True).start()
+            return
+        with self._lock:  # under the lock: a closed pidfd's number is reused at once
+            fd = os.pidfd_open(pid)
+            self._waiting[fd] = (pid, done)
+            self._epoll.register(fd, select.EPOLLIN)
+
+    def _loop(self) -> None:
+        assert self._epoll is not None
+        while True:
+            try:
+                ready = self._epoll.poll(1.0)
+            except InterruptedError:
+                continue
+            for fd, _ in ready:
+                with self._lock:
+                    entry = self._waiting.pop(fd, None)
+                    if entry is None:
+                        continue
+                    self._epoll.unregister(fd)
+                    os.close(fd)
+                pid, done = entry
+                try:
+                    _, status, usage = os.wait4(pid, 0)
+                    done(status, usage)
+                except Exception:  # noqa: BLE001 - one task's trouble must not stop the reaper
+                    log.exception("handling the exit of pid %d failed", pid)
+
+
+class Run:
+    """One attempt of one task on this node. Its files are ``<scratch>.log`` (output, kept),
+    ``<scratch>.result`` and ``<scratch>.spawn.json`` (removed once the outcome is committed)."""
+
+    def __init__(self, claimed: Claimed, env: dict[str, str], scratch: Path, cwd: str | None,
+                 fence: Fence, limits: Limits, on_done: Callable[["Run", Outcome], None],
+                 reaper: Reaper | None = None):
         self.claimed = claimed
         self.env = env
-        self.dir = workdir
+        self.scratch = scratch
         self.cwd = cwd
         self.fence = fence
         self.limits = limits
         self.on_done = on_done
-        self.log_path = workdir / "output.log"
-        self.result_path = workdir / "result"
-        self.spawn_path = workdir / "spawn.json"
+        self.reaper = reaper or Reaper()
+        self.log_path = Path(f"{scratch}.log")
+        self.result_path = Path(f"{scratch}.result")
+        self.spawn_path = Path(f"{scratch}.spawn.json")
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.peak_rss = 0
@@ -83,8 +133,7 @@ class Run:
         return self.claimed.id
 
     def start(self) -> None:
-        """Start the child and a thread that waits for it; failures to start become outcomes."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Start the child and have it waited for; failures to start become outcomes."""
         self.env["CONDUCTOR_RESULT"] = str(self.result_path)
         self.env["CONDUCTOR_SPAWN"] = str(self.spawn_path)
         self.started = now()
@@ -100,22 +149,24 @@ class Run:
             self._finish(Outcome(False, reason, None, self.started, now()))
             return
         self.fence.add(self.proc.pid)
-        self._supervise()
+        self._arm_timeout()
+        self.reaper.watch(self.proc.pid, self._exited_safely)
 
-    def _supervise(self) -> None:
-        """Arm the task's timeout and start the thread that waits for it to end."""
+    def _arm_timeout(self) -> None:
         timeout = self.claimed.task.get("timeout")
         if timeout:
             self._timer = threading.Timer(timeout, self.kill, (f"timed out after {timeout:g}s",))
             self._timer.daemon = True
             self._timer.start()
-        threading.Thread(target=self._wait_safely, name=f"run-{self.id}", daemon=True).start()
 
-    def _wait_safely(self) -> None:
+    def _exited_safely(self, status: int, usage: Any) -> None:
+        self._safely(lambda: self._exited(status, usage))
+
+    def _safely(self, step: Callable[[], None]) -> None:
         """Whatever goes wrong while supervising, the task gets an outcome and is never stuck."""
         self._finished = False
         try:
-            self._wait()
+            step()
         except Exception as exc:  # noqa: BLE001
             log.exception("task %s: supervising it failed", self.id)
             if not self._finished:
@@ -172,10 +223,9 @@ class Run:
         except psutil.Error:
             pass
 
-    def _wait(self) -> None:
+    def _exited(self, status: int, usage: Any) -> None:
         assert self.proc is not None
         pid = self.proc.pid
-        _, status, usage = os.wait4(pid, 0)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         ended = now()
         if self._timer:
@@ -221,7 +271,7 @@ class Run:
         self.on_done(self, outcome)
 
     def cleanup(self) -> None:
-        """Remove the attempt's scratch files; the log stays on the node."""
+        """Remove the attempt's scratch files (the log stays on the node)."""
         for path in (self.result_path, self.spawn_path):
             try:
                 path.unlink()

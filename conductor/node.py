@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -33,7 +34,7 @@ from .cache import Cache
 from .claims import Claimed, Claims, Outcome, Ready
 from .containers import ContainerRun, default_docker_host, reachable
 from .errors import LeaseLost, StoreError, StoreUnavailable
-from .executor import Limits, Run, task_env
+from .executor import Limits, Reaper, Run, task_env
 from .fence import Fence
 from .keys import Keys
 from .ops import Put, absent
@@ -68,6 +69,8 @@ class Conductor:
         self._orphans: queue.Queue[tuple[str, int]] = queue.Queue()
         self._to_settle: set[tuple[str, str]] = set()
         self._inflight: set[str] = set()  # being claimed right now: not strays
+        self._dirs: set[Path] = set()
+        self.reaper = Reaper()
         self.stopping = threading.Event()
         self.stopped = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -276,9 +279,14 @@ class Conductor:
                  task["attempts"], task["max_attempts"])
         extra = {"CONDUCTOR_ETCD": self.store.describe(), "CONDUCTOR_NAMESPACE": self.keys.namespace,
                  "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": self.name}
-        workdir = self.settings.data_dir / "tasks" / task["job"] / f"{task['id']}.{task['attempts']}"
-        args = (c, task_env(c, extra), workdir, task.get("cwd") or self.settings.cwd, self.fence, self.limits,
-                self._run_done)
+        job_dir = self.settings.data_dir / "tasks" / task["job"]
+        if job_dir not in self._dirs:
+            job_dir.mkdir(parents=True, exist_ok=True)
+            if len(self._dirs) > 10_000:
+                self._dirs.clear()
+            self._dirs.add(job_dir)
+        args = (c, task_env(c, extra), job_dir / f"{task['id']}.{task['attempts']}", task.get("cwd") or self.settings.cwd,
+                self.fence, self.limits, self._run_done, self.reaper)
         run = ContainerRun(*args, docker_host=self.docker_host) if task.get("image") else Run(*args)
         with self._lock:
             self.runs[c.id] = run
