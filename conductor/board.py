@@ -21,7 +21,7 @@ from . import codec, ids, model, states
 from .errors import NotFound
 from .keys import Keys
 from .model import Value
-from .ops import KV, Get, Op, Put, Delete, absent, mod_is, range_empty
+from .ops import KV, Compare, Delete, Get, Op, Put, absent, mod_is, range_empty
 from .store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Store, op_size
 
 log = logging.getLogger("conductor.board")
@@ -94,25 +94,23 @@ class Board:
         k = self.keys
         n_head = len(self._head_ops(job, layers))
         small = sum(len(t) for t in tasks) + sum(len(tasks[i]) for i in started) + n_head <= MAX_TXN_OPS
+        small = small and sum(len(codec.pack(t)) for layer_tasks in tasks for t in layer_tasks) * 2 < MAX_REQUEST_BYTES
+        for i in started:
+            for task in tasks[i]:
+                model.move(task, states.QUEUED, "its layer started", node)
         if small:
             for i in started:
                 layers[i]["enqueued"] = True
-                for task in tasks[i]:
-                    model.move(task, states.QUEUED, "its layer started", node)
-            ops: list[Op] = self._task_ops(tasks) + self._head_ops(job, layers)
-            if sum(op_size(op) for op in ops) < MAX_REQUEST_BYTES:
-                res = self.store.txn([absent(k.job(user, job_id))], ops)
-                if not res.succeeded:
-                    raise RuntimeError(f"job id {job_id} already exists")
-                self._log_post(job, layers)
-                return job_id
-            for i in started:  # too many bytes for one request after all: take the long way
-                layers[i]["enqueued"] = False
-                for task in tasks[i]:
-                    task["state"] = states.PENDING
-                    task["records"].pop()
+            res = self.store.txn([absent(k.job(user, job_id))], self._task_ops(tasks, ready=True) +
+                                 self._head_ops(job, layers))
+            if not res.succeeded:
+                raise RuntimeError(f"job id {job_id} already exists")
+            self._log_post(job, layers)
+            return job_id
+        # Big: tasks (the first layers' already QUEUED) and layers first, the job key last, and only
+        # then the ready markers, so no node starts a task of a job nobody can see yet.
         revs: dict[str, int] = {}
-        for group in chunked(self._task_ops(tasks) + self._layer_ops(layers)):
+        for group in chunked(self._task_ops(tasks, ready=False) + self._layer_ops(layers)):
             res = self.store.txn([absent(k.job(user, job_id))], group)
             for op in group:
                 if isinstance(op, Put):
@@ -128,13 +126,13 @@ class Board:
             self.settle(job_id, user, node)
         return job_id
 
-    def _task_ops(self, tasks: list[list[Value]]) -> list[Op]:
+    def _task_ops(self, tasks: list[list[Value]], ready: bool) -> list[Op]:
         ops: list[Op] = []
         for layer_tasks in tasks:
             for task in layer_tasks:
                 data = codec.pack(task)
                 ops.append(Put(self.keys.task(task["user"], task["id"]), data))
-                if task["state"] == states.QUEUED:
+                if ready and task["state"] == states.QUEUED:
                     ops.append(Put(self.keys.ready(task["id"]), data))
                 if task.get("paused_at"):
                     ops.append(Put(self.keys.paused(task["id"]), b""))
@@ -168,7 +166,11 @@ class Board:
 
     def enqueue(self, user: str, layer_id: str, known: list[tuple[Value, int]] | None = None,
                 node: str | None = None) -> None:
-        """Queue every PENDING task of a RUNNING layer, then mark the layer enqueued."""
+        """Queue the tasks of a RUNNING layer, then mark the layer enqueued.
+
+        A PENDING task is rewritten as QUEUED together with its ready marker (whose value is the
+        same bytes). A task already written QUEUED (a job's first layer, posted in chunks) gets only
+        its ready marker, which then names the task's revision (``task_rev``) for the claim's compare."""
         k = self.keys
         for _ in range(MAX_TRIES):
             found = self.load(k.layer(user, layer_id))
@@ -179,19 +181,28 @@ class Board:
                 return
             if known is None:
                 kvs, _ = self.store.scan(k.task(user, layer_id + "."))
+                marked = {kv.key[len(k.ready()):] for kv in self.store.scan(k.ready(layer_id + "."), keys_only=True)[0]}
                 pending = [(v, kv.mod_revision) for kv in kvs
-                           if (v := codec.unpack(kv.value))["state"] == states.PENDING]
+                           if (v := codec.unpack(kv.value))["state"] == states.PENDING
+                           or (v["state"] == states.QUEUED and v["id"] not in marked)]
             else:
                 pending, known = known, None
             clean = True
             for start in range(0, len(pending), CHUNK_TASKS):
                 chunk = pending[start:start + CHUNK_TASKS]
                 ops: list[Op] = []
-                for task, _rev in chunk:
-                    model.move(task, states.QUEUED, "its layer started", node)
-                    data = codec.pack(task)
-                    ops += [Put(k.task(user, task["id"]), data), Put(k.ready(task["id"]), data)]
-                res = self.store.txn([mod_is(k.task(user, t["id"]), rev) for t, rev in chunk], ops)
+                compare: list[Compare] = []
+                for task, rev in chunk:
+                    key = k.task(user, task["id"])
+                    compare.append(mod_is(key, rev))
+                    if task["state"] == states.PENDING:
+                        model.move(task, states.QUEUED, "its layer started", node)
+                        data = codec.pack(task)
+                        ops += [Put(key, data), Put(k.ready(task["id"]), data)]
+                    else:
+                        ops.append(Put(k.ready(task["id"]), codec.pack({**task, "task_rev": rev})))
+                        compare.append(absent(k.ready(task["id"])))
+                res = self.store.txn(compare, ops)
                 clean = clean and res.succeeded
             if not clean:
                 continue  # someone changed a task meanwhile: list what is still PENDING again
