@@ -1,6 +1,7 @@
 """``conductor``: the command line, a thin layer over :class:`conductor.Client`."""
 from __future__ import annotations
 
+import json as jsonlib
 import logging
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import typer
 
 from conductor import __version__
 from conductor.errors import ConductorError, InvalidSpec
-from conductor.spec import parse_labels
+from conductor.spec import parse_duration, parse_labels
 
 from . import render
 
@@ -69,6 +70,9 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
         sweep: Annotated[float, typer.Option(min=0.5, help="Seconds between safety-net sweeps.")] = 10.0,
         docker_host: Annotated[str, typer.Option(envvar="DOCKER_HOST", help="Docker API (Docker or podman) for "
                                                  "container tasks. Default: a local socket if one exists.")] = "",
+        keep: Annotated[str, typer.Option(help="Remove finished jobs (and this node's task logs) after this "
+                                               "long, e.g. 7d, 12h.")] = "7d",
+        gc_every: Annotated[str, typer.Option(hidden=True, help="How often old jobs are removed.")] = "1h",
         verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
         local_port: Annotated[int, typer.Option(hidden=True, help="Port of the local etcd (tests).")] = 2379) -> None:
     """Join the cluster and run tasks until stopped (SIGTERM hands tasks back; twice stops now)."""
@@ -84,6 +88,8 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
                             sweep=sweep, data_dir=data_dir or default_data_dir(), docker_host=docker_host)
     if slots:
         settings.slots = slots
+    settings.keep = parse_duration(keep, "--keep")
+    settings.gc_every = parse_duration(gc_every, "--gc-every")
     label_map: dict[str, str] = {}
     for item in labels or []:
         for pair in item.split(","):
@@ -161,12 +167,18 @@ def show(some_id: Annotated[Optional[str], typer.Argument(metavar="[ID]", help="
          all_users: Annotated[bool, typer.Option("--all-users", help="Jobs of every user.")] = False,
          limit: Annotated[int, typer.Option(min=0, help="At most this many jobs (0: all).")] = 50,
          offset: Annotated[int, typer.Option(min=0, help="Skip this many of the newest jobs.")] = 0,
+         node: Annotated[Optional[str], typer.Option(help="Only jobs with a task that ran on this node.")] = None,
          tasks: Annotated[int, typer.Option(min=0, help="Tasks shown per layer in a job tree.")] = 20,
+         watch: Annotated[bool, typer.Option("--watch", "-w", help="A live view, updated from etcd watches.")] = False,
          etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
     """List jobs, or show one job, layer or task."""
+    filters = dict(all_users=all_users, state=state, name=name, limit=limit, offset=offset, node=node)
     with _client(etcd, namespace, user) as client:
+        if watch:
+            _watch(client, some_id, tasks, filters, json)
+            return
         if some_id is None:
-            jobs = client.jobs(all_users=all_users, state=state, name=name, limit=limit, offset=offset)
+            jobs = client.jobs(**filters)
             render.print_json(jobs) if json else render.jobs_table(jobs)
             return
         found = client.show(some_id)
@@ -178,6 +190,32 @@ def show(some_id: Annotated[Optional[str], typer.Argument(metavar="[ID]", help="
             render.layer_view(found)
         else:
             render.task_view(found)
+
+
+def _watch(client: Any, some_id: str | None, tasks: int, filters: dict[str, Any], json: bool) -> None:
+    import threading
+
+    from rich.live import Live
+
+    def renderable(view: Any) -> Any:
+        if some_id is None:
+            return render.jobs_renderable(view)
+        if view["kind"] == "job":
+            return render.job_tree_renderable(view, tasks)
+        return f"{view['id']} {render.state(view['state'])} on {view.get('node') or '-'}"
+
+    stop = threading.Event()
+    if json:  # one JSON document per line, per change
+        try:
+            client.watch(some_id, lambda v: print(jsonlib.dumps(v, default=str), flush=True), stop, **filters)
+        except KeyboardInterrupt:
+            stop.set()
+        return
+    with Live("[dim]reading...[/]", console=render.out, auto_refresh=False) as live:
+        try:
+            client.watch(some_id, lambda v: live.update(renderable(v), refresh=True), stop, **filters)
+        except KeyboardInterrupt:
+            stop.set()
 
 
 @app.command()
@@ -200,6 +238,9 @@ def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - fo
     else:
         n = sum(len(layer["tasks"]) for layer in normalised["layers"])
         print(f"{file}: valid: {len(normalised['layers'])} layer(s), {n} task(s)")
+
+
+from . import control as _control  # noqa: E402,F401 - registers the steering commands
 
 
 def main() -> None:

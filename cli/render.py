@@ -79,16 +79,27 @@ def progress(counts: dict[str, int]) -> str:
 
 
 def jobs_table(jobs: list[dict[str, Any]]) -> None:
+    out.print(jobs_renderable(jobs))
+
+
+def jobs_renderable(jobs: list[dict[str, Any]]) -> Any:
     if not jobs:
-        out.print("[dim]no jobs[/]")
-        return
+        return "[dim]no jobs[/]"
     table = Table(box=None, pad_edge=False)
     for col in ("ID", "NAME", "STATE", "PROGRESS", "AGE", "USER"):
         table.add_column(col)
     for job in jobs:
         table.add_row(job["id"], job["name"], state(job["state"], job.get("paused")), progress(job["counts"]),
                       age(job["created"]), job["user"])
-    out.print(table)
+    return table
+
+
+def layer_bar(layer: dict[str, Any]) -> str:
+    tasks = layer.get("task_list", [])
+    done = sum(1 for t in tasks if t["state"] in ("COMPLETED", "SKIPPED"))
+    width = 20
+    filled = int(width * done / len(tasks)) if tasks else width
+    return f"[green]{'█' * filled}[/][dim]{'░' * (width - filled)}[/] {done}/{len(tasks)}"
 
 
 def _task_line(task: dict[str, Any]) -> str:
@@ -115,19 +126,23 @@ def _duration(obj: dict[str, Any]) -> str:
 
 
 def job_tree(job: dict[str, Any], max_tasks: int = 20) -> None:
+    out.print(job_tree_renderable(job, max_tasks))
+
+
+def job_tree_renderable(job: dict[str, Any], max_tasks: int = 20) -> Any:
     head = (f"[bold]{job['name']}[/] {job['id']}  {state(job['state'], bool(job.get('paused_at')))}  "
             f"{progress(job['counts'])}  [dim]etag {job['etag']}, posted {age(job['created'])} ago by {job['user']}[/]")
     tree = Tree(head)
     for layer in job["layer_list"]:
         branch = tree.add(f"[bold]{layer['name']}[/] {layer['id']} order {layer['order']}  "
-                          f"{state(layer['state'], bool(layer.get('paused_at')))}  {len(layer['task_list'])} task(s)"
+                          f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}"
                           f"{'  on_error continue' if layer.get('on_error') == 'continue' else ''}  [dim]etag {layer['etag']}[/]")
         tasks = layer["task_list"]
         for task in tasks[:max_tasks]:
             branch.add(_task_line(task))
         if len(tasks) > max_tasks:
             branch.add(f"[dim]... {len(tasks) - max_tasks} more (show LAYER_ID, or --tasks N)[/]")
-    out.print(tree)
+    return tree
 
 
 def layer_view(layer: dict[str, Any], max_tasks: int = 200) -> None:

@@ -182,9 +182,12 @@ class Board:
             if known is None:
                 kvs, _ = self.store.scan(k.task(user, layer_id + "."))
                 marked = {kv.key[len(k.ready()):] for kv in self.store.scan(k.ready(layer_id + "."), keys_only=True)[0]}
-                pending = [(v, kv.mod_revision) for kv in kvs
-                           if (v := codec.unpack(kv.value))["state"] == states.PENDING
-                           or (v["state"] == states.QUEUED and v["id"] not in marked)]
+                values = [(codec.unpack(kv.value), kv) for kv in kvs]
+                garbage = [kv.key for v, kv in values if not model.committed(v, layer)]
+                for start in range(0, len(garbage), MAX_TXN_OPS - 8):  # batches whose writer died
+                    self.store.txn([], [Delete(key) for key in garbage[start:start + MAX_TXN_OPS - 8]])
+                pending = [(v, kv.mod_revision) for v, kv in values if model.committed(v, layer) and (
+                           v["state"] == states.PENDING or (v["state"] == states.QUEUED and v["id"] not in marked))]
             else:
                 pending, known = known, None
             clean = True
@@ -232,6 +235,9 @@ class Board:
             layer_kvs = {kv.key: kv for kv in snap.responses[1].kvs}
             layers = {(v := codec.unpack(kv.value))["index"]: v for kv in layer_kvs.values()}
             running = [i for i, layer in layers.items() if layer["state"] == states.RUNNING]
+            # an ERRORED layer is looked at again: skipping its errored tasks lets it complete
+            running += [i for i, layer in layers.items() if layer["state"] == states.ERRORED
+                        and not layer.get("killed_at") and layer.get("enqueued")]
             if repair:
                 repair = False
                 stuck = [layers[i]["id"] for i in running if not layers[i].get("enqueued")]
@@ -245,8 +251,13 @@ class Board:
                 layer = layers[i]
                 ready, claimed, errored = counts[layer["id"]]
                 if layer.get("enqueued") and ready == 0 and claimed == 0:  # claimed counts run markers too
-                    outcome = states.layer_outcome(errored, layer["on_error"])
-                    why = (f"{errored} task(s) errored" if outcome == states.ERRORED else
+                    outcome = states.layer_outcome(errored, layer["on_error"], bool(layer.get("killed_at")),
+                                                   bool(layer.get("skipped_at")))
+                    if outcome == layer["state"]:
+                        continue
+                    why = ("killed by a user" if layer.get("killed_at") else "skipped by a user"
+                           if layer.get("skipped_at") else f"{errored} task(s) errored"
+                           if outcome == states.ERRORED else
                            "every task is done" + (f" ({errored} errored, policy continue)" if errored else ""))
                     model.move(layer, outcome, why, node)
                     layer["ended"] = model.now()
@@ -269,7 +280,7 @@ class Board:
             inline: dict[int, list[tuple[Value, KV]]] = {}
             budget = INLINE_TASKS  # across every starting layer, so the txn stays under 128 ops
             for i in started:
-                if layers[i]["tasks"] <= budget:
+                if layers[i]["tasks"] <= budget and not layers[i].get("committed"):
                     kvs, _ = self.store.scan(k.task(user, layers[i]["id"] + "."))
                     inline[i] = [(v, kv) for kv in kvs if (v := codec.unpack(kv.value))["state"] == states.PENDING]
                     budget -= len(inline[i])
@@ -286,6 +297,8 @@ class Board:
                 ops.append(Put(key, codec.pack(layers[i])))
             if job["state"] not in (states.PENDING, states.RUNNING):
                 ops.append(Delete(k.active(job_id)))
+            elif codec.unpack(job_kv.value)["state"] not in (states.PENDING, states.RUNNING):
+                ops.append(Put(k.active(job_id), codec.pack({"user": user})))
             ops.append(Put(job_kv.key, codec.pack(job)))
             res = self.store.txn(compare, ops)
             if not res.succeeded:
@@ -338,7 +351,15 @@ def advance(job: Value, layers: dict[int, Value], node: str | None = None,
                 continue
             layer = layers[int(s["id"].rsplit(".", 1)[1])]
             layer["tasks"] = s["tasks"] = max(layer["tasks"], s["tasks"])
-            if layer["tasks"] == 0:
+            if layer.get("killed_at") or layer.get("skipped_at"):  # its tasks were stopped already
+                model.move(layer, states.ERRORED if layer.get("killed_at") else states.SKIPPED,
+                           "killed by a user" if layer.get("killed_at") else "skipped by a user", node)
+                layer["started"] = layer["ended"] = model.now()
+                if emptied is not None:
+                    emptied.append(layer["index"])
+                if layer["state"] == states.ERRORED and layer["on_error"] != "continue":
+                    only_empty = False
+            elif layer["tasks"] == 0:
                 model.move(layer, states.COMPLETED, "it has no tasks", node)
                 layer["started"] = layer["ended"] = model.now()
                 if emptied is not None:

@@ -73,8 +73,12 @@ class Outcome:
     log_tail: bytes = b""
     log_size: int = 0
     log_path: str | None = None
-    retry: bool = True  # False: a failure that must not be retried (killed by a user)
+    retry: bool = True  # False: a failure that must not be retried
     hand_back: bool = False  # True: give the task back without counting the attempt
+    stop: str | None = None  # "kill" or "skip": a user stopped it (see q/kills/<task>)
+    extra_ops: list[Any] = field(default_factory=list)  # more of the same commit (a spawned batch)
+    extra_compare: list[Any] = field(default_factory=list)
+    recommit: Any = None  # () -> (extra_ops, extra_compare) again, after the compares went stale
 
 
 @dataclass
@@ -197,6 +201,8 @@ class Claims:
                 finished.revision = res.revision
                 return finished
             claim_r, task_r = res.responses
+            if outcome.recommit is not None:  # the spawned batch's layer or job moved on: redo its part
+                outcome.extra_ops, outcome.extra_compare = outcome.recommit()
             if not claim_r.kvs or claim_r.kvs[0].create_revision != claimed.claim_rev:
                 log.warning("task %s: claim lost (lease expired or taken over); outcome %r not committed",
                             claimed.id, outcome.reason)
@@ -215,14 +221,18 @@ class Claims:
         task.update(exit_code=o.exit_code, ended=o.ended or model.now(), usage=o.usage, reason=o.reason)
         if o.started:
             task["started"] = o.started
-        if task["state"] != states.RUNNING:  # a user moved it meanwhile (skip, kill); keep their state
+        if task["state"] != states.RUNNING:  # moved meanwhile; keep that state
             new_state = task["state"]
+        elif o.stop == "skip":
+            new_state = model.move(task, states.SKIPPED, o.reason, node)["state"]
+        elif o.stop == "kill":
+            new_state = model.move(task, states.ERRORED, o.reason, node)["state"]
         elif o.hand_back:
             task["attempts"] = max(0, task["attempts"] - 1)
             new_state = model.move(task, states.QUEUED, f"handed back by {node}: {o.reason}; attempt not counted", node)["state"]
         elif o.ok:
             new_state = model.move(task, states.COMPLETED, f"{o.reason} on {node}", node)["state"]
-        elif o.retry and task["attempts"] < task["max_attempts"]:
+        elif o.retry and model.attempts_left(task) > 0:
             model.add_record(task, states.ERRORED, f"{o.reason} on {node}", node)
             new_state = model.move(task, states.QUEUED,
                                    f"retry: attempt {task['attempts'] + 1} of {task['max_attempts']} next", node)["state"]
@@ -231,7 +241,7 @@ class Claims:
             new_state = model.move(task, states.ERRORED, f"{o.reason} on {node}{left}", node)["state"]
         data = codec.pack(task)
         compare = [created_at(k.claim(tid), claimed.claim_rev), mod_is(k.task(user, tid), task_rev or claimed.task_rev)]
-        ops: list[Op] = [Delete(k.claim(tid)), Delete(k.run(tid)), Put(k.task(user, tid), data)]
+        ops: list[Op] = [Delete(k.claim(tid)), Delete(k.run(tid)), Delete(k.kill(tid)), Put(k.task(user, tid), data)]
         if new_state == states.QUEUED:
             ops.append(Put(k.ready(tid), data))
         elif new_state in states.FINAL and current["state"] == states.RUNNING:
@@ -243,7 +253,7 @@ class Claims:
             ops.append(Put(k.log(user, tid), codec.pack({
                 "data": o.log_tail, "size": o.log_size, "truncated": o.log_size > len(o.log_tail),
                 "attempt": task["attempts"], "node": node, "path": o.log_path, "at": task["ended"]})))
-        return compare, ops, Finished(claimed, task, new_state)
+        return compare + list(o.extra_compare), ops + list(o.extra_ops), Finished(claimed, task, new_state)
 
     # ---- recovery ------------------------------------------------------------------------------
 
@@ -275,7 +285,17 @@ class Claims:
                     return None
                 continue
             why = f"node {lost_node} was lost (its lease expired) during attempt {task['attempts']}"
-            if task["attempts"] < task["max_attempts"]:
+            stop = self.store.get(k.kill(task_id))
+            if stop is not None:  # a user asked to stop it: do that instead of running it again
+                request = codec.unpack(stop.value)
+                new = states.SKIPPED if request.get("action") == "skip" else states.ERRORED
+                verb = "skipped" if new == states.SKIPPED else "killed"
+                model.move(task, new, f"{verb} by {request.get('by', '?')} ({why})", self.node)
+                task["ended"] = model.now()
+                ops += [Put(task_kv.key, codec.pack(task)), Put(k.tally(user, task["job"], new, task_id), b""),
+                        Delete(k.kill(task_id))]
+                guard.append(mod_is(stop.key, stop.mod_revision))
+            elif model.attempts_left(task) > 0:
                 model.move(task, states.QUEUED, why, self.node)
                 data = codec.pack(task)
                 ops += [Put(task_kv.key, data), Put(k.ready(task_id), data)]

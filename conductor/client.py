@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codec, ids, spec, states, views
+from . import codec, ids, logs, retention, spec, states, views
 from .board import Board
-from .errors import ConductorError, NotFound, WaitTimeout
+from .control import Control, Result, Target
+from .errors import ConductorError, InvalidSpec, NotFound, WaitTimeout
 from .keys import Keys
 from .ops import KV, Event
 from .settings import LOCAL_ETCD, default_etcd, default_namespace, default_user
@@ -68,9 +69,10 @@ class Client:
     # ---- reading -------------------------------------------------------------------------------
 
     def jobs(self, *, user: str | None = None, all_users: bool = False, state: str | None = None,
-             name: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+             name: str | None = None, node: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Jobs newest first with progress counts; ``node`` keeps jobs with a task that ran there."""
         return views.list_jobs(self.board, user=user or self.user, all_users=all_users, state=state, name=name,
-                               limit=limit, offset=offset)
+                               node=node, limit=limit, offset=offset)
 
     def show(self, some_id: str) -> dict[str, Any]:
         """A job as a tree of layers and tasks, a layer with its tasks, or a task with its history,
@@ -106,7 +108,118 @@ class Client:
     def counts(self, job_id: str) -> dict[str, int]:
         return views.job_counts(self.store, self.keys, [self.job(job_id)])[0]
 
+    # ---- steering ------------------------------------------------------------------------------
+
+    def target(self, text: str, etag: int | None = None) -> Target:
+        """A Target from ``ID`` or ``ID@ETAG`` (an explicit ``etag`` wins)."""
+        some_id, _, tag = text.partition("@")
+        parsed, full, owner = self.locate(some_id)
+        if tag:
+            try:
+                etag = etag if etag is not None else int(tag)
+            except ValueError:
+                raise InvalidSpec("etag", f"{tag!r} is not a number") from None
+        return Target(parsed.kind, full, owner, etag)
+
+    def _control(self) -> Control:
+        return Control(self.board, by=self.user)
+
+    def pause(self, *ids: str, etag: int | None = None) -> list[Result]:
+        """Pause jobs, layers or tasks: nothing they cover is claimed; running tasks go on."""
+        return [self._control().pause(self.target(i, etag), True) for i in ids]
+
+    def unpause(self, *ids: str, etag: int | None = None) -> list[Result]:
+        return [self._control().pause(self.target(i, etag), False) for i in ids]
+
+    def kill(self, *ids: str, grace: float = 10.0, etag: int | None = None) -> list[Result]:
+        """Stop running tasks (SIGTERM, SIGKILL after ``grace``) and mark what they cover ERRORED."""
+        return [self._control().stop(self.target(i, etag), "kill", grace) for i in ids]
+
+    def skip(self, *ids: str, grace: float = 10.0, etag: int | None = None) -> list[Result]:
+        """Mark tasks SKIPPED (done, for the layers after); running ones are killed first."""
+        return [self._control().stop(self.target(i, etag), "skip", grace) for i in ids]
+
+    def retry(self, *ids: str, etag: int | None = None) -> list[Result]:
+        """Run ERRORED tasks again, whatever their attempt count."""
+        return [self._control().retry(self.target(i, etag)) for i in ids]
+
+    def add_tasks(self, layer_id: str, tasks: list[dict[str, Any]], etag: int | None = None) -> list[str]:
+        """Add tasks to a layer that has not started; returns their ids."""
+        return self._control().add_tasks(self.target(layer_id, etag), tasks)
+
+    def env(self, some_id: str) -> dict[str, str]:
+        target = self.target(some_id)
+        found = self.board.load(self._control().key_of(target))
+        if found is None:
+            raise NotFound(f"no {target.kind} {target.id}")
+        return dict(found[0].get("env") or {})
+
+    def set_env(self, some_id: str, changes: dict[str, str | None], etag: int | None = None) -> Result:
+        """Set (None: remove) env variables; applies to tasks that have not started yet."""
+        return self._control().set_env(self.target(some_id, etag), changes)
+
+    def set_result(self, task_id: str, data: bytes, etag: int | None = None) -> Result:
+        return self._control().set_result(self.target(task_id, etag), data)
+
+    def gc(self, keep: float = retention.DEFAULT_KEEP, dry_run: bool = False, compact: bool = False) -> list[str]:
+        """Remove jobs finished more than ``keep`` seconds ago (and compact etcd's history)."""
+        removed = retention.collect(self.board, keep, dry_run)
+        if compact and not dry_run:
+            retention.compact(self.board, force=True)
+        return removed
+
+    def logs(self, task_id: str, follow: bool = False, write: Callable[[bytes], None] | None = None,
+             timeout: float | None = None) -> dict[str, Any] | None:
+        """Write a task's stored log tail; with ``follow``, keep writing what the running task adds
+        (by watching its log key) until it has ended. Returns the last log entry."""
+        parsed, full, owner = self.locate(task_id)
+        if parsed.kind != "task":
+            raise NotFound(f"{task_id} is not a task id")
+        out = write or (lambda data: None)
+        follower = logs.LogFollower(self.store, self.keys, owner, full, out)
+        return follower.run(follow, timeout)
+
     # ---- following -----------------------------------------------------------------------------
+
+    def watch(self, some_id: str | None, on_change: Callable[[Any], None], stop: threading.Event,
+              rate: float = 4.0, **filters: Any) -> None:
+        """Call ``on_change(view)`` with a fresh view (a job list, or what ``show`` gives for an id)
+        whenever etcd reports a change to it, at most ``rate`` times a second, until ``stop``.
+        Driven by watches: without changes nothing is read."""
+        dirty = threading.Event()
+
+        class Poke(FollowHandler):
+            def reset(self, kvs: list[KV], revision: int) -> None:
+                dirty.set()
+
+            def events(self, events: list[Event], revision: int) -> None:
+                dirty.set()
+
+        k = self.keys
+        if some_id is None:
+            user = filters.get("user") or self.user
+            prefixes = [k.user(user) if not filters.get("all_users") else k.index(), k.claim()]
+
+            def read() -> Any:
+                return self.jobs(**filters)
+        else:
+            _, full, owner = self.locate(some_id)
+            job = full.split(".")[0]
+            prefixes = [k.job(owner, job), k.layer(owner, job + "."), k.task(owner, full if "." in full else job + "."),
+                        k.claim(job + "."), k.tally(owner, job)]
+
+            def read() -> Any:
+                return self.show(full)
+        followers = [self.store.follow(p, Poke(), name="show-watch") for p in prefixes]
+        try:
+            while not stop.is_set():
+                if dirty.wait(0.5):
+                    dirty.clear()
+                    on_change(read())
+                    stop.wait(1.0 / rate)
+        finally:
+            for f in followers:
+                f.stop()
 
     def wait(self, job_id: str, *, timeout: float | None = None,
              on_progress: Callable[[dict[str, Any], dict[str, int]], None] | None = None) -> dict[str, Any]:

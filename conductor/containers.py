@@ -100,10 +100,10 @@ class ContainerRun(Run):
         return Outcome(False, reason, None, self.started, now())
 
     def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
-             grace: float | None = None) -> None:
+             grace: float | None = None, stop: str | None = None) -> None:
         with self._lock:
-            if self._kill is None:
-                self._kill = (reason, retry, hand_back)
+            if self._kill is None or (stop and not self._kill[3]):
+                self._kill = (reason, retry, hand_back, stop)
         container = getattr(self, "container", None)
         if container is None:
             return

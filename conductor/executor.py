@@ -124,7 +124,8 @@ class Run:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.peak_rss = 0
-        self._kill: tuple[str, bool, bool] | None = None  # reason, retry, hand_back
+        self._kill: tuple[str, bool, bool, str | None] | None = None  # reason, retry, hand_back, stop
+        self.pushed = -1  # log size last pushed to etcd while running
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
 
@@ -173,11 +174,12 @@ class Run:
                 self._finish(Outcome(False, f"conductor error while supervising: {exc!r}", None, self.started, now()))
 
     def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
-             grace: float | None = None) -> None:
-        """Stop the task: SIGTERM to its group and descendants, SIGKILL after the grace period."""
+             grace: float | None = None, stop: str | None = None) -> None:
+        """Stop the task: SIGTERM to its group and descendants, SIGKILL after the grace period.
+        ``stop`` ("kill" or "skip") says a user asked for it, which decides the outcome."""
         with self._lock:
-            if self._kill is None:
-                self._kill = (reason, retry, hand_back)
+            if self._kill is None or (stop and not self._kill[3]):
+                self._kill = (reason, retry, hand_back, stop)
             proc = self.proc
         if proc is None or proc.returncode is not None:
             return
@@ -239,8 +241,9 @@ class Run:
         usage = {"cpu": None if cpu is None else round(cpu, 3), "max_rss": self.peak_rss or None,
                  "wall": round(ended - self.started, 3)}
         if self._kill is not None:
-            reason, retry, hand_back = self._kill
-            return Outcome(False, reason, code, self.started, ended, usage, retry=retry, hand_back=hand_back)
+            reason, retry, hand_back, stop = self._kill
+            return Outcome(False, reason, code, self.started, ended, usage, retry=retry, hand_back=hand_back,
+                           stop=stop)
         if code == 0:
             return Outcome(True, "exit 0", 0, self.started, ended, usage)
         if code < 0:

@@ -28,6 +28,7 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "index": ("index/<job>", False, "which user owns a job"),
     "active": ("active/<job>", False, "exists while a job is not finished"),
     "leader": ("leaders/<role>", True, "which node does a cluster-wide chore"),
+    "meta": ("meta/<name>", False, "cluster bookkeeping (the last compaction)"),
 }
 
 
@@ -65,6 +66,9 @@ class Keys:
 
     def leader(self, role: str) -> str:
         return self._k(f"leaders/{role}")
+
+    def meta(self, name: str) -> str:
+        return self._k(f"meta/{name}")
 
     def index(self, job: str = "") -> str:
         return self._k(f"index/{job}")

@@ -61,6 +61,7 @@ def new_layer(job: Value, index: int, spec: dict[str, Any]) -> Value:
         "env": spec.get("env", {}), "on_error": spec.get("on_error", "fail"),
         "paused_at": at if spec.get("paused") else 0, "tasks": len(spec["tasks"]),
         "next": len(spec["tasks"]), "enqueued": False, "started": None, "ended": None, "records": [],
+        "defaults": spec.get("defaults", {}),
     }
     return layer
 
@@ -89,6 +90,17 @@ def layer_summary(layer: Value) -> Value:
 
 def summary_tuples(job: Value) -> list[tuple[int, str, str]]:
     return [(s["order"], s["state"], s["on_error"]) for s in job["layers"]]
+
+
+def committed(task: Value, layer: Value) -> bool:
+    """Is this task part of its layer? A batch of added or spawned tasks is written first and
+    committed by one transaction on the layer; until then (or if its writer died) it is not."""
+    return "staged" not in task or task["staged"] in layer.get("committed", [])
+
+
+def attempts_left(task: Value) -> int:
+    """Executions left: ``max_attempts`` since the last manual retry."""
+    return task["max_attempts"] - (task.get("attempts", 0) - task.get("retry_base", 0))
 
 
 def is_paused(value: Value) -> bool:

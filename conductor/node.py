@@ -19,6 +19,7 @@ import os
 import platform
 import queue
 import random
+import shutil
 import signal
 import socket
 import threading
@@ -28,16 +29,16 @@ from typing import Any
 
 import psutil
 
-from . import __version__, codec, states
+from . import __version__, codec, retention, spawn, states
 from .board import Board
 from .cache import Cache
 from .claims import Claimed, Claims, Outcome, Ready
 from .containers import ContainerRun, default_docker_host, reachable
-from .errors import LeaseLost, StoreError, StoreUnavailable
+from .errors import ConductorError, LeaseLost, StoreError, StoreUnavailable
 from .executor import Limits, Reaper, Run, task_env
 from .fence import Fence
 from .keys import Keys
-from .ops import Put, absent
+from .ops import Put, absent, created_at
 from .session import NameTaken, Session
 from .settings import NodeSettings
 from .store import Store
@@ -59,7 +60,7 @@ class Conductor:
         self.docker_host = settings.docker_host or default_docker_host()
         self.containers: str | None = None  # the Docker API version when container tasks can run here
         self.fence = Fence(self.docker_host)
-        self.cache = Cache(self.keys, on_orphan=self._orphan_seen)
+        self.cache = Cache(self.keys, on_orphan=self._orphan_seen, on_kill=self._stop_requested)
         self.limits = Limits(settings.result_cap, settings.tail_cap, settings.grace)
         self.runs: dict[str, Run] = {}
         self.slots_used = 0
@@ -77,6 +78,8 @@ class Conductor:
         self._follower: Any = None
         self._mem_cache = (0.0, 0)
         self._started = time.time()
+        self._gc_at = 0.0
+        self._logs_at = 0.0
         self.session: Session
         self.claims: Claims
 
@@ -294,6 +297,21 @@ class Conductor:
         run.start()
         if self.stopping.is_set() and not self.settings.drain:  # claimed as the first SIGTERM came
             run.kill("the node is shutting down", hand_back=True, grace=self.settings.shutdown_grace)
+        request = self.cache.kills.get(c.id)
+        if request:  # a user asked to stop it before this node had started it
+            self._stop_requested(c.id, request)
+
+    def _stop_requested(self, task_id: str, request: dict[str, Any]) -> None:
+        """A user asked to kill or skip a task: if it runs here, stop it (the finish says why)."""
+        with self._lock:
+            run = self.runs.get(task_id)
+        if run is None:
+            return
+        action = "skip" if request.get("action") == "skip" else "kill"
+        verb = "skipped" if action == "skip" else "killed"
+        log.info("task %s: %s by %s; stopping it", task_id, verb, request.get("by", "?"))
+        run.kill(f"{verb} by {request.get('by', '?')}", retry=False, grace=float(request.get("grace", 10.0)),
+                 stop=action)
 
     def _run_done(self, run: Run, outcome: Outcome) -> None:
         with self._lock:
@@ -324,6 +342,9 @@ class Conductor:
             self._commit(items)
 
     def _commit(self, items: list[tuple[Run, Outcome]]) -> None:
+        for run, outcome in items:
+            if outcome.ok and not outcome.stop:
+                self._prepare_spawn(run, outcome)
         backoff = 0.1
         while True:
             try:
@@ -353,6 +374,44 @@ class Conductor:
             for job, layer, user in layers:
                 if not synced or not self.cache.layer_busy(layer):
                     self._settle(job, user)
+
+    def _prepare_spawn(self, run: Run, outcome: Outcome) -> None:
+        """Stage the tasks a finished task wrote to $CONDUCTOR_SPAWN into the next layer; their
+        commit joins the task's own finish transaction (so they are added exactly once)."""
+        try:
+            data = run.spawn_path.read_bytes()
+        except OSError:
+            return
+        if not data.strip():
+            return
+        try:
+            stager = spawn.stage(self.board, run.claimed, data, self.name)
+        except ConductorError as exc:
+            outcome.ok, outcome.reason = False, f"spawn file: {exc}"
+            return
+        outcome.extra_ops, outcome.extra_compare = stager.commit_ops(self.name)
+        outcome.recommit = lambda: stager.commit_ops(self.name)
+
+    def _push_log(self, run: Run) -> None:
+        """Keep a running task's log tail in etcd fresh (``conductor logs -f`` follows it)."""
+        try:
+            size = run.log_path.stat().st_size
+        except OSError:
+            return
+        if size == run.pushed:
+            return
+        with open(run.log_path, "rb") as f:
+            f.seek(max(0, size - self.limits.tail_cap))
+            tail = f.read()
+        task = run.claimed.task
+        value = {"data": tail, "size": size, "truncated": size > len(tail), "attempt": task["attempts"],
+                 "node": self.name, "path": str(run.log_path), "at": time.time(), "running": True}
+        try:
+            self.store.txn([created_at(self.keys.claim(run.id), run.claimed.claim_rev)],
+                           [Put(self.keys.log(task["user"], run.id), codec.pack(value))])
+            run.pushed = size
+        except StoreError:
+            pass
 
     def _settle(self, job: str, user: str) -> None:
         try:
@@ -393,6 +452,9 @@ class Conductor:
         now = time.monotonic()
         for run in list(self.runs.values()):
             run.sample()
+            if now >= getattr(run, "push_at", 0):
+                run.push_at = now + 1.0
+                self._push_log(run)
         if now >= sweep_at and not self.stopping.is_set():
             sweep_at = now + self.settings.sweep * random.uniform(0.8, 1.2)
             try:
@@ -411,7 +473,7 @@ class Conductor:
         if not still and self.cache.is_synced:
             return
         state = self.claims.recover(task_id, lease)
-        if state == states.ERRORED:
+        if state in states.FINAL:
             job = task_id.split(".", 1)[0]
             self._settle(job, self.board.owner(job))
 
@@ -427,8 +489,13 @@ class Conductor:
             pending, self._to_settle = self._to_settle, set()
         for job, user in pending:
             self._settle(job, user)
+        self._clean_local_logs()
         if not self._lead("sweeper"):
             return
+        if time.monotonic() >= self._gc_at:
+            self._gc_at = time.monotonic() + self.settings.gc_every
+            retention.collect(self.board, self.settings.keep)
+            retention.compact(self.board, every=self.settings.gc_every)
         for kv in self.store.iter_prefix(self.keys.active()):
             job = kv.key.rsplit("/", 1)[1]
             self.board.settle(job, codec.unpack(kv.value).get("user"), node=self.name, repair=True)
@@ -457,6 +524,25 @@ class Conductor:
             committed, _ = self.claims.finish([(claimed, outcome)])
             if committed:
                 log.warning("task %s: handed back a claim this node held but never started", task_id)
+
+    def _clean_local_logs(self) -> None:
+        """Remove this node's task logs of jobs older than --keep (hourly)."""
+        if time.monotonic() < self._logs_at:
+            return
+        self._logs_at = time.monotonic() + self.settings.gc_every
+        root = self.settings.data_dir / "tasks"
+        cutoff = time.time() - self.settings.keep
+        try:
+            dirs = list(root.iterdir())
+        except OSError:
+            return
+        for job_dir in dirs:
+            try:
+                if job_dir.stat().st_mtime < cutoff:
+                    shutil.rmtree(job_dir, ignore_errors=True)
+                    self._dirs.discard(job_dir)
+            except OSError:
+                pass
 
     def _lead(self, role: str) -> bool:
         key = self.keys.leader(role)

@@ -58,6 +58,8 @@ class NodeSettings:
     etcd_timeout: float = 5.0
     cwd: str = field(default_factory=os.getcwd)
     docker_host: str = ""  # Docker API for container tasks; "" = $DOCKER_HOST or a local socket
+    keep: float = 7 * 86400.0  # finished jobs (and local task logs) are removed after this long
+    gc_every: float = 3600.0  # how often the sweeper removes old jobs and compacts etcd
 
     def node_name(self) -> str:
         return self.name or socket.gethostname().split(".")[0]

@@ -112,6 +112,14 @@ def load_file(path: str) -> dict[str, Any]:
 
 
 def parse_text(text: str, where: str = "input") -> dict[str, Any]:
+    data = parse_any(text, where)
+    if not isinstance(data, dict):
+        raise InvalidSpec("file", f"{where}: must hold a map with 'name' and 'layers', not a {_kind(data)}")
+    return data
+
+
+def parse_any(text: str, where: str = "input") -> Any:
+    """YAML or JSON text -> whatever it holds; raises InvalidSpec naming where and why."""
     if not text.strip():
         raise InvalidSpec("file", f"{where}: is empty")
     try:
@@ -123,8 +131,6 @@ def parse_text(text: str, where: str = "input") -> dict[str, Any]:
         at = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise InvalidSpec("file", f"{where}: not valid YAML: {at}{problem}") from None
-    if not isinstance(data, dict):
-        raise InvalidSpec("file", f"{where}: must hold a map with 'name' and 'layers', not a {_kind(data)}")
     return data
 
 
@@ -338,6 +344,7 @@ def validate_layer(layer: Any, where: str, index: int, inherited: dict[str, Any]
         "env": parse_env(layer.get("env"), f"{where}.env"),
         "paused": _bool(layer.get("paused", False), f"{where}.paused"),
         "on_error": on_error,
+        "defaults": defaults,  # what tasks added later (add-task, spawn files) inherit
         "tasks": [validate_task(t, f"{where}.tasks[{i}]", defaults, i) for i, t in enumerate(tasks)],
     }
 

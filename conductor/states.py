@@ -39,6 +39,9 @@ TASK_TRANSITIONS: dict[tuple[str, str], str] = {
     (ERRORED, SKIPPED): "skipped by a user",
     (PENDING, ERRORED): "killed by a user before it ran",
     (QUEUED, ERRORED): "killed by a user before it ran",
+    (ERRORED, PENDING): "retried by a user before its layer started",
+    (COMPLETED, PENDING): "retried by a user before its layer started",
+    (SKIPPED, PENDING): "retried by a user before its layer started",
 }
 
 LAYER_TRANSITIONS: dict[tuple[str, str], str] = {
@@ -52,6 +55,8 @@ LAYER_TRANSITIONS: dict[tuple[str, str], str] = {
     (PENDING, SKIPPED): "skipped by a user",
     (RUNNING, SKIPPED): "skipped by a user",
     (ERRORED, SKIPPED): "skipped by a user",
+    (PENDING, ERRORED): "killed by a user before it started",
+    (SKIPPED, RUNNING): "a task of it was retried",
 }
 
 JOB_TRANSITIONS: dict[tuple[str, str], str] = {
@@ -62,6 +67,7 @@ JOB_TRANSITIONS: dict[tuple[str, str], str] = {
     (ERRORED, RUNNING): "a task was retried or skipped",
     (COMPLETED, RUNNING): "a task was retried",
     (ERRORED, COMPLETED): "its errored work was skipped",
+    (PENDING, ERRORED): "killed by a user before anything started",
 }
 
 
@@ -86,8 +92,13 @@ def check_job(old: str, new: str) -> None:
     _check(JOB_TRANSITIONS, "a job", old, new)
 
 
-def layer_outcome(errored: int, on_error: str) -> str:
-    """The state of a layer that has nothing left to run."""
+def layer_outcome(errored: int, on_error: str, killed: bool = False, skipped: bool = False) -> str:
+    """The state of a layer that has nothing left to run: a layer a user killed is ERRORED and
+    one a user skipped is SKIPPED, whatever its tasks did."""
+    if killed:
+        return ERRORED
+    if skipped:
+        return SKIPPED
     if errored and on_error != "continue":
         return ERRORED
     return COMPLETED

@@ -31,6 +31,7 @@ log = logging.getLogger("conductor.store")
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 MAX_REQUEST_BYTES = 1_400_000  # under etcd's 1.5 MiB request limit, with room for framing
 DEFAULT_PORT = 2379
+RETRY_WINDOW = 2.0  # seconds a read is retried through a passing unavailability
 
 _TARGETS = {"mod": etcdrpc.Compare.MOD, "create": etcdrpc.Compare.CREATE,
             "version": etcdrpc.Compare.VERSION, "value": etcdrpc.Compare.VALUE,
@@ -139,17 +140,17 @@ class Store:
         """One request. A read that meets a passing unavailability (a leader election, a member
         going away) is retried until the timeout; a write is not, since it may have been applied."""
         budget = timeout or self.timeout
-        deadline = time.monotonic() + budget
+        retry_until = time.monotonic() + min(RETRY_WINDOW, budget)  # elections settle in a second or two
         delay = 0.05
         while True:
             try:
-                return fn(request, timeout=max(0.05, deadline - time.monotonic()) if idempotent else budget)
+                return fn(request, timeout=budget)
             except grpc.RpcError as exc:
                 error = _translate(exc, what)
             except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
                 raise StoreUnavailable(f"etcd unavailable during {what}: {exc}") from None
             if not (idempotent and isinstance(error, StoreUnavailable)) or self._closed \
-                    or time.monotonic() + delay >= deadline:
+                    or time.monotonic() + delay >= retry_until:
                 raise error
             time.sleep(delay)
             delay = min(delay * 2, 0.5)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import codec, ids, states
+from . import codec, ids, model, states
 from .board import Board
 from .keys import Keys
 from .ops import KV, Get
@@ -60,7 +60,8 @@ def job_summary(job: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
 
 
 def list_jobs(board: Board, *, user: str | None = None, all_users: bool = False, state: str | None = None,
-              name: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+              name: str | None = None, node: str | None = None, limit: int = 50,
+              offset: int = 0) -> list[dict[str, Any]]:
     """Jobs newest first, filtered, with progress counts."""
     store, keys = board.store, board.keys
     if all_users:
@@ -76,11 +77,19 @@ def list_jobs(board: Board, *, user: str | None = None, all_users: bool = False,
                 continue
             if name and name not in job["name"]:
                 continue
+            if node and not _ran_on(store, keys, job, node):
+                continue
             found.append(job)
     found.sort(key=lambda j: j["id"], reverse=True)
     page = found[offset:offset + limit] if limit else found[offset:]
     counts = job_counts(store, keys, page)
     return [job_summary(j, c) for j, c in zip(page, counts)]
+
+
+def _ran_on(store: Store, keys: Keys, job: dict[str, Any], node: str) -> bool:
+    """Did any task of this job run (or is any running) on ``node``? Reads the job's tasks."""
+    return any(codec.unpack(kv.value).get("node") == node
+               for kv in store.iter_prefix(keys.task(job["user"], job["id"] + ".")))
 
 
 def job_tree(board: Board, job_id: str, user: str) -> dict[str, Any]:
@@ -95,8 +104,11 @@ def job_tree(board: Board, job_id: str, user: str) -> dict[str, Any]:
     layers = sorted((with_etag(codec.unpack(kv.value), kv) for kv in snap.responses[1].kvs),
                     key=lambda layer: (layer["order"], layer["index"]))
     tasks: dict[str, list[dict[str, Any]]] = {layer["id"]: [] for layer in layers}
+    by_id = {layer["id"]: layer for layer in layers}
     for kv in store.iter_prefix(keys.task(user, job_id + ".")):
         task = with_etag(codec.unpack(kv.value), kv)
+        if task["layer"] in by_id and not model.committed(task, by_id[task["layer"]]):
+            continue
         task.pop("records", None)
         tasks.setdefault(task["layer"], []).append(task)
     for layer in layers:
@@ -144,6 +156,7 @@ def layer_detail(board: Board, layer_id: str, user: str) -> dict[str, Any]:
         raise NotFound(f"no layer {layer_id}")
     layer = with_etag(codec.unpack(kv.value), kv)
     tasks = [with_etag(codec.unpack(t.value), t) for t in store.iter_prefix(keys.task(user, layer_id + "."))]
+    tasks = [t for t in tasks if model.committed(t, layer)]
     for t in tasks:
         t.pop("records", None)
     layer["task_list"] = sorted(tasks, key=lambda t: ids.id_sort_key(t["id"]))

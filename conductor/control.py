@@ -1,0 +1,388 @@
+"""Steering jobs while they run: pause, unpause, kill, retry, skip, add tasks, env and results.
+
+Every change names its target by id and may carry the etag (mod_revision) the caller last saw: a
+stale etag is refused with :class:`StaleEtag`, naming the object and its current etag, and nothing
+is written. Without an etag a change applies to the current version (retrying on races).
+
+Atomicity: a change to one task, or to the flags of one layer or job, is one transaction. A change
+that covers many tasks (kill a layer) writes the layer's flag first, then the tasks in chunks; the
+flag alone already decides the layer's outcome, so a client that dies half way leaves a layer that
+ends as asked. Running tasks are stopped by the node that runs them: a kill request
+(``q/kills/<task>``) is written, and that node kills the process group and commits the outcome.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import codec, ids, model, spec, states
+from .board import Board
+from .errors import NotFound, Refused, StaleEtag
+from .model import Value
+from .ops import KV, Compare, Delete, Get, Op, Put, created_at, mod_is
+from .store import MAX_TXN_OPS
+
+log = logging.getLogger("conductor.control")
+
+MAX_TRIES = 30
+CHUNK = 40  # tasks changed per transaction in a change that covers many
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str  # "job", "layer" or "task"
+    id: str
+    user: str
+    etag: int | None = None
+
+
+@dataclass
+class Result:
+    """What a change did to one object, for the CLI to report."""
+
+    id: str
+    done: str  # e.g. "paused", "already paused", "kill requested"
+    etag: int | None = None
+
+
+class Control:
+    def __init__(self, board: Board, by: str):
+        self.board = board
+        self.store = board.store
+        self.keys = board.keys
+        self.by = by
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def key_of(self, t: Target) -> str:
+        return {"job": self.keys.job, "layer": self.keys.layer, "task": self.keys.task}[t.kind](t.user, t.id)
+
+    def _load(self, key: str, what: str) -> tuple[Value, KV]:
+        found = self.board.load(key)
+        if found is None:
+            raise NotFound(f"no {what}")
+        return found
+
+    def _loaded(self, t: Target) -> tuple[Value, KV]:
+        value, kv = self._load(self.key_of(t), f"{t.kind} {t.id}")
+        if t.etag is not None and kv.mod_revision != t.etag:
+            raise StaleEtag(t.id, t.etag, kv.mod_revision)
+        return value, kv
+
+    def _retrying(self, t: Target, attempt: Callable[[], Result | None]) -> Result:
+        """Run ``attempt`` until it commits; a lost race with an etag given is a stale etag."""
+        for _ in range(MAX_TRIES):
+            result = attempt()
+            if result is not None:
+                return result
+            if t.etag is not None:
+                _, kv = self._load(self.key_of(t), f"{t.kind} {t.id}")
+                raise StaleEtag(t.id, t.etag, kv.mod_revision)
+        raise Refused(f"{t.id}: gave up after {MAX_TRIES} tries; it changes too often right now")
+
+    def _settle(self, job: str, user: str) -> None:
+        self.board.settle(job, user, node=None)
+
+    # ---- pause / unpause ---------------------------------------------------------------------
+
+    def pause(self, t: Target, paused: bool = True) -> Result:
+        word = "paused" if paused else "unpaused"
+
+        def attempt() -> Result | None:
+            value, kv = self._loaded(t)
+            if bool(value.get("paused_at")) == paused:
+                return Result(t.id, f"already {word}", kv.mod_revision)
+            value["paused_at"] = model.now() if paused else 0
+            model.add_record(value, value["state"], f"{word} by {self.by}")
+            data = codec.pack(value)
+            ops: list[Op] = [Put(kv.key, data)]
+            ops.append(Put(self.keys.paused(t.id), codec.pack({"by": self.by, "at": model.now()})) if paused
+                       else Delete(self.keys.paused(t.id)))
+            if t.kind == "task" and value["state"] == states.QUEUED:
+                ops.append(Put(self.keys.ready(t.id), data))  # a queued task's ready marker is its copy
+            res = self.store.txn([mod_is(kv.key, kv.mod_revision)], ops)
+            return Result(t.id, word, res.revision) if res.succeeded else None
+
+        result = self._retrying(t, attempt)
+        log.info("%s %s %s by %s", t.kind, t.id, result.done, self.by)
+        return result
+
+    # ---- kill / skip -------------------------------------------------------------------------
+
+    def stop(self, t: Target, action: str, grace: float = 10.0) -> Result:
+        """``action`` is "kill" (ERRORED, reason killed) or "skip" (SKIPPED, counts as done)."""
+        if t.kind == "task":
+            result = self._retrying(t, lambda: self._stop_task(t, action, grace, t.etag))
+        else:
+            result = self._retrying(t, lambda: self._flag(t, action))
+            layers = [t.id] if t.kind == "layer" else self._layer_ids(t.user, t.id)
+            for layer_id in layers:
+                if t.kind == "job":
+                    self._retrying(Target("layer", layer_id, t.user), lambda lid=layer_id: self._flag(
+                        Target("layer", lid, t.user), action))
+                for kv in self.store.iter_prefix(self.keys.task(t.user, layer_id + ".")):
+                    task = Target("task", kv.key.rsplit("/", 1)[1], t.user)
+                    self._retrying(task, lambda task=task: self._stop_task(task, action, grace, None))
+        self._settle(t.id.split(".")[0], t.user)
+        return result
+
+    def _layer_ids(self, user: str, job_id: str) -> list[str]:
+        return [kv.key.rsplit("/", 1)[1] for kv in self.store.iter_prefix(self.keys.layer(user, job_id + "."),
+                                                                            keys_only=True)]
+
+    def _flag(self, t: Target, action: str) -> Result | None:
+        """Mark a layer or job killed or skipped: its outcome, whatever its tasks do now."""
+        value, kv = self._loaded(t)
+        field = "killed_at" if action == "kill" else "skipped_at"
+        if value["state"] in states.FINAL and action == "kill":
+            return Result(t.id, f"already {value['state']}", kv.mod_revision)
+        if value.get(field):
+            return Result(t.id, f"already {'killed' if action == 'kill' else 'skipped'}", kv.mod_revision)
+        value[field] = model.now()
+        model.add_record(value, value["state"], f"{'killed' if action == 'kill' else 'skipped'} by {self.by}")
+        res = self.store.txn([mod_is(kv.key, kv.mod_revision)], [Put(kv.key, codec.pack(value))])
+        return Result(t.id, "kill requested" if action == "kill" else "skip requested", res.revision) \
+            if res.succeeded else None
+
+    def _stop_task(self, t: Target, action: str, grace: float, etag: int | None) -> Result | None:
+        k = self.keys
+        task, kv = self._loaded(Target("task", t.id, t.user, etag))
+        state = task["state"]
+        new = states.ERRORED if action == "kill" else states.SKIPPED
+        verb = "killed" if action == "kill" else "skipped"
+        if state == states.RUNNING:
+            claim = self.store.get(k.claim(t.id))
+            if claim is None:
+                return None  # its node was just lost; once requeued it is stopped like a queued one
+            request = {"action": action, "by": self.by, "grace": grace, "at": model.now()}
+            res = self.store.txn([created_at(claim.key, claim.create_revision), mod_is(kv.key, kv.mod_revision)],
+                                 [Put(k.kill(t.id), codec.pack(request))])
+            return Result(t.id, f"{'kill' if action == 'kill' else 'skip'} requested", kv.mod_revision) \
+                if res.succeeded else None
+        if state in (states.COMPLETED, states.SKIPPED) or (state == states.ERRORED and action == "kill"):
+            return Result(t.id, f"already {state}", kv.mod_revision)
+        model.move(task, new, f"{verb} by {self.by}" + (" before it ran" if state != states.ERRORED else ""))
+        task["ended"] = task.get("ended") or model.now()
+        data = codec.pack(task)
+        ops: list[Op] = [Put(kv.key, data), Put(k.tally(t.user, task["job"], new, t.id), b"")]
+        if state == states.QUEUED:
+            ops.append(Delete(k.ready(t.id)))
+        if state in states.FINAL:
+            ops.append(Delete(k.tally(t.user, task["job"], state, t.id)))
+        res = self.store.txn([mod_is(kv.key, kv.mod_revision)], ops)
+        return Result(t.id, verb, res.revision) if res.succeeded else None
+
+    # ---- retry -------------------------------------------------------------------------------
+
+    def retry(self, t: Target) -> Result:
+        """Run ERRORED tasks again whatever their attempt count (a task id: whatever its state,
+        unless it is running). Each retried task gets ``max_attempts`` more executions."""
+        if t.kind == "task":
+            result = self._retrying(t, lambda: self._retry_task(t, t.etag, explicit=True))
+        else:
+            _, kv = self._loaded(t)
+            result = Result(t.id, "retried", kv.mod_revision)
+            prefix = self.keys.task(t.user, t.id + ".")
+            count = 0
+            for task_kv in self.store.iter_prefix(prefix):
+                if codec.unpack(task_kv.value)["state"] != states.ERRORED:
+                    continue
+                task = Target("task", task_kv.key.rsplit("/", 1)[1], t.user)
+                self._retrying(task, lambda task=task: self._retry_task(task, None, explicit=False))
+                count += 1
+            result.done = f"retried {count} errored task(s)"
+        self._settle(t.id.split(".")[0], t.user)
+        return result
+
+    def _retry_task(self, t: Target, etag: int | None, explicit: bool) -> Result | None:
+        k = self.keys
+        task, kv = self._loaded(Target("task", t.id, t.user, etag))
+        state = task["state"]
+        if state == states.RUNNING:
+            raise Refused(f"task {t.id} is RUNNING; kill it first to run it again")
+        if state in (states.PENDING, states.QUEUED) or (not explicit and state != states.ERRORED):
+            return Result(t.id, f"already {state}", kv.mod_revision)
+        layer, layer_kv = self._load(k.layer(t.user, task["layer"]), f"layer {task['layer']}")
+        job, job_kv = self._load(k.job(t.user, task["job"]), f"job {task['job']}")
+        task["retry_base"] = task.get("attempts", 0)
+        task.update(exit_code=None, reason=None, ended=None)
+        ops: list[Op] = [Delete(k.tally(t.user, task["job"], state, t.id))]
+        if layer["state"] == states.PENDING:
+            model.move(task, states.PENDING, f"retried by {self.by}")
+        else:
+            model.move(task, states.QUEUED, f"retried by {self.by}")
+        data = codec.pack(task)
+        ops.append(Put(kv.key, data))
+        if task["state"] == states.QUEUED:
+            ops.append(Put(k.ready(t.id), data))
+        for flag in ("killed_at", "skipped_at"):
+            layer.pop(flag, None)
+            job.pop(flag, None)
+        if layer["state"] not in (states.PENDING, states.RUNNING):
+            model.move(layer, states.RUNNING, f"task {t.id} was retried by {self.by}")
+            layer.update(enqueued=True, ended=None)
+        if job["state"] in (states.COMPLETED, states.ERRORED):
+            model.move(job, states.RUNNING, f"task {t.id} was retried by {self.by}")
+            job["ended"] = None
+            ops.append(Put(k.active(job["id"]), codec.pack({"user": t.user})))
+        for s in job["layers"]:
+            if s["id"] == layer["id"]:
+                s["state"] = layer["state"]
+        ops += [Put(layer_kv.key, codec.pack(layer)), Put(job_kv.key, codec.pack(job))]
+        compare = [mod_is(kv.key, kv.mod_revision), mod_is(layer_kv.key, layer_kv.mod_revision),
+                   mod_is(job_kv.key, job_kv.mod_revision)]
+        res = self.store.txn(compare, ops)
+        return Result(t.id, "retried", res.revision) if res.succeeded else None
+
+    # ---- adding tasks ------------------------------------------------------------------------
+
+    def add_tasks(self, t: Target, task_specs: list[Any]) -> list[str]:
+        """Add tasks to a layer that has not started; refused once it has. Returns their ids."""
+        if t.kind != "layer":
+            raise Refused(f"{t.id} is not a layer id: tasks are added to a layer")
+        layer, _ = self._loaded(t)
+        specs = [spec.validate_task(s, f"tasks[{i}]", layer.get("defaults", {}), layer["next"] + i)
+                 for i, s in enumerate(task_specs)]
+        if not specs:
+            raise Refused("no tasks given")
+        stager = Stager(self.board, t.user, t.id, token=f"add-{secrets.token_hex(4)}")
+        added = stager.stage(specs, guard=[])
+        for _ in range(MAX_TRIES):
+            ops, compare = stager.commit_ops(self.by)
+            if t.etag is not None:
+                compare.append(mod_is(self.keys.layer(t.user, t.id), t.etag))
+            if self.store.txn(compare, ops).succeeded:
+                log.info("layer %s: %d task(s) added by %s", t.id, len(added), self.by)
+                return added
+            layer, kv = self._load(self.keys.layer(t.user, t.id), f"layer {t.id}")
+            if t.etag is not None and kv.mod_revision != t.etag:
+                raise StaleEtag(t.id, t.etag, kv.mod_revision)
+        raise Refused(f"{t.id}: could not add tasks, the layer changes too often right now")
+
+    # ---- env and results ---------------------------------------------------------------------
+
+    def set_env(self, t: Target, changes: dict[str, str | None]) -> Result:
+        """Set (or with None, remove) env variables of a job, layer or task; applies to tasks not
+        yet started."""
+        def attempt() -> Result | None:
+            value, kv = self._loaded(t)
+            env = dict(value.get("env") or {})
+            for name, val in changes.items():
+                if val is None:
+                    env.pop(name, None)
+                else:
+                    env[name] = val
+            value["env"] = spec.parse_env(env, "env")
+            model.add_record(value, value["state"], f"env changed by {self.by}: {', '.join(sorted(changes))}")
+            data = codec.pack(value)
+            ops: list[Op] = [Put(kv.key, data)]
+            if t.kind == "task" and value["state"] == states.QUEUED:
+                ops.append(Put(self.keys.ready(t.id), data))
+            res = self.store.txn([mod_is(kv.key, kv.mod_revision)], ops)
+            return Result(t.id, "env set", res.revision) if res.succeeded else None
+
+        return self._retrying(t, attempt)
+
+    def set_result(self, t: Target, data: bytes, cap: int = 64 * 1024) -> Result:
+        if t.kind != "task":
+            raise Refused(f"{t.id} is not a task id: results belong to tasks")
+        if len(data) > cap:
+            raise Refused(f"result is {len(data)} bytes, over the cap of {cap} bytes")
+        key = self.keys.result(t.user, t.id)
+
+        def attempt() -> Result | None:
+            current = self.store.get(key)
+            if t.etag is not None and (current.mod_revision if current else 0) != t.etag:
+                raise StaleEtag(t.id, t.etag, current.mod_revision if current else 0)
+            value = {"data": data, "by": self.by, "at": model.now()}
+            compare = [mod_is(key, current.mod_revision)] if current else [Compare(key, "version", "==", 0)]
+            res = self.store.txn(compare, [Put(key, codec.pack(value))])
+            return Result(t.id, "result set", res.revision) if res.succeeded else None
+
+        return self._retrying(Target(t.kind, t.id, t.user, None), attempt)
+
+
+class Stager:
+    """Adds a batch of tasks to a PENDING layer in any size, exactly once.
+
+    Numbers are reserved first (the layer's ``next``), then the tasks are written in chunks marked
+    with the batch's ``token``, and one commit transaction adds the batch to the layer's task count
+    and committed tokens. Until then the staged tasks are ignored by every reader, and when the
+    layer starts any batch never committed (its writer died) is deleted.
+    """
+
+    def __init__(self, board: Board, user: str, layer_id: str, token: str):
+        self.board = board
+        self.keys = board.keys
+        self.user = user
+        self.layer_id = layer_id
+        self.token = token
+        self.count = 0
+
+    def stage(self, specs: list[dict[str, Any]], guard: list[Compare]) -> list[str]:
+        """Reserve numbers and write the tasks; ``guard`` compares go into every transaction
+        (a fenced node passes its claim's compare). Raises Refused if the layer has started."""
+        k = self.keys
+        store = self.board.store
+        for _ in range(MAX_TRIES):
+            layer, kv = self._layer()
+            first = layer["next"]
+            layer["next"] = first + len(specs)
+            res = store.txn(guard + [mod_is(kv.key, kv.mod_revision)], [Put(kv.key, codec.pack(layer))])
+            if res.succeeded:
+                break
+        else:
+            raise Refused(f"layer {self.layer_id} changes too often to add tasks now")
+        ids_out: list[str] = []
+        ops: list[Op] = []
+        for i, task_spec in enumerate(specs):
+            task = model.new_task(layer, first + i, task_spec)
+            task["staged"] = self.token
+            ids_out.append(task["id"])
+            ops.append(Put(k.task(self.user, task["id"]), codec.pack(task)))
+            if task.get("paused_at"):
+                ops.append(Put(k.paused(task["id"]), b""))
+        for start in range(0, len(ops), MAX_TXN_OPS - 8):
+            res = store.txn(guard, ops[start:start + MAX_TXN_OPS - 8])
+            if not res.succeeded:
+                raise Refused(f"layer {self.layer_id}: lost the right to add tasks while writing them")
+        self.count = len(specs)
+        return ids_out
+
+    def _layer(self) -> tuple[Value, KV]:
+        found = self.board.load(self.keys.layer(self.user, self.layer_id))
+        if found is None:
+            raise NotFound(f"no layer {self.layer_id}")
+        layer, kv = found
+        if layer["state"] != states.PENDING:
+            raise Refused(f"layer {self.layer_id} is {layer['state']}: tasks can only be added before it starts")
+        return layer, kv
+
+    def commit_ops(self, by: str) -> tuple[list[Op], list[Compare]]:
+        """The ops and compares that make the staged batch part of the layer (and its job)."""
+        layer, kv = self._layer()
+        job_id = ids.parse_id(self.layer_id).job
+        found = self.board.load(self.keys.job(self.user, job_id))
+        if found is None:
+            raise NotFound(f"no job {job_id}")
+        job, job_kv = found
+        layer["tasks"] += self.count
+        layer.setdefault("committed", []).append(self.token)
+        model.add_record(layer, layer["state"], f"{self.count} task(s) added by {by}")
+        job["tasks"] = job.get("tasks", 0) + self.count
+        for s in job["layers"]:
+            if s["id"] == self.layer_id:
+                s["tasks"] = layer["tasks"]
+        return ([Put(kv.key, codec.pack(layer)), Put(job_kv.key, codec.pack(job))],
+                [mod_is(kv.key, kv.mod_revision), mod_is(job_kv.key, job_kv.mod_revision)])
+
+
+def committed(task: Value, layer: Value) -> bool:
+    """Is this task part of its layer (not a staged batch that was never committed)?"""
+    return "staged" not in task or task["staged"] in layer.get("committed", [])
+
+
+__all__ = ["Control", "Target", "Result", "Stager", "committed", "copy", "Get"]
