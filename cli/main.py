@@ -43,6 +43,16 @@ def _endpoints(etcd: list[str] | None) -> list[str] | None:
     return [part.strip() for item in etcd for part in item.split(",") if part.strip()]
 
 
+def parse_params(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidSpec("-p", f"{item!r} is not key=value")
+        out[key] = value
+    return out
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"conductor {__version__}")
@@ -74,7 +84,9 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
                                                "long, e.g. 7d, 12h.")] = "7d",
         gc_every: Annotated[str, typer.Option(hidden=True, help="How often old jobs are removed.")] = "1h",
         verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
-        local_port: Annotated[int, typer.Option(hidden=True, help="Port of the local etcd (tests).")] = 2379) -> None:
+        local_port: Annotated[int, typer.Option(hidden=True, help="Port of the local etcd (tests).")] = 2379,
+        clock_skew: Annotated[float, typer.Option(hidden=True, help="Seconds added to the scheduler's clock "
+                                                  "(tests).")] = 0.0) -> None:
     """Join the cluster and run tasks until stopped (SIGTERM hands tasks back; twice stops now)."""
     from conductor.localetcd import LocalEtcd, port_open
     from conductor.node import Conductor
@@ -89,6 +101,7 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
     if slots:
         settings.slots = slots
     settings.keep = parse_duration(keep, "--keep")
+    settings.clock_skew = clock_skew
     settings.gc_every = parse_duration(gc_every, "--gc-every")
     label_map: dict[str, str] = {}
     for item in labels or []:
@@ -123,10 +136,15 @@ def post(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - for
          wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end; exit 1 if it failed.")] = False,
          paused: Annotated[bool, typer.Option("--paused", help="Post it paused.")] = False,
          timeout: Annotated[Optional[float], typer.Option(help="With --wait: give up after this many seconds.")] = None,
+         param: Annotated[Optional[list[str]], typer.Option("-p", "--param", help="key=value for an input of "
+                                                             "the file or template; repeat.")] = None,
+         template: Annotated[bool, typer.Option("--template", help="FILE names a stored template.")] = False,
          etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
-    """Post a job of ordered layers of tasks; prints its id."""
+    """Post a job of ordered layers of tasks (or from a template); prints its id."""
+    params = parse_params(param)
     with _client(etcd, namespace, user) as client:
-        job_id = client.post(file, paused=paused)
+        job_id = (client.post_template(file, params, paused=paused) if template
+                  else client.post(file, paused=paused, params=params))
         if not wait:
             render.print_json({"id": job_id}) if json else print(job_id)
             return
@@ -230,9 +248,12 @@ def nodes(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) ->
 def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - for stdin.")],
           json: Json = False) -> None:
     """Validate a job file without posting it (no etcd needed)."""
-    from conductor import spec
+    from conductor import spec, templates
 
-    normalised = spec.validate_job(spec.load_file(file))
+    data = spec.load_file(file)
+    meta, _ = templates.split(data)
+    sample = {n: s.get("default", "x") for n, s in meta["inputs"].items()}  # any value checks the shape
+    normalised = templates.instantiate(data, sample)[0]
     if json:
         render.print_json(normalised)
     else:
@@ -240,6 +261,7 @@ def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - fo
         print(f"{file}: valid: {len(normalised['layers'])} layer(s), {n} task(s)")
 
 
+from . import automation as _automation  # noqa: E402,F401 - registers template, send, schedule
 from . import control as _control  # noqa: E402,F401 - registers the steering commands
 
 

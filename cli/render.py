@@ -94,6 +94,28 @@ def jobs_renderable(jobs: list[dict[str, Any]]) -> Any:
     return table
 
 
+def describe_source(source: dict[str, Any]) -> str:
+    """How a job was started, in a line: file, template and inputs, message, schedule and tick."""
+    kind = source.get("kind")
+    bits = []
+    if kind == "file":
+        bits.append(f"file {source.get('path')}")
+    elif kind == "schedule":
+        tick = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(source.get("tick", 0)))
+        bits.append(f"schedule {source.get('schedule')} ({source.get('cron')}), tick {tick}")
+    elif kind == "message":
+        bits.append(f"message {source.get('message')}" + (f" from job {source['job']}" if source.get("job") else ""))
+    elif kind == "join":
+        bits.append(f"join of {', '.join(source.get('after', []))}")
+    elif kind:
+        bits.append(str(kind))
+    if source.get("template"):
+        bits.append(f"template {source['template']}")
+    if source.get("inputs"):
+        bits.append("inputs " + ", ".join(f"{k}={v}" for k, v in source["inputs"].items()))
+    return "; ".join(bits)
+
+
 def layer_bar(layer: dict[str, Any]) -> str:
     tasks = layer.get("task_list", [])
     done = sum(1 for t in tasks if t["state"] in ("COMPLETED", "SKIPPED"))
@@ -132,6 +154,9 @@ def job_tree(job: dict[str, Any], max_tasks: int = 20) -> None:
 def job_tree_renderable(job: dict[str, Any], max_tasks: int = 20) -> Any:
     head = (f"[bold]{job['name']}[/] {job['id']}  {state(job['state'], bool(job.get('paused_at')))}  "
             f"{progress(job['counts'])}  [dim]etag {job['etag']}, posted {age(job['created'])} ago by {job['user']}[/]")
+    started_by = describe_source(job.get("source") or {})
+    if started_by:
+        head += f"\n[dim]started by {started_by}[/]"
     tree = Tree(head)
     for layer in job["layer_list"]:
         branch = tree.add(f"[bold]{layer['name']}[/] {layer['id']} order {layer['order']}  "

@@ -82,9 +82,16 @@ class Board:
     # ---- posting -----------------------------------------------------------------------------
 
     def post(self, spec: dict[str, Any], user: str, *, source: dict[str, Any] | None = None,
-             job_id: str | None = None, node: str | None = None) -> str:
-        """Write a validated job spec; returns its id. See the module docstring for atomicity."""
+             job_id: str | None = None, node: str | None = None, secrets: dict[str, str] | None = None,
+             meta: dict[str, Any] | None = None) -> str:
+        """Write a validated job spec; returns its id. See the module docstring for atomicity.
+
+        With ``job_id`` given and already posted, nothing is written (posting is idempotent)."""
+        if job_id and self.store.get(self.keys.index(job_id)) is not None:
+            return job_id
         job_id = job_id or ids.new_job_id()
+        spec = {**spec, "on_success": (meta or {}).get("on_success", []),
+                "on_failure": (meta or {}).get("on_failure", [])}
         job = model.new_job(job_id, spec, user, source or {"kind": "api"})
         layers = [model.new_layer(job, i, lspec) for i, lspec in enumerate(spec["layers"])]
         tasks = [[model.new_task(layer, n, tspec) for n, tspec in enumerate(lspec["tasks"])]
@@ -92,7 +99,9 @@ class Board:
         job["layers"] = [model.layer_summary(layer) for layer in layers]
         started = advance(job, {layer["index"]: layer for layer in layers}, node)
         k = self.keys
-        n_head = len(self._head_ops(job, layers))
+        if secrets:
+            job["has_secrets"] = True
+        n_head = len(self._head_ops(job, layers, secrets))
         small = sum(len(t) for t in tasks) + sum(len(tasks[i]) for i in started) + n_head <= MAX_TXN_OPS
         small = small and sum(len(codec.pack(t)) for layer_tasks in tasks for t in layer_tasks) * 2 < MAX_REQUEST_BYTES
         for i in started:
@@ -102,7 +111,7 @@ class Board:
             for i in started:
                 layers[i]["enqueued"] = True
             res = self.store.txn([absent(k.job(user, job_id))], self._task_ops(tasks, ready=True) +
-                                 self._head_ops(job, layers))
+                                 self._head_ops(job, layers, secrets))
             if not res.succeeded:
                 raise RuntimeError(f"job id {job_id} already exists")
             self._log_post(job, layers)
@@ -115,7 +124,7 @@ class Board:
             for op in group:
                 if isinstance(op, Put):
                     revs[op.key] = res.revision
-        res = self.store.txn([absent(k.job(user, job_id))], self._head_ops(job))
+        res = self.store.txn([absent(k.job(user, job_id))], self._head_ops(job, secrets=secrets))
         if not res.succeeded:
             raise RuntimeError(f"job id {job_id} already exists")
         self._log_post(job, layers)
@@ -143,12 +152,15 @@ class Board:
         ops: list[Op] = [Put(k.layer(layer["user"], layer["id"]), codec.pack(layer)) for layer in layers]
         return ops + [Put(k.paused(layer["id"]), b"") for layer in layers if layer.get("paused_at")]
 
-    def _head_ops(self, job: Value, layers: list[Value] | None = None) -> list[Op]:
+    def _head_ops(self, job: Value, layers: list[Value] | None = None,
+                  secrets: dict[str, str] | None = None) -> list[Op]:
         """The job key and its index; with ``layers``, the layers too (a job posted in one txn)."""
         k, user = self.keys, job["user"]
         ops: list[Op] = self._layer_ops(layers) if layers else []
         if job.get("paused_at"):
             ops.append(Put(k.paused(job["id"]), b""))
+        if secrets:
+            ops.append(Put(k.secrets(user, job["id"]), codec.pack(secrets)))
         ops.append(Put(k.index(job["id"]), codec.pack({"user": user})))
         if job["state"] in (states.PENDING, states.RUNNING):
             ops.append(Put(k.active(job["id"]), codec.pack({"user": user})))
@@ -295,6 +307,7 @@ class Board:
                 key = k.layer(user, layers[i]["id"])
                 compare.append(mod_is(key, layer_kvs[key].mod_revision))
                 ops.append(Put(key, codec.pack(layers[i])))
+            ops += self._messages(job, codec.unpack(job_kv.value)["state"], [layers[i] for i in finished])
             if job["state"] not in (states.PENDING, states.RUNNING):
                 ops.append(Delete(k.active(job_id)))
             elif codec.unpack(job_kv.value)["state"] not in (states.PENDING, states.RUNNING):
@@ -304,6 +317,10 @@ class Board:
             if not res.succeeded:
                 continue
             changed = True
+            if any(isinstance(op, Put) and op.key.startswith(k.outbox()) for op in ops):
+                from . import messages
+
+                messages.deliver(self, job_id + "/")
             for i in finished + started:
                 log.info("layer %s %s %s", layers[i]["id"], layers[i]["name"], layers[i]["state"])
             if job["state"] != codec.unpack(job_kv.value)["state"]:
@@ -314,6 +331,22 @@ class Board:
             # and again: a big layer may have drained while it was queued, or layers were left over
         log.warning("settle of job %s gave up after %d tries (heavy contention)", job_id, MAX_TRIES)
         return changed
+
+    def _messages(self, job: Value, was: str, ended_layers: list[Value]) -> list[Op]:
+        """Outbox entries for the on_success / on_failure messages of what this settle ends."""
+        from . import messages
+
+        ops: list[Op] = []
+        for layer in ended_layers:
+            good = layer["state"] in states.DONE
+            wanted = layer.get("on_success" if good else "on_failure") or []
+            ops += messages.outbox_ops(self, job, wanted, "success" if good else "failure", f"layer{layer['index']}")
+        if job["state"] != was and job["state"] in (states.COMPLETED, states.ERRORED):
+            good = job["state"] == states.COMPLETED
+            wanted = job.get("on_success" if good else "on_failure") or []
+            ops += messages.outbox_ops(self, job, wanted, "success" if good else "failure",
+                                       f"job{len(job.get('records', []))}")
+        return ops
 
     def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, tuple[int, int, int]]:
         """(ready, claimed or orphaned, errored) per layer, read as one snapshot."""

@@ -73,6 +73,7 @@ class Outcome:
     log_tail: bytes = b""
     log_size: int = 0
     log_path: str | None = None
+    log_truncated: bool = False
     retry: bool = True  # False: a failure that must not be retried
     hand_back: bool = False  # True: give the task back without counting the attempt
     stop: str | None = None  # "kill" or "skip": a user stopped it (see q/kills/<task>)
@@ -251,7 +252,7 @@ class Claims:
                                                              "node": node, "at": task["ended"]})))
         if o.log_tail or o.log_size or task["attempts"] > 1:
             ops.append(Put(k.log(user, tid), codec.pack({
-                "data": o.log_tail, "size": o.log_size, "truncated": o.log_size > len(o.log_tail),
+                "data": o.log_tail, "size": o.log_size, "truncated": o.log_truncated,
                 "attempt": task["attempts"], "node": node, "path": o.log_path, "at": task["ended"]})))
         return compare + list(o.extra_compare), ops + list(o.extra_ops), Finished(claimed, task, new_state)
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codec, ids, logs, retention, spec, states, views
+from . import codec, ids, logs, messages, retention, schedules, spec, states, templates, views
 from .board import Board
 from .control import Control, Result, Target
 from .errors import ConductorError, InvalidSpec, NotFound, WaitTimeout
@@ -43,18 +43,62 @@ class Client:
 
     # ---- posting -----------------------------------------------------------------------------
 
-    def validate(self, job: str | Path | dict[str, Any]) -> dict[str, Any]:
+    def validate(self, job: str | Path | dict[str, Any], params: dict[str, str] | None = None) -> dict[str, Any]:
         """Load (a path, ``-`` for stdin, or a map) and validate a job; raises InvalidSpec."""
         data = spec.load_file(str(job)) if isinstance(job, (str, Path)) else job
-        return spec.validate_job(data)
+        return templates.instantiate(data, params or {})[0]
 
-    def post(self, job: str | Path | dict[str, Any], *, paused: bool = False) -> str:
-        """Validate and post a job; returns its id. Nothing is written if validation fails."""
-        normalised = self.validate(job)
+    def post(self, job: str | Path | dict[str, Any], *, paused: bool = False,
+             params: dict[str, str] | None = None) -> str:
+        """Validate and post a job (a file with inputs takes ``params``); returns its id. Nothing is
+        written if anything is wrong with it."""
+        data = spec.load_file(str(job)) if isinstance(job, (str, Path)) else job
+        normalised, meta, secrets = templates.instantiate(data, params or {})
         if paused:
             normalised["paused"] = True
         source: dict[str, Any] = {"kind": "file", "path": str(job)} if isinstance(job, (str, Path)) else {"kind": "api"}
-        return self.board.post(normalised, self.user, source=source)
+        if meta["inputs"]:
+            source["inputs"] = templates.masked(templates.resolve(meta, params or {})[0] | {
+                k: v for k, v in (params or {}).items()}, meta)
+        return self.board.post(normalised, self.user, source=source, secrets=secrets, meta=meta)
+
+    # ---- templates, messages, schedules --------------------------------------------------------
+
+    def add_template(self, template: str | Path | dict[str, Any], replace: bool = False) -> dict[str, Any]:
+        data = spec.load_file(str(template)) if isinstance(template, (str, Path)) else template
+        return messages.add_template(self.board, data, self.user, replace)
+
+    def templates(self) -> list[dict[str, Any]]:
+        return messages.list_templates(self.board)
+
+    def template(self, name: str) -> dict[str, Any]:
+        return messages.get_template(self.board, name)
+
+    def remove_template(self, name: str) -> None:
+        messages.remove_template(self.board, name)
+
+    def post_template(self, name: str, params: dict[str, str] | None = None, paused: bool = False) -> str:
+        template = messages.get_template(self.board, name)
+        data = template["data"] if not paused else {**template["data"], "paused": True}
+        return messages.post_template(self.board, {**template, "data": data}, params or {}, self.user,
+                                      {"kind": "template"})
+
+    def send(self, message: str, params: dict[str, str] | None = None) -> list[str]:
+        """Post one job for every template triggered by ``message``; returns their ids."""
+        return messages.send(self.board, message, params or {}, self.user, {"by": self.user})
+
+    def add_schedule(self, name: str, cron: str, template: str, params: dict[str, str] | None = None,
+                     overlap: str = "allow", catch_up: int = 0, replace: bool = False) -> dict[str, Any]:
+        return schedules.add(self.board, name, cron, template, params or {}, self.user, overlap, catch_up, replace)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return schedules.listing(self.board)
+
+    def pause_schedule(self, name: str, paused: bool = True) -> None:
+        schedules.set_paused(self.board, name, paused)
+
+    def remove_schedule(self, name: str) -> None:
+        schedules.remove(self.board, name)
 
     # ---- resolving ids -------------------------------------------------------------------------
 

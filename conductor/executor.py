@@ -24,6 +24,7 @@ import psutil
 from .claims import Claimed, Outcome
 from .fence import Fence
 from .model import now
+from .templates import mask
 
 log = logging.getLogger("conductor.executor")
 
@@ -118,6 +119,8 @@ class Run:
         self.limits = limits
         self.on_done = on_done
         self.reaper = reaper or Reaper()
+        self.argv: list[str] | None = None  # set when secrets were filled in at the last moment
+        self.secrets: dict[str, str] = {}  # masked in everything stored
         self.log_path = Path(f"{scratch}.log")
         self.result_path = Path(f"{scratch}.result")
         self.spawn_path = Path(f"{scratch}.spawn.json")
@@ -140,7 +143,7 @@ class Run:
         self.started = now()
         try:
             with open(self.log_path, "wb") as out:
-                self.proc = subprocess.Popen(argv_of(self.claimed.task), stdin=subprocess.DEVNULL, stdout=out,
+                self.proc = subprocess.Popen(self.argv or argv_of(self.claimed.task), stdin=subprocess.DEVNULL, stdout=out,
                                              stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
                                              start_new_session=True, close_fds=True)
         except (OSError, ValueError) as exc:
@@ -257,8 +260,9 @@ class Run:
             size = self.log_path.stat().st_size
             with open(self.log_path, "rb") as f:
                 f.seek(max(0, size - self.limits.tail_cap))
-                outcome.log_tail = f.read()
+                outcome.log_tail = mask(f.read(), self.secrets)
             outcome.log_size = size
+            outcome.log_truncated = size > self.limits.tail_cap
         except OSError:
             pass
         try:
@@ -270,7 +274,7 @@ class Run:
             outcome.reason = (f"result is {rsize} bytes, over the cap of {self.limits.result_cap} bytes "
                               f"(exit {outcome.exit_code})")
         elif rsize >= 0:
-            outcome.result = self.result_path.read_bytes()
+            outcome.result = mask(self.result_path.read_bytes(), self.secrets)
         self.on_done(self, outcome)
 
     def cleanup(self) -> None:

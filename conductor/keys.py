@@ -29,6 +29,12 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "active": ("active/<job>", False, "exists while a job is not finished"),
     "leader": ("leaders/<role>", True, "which node does a cluster-wide chore"),
     "meta": ("meta/<name>", False, "cluster bookkeeping (the last compaction)"),
+    "secrets": ("users/<user>/secrets/<job>", False, "a job's secret inputs; read only by the node running it"),
+    "template": ("templates/<name>", False, "a stored template: a job file with inputs and triggers"),
+    "schedule": ("schedules/<name>", False, "a cron rule that posts a template"),
+    "fire": ("fires/<schedule>/<tick>", False, "one per tick: the first node to create it fires it"),
+    "outbox": ("outbox/<job>/<n>", False, "a message to send, written when a job or layer ends"),
+    "join": ("joins/<template>/<key>", False, "the messages a join template has received this round"),
 }
 
 
@@ -66,6 +72,24 @@ class Keys:
 
     def leader(self, role: str) -> str:
         return self._k(f"leaders/{role}")
+
+    def secrets(self, user: str, job: str) -> str:
+        return self._k(f"users/{user}/secrets/{job}")
+
+    def template(self, name: str = "") -> str:
+        return self._k(f"templates/{name}")
+
+    def schedule(self, name: str = "") -> str:
+        return self._k(f"schedules/{name}")
+
+    def fire(self, schedule: str, tick: float | None = None) -> str:
+        return self._k(f"fires/{schedule}/" + ("" if tick is None else f"{int(tick):012d}"))
+
+    def outbox(self, rest: str = "") -> str:
+        return self._k(f"outbox/{rest}")
+
+    def join(self, template: str, key: str = "") -> str:
+        return self._k(f"joins/{template}/{key}")
 
     def meta(self, name: str) -> str:
         return self._k(f"meta/{name}")

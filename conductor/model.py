@@ -47,6 +47,7 @@ def new_job(job_id: str, spec: dict[str, Any], user: str, source: dict[str, Any]
         "user": user, "state": states.PENDING, "created": at, "started": None, "ended": None,
         "env": spec.get("env", {}), "paused_at": at if spec.get("paused") else 0,
         "source": source, "tasks": sum(len(layer["tasks"]) for layer in spec["layers"]),
+        "on_success": spec.get("on_success", []), "on_failure": spec.get("on_failure", []),
         "layers": [], "records": [],
     }
     add_record(job, states.PENDING, f"posted by {user}", at=at)
@@ -62,6 +63,7 @@ def new_layer(job: Value, index: int, spec: dict[str, Any]) -> Value:
         "paused_at": at if spec.get("paused") else 0, "tasks": len(spec["tasks"]),
         "next": len(spec["tasks"]), "enqueued": False, "started": None, "ended": None, "records": [],
         "defaults": spec.get("defaults", {}),
+        "on_success": spec.get("on_success", []), "on_failure": spec.get("on_failure", []),
     }
     return layer
 
@@ -79,6 +81,8 @@ def new_task(layer: Value, number: int, spec: dict[str, Any]) -> Value:
     }
     if spec.get("image"):
         task["image"] = spec["image"]
+    if spec.get("secrets"):
+        task["secrets"] = spec["secrets"]
     return task
 
 

@@ -29,19 +29,19 @@ from typing import Any
 
 import psutil
 
-from . import __version__, codec, retention, spawn, states
+from . import __version__, codec, messages, retention, schedules, spawn, states, templates
 from .board import Board
 from .cache import Cache
 from .claims import Claimed, Claims, Outcome, Ready
 from .containers import ContainerRun, default_docker_host, reachable
 from .errors import ConductorError, LeaseLost, StoreError, StoreUnavailable
-from .executor import Limits, Reaper, Run, task_env
+from .executor import Limits, Reaper, Run, argv_of, task_env
 from .fence import Fence
 from .keys import Keys
 from .ops import Put, absent, created_at
 from .session import NameTaken, Session
 from .settings import NodeSettings
-from .store import Store
+from .store import FollowHandler, Store
 
 log = logging.getLogger("conductor.node")
 
@@ -79,6 +79,7 @@ class Conductor:
         self._mem_cache = (0.0, 0)
         self._started = time.time()
         self._gc_at = 0.0
+        self._schedule_cache = _Schedules()
         self._logs_at = 0.0
         self.session: Session
         self.claims: Claims
@@ -93,8 +94,9 @@ class Conductor:
         self.claims = Claims(self.store, self.keys, self.name)
         self.session.start()
         self._follower = self.store.follow(self.keys.stream(), self.cache, name="stream")
+        self._schedule_follower = self.store.follow(self.keys.schedule(), self._schedule_cache, name="schedules")
         for target, name in ((self._claim_loop, "claim"), (self._finish_loop, "finish"),
-                             (self._keeper_loop, "keeper")):
+                             (self._keeper_loop, "keeper"), (self._schedule_loop, "scheduler")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -171,6 +173,8 @@ class Conductor:
             return
         if self._follower:
             self._follower.stop()
+        if getattr(self, "_schedule_follower", None):
+            self._schedule_follower.stop()
         self.session.close(revoke=True)
         self.fence.close()
         self.stopped.set()
@@ -288,9 +292,19 @@ class Conductor:
             if len(self._dirs) > 10_000:
                 self._dirs.clear()
             self._dirs.add(job_dir)
-        args = (c, task_env(c, extra), job_dir / f"{task['id']}.{task['attempts']}", task.get("cwd") or self.settings.cwd,
+        env = task_env(c, extra)
+        secrets: dict[str, str] = {}
+        argv = None
+        if task.get("secrets"):  # filled in only now, in this process; never stored in a task
+            found = self.board.load(self.keys.secrets(task["user"], task["job"]))
+            secrets = {k: v for k, v in (found[0] if found else {}).items() if k != "v"}
+            cmd, task_env_values = templates.fill_secrets(task, secrets)
+            env.update(task_env_values)
+            argv = argv_of({**task, "cmd": cmd})
+        args = (c, env, job_dir / f"{task['id']}.{task['attempts']}", task.get("cwd") or self.settings.cwd,
                 self.fence, self.limits, self._run_done, self.reaper)
         run = ContainerRun(*args, docker_host=self.docker_host) if task.get("image") else Run(*args)
+        run.argv, run.secrets = argv, secrets
         with self._lock:
             self.runs[c.id] = run
             self.slots_used += (task.get("needs") or {}).get("slots", 1)
@@ -402,9 +416,9 @@ class Conductor:
             return
         with open(run.log_path, "rb") as f:
             f.seek(max(0, size - self.limits.tail_cap))
-            tail = f.read()
+            tail = templates.mask(f.read(), run.secrets)
         task = run.claimed.task
-        value = {"data": tail, "size": size, "truncated": size > len(tail), "attempt": task["attempts"],
+        value = {"data": tail, "size": size, "truncated": size > self.limits.tail_cap, "attempt": task["attempts"],
                  "node": self.name, "path": str(run.log_path), "at": time.time(), "running": True}
         try:
             self.store.txn([created_at(self.keys.claim(run.id), run.claimed.claim_rev)],
@@ -496,6 +510,9 @@ class Conductor:
             self._gc_at = time.monotonic() + self.settings.gc_every
             retention.collect(self.board, self.settings.keep)
             retention.compact(self.board, every=self.settings.gc_every)
+        messages.deliver(self.board)  # messages whose sender died before delivering them
+        for schedule, tick, fired in schedules.unfinished(self.board):
+            schedules.complete(self.board, schedule, tick, fired)
         for kv in self.store.iter_prefix(self.keys.active()):
             job = kv.key.rsplit("/", 1)[1]
             self.board.settle(job, codec.unpack(kv.value).get("user"), node=self.name, repair=True)
@@ -544,6 +561,32 @@ class Conductor:
             except OSError:
                 pass
 
+    def _schedule_loop(self) -> None:
+        """Fire due schedule ticks; the first node to create a tick's fire key fires it."""
+        next_at: dict[str, float] = {}
+        while not self.stopping.is_set():
+            try:
+                now = time.time() + self.settings.clock_skew
+                for name, schedule in list(self._schedule_cache.items.items()):
+                    if schedule.get("paused"):
+                        continue
+                    if name not in next_at or next_at[name] <= now:
+                        for tick in schedules.due(self.board, schedule, now):
+                            schedules.fire(self.board, schedule, tick, self.name)
+                        next_at[name] = schedules.next_fire(schedule, now)
+                for name in list(next_at):
+                    if name not in self._schedule_cache.items:
+                        del next_at[name]
+                wait = min([t - now for t in next_at.values()] + [1.0])
+            except StoreError as exc:
+                log.debug("scheduler: %s", exc)
+                wait = 1.0
+            except Exception:
+                log.exception("scheduler: unexpected error")
+                wait = 1.0
+            self._schedule_cache.changed.wait(max(0.01, wait))
+            self._schedule_cache.changed.clear()
+
     def _lead(self, role: str) -> bool:
         key = self.keys.leader(role)
         lease = self.session.lease
@@ -552,3 +595,26 @@ class Conductor:
             return True
         kv = self.store.get(key)
         return kv is not None and kv.lease == lease
+
+
+class _Schedules(FollowHandler):
+    """The schedules of the cluster, followed by a watch; ``changed`` wakes the scheduler."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self.changed = threading.Event()
+
+    def reset(self, kvs: list[Any], revision: int) -> None:
+        self.items = {v["name"]: v for v in (codec.unpack(kv.value) for kv in kvs)}
+        self.changed.set()
+
+    def events(self, events: list[Any], revision: int) -> None:
+        items = dict(self.items)
+        for ev in events:
+            name = ev.kv.key.rsplit("/", 1)[1]
+            if ev.kind == "put":
+                items[name] = codec.unpack(ev.kv.value)
+            else:
+                items.pop(name, None)
+        self.items = items
+        self.changed.set()

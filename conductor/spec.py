@@ -25,7 +25,7 @@ ON_ERROR = ("fail", "continue")
 JOB_FIELDS = {"name", "description", "layers", "env", "paused", "priority", "max_attempts", "timeout",
               "cwd", "needs"}
 LAYER_FIELDS = {"name", "order", "tasks", "env", "paused", "priority", "on_error", "max_attempts",
-                "timeout", "cwd", "needs"}
+                "timeout", "cwd", "needs", "on_success", "on_failure"}
 TASK_FIELDS = {"name", "cmd", "shell", "image", "env", "cwd", "timeout", "max_attempts", "priority",
                "needs", "paused"}
 NEEDS_FIELDS = {"slots", "labels", "memory"}

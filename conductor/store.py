@@ -160,9 +160,13 @@ class Store:
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     def range(self, key: str, range_end: str | None = None, *, limit: int = 0, revision: int = 0,
-              keys_only: bool = False, count_only: bool = False, timeout: float | None = None) -> RangeResult:
+              keys_only: bool = False, count_only: bool = False, timeout: float | None = None,
+              descending: bool = False) -> RangeResult:
         req = etcdrpc.RangeRequest(key=key.encode(), limit=limit, revision=revision,
                                    keys_only=keys_only, count_only=count_only)
+        if descending:
+            req.sort_order = etcdrpc.RangeRequest.DESCEND
+            req.sort_target = etcdrpc.RangeRequest.KEY
         if range_end is not None:
             req.range_end = range_end.encode("latin-1")
         resp = self._call(self._kv.Range, req, "range", timeout, idempotent=True)

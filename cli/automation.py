@@ -1,0 +1,137 @@
+"""Commands for work started by parameters, messages and the clock: template, send, schedule."""
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from . import render
+from .main import Etcd, Json, Namespace, User, _client, app, parse_params
+
+template_app = typer.Typer(no_args_is_help=True, help="Store and list templates (job files with inputs).")
+schedule_app = typer.Typer(no_args_is_help=True, help="Cron rules that post a template, once per tick.")
+app.add_typer(template_app, name="template")
+app.add_typer(schedule_app, name="schedule")
+
+Params = Annotated[Optional[list[str]], typer.Option("-p", "--param", help="key=value; repeat.")]
+
+
+@template_app.command("add")
+def template_add(file: Annotated[str, typer.Argument(help="Job file with inputs (YAML or JSON; - for stdin).")],
+                 replace: Annotated[bool, typer.Option(help="Replace a template of the same name.")] = False,
+                 etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
+    """Check and store a template; its name is the file's name field."""
+    with _client(etcd, namespace, user) as client:
+        stored = client.add_template(file, replace=replace)
+        render.print_json(stored) if json else print(f"template {stored['name']} stored")
+
+
+@template_app.command("list")
+def template_list(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
+    """List stored templates with their inputs and triggers."""
+    with _client(etcd, namespace) as client:
+        found = client.templates()
+        if json:
+            render.print_json(found)
+            return
+        if not found:
+            print("no templates")
+        for t in found:
+            inputs = ", ".join(n + ("*" if s["required"] else "") + (" (secret)" if s["secret"] else "")
+                               for n, s in t["meta"]["inputs"].items()) or "-"
+            extra = "".join(f"  {k}: {', '.join(t['meta'][k])}" for k in ("triggers", "after") if t["meta"][k])
+            print(f"{t['name']}  inputs: {inputs}{extra}")
+
+
+@template_app.command("show")
+def template_show(name: str, etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
+    """Show a template: its inputs, triggers and job."""
+    import yaml
+
+    with _client(etcd, namespace) as client:
+        found = client.template(name)
+        if json:
+            render.print_json(found)
+        else:
+            print(f"# template {found['name']}, stored by {found['by']} (etag {found['etag']})")
+            print(yaml.safe_dump(found["data"], sort_keys=False).rstrip())
+
+
+@template_app.command("rm")
+def template_rm(name: str, etcd: Etcd = None, namespace: Namespace = None) -> None:
+    """Remove a template (jobs already posted from it stay)."""
+    with _client(etcd, namespace) as client:
+        client.remove_template(name)
+        print(f"template {name} removed")
+
+
+@app.command()
+def send(message: str, param: Params = None, etcd: Etcd = None, namespace: Namespace = None, user: User = None,
+         json: Json = False) -> None:
+    """Post one job for every template whose triggers list MESSAGE; prints their ids."""
+    with _client(etcd, namespace, user) as client:
+        posted = client.send(message, parse_params(param))
+        if json:
+            render.print_json(posted)
+        elif posted:
+            print("\n".join(posted))
+        else:
+            render.err.print(f"no template is triggered by {message!r} (or it only counted towards a join)")
+
+
+@schedule_app.command("add")
+def schedule_add(name: str, cron: Annotated[str, typer.Option(help="5 fields, or 6 with seconds last.")],
+                 template: Annotated[str, typer.Option(help="The template to post.")],
+                 param: Params = None,
+                 overlap: Annotated[str, typer.Option(help="allow, forbid (skip the tick while the previous run "
+                                                          "is active) or replace (kill it).")] = "allow",
+                 catch_up: Annotated[int, typer.Option(min=0, help="Missed ticks (no conductor running) to fire "
+                                                              "once each; older ones are skipped.")] = 0,
+                 replace: Annotated[bool, typer.Option(help="Replace a schedule of the same name.")] = False,
+                 etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
+    """Add a schedule; every tick posts the template once across the cluster."""
+    with _client(etcd, namespace, user) as client:
+        stored = client.add_schedule(name, cron, template, parse_params(param), overlap, catch_up, replace)
+        render.print_json(stored) if json else print(f"schedule {name} added: {stored['cron']} -> {template}")
+
+
+@schedule_app.command("list")
+def schedule_list(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
+    """List schedules with their next fire times."""
+    with _client(etcd, namespace) as client:
+        found = client.schedules()
+        if json:
+            render.print_json(found)
+            return
+        if not found:
+            print("no schedules")
+        for s in found:
+            when = "paused" if s.get("paused") else "next " + time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                             time.localtime(s["next"]))
+            print(f"{s['name']}  {s['cron']}  -> {s['template']}  {when}  overlap {s['overlap']}, "
+                  f"catch-up {s['catch_up']}")
+
+
+@schedule_app.command("pause")
+def schedule_pause(name: str, etcd: Etcd = None, namespace: Namespace = None) -> None:
+    """Stop firing a schedule (until unpause)."""
+    with _client(etcd, namespace) as client:
+        client.pause_schedule(name, True)
+        print(f"schedule {name} paused")
+
+
+@schedule_app.command("unpause")
+def schedule_unpause(name: str, etcd: Etcd = None, namespace: Namespace = None) -> None:
+    """Fire a paused schedule again (ticks missed meanwhile are skipped)."""
+    with _client(etcd, namespace) as client:
+        client.pause_schedule(name, False)
+        print(f"schedule {name} unpaused")
+
+
+@schedule_app.command("rm")
+def schedule_rm(name: str, etcd: Etcd = None, namespace: Namespace = None) -> None:
+    """Remove a schedule."""
+    with _client(etcd, namespace) as client:
+        client.remove_schedule(name)
+        print(f"schedule {name} removed")

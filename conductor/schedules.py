@@ -1,0 +1,195 @@
+"""Schedules: cron rules that post a template, fired exactly once per tick across the cluster.
+
+Every conductor runs the same loop; for each due tick it tries to create ``fires/<schedule>/<tick>``
+and only the node whose transaction creates it fires that tick (invariant 9). Clock skew between
+nodes within a tick's length therefore changes who fires, never how often. The fire key names the
+job it posts (an id derived from schedule and tick), so a firer that dies between creating the key
+and posting is finished by the sweeper with the same id: posted once, whatever happens.
+
+Overlap policy, when the previous run of the schedule is still active: ``allow`` posts anyway,
+``forbid`` skips the tick, ``replace`` kills the previous run first. Catch-up: ticks missed while
+no conductor ran are fired once each, the most recent ``catch_up`` of them; older ones are skipped.
+Cron expressions have 5 fields, or 6 with seconds last (croniter's convention).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from croniter import croniter
+
+from . import codec, messages, model, states, templates
+from .board import Board
+from .errors import InvalidSpec, NotFound, Refused
+from .ops import Put, absent, mod_is
+
+log = logging.getLogger("conductor.schedules")
+
+OVERLAP = ("allow", "forbid", "replace")
+MAX_TICKS = 10_000  # looked at in one pass, so a tiny interval after a long outage stays bounded
+
+
+def validate_cron(expr: str) -> str:
+    fields = expr.split()
+    if len(fields) not in (5, 6) or not croniter.is_valid(expr):
+        raise InvalidSpec("--cron", f"{expr!r} is not a cron expression (5 fields, or 6 with seconds last)")
+    return " ".join(fields)
+
+
+def add(board: Board, name: str, cron: str, template: str, params: dict[str, str], by: str,
+        overlap: str = "allow", catch_up: int = 0, replace: bool = False) -> dict[str, Any]:
+    """Store a schedule after checking the cron rule, the template and the parameters."""
+    if not name or "/" in name:
+        raise InvalidSpec("name", "a schedule needs a name (no '/')")
+    if overlap not in OVERLAP:
+        raise InvalidSpec("--overlap", f"must be one of {', '.join(OVERLAP)}, not {overlap!r}")
+    if catch_up < 0:
+        raise InvalidSpec("--catch-up", "must not be negative")
+    cron = validate_cron(cron)
+    stored = messages.get_template(board, template)
+    templates.instantiate(stored["data"], params, f"template {template}: ")
+    value = {"name": name, "cron": cron, "template": template, "params": params, "overlap": overlap,
+             "catch_up": catch_up, "paused": False, "by": by, "created": model.now()}
+    key = board.keys.schedule(name)
+    if not board.store.txn([] if replace else [absent(key)], [Put(key, codec.pack(value))]).succeeded:
+        raise Refused(f"a schedule named {name!r} exists; remove it first or add --replace")
+    log.info("schedule %s added: %s -> template %s", name, cron, template)
+    return value
+
+
+def get(board: Board, name: str) -> tuple[dict[str, Any], Any]:
+    kv = board.store.get(board.keys.schedule(name))
+    if kv is None:
+        raise NotFound(f"no schedule {name!r}")
+    return codec.unpack(kv.value), kv
+
+
+def set_paused(board: Board, name: str, paused: bool) -> None:
+    for _ in range(20):
+        value, kv = get(board, name)
+        value["paused"] = paused
+        if board.store.txn([mod_is(kv.key, kv.mod_revision)], [Put(kv.key, codec.pack(value))]).succeeded:
+            return
+
+
+def remove(board: Board, name: str) -> None:
+    if board.store.delete(board.keys.schedule(name)) == 0:
+        raise NotFound(f"no schedule {name!r}")
+
+
+def next_ticks(cron: str, after: float, until: float, limit: int = MAX_TICKS) -> list[float]:
+    """Tick times in (after, until]."""
+    it = croniter(cron, after)
+    out: list[float] = []
+    while len(out) < limit:
+        t = it.get_next(float)
+        if t > until:
+            break
+        out.append(t)
+    return out
+
+
+def next_fire(schedule: dict[str, Any], now: float | None = None) -> float:
+    return croniter(schedule["cron"], now or time.time()).get_next(float)
+
+
+def last_fired(board: Board, name: str) -> float | None:
+    res = board.store.range(board.keys.fire(name), _end(board.keys.fire(name)), limit=1, keys_only=True,
+                            descending=True)
+    return float(res.kvs[0].key.rsplit("/", 1)[1]) if res.kvs else None
+
+
+def _end(prefix: str) -> str:
+    from .keys import prefix_end
+
+    return prefix_end(prefix)
+
+
+def due(board: Board, schedule: dict[str, Any], now: float) -> list[float]:
+    """Ticks this schedule should fire now: the current one and up to ``catch_up`` missed ones."""
+    last = last_fired(board, schedule["name"])
+    start = last if last is not None else schedule["created"]
+    ticks = next_ticks(schedule["cron"], start, now)
+    return ticks[-(int(schedule.get("catch_up", 0)) + 1):] if ticks else []
+
+
+def fire(board: Board, schedule: dict[str, Any], tick: float, node: str) -> str | None:
+    """Fire one tick if this node is first to; returns what it did, or None if another node has."""
+    name = schedule["name"]
+    key = board.keys.fire(name, tick)
+    job_id = messages.derived_id(f"schedule/{name}/{int(tick)}", tick)
+    claim = {"state": "firing", "job": job_id, "node": node, "at": time.time(), "tick": tick}
+    if not board.store.txn([absent(key)], [Put(key, codec.pack(claim))]).succeeded:
+        return None
+    return complete(board, schedule, tick, claim)
+
+
+def complete(board: Board, schedule: dict[str, Any], tick: float, claim: dict[str, Any]) -> str:
+    """Post (or skip) the job of a tick this node won; idempotent, so the sweeper can redo it."""
+    name = schedule["name"]
+    key = board.keys.fire(name, tick)
+    outcome = "posted"
+    previous = _previous_run(board, name, tick)
+    if previous and schedule.get("overlap") == "forbid":
+        outcome = f"skipped: run {previous[1]} of the previous tick is still {previous[2]}"
+    else:
+        if previous and schedule.get("overlap") == "replace":
+            from .control import Control, Target
+
+            Control(board, by=f"schedule {name}").stop(Target("job", previous[1], previous[0]), "kill", grace=5.0)
+            outcome = f"posted, replacing run {previous[1]}"
+        stored = messages.get_template(board, schedule["template"])
+        source = {"kind": "schedule", "schedule": name, "tick": tick, "cron": schedule["cron"]}
+        messages.post_template(board, stored, schedule.get("params", {}), schedule.get("by", "scheduler"),
+                               source, claim["job"])
+    board.store.put(key, codec.pack({**claim, "state": outcome, "done": time.time()}))
+    log.info("schedule %s tick %s: %s (job %s)", name, time.strftime("%H:%M:%S", time.localtime(tick)),
+             outcome, claim["job"])
+    return outcome
+
+
+def _previous_run(board: Board, name: str, tick: float) -> tuple[str, str, str] | None:
+    """(user, job, state) of the schedule's most recent run before ``tick``, if still active."""
+    prefix = board.keys.fire(name)
+    res = board.store.range(prefix, board.keys.fire(name, tick), limit=5, descending=True)
+    for kv in res.kvs:
+        fired = codec.unpack(kv.value)
+        if not str(fired.get("state", "")).startswith("posted") and fired.get("state") != "firing":
+            continue
+        try:
+            user = board.owner(fired["job"])
+        except NotFound:
+            continue
+        found = board.load(board.keys.job(user, fired["job"]))
+        if found and found[0]["state"] in (states.PENDING, states.RUNNING):
+            return user, fired["job"], found[0]["state"]
+        return None
+    return None
+
+
+def unfinished(board: Board, older_than: float = 5.0) -> list[tuple[dict[str, Any], float, dict[str, Any]]]:
+    """Fires left ``firing`` by a node that died before posting (for the sweeper)."""
+    out = []
+    now = time.time()
+    for kv in board.store.iter_prefix(board.keys.fire("")[:-1]):
+        fired = codec.unpack(kv.value)
+        if fired.get("state") == "firing" and now - fired.get("at", now) > older_than:
+            name = kv.key[len(board.keys.fire("")[:-1]):].split("/")[0]
+            try:
+                schedule, _ = get(board, name)
+            except NotFound:
+                continue
+            out.append((schedule, fired["tick"], fired))
+    return out
+
+
+def listing(board: Board) -> list[dict[str, Any]]:
+    out = []
+    for kv in board.store.iter_prefix(board.keys.schedule()):
+        value = codec.unpack(kv.value)
+        value["etag"] = kv.mod_revision
+        value["next"] = None if value.get("paused") else next_fire(value)
+        value["last"] = last_fired(board, value["name"])
+        out.append(value)
+    return out
