@@ -178,6 +178,8 @@ def result_set(args: Annotated[list[str], typer.Argument(metavar="[TASK] VALUE",
                etag: Etag = None, etcd: Etcd = None, namespace: Namespace = None, user: User = None,
                json: Json = False) -> None:
     """Set a task's result (inside a task, TASK defaults to its own)."""
+    value: bytes | str
+    task_id: str | None
     if file:
         task_id, value = (args[0] if args else None), Path(file).read_bytes()
     elif len(args) == 1:

@@ -89,7 +89,7 @@ def jobs_renderable(jobs: list[dict[str, Any]]) -> Any:
     for col in ("ID", "NAME", "STATE", "PROGRESS", "AGE", "USER"):
         table.add_column(col)
     for job in jobs:
-        table.add_row(job["id"], job["name"], state(job["state"], job.get("paused")), progress(job["counts"]),
+        table.add_row(job["id"], job["name"], state(job["state"], bool(job.get("paused"))), progress(job["counts"]),
                       age(job["created"]), job["user"])
     return table
 

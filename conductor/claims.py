@@ -128,9 +128,11 @@ class Claims:
                     Put(k.task(user, task["id"]), codec.pack(task))]
             jobs[task["job"]] = user
             layers[task["layer"]] = user
-        reads: list[Op] = [Get(k.job(u, j)) for j, u in jobs.items()] + [Get(k.layer(u, lid)) for lid, u in layers.items()]
+        reads: list[Op] = []
+        reads += [Get(k.job(u, j)) for j, u in jobs.items()] + [Get(k.layer(u, lid)) for lid, u in layers.items()]
         compare += [absent(k.paused(j)) for j in jobs] + [absent(k.paused(lid)) for lid in layers]
-        check: list[Op] = [Get(k.ready(e.id), keys_only=True) for e in batch]
+        check: list[Op] = []
+        check += [Get(k.ready(e.id), keys_only=True) for e in batch]
         check += [Get(k.paused(j), keys_only=True) for j in jobs] + [Get(k.paused(lid), keys_only=True) for lid in layers]
         res = self.store.txn(compare, ops + reads, check)
         if not res.succeeded:

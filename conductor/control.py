@@ -12,7 +12,7 @@ ends as asked. Running tasks are stopped by the node that runs them: a kill requ
 """
 from __future__ import annotations
 
-import copy
+import functools
 import logging
 import secrets
 from dataclasses import dataclass
@@ -121,11 +121,11 @@ class Control:
             layers = [t.id] if t.kind == "layer" else self._layer_ids(t.user, t.id)
             for layer_id in layers:
                 if t.kind == "job":
-                    self._retrying(Target("layer", layer_id, t.user), lambda lid=layer_id: self._flag(
-                        Target("layer", lid, t.user), action))
+                    layer = Target("layer", layer_id, t.user)
+                    self._retrying(layer, functools.partial(self._flag, layer, action))
                 for kv in self.store.iter_prefix(self.keys.task(t.user, layer_id + ".")):
                     task = Target("task", kv.key.rsplit("/", 1)[1], t.user)
-                    self._retrying(task, lambda task=task: self._stop_task(task, action, grace, None))
+                    self._retrying(task, functools.partial(self._stop_task, task, action, grace, None))
         self._settle(t.id.split(".")[0], t.user)
         return result
 
@@ -191,7 +191,7 @@ class Control:
                 if codec.unpack(task_kv.value)["state"] != states.ERRORED:
                     continue
                 task = Target("task", task_kv.key.rsplit("/", 1)[1], t.user)
-                self._retrying(task, lambda task=task: self._retry_task(task, None, explicit=False))
+                self._retrying(task, functools.partial(self._retry_task, task, None, False))
                 count += 1
             result.done = f"retried {count} errored task(s)"
         self._settle(t.id.split(".")[0], t.user)
@@ -385,4 +385,4 @@ def committed(task: Value, layer: Value) -> bool:
     return "staged" not in task or task["staged"] in layer.get("committed", [])
 
 
-__all__ = ["Control", "Target", "Result", "Stager", "committed", "copy", "Get"]
+__all__ = ["Control", "Target", "Result", "Stager"]

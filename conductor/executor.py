@@ -129,6 +129,7 @@ class Run:
         self.peak_rss = 0
         self._kill: tuple[str, bool, bool, str | None] | None = None  # reason, retry, hand_back, stop
         self.pushed = -1  # log size last pushed to etcd while running
+        self.push_at = 0.0  # when to look at the log's size again
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
 

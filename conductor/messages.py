@@ -127,7 +127,7 @@ def _join(board: Board, template: dict[str, Any], message: str, params: dict[str
     needed = set(template["meta"]["after"])
     for _ in range(30):
         kv = board.store.get(key)
-        state = codec.unpack(kv.value) if kv else {"received": {}, "params": mine, "at": at}
+        state: dict[str, Any] = codec.unpack(kv.value) if kv else {"received": {}, "params": mine, "at": at}
         state["received"][message] = origin.get("job") or "sent"
         compare = [mod_is(key, kv.mod_revision)] if kv else [absent(key)]
         if not needed <= set(state["received"]):

@@ -466,7 +466,7 @@ class Conductor:
         now = time.monotonic()
         for run in list(self.runs.values()):
             run.sample()
-            if now >= getattr(run, "push_at", 0):
+            if now >= run.push_at:
                 run.push_at = now + 1.0
                 self._push_log(run)
         if now >= sweep_at and not self.stopping.is_set():

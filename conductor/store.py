@@ -104,7 +104,7 @@ class Store:
         if not self.endpoints:
             raise StoreError("no etcd endpoint given")
         self.timeout = timeout
-        options = [
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 10_000),
@@ -461,4 +461,5 @@ def op_size(op: Op) -> int:
         return len(op.key) + len(op.value) + 16
     if isinstance(op, Txn):
         return sum(op_size(o) for o in (*op.success, *op.failure)) + 64 * len(op.compare)
-    return len(op.key) + 16 + (len(op.range_end) if getattr(op, "range_end", None) else 0)
+    end = getattr(op, "range_end", None)
+    return len(op.key) + 16 + (len(end) if end else 0)

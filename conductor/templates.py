@@ -13,7 +13,7 @@ fills them in at the last moment and masks them in the log tail and result it st
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Collection
 
 from . import spec
 from .errors import InvalidSpec
@@ -86,7 +86,7 @@ def placeholders(text: str) -> list[str]:
     return [m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)]
 
 
-def substitute(text: str, values: dict[str, str], field: str, keep: set[str] = frozenset()) -> str:
+def substitute(text: str, values: dict[str, str], field: str, keep: Collection[str] = ()) -> str:
     """Fill ``{name}`` in one string; names in ``keep`` (secrets) stay as written."""
     def fill(m: re.Match[str]) -> str:
         token = m.group(0)

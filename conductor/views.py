@@ -169,12 +169,12 @@ def list_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
     snap = store.read([Get.prefix(keys.node()), Get.prefix(keys.claim())])
     used: dict[str, int] = {}
     for kv in snap.responses[1].kvs:
-        node = codec.unpack(kv.value).get("node")
+        node = str(codec.unpack(kv.value).get("node"))
         used[node] = used.get(node, 0) + 1
     nodes = []
     for kv in snap.responses[0].kvs:
         info = codec.unpack(kv.value)
         info.pop("v", None)
-        info["running"] = used.get(info.get("name"), 0)
+        info["running"] = used.get(str(info.get("name")), 0)
         nodes.append(info)
     return sorted(nodes, key=lambda n: n.get("name", ""))

@@ -147,7 +147,7 @@ def test_second_sigterm_stops_at_once(client: Client, shared_etcd, start_nodes, 
     assert node.alive(), "--drain waits for the running task"
     node.signal(signal.SIGTERM)
     assert node.proc.wait(10) != 0
-    assert client.nodes() == []
+    wait_for(lambda: client.nodes() == [], 5, what="its lease was revoked on the way out")
 
 
 def test_stalled_node_does_not_commit_after_losing_its_claim(client: Client, shared_etcd, start_nodes, tmp_path: Path):
@@ -182,14 +182,13 @@ def test_a_claim_whose_reply_was_lost_is_handed_back(client: Client, shared_etcd
     from conductor.claims import Claims, Ready
 
     node = start_nodes(shared_etcd.endpoint, 1, slots=1)[0]
-    client.post({"name": "blocker", "paused": True, "layers": [{"tasks": [{"cmd": ["true"]}]}]})
-    job = client.post({"name": "stray", "paused": True, "layers": [{"tasks": [
-        shell(f"echo ran >> {tmp_path / 'ran.txt'}")]}]})
+    blocker = client.post({"name": "blocker", "layers": [{"tasks": [shell("sleep 3")]}]})
+    wait_for(lambda: client.counts(blocker)["running"] == 1, 20, what="the node's only slot is busy")
+    job = client.post({"name": "stray", "layers": [{"tasks": [shell(f"echo ran >> {tmp_path / 'ran.txt'}")]}]})
     info = codec.unpack(client.store.get(client.keys.node(node.name)).value)
     lease = int(info["lease"], 16)
     kv = client.store.get(client.keys.ready(f"{job}.0.0"))
-    # unpause the job's key by hand (not through a claim loop) and claim on the node's lease
-    client.store.delete(client.keys.paused(job))
+    # a claim on the node's lease that the node never made: what a lost reply leaves behind
     [held], _ = Claims(client.store, client.keys, node.name).claim([Ready(codec.unpack(kv.value), kv.mod_revision)],
                                                                     lease)
     wait_for(lambda: "never started" in node.log(), 10, what="the node handed the stray claim back")
