@@ -173,13 +173,15 @@ def result_get(task_id: Annotated[Optional[str], typer.Argument(metavar="[TASK]"
 
 
 @result_app.command("set")
-def result_set(args: Annotated[list[str], typer.Argument(metavar="[TASK] VALUE", help="VALUE, or - for stdin.")],
+def result_set(args: Annotated[Optional[list[str]], typer.Argument(metavar="[TASK] VALUE",
+                                                                  help="VALUE, or - for stdin.")] = None,
                file: Annotated[Optional[str], typer.Option(help="Read the value from this file.")] = None,
                etag: Etag = None, etcd: Etcd = None, namespace: Namespace = None, user: User = None,
                json: Json = False) -> None:
     """Set a task's result (inside a task, TASK defaults to its own)."""
     value: bytes | str
     task_id: str | None
+    args = args or []
     if file:
         task_id, value = (args[0] if args else None), Path(file).read_bytes()
     elif len(args) == 1:

@@ -275,7 +275,10 @@ class Board:
                     layer["ended"] = model.now()
                     finished.append(i)
             for s in job["layers"]:
-                s["state"] = layers[int(s["id"].rsplit(".", 1)[1])]["state"]
+                layer = layers[int(s["id"].rsplit(".", 1)[1])]
+                s["state"] = layer["state"]
+                if layer.get("killed_at"):
+                    s["killed"] = True
             emptied: list[int] = []
             started = advance(job, layers, node, emptied)
             finished += emptied
@@ -292,8 +295,10 @@ class Board:
             inline: dict[int, list[tuple[Value, KV]]] = {}
             budget = INLINE_TASKS  # across every starting layer, so the txn stays under 128 ops
             for i in started:
-                if layers[i]["tasks"] <= budget and not layers[i].get("committed"):
+                if layers[i]["tasks"] <= budget:
                     kvs, _ = self.store.scan(k.task(user, layers[i]["id"] + "."))
+                    if len(kvs) > layers[i]["tasks"]:
+                        continue  # a batch never committed is in it: enqueue() removes it
                     inline[i] = [(v, kv) for kv in kvs if (v := codec.unpack(kv.value))["state"] == states.PENDING]
                     budget -= len(inline[i])
             for i, pairs in inline.items():
@@ -383,6 +388,9 @@ def advance(job: Value, layers: dict[int, Value], node: str | None = None,
             if s["order"] != order or s["state"] != states.PENDING:
                 continue
             layer = layers[int(s["id"].rsplit(".", 1)[1])]
+            if job.get("paused_at") or layer.get("paused_at"):  # waits, even when empty, until unpaused
+                only_empty = False
+                continue
             layer["tasks"] = s["tasks"] = max(layer["tasks"], s["tasks"])
             if layer.get("killed_at") or layer.get("skipped_at"):  # its tasks were stopped already
                 model.move(layer, states.ERRORED if layer.get("killed_at") else states.SKIPPED,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import codec, model, states
+from .errors import ConductorError
 from .keys import Keys, lease_hex
 from .model import Value
 from .ops import Compare, Delete, Get, Op, Put, absent, created_at, mod_is
@@ -116,8 +117,8 @@ class Claims:
             user = task["user"]
             task["attempts"] = task.get("attempts", 0) + 1
             task.update(node=node, started=at, ended=None, exit_code=None, usage=None, reason=None)
-            model.move(task, states.RUNNING,
-                       f"claimed by {node} (attempt {task['attempts']} of {task['max_attempts']})", node, at)
+            model.move(task, states.RUNNING, f"claimed by {node} (attempt "
+                       f"{task['attempts'] - task.get('retry_base', 0)} of {task['max_attempts']})", node, at)
             running.append(task)
             compare += [mod_is(k.ready(task["id"]), entry.mod_revision),
                         mod_is(k.task(user, task["id"]), task_rev), absent(k.claim(task["id"]))]
@@ -167,6 +168,10 @@ class Claims:
         group: list[tuple[Claimed, Outcome, list[Compare], list[Op], Finished]] = []
         size = 0
         for claimed, outcome in items:
+            if outcome.extra_ops:  # a spawned batch rewrites its layer and job: commit it on its own
+                result = self._finish_one(claimed, outcome)
+                (committed.append(result) if result else lost.append(claimed))
+                continue
             compare, ops, finished = self._finish_txn(claimed, claimed.task, outcome)
             n = sum(op_size(op) for op in ops)
             if group and (sum(len(g[3]) for g in group) + len(ops) > MAX_TXN_OPS
@@ -204,8 +209,6 @@ class Claims:
                 finished.revision = res.revision
                 return finished
             claim_r, task_r = res.responses
-            if outcome.recommit is not None:  # the spawned batch's layer or job moved on: redo its part
-                outcome.extra_ops, outcome.extra_compare = outcome.recommit()
             if not claim_r.kvs or claim_r.kvs[0].create_revision != claimed.claim_rev:
                 log.warning("task %s: claim lost (lease expired or taken over); outcome %r not committed",
                             claimed.id, outcome.reason)
@@ -214,6 +217,12 @@ class Claims:
                 log.warning("task %s was removed while it ran; outcome not committed", claimed.id)
                 return None
             task, task_rev = codec.unpack(task_r.kvs[0].value), task_r.kvs[0].mod_revision
+            if outcome.recommit is not None:  # the spawned batch's layer or job moved on: redo its part
+                try:
+                    outcome.extra_ops, outcome.extra_compare = outcome.recommit()
+                except ConductorError as exc:  # e.g. the target layer started meanwhile
+                    outcome.extra_ops, outcome.extra_compare, outcome.recommit = [], [], None
+                    outcome.ok, outcome.reason = False, f"spawn file: {exc}"
         return None
 
     def _finish_txn(self, claimed: Claimed, current: Value, o: Outcome,
@@ -237,10 +246,12 @@ class Claims:
             new_state = model.move(task, states.COMPLETED, f"{o.reason} on {node}", node)["state"]
         elif o.retry and model.attempts_left(task) > 0:
             model.add_record(task, states.ERRORED, f"{o.reason} on {node}", node)
+            done = task["attempts"] - task.get("retry_base", 0)
             new_state = model.move(task, states.QUEUED,
-                                   f"retry: attempt {task['attempts'] + 1} of {task['max_attempts']} next", node)["state"]
+                                   f"retry: attempt {done + 1} of {task['max_attempts']} next", node)["state"]
         else:
-            left = "" if not o.retry else f"; no attempt left ({task['attempts']} of {task['max_attempts']})"
+            done = task["attempts"] - task.get("retry_base", 0)
+            left = "" if not o.retry else f"; no attempt left ({done} of {task['max_attempts']})"
             new_state = model.move(task, states.ERRORED, f"{o.reason} on {node}{left}", node)["state"]
         data = codec.pack(task)
         compare = [created_at(k.claim(tid), claimed.claim_rev), mod_is(k.task(user, tid), task_rev or claimed.task_rev)]

@@ -242,7 +242,8 @@ class Client:
         k = self.keys
         if some_id is None:
             user = filters.get("user") or self.user
-            prefixes = [k.user(user) if not filters.get("all_users") else k.index(), k.claim()]
+            prefixes = ([k.user(user)] if not filters.get("all_users") else [k.index(), k.active(), k.paused()])
+            prefixes.append(k.claim())
 
             def read() -> Any:
                 return self.jobs(**filters)

@@ -108,6 +108,8 @@ class Control:
 
         result = self._retrying(t, attempt)
         log.info("%s %s %s by %s", t.kind, t.id, result.done, self.by)
+        if not paused and result.done == word:
+            self._settle(t.id.split(".")[0], t.user)  # layers held back by the pause may start now
         return result
 
     # ---- kill / skip -------------------------------------------------------------------------
@@ -155,11 +157,10 @@ class Control:
         verb = "killed" if action == "kill" else "skipped"
         if state == states.RUNNING:
             claim = self.store.get(k.claim(t.id))
-            if claim is None:
-                return None  # its node was just lost; once requeued it is stopped like a queued one
             request = {"action": action, "by": self.by, "grace": grace, "at": model.now()}
-            res = self.store.txn([created_at(claim.key, claim.create_revision), mod_is(kv.key, kv.mod_revision)],
-                                 [Put(k.kill(t.id), codec.pack(request))])
+            # with no claim its node was just lost: whoever recovers the task honours the request
+            guard = [created_at(claim.key, claim.create_revision)] if claim else []
+            res = self.store.txn(guard + [mod_is(kv.key, kv.mod_revision)], [Put(k.kill(t.id), codec.pack(request))])
             return Result(t.id, f"{'kill' if action == 'kill' else 'skip'} requested", kv.mod_revision) \
                 if res.succeeded else None
         if state in (states.COMPLETED, states.SKIPPED) or (state == states.ERRORED and action == "kill"):
@@ -231,6 +232,7 @@ class Control:
         for s in job["layers"]:
             if s["id"] == layer["id"]:
                 s["state"] = layer["state"]
+                s.pop("killed", None)
         ops += [Put(layer_kv.key, codec.pack(layer)), Put(job_kv.key, codec.pack(job))]
         compare = [mod_is(kv.key, kv.mod_revision), mod_is(layer_kv.key, layer_kv.mod_revision),
                    mod_is(job_kv.key, job_kv.mod_revision)]
@@ -250,16 +252,11 @@ class Control:
             raise Refused("no tasks given")
         stager = Stager(self.board, t.user, t.id, token=f"add-{secrets.token_hex(4)}")
         added = stager.stage(specs, guard=[])
-        for _ in range(MAX_TRIES):
+        for _ in range(MAX_TRIES):  # the etag was checked before the numbers were reserved
             ops, compare = stager.commit_ops(self.by)
-            if t.etag is not None:
-                compare.append(mod_is(self.keys.layer(t.user, t.id), t.etag))
             if self.store.txn(compare, ops).succeeded:
                 log.info("layer %s: %d task(s) added by %s", t.id, len(added), self.by)
                 return added
-            layer, kv = self._load(self.keys.layer(t.user, t.id), f"layer {t.id}")
-            if t.etag is not None and kv.mod_revision != t.etag:
-                raise StaleEtag(t.id, t.etag, kv.mod_revision)
         raise Refused(f"{t.id}: could not add tasks, the layer changes too often right now")
 
     # ---- env and results ---------------------------------------------------------------------

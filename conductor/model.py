@@ -93,7 +93,8 @@ def layer_summary(layer: Value) -> Value:
 
 
 def summary_tuples(job: Value) -> list[tuple[int, str, str]]:
-    return [(s["order"], s["state"], s["on_error"]) for s in job["layers"]]
+    """(order, state, policy) per layer; a layer a user killed counts as failing whatever its policy."""
+    return [(s["order"], s["state"], "fail" if s.get("killed") else s["on_error"]) for s in job["layers"]]
 
 
 def committed(task: Value, layer: Value) -> bool:

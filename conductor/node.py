@@ -357,6 +357,12 @@ class Conductor:
 
     def _commit(self, items: list[tuple[Run, Outcome]]) -> None:
         for run, outcome in items:
+            request = self.cache.kills.get(run.id)
+            if request and not outcome.stop and not outcome.hand_back:  # asked to stop: that wins
+                outcome.stop = "skip" if request.get("action") == "skip" else "kill"
+                verb = "skipped" if outcome.stop == "skip" else "killed"
+                outcome.ok, outcome.retry = False, False
+                outcome.reason = f"{verb} by {request.get('by', '?')}"
             if outcome.ok and not outcome.stop:
                 self._prepare_spawn(run, outcome)
         backoff = 0.1

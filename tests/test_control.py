@@ -236,8 +236,8 @@ def test_posted_paused_runs_only_after_unpause(client, shared_etcd, start_nodes,
     job = run.stdout.strip()
     file_paused = client.post({"name": "fp", "layers": [{"paused": True, "tasks": [{"cmd": ["true"]}]}]})
     time.sleep(1.0)
-    assert client.task(f"{job}.0.0")["state"] == "QUEUED" and client.job(job)["paused_at"]
-    assert client.task(f"{file_paused}.0.0")["state"] == "QUEUED"
+    assert client.task(f"{job}.0.0")["state"] == "PENDING" and client.job(job)["paused_at"]
+    assert client.task(f"{file_paused}.0.0")["state"] == "PENDING", "a paused layer does not start"
     client.unpause(job, f"{file_paused}.0")
     assert client.wait(job, timeout=20)["state"] == "COMPLETED"
     assert client.wait(file_paused, timeout=20)["state"] == "COMPLETED"
@@ -279,3 +279,33 @@ def test_gc_removes_only_what_is_finished_and_old(client, shared_etcd, start_nod
     assert client.store.count(client.keys.namespace + f"users/tester/tasks/{old}.") == 0
     assert client.store.count(client.keys.index(old)) == 0
     client.kill(running, grace=0.5)
+
+
+def test_fixes_found_in_review(client, shared_etcd, start_nodes, tmp_path):
+    """Several spawning tasks finishing together; add-task with a current etag; killing a
+    continue-policy layer; attempt numbers after a retry."""
+    start_nodes(shared_etcd.endpoint, 1, slots=4)
+    spawner = sh('echo \'[{"cmd": ["true"]}, {"cmd": ["true"]}]\' > $CONDUCTOR_SPAWN')
+    job = client.post({"name": "multi-spawn", "layers": [{"tasks": [spawner] * 4}, {"tasks": []}]})
+    assert client.wait(job, timeout=30)["state"] == "COMPLETED"
+    assert len(client.show(f"{job}.1")["task_list"]) == 8 and client.job(job)["tasks"] == 12
+
+    pending = client.post({"name": "later", "paused": True, "layers": [{"tasks": []}, {"tasks": []}]})
+    etag = client.show(f"{pending}.1")["etag"]
+    assert client.add_tasks(f"{pending}.1", [{"cmd": ["true"]}], etag=etag) == [f"{pending}.1.0"]
+    with pytest.raises(StaleEtag):
+        client.add_tasks(f"{pending}.1", [{"cmd": ["true"]}], etag=etag)
+
+    lenient = client.post({"name": "lenient", "layers": [{"on_error": "continue", "tasks": [sh("sleep 30")]},
+                                                         {"tasks": [{"cmd": ["true"]}]}]})
+    wait_for(lambda: client.counts(lenient)["running"] == 1, 20)
+    client.kill(f"{lenient}.0", grace=0.5)
+    assert client.wait(lenient, timeout=20)["state"] == "ERRORED", "a killed layer stops the job, whatever its policy"
+    assert client.show(f"{lenient}.1")["state"] == "PENDING"
+
+    flaky = client.post({"name": "again", "layers": [{"tasks": [{"cmd": ["false"], "max_attempts": 2}]}]})
+    client.wait(flaky, timeout=20)
+    client.retry(f"{flaky}.0.0")
+    client.wait(flaky, timeout=20)
+    reasons = [r["reason"] for r in client.task(f"{flaky}.0.0")["records"]]
+    assert "claimed by n0 (attempt 2 of 2)" in reasons[-2] and "of 2" in reasons[-1] and "4 of 2" not in " ".join(reasons)
