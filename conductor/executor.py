@@ -259,9 +259,10 @@ class Run:
         outcome.log_path = str(self.log_path)
         try:
             size = self.log_path.stat().st_size
-            with open(self.log_path, "rb") as f:
-                f.seek(max(0, size - self.limits.tail_cap))
-                outcome.log_tail = mask(f.read(), self.secrets)
+            if size:
+                with open(self.log_path, "rb") as f:
+                    f.seek(max(0, size - self.limits.tail_cap))
+                    outcome.log_tail = mask(f.read(), self.secrets)
             outcome.log_size = size
             outcome.log_truncated = size > self.limits.tail_cap
         except OSError:

@@ -471,10 +471,11 @@ class Conductor:
             log.debug("orphan recovery deferred: %s", exc)
         now = time.monotonic()
         for run in list(self.runs.values()):
-            run.sample()
-            if now >= run.push_at:
-                run.push_at = now + 1.0
-                self._push_log(run)
+            if now >= run.push_at:  # a second after it started, then every second: short tasks cost nothing
+                if run.push_at:
+                    run.sample()
+                    self._push_log(run)
+                run.push_at = now + (1.0 if run.push_at else 0.75)
         if now >= sweep_at and not self.stopping.is_set():
             sweep_at = now + self.settings.sweep * random.uniform(0.8, 1.2)
             try:
