@@ -123,7 +123,7 @@ def schedule_pause(name: str, etcd: Etcd = None, namespace: Namespace = None) ->
 
 @schedule_app.command("unpause")
 def schedule_unpause(name: str, etcd: Etcd = None, namespace: Namespace = None) -> None:
-    """Fire a paused schedule again (ticks missed meanwhile are skipped)."""
+    """Fire a paused schedule again (ticks missed meanwhile count as missed: see --catch-up)."""
     with _client(etcd, namespace) as client:
         client.pause_schedule(name, False)
         print(f"schedule {name} unpaused")

@@ -107,7 +107,7 @@ def describe_source(source: dict[str, Any]) -> str:
         bits.append(f"message {source.get('message')}" + (f" from job {source['job']}" if source.get("job") else ""))
     elif kind == "join":
         bits.append(f"join of {', '.join(source.get('after', []))}")
-    elif kind:
+    elif kind and kind != "template":
         bits.append(str(kind))
     if source.get("template"):
         bits.append(f"template {source['template']}")

@@ -262,7 +262,9 @@ class Run:
             if size:
                 with open(self.log_path, "rb") as f:
                     f.seek(max(0, size - self.limits.tail_cap))
-                    outcome.log_tail = mask(f.read(), self.secrets)
+                    raw = f.read()
+                outcome.log_tail = mask(raw, self.secrets)
+                size -= len(raw) - len(outcome.log_tail)  # sizes as the masked log would have them
             outcome.log_size = size
             outcome.log_truncated = size > self.limits.tail_cap
         except OSError:

@@ -33,7 +33,7 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "template": ("templates/<name>", False, "a stored template: a job file with inputs and triggers"),
     "schedule": ("schedules/<name>", False, "a cron rule that posts a template"),
     "fire": ("fires/<schedule>/<tick>", False, "one per tick: the first node to create it fires it"),
-    "outbox": ("outbox/<job>/<n>", False, "a message to send, written when a job or layer ends"),
+    "outbox": ("outbox/<job>/<entry>", False, "a message to send, written when a job or layer ends"),
     "join": ("joins/<template>/<key>", False, "the messages a join template has received this round"),
 }
 

@@ -59,6 +59,10 @@ def list_templates(board: Board) -> list[dict[str, Any]]:
 
 
 def remove_template(board: Board, name: str) -> None:
+    users = [codec.unpack(kv.value) for kv in board.store.iter_prefix(board.keys.schedule())]
+    using = sorted(s["name"] for s in users if s.get("template") == name)
+    if using:
+        raise Refused(f"template {name!r} is used by schedule(s) {', '.join(using)}; remove those first")
     if board.store.delete(board.keys.template(name)) == 0:
         raise NotFound(f"no template {name!r}")
 

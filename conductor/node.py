@@ -295,12 +295,13 @@ class Conductor:
         env = task_env(c, extra)
         secrets: dict[str, str] = {}
         argv = None
-        if task.get("secrets"):  # filled in only now, in this process; never stored in a task
-            found = self.board.load(self.keys.secrets(task["user"], task["job"]))
-            secrets = {k: v for k, v in (found[0] if found else {}).items() if k != "v"}
-            cmd, task_env_values = templates.fill_secrets(task, secrets)
-            env.update(task_env_values)
-            argv = argv_of({**task, "cmd": cmd})
+        if c.job.get("has_secrets"):  # filled in only now, in this process; never stored in a task
+            try:
+                found = self.board.load(self.keys.secrets(task["user"], task["job"]))
+                secrets = {k: v for k, v in (found[0] if found else {}).items() if k != "v"}
+                argv, env = templates.fill_secrets(argv_of(task), env, secrets)
+            except ConductorError as exc:  # the task cannot start; it must not hold its claim
+                argv = ["/bin/sh", "-c", 'echo "$0" >&2; exit 2', f"cannot fill in secret inputs: {exc}"]
         args = (c, env, job_dir / f"{task['id']}.{task['attempts']}", task.get("cwd") or self.settings.cwd,
                 self.fence, self.limits, self._run_done, self.reaper)
         run = ContainerRun(*args, docker_host=self.docker_host) if task.get("image") else Run(*args)
@@ -422,14 +423,16 @@ class Conductor:
             return
         with open(run.log_path, "rb") as f:
             f.seek(max(0, size - self.limits.tail_cap))
-            tail = templates.mask(f.read(), run.secrets)
+            raw = f.read()
+        tail = templates.mask(raw, run.secrets)
+        pushed, size = size, size - (len(raw) - len(tail))
         task = run.claimed.task
         value = {"data": tail, "size": size, "truncated": size > self.limits.tail_cap, "attempt": task["attempts"],
                  "node": self.name, "path": str(run.log_path), "at": time.time(), "running": True}
         try:
             self.store.txn([created_at(self.keys.claim(run.id), run.claimed.claim_rev)],
                            [Put(self.keys.log(task["user"], run.id), codec.pack(value))])
-            run.pushed = size
+            run.pushed = pushed
         except StoreError:
             pass
 

@@ -50,7 +50,7 @@ def remove_job(board: Board, user: str, job_id: str) -> bool:
     ops = [Delete.prefix(k.task(user, dot)), Delete.prefix(k.layer(user, dot)),
            Delete.prefix(k.result(user, dot)), Delete.prefix(k.log(user, dot)), Delete.prefix(k.tally(user, job_id)),
            Delete.prefix(k.paused(job_id)), Delete.prefix(k.kill(dot)), Delete.prefix(k.ready(dot)),
-           Delete(k.active(job_id)), Delete(k.index(job_id)), Delete(kv.key)]
+           Delete(k.secrets(user, job_id)), Delete(k.active(job_id)), Delete(k.index(job_id)), Delete(kv.key)]
     return board.store.txn([mod_is(kv.key, kv.mod_revision)], ops).succeeded
 
 

@@ -28,6 +28,7 @@ log = logging.getLogger("conductor.schedules")
 
 OVERLAP = ("allow", "forbid", "replace")
 MAX_TICKS = 10_000  # looked at in one pass, so a tiny interval after a long outage stays bounded
+GRACE = 3.0  # a tick older than this when first seen was missed (nodes look at least every second)
 
 
 def validate_cron(expr: str) -> str:
@@ -74,8 +75,10 @@ def set_paused(board: Board, name: str, paused: bool) -> None:
 
 
 def remove(board: Board, name: str) -> None:
+    """Remove a schedule and its fire keys (a schedule added again under the name starts afresh)."""
     if board.store.delete(board.keys.schedule(name)) == 0:
         raise NotFound(f"no schedule {name!r}")
+    board.store.delete_prefix(board.keys.fire(name))
 
 
 def next_ticks(cron: str, after: float, until: float, limit: int = MAX_TICKS) -> list[float]:
@@ -107,11 +110,16 @@ def _end(prefix: str) -> str:
 
 
 def due(board: Board, schedule: dict[str, Any], now: float) -> list[float]:
-    """Ticks this schedule should fire now: the current one and up to ``catch_up`` missed ones."""
+    """Ticks this schedule should fire now: the current one (at most GRACE seconds old) and up to
+    ``catch_up`` missed ones (older: nobody fired them in time, while no conductor ran or while it
+    was paused). Never a tick from before the schedule was created."""
     last = last_fired(board, schedule["name"])
-    start = last if last is not None else schedule["created"]
+    start = max(last or 0.0, schedule["created"])
     ticks = next_ticks(schedule["cron"], start, now)
-    return ticks[-(int(schedule.get("catch_up", 0)) + 1):] if ticks else []
+    current = [t for t in ticks if now - t <= GRACE]
+    missed = [t for t in ticks if now - t > GRACE]
+    keep = int(schedule.get("catch_up", 0))
+    return (missed[-keep:] if keep else []) + current
 
 
 def fire(board: Board, schedule: dict[str, Any], tick: float, node: str) -> str | None:
@@ -139,10 +147,13 @@ def complete(board: Board, schedule: dict[str, Any], tick: float, claim: dict[st
 
             Control(board, by=f"schedule {name}").stop(Target("job", previous[1], previous[0]), "kill", grace=5.0)
             outcome = f"posted, replacing run {previous[1]}"
-        stored = messages.get_template(board, schedule["template"])
-        source = {"kind": "schedule", "schedule": name, "tick": tick, "cron": schedule["cron"]}
-        messages.post_template(board, stored, schedule.get("params", {}), schedule.get("by", "scheduler"),
-                               source, claim["job"])
+        try:
+            stored = messages.get_template(board, schedule["template"])
+            source = {"kind": "schedule", "schedule": name, "tick": tick, "cron": schedule["cron"]}
+            messages.post_template(board, stored, schedule.get("params", {}), schedule.get("by", "scheduler"),
+                                   source, claim["job"])
+        except (NotFound, InvalidSpec) as exc:  # the template went away or no longer takes the params
+            outcome = f"skipped: {exc}"
     board.store.put(key, codec.pack({**claim, "state": outcome, "done": time.time()}))
     log.info("schedule %s tick %s: %s (job %s)", name, time.strftime("%H:%M:%S", time.localtime(tick)),
              outcome, claim["job"])

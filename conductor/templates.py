@@ -101,7 +101,8 @@ def substitute(text: str, values: dict[str, str], field: str, keep: Collection[s
             return token
         if name not in values:
             raise InvalidSpec(field, f"uses {{{name}}}, which is not a declared input")
-        return values[name]
+        # in a string finished at run time, a value's own braces must stay literal then
+        return values[name].replace("{", "{{").replace("}", "}}") if keep else values[name]
     return _PLACEHOLDER.sub(fill, text)
 
 
@@ -209,18 +210,17 @@ def masked(params: dict[str, str], meta: dict[str, Any]) -> dict[str, str]:
     return {k: (MASK if meta["inputs"].get(k, {}).get("secret") else v) for k, v in params.items()}
 
 
-def fill_secrets(task: dict[str, Any], secrets: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """The argv and env of a task with its secret placeholders filled in (at run time only)."""
-    names = set(task.get("secrets") or [])
-    values = {n: v for n, v in secrets.items() if n in names}
-
+def fill_secrets(argv: list[str], env: dict[str, str], secrets: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """argv and env with secret placeholders filled in (at run time only). Only strings that hold
+    a secret's placeholder were left unfinished at posting, so only those are filled."""
     def fill(text: str, field: str) -> str:
-        return substitute(text, values, field) if names & set(placeholders(text)) else text
+        return substitute(text, secrets, field) if set(secrets) & set(placeholders(text)) else text
 
-    return [fill(a, "cmd") for a in task["cmd"]], {k: fill(v, f"env.{k}") for k, v in (task.get("env") or {}).items()}
+    return [fill(a, "cmd") for a in argv], {k: fill(v, f"env.{k}") for k, v in env.items()}
 
 
 def mask(data: bytes, secrets: dict[str, str]) -> bytes:
+    """``data`` with every secret value replaced by ****."""
     for value in secrets.values():
         if value:
             data = data.replace(value.encode(), MASK.encode())

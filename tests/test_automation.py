@@ -257,3 +257,17 @@ def test_docs_examples_run(client, shared_etcd, start_nodes, tmp_path):
     assert run.returncode == 0, run.stderr
     listing = json.loads(conductor_cli("schedule", "list", "--json", *common[:4]).stdout)
     assert listing[0]["name"] == "nightly" and listing[0]["next"] > time.time()
+
+
+def test_secrets_in_job_env_and_braces_in_public_values(client, shared_etcd, start_nodes):
+    start_nodes(shared_etcd.endpoint, 1)
+    job = client.post({"name": "mixed", "inputs": [{"name": "token", "secret": True}, "who"],
+                       "env": {"JOBTOKEN": "{token}"},
+                       "layers": [{"tasks": [{"cmd": ["sh", "-c", 'echo "{who}:{token}:$JOBTOKEN" > $CONDUCTOR_RESULT'],
+                                              "max_attempts": 1}]}]},
+                      params={"token": "hush", "who": "a{b}"})
+    assert client.wait(job, timeout=20)["state"] == "COMPLETED"
+    assert client.result(f"{job}.0.0") == b"a{b}:****:****\n", "both secrets were filled in, then masked"
+    assert client.store.count(client.keys.secrets("tester", job)) == 1
+    assert client.gc(keep=0) == [job]
+    assert client.store.count(client.keys.secrets("tester", job)) == 0, "gc removes the secrets too"
