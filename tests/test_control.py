@@ -309,3 +309,37 @@ def test_fixes_found_in_review(client, shared_etcd, start_nodes, tmp_path):
     client.wait(flaky, timeout=20)
     reasons = [r["reason"] for r in client.task(f"{flaky}.0.0")["records"]]
     assert "claimed by n0 (attempt 2 of 2)" in reasons[-2] and "of 2" in reasons[-1] and "4 of 2" not in " ".join(reasons)
+
+
+def test_actions_at_every_level(client, shared_etcd, start_nodes, tmp_path):
+    """pause/unpause a task; retry a layer and a whole job; skip a whole job."""
+    start_nodes(shared_etcd.endpoint, 1, slots=2)
+    held = client.post({"name": "task-pause", "layers": [{"tasks": [{"cmd": ["true"]}, {"cmd": ["true"], "paused": True}]}]})
+    wait_for(lambda: client.task(f"{held}.0.0")["state"] == "COMPLETED", 20)
+    time.sleep(0.5)
+    assert client.task(f"{held}.0.1")["state"] == "QUEUED", "a paused task is not claimed"
+    client.unpause(f"{held}.0.1")
+    assert client.wait(held, timeout=20)["state"] == "COMPLETED"
+    client.pause(f"{held}.0.1")
+    assert client.task(f"{held}.0.1")["paused_at"], "pausing a finished task is recorded, nothing else changes"
+
+    flag = tmp_path / "ok"
+    flaky = sh(f"test -e {flag}", max_attempts=1)
+    job = client.post({"name": "retry-levels", "layers": [{"tasks": [flaky, flaky]}, {"tasks": [flaky]}]})
+    assert client.wait(job, timeout=20)["state"] == "ERRORED"
+    flag.touch()
+    [layer_retry] = client.retry(f"{job}.0")
+    assert layer_retry.done == "retried 2 errored task(s)"
+    assert client.wait(job, timeout=20)["state"] == "COMPLETED"
+    flag.unlink()
+    again = client.post({"name": "retry-job", "layers": [{"tasks": [flaky]}]})
+    assert client.wait(again, timeout=20)["state"] == "ERRORED"
+    flag.touch()
+    client.retry(again)
+    assert client.wait(again, timeout=20)["state"] == "COMPLETED"
+
+    skipped = client.post({"name": "skip-job", "layers": [{"tasks": [sh("sleep 60")]}, {"tasks": [{"cmd": ["true"]}]}]})
+    wait_for(lambda: client.counts(skipped)["running"] == 1, 20)
+    client.skip(skipped, grace=0.5)
+    assert client.wait(skipped, timeout=20)["state"] == "COMPLETED"
+    assert [layer["state"] for layer in client.show(skipped)["layer_list"]] == ["SKIPPED", "SKIPPED"]
