@@ -22,7 +22,7 @@ from . import codec, ids, model, spec, states
 from .board import Board
 from .errors import NotFound, Refused, StaleEtag
 from .model import Value
-from .ops import KV, Compare, Delete, Get, Op, Put, created_at, mod_is
+from .ops import KV, Compare, Delete, Op, Put, created_at, mod_is
 from .store import MAX_TXN_OPS
 
 log = logging.getLogger("conductor.control")

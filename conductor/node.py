@@ -18,8 +18,6 @@ import logging
 import os
 import platform
 import queue
-import random
-import shutil
 import signal
 import socket
 import threading
@@ -29,19 +27,20 @@ from typing import Any
 
 import psutil
 
-from . import __version__, codec, messages, retention, schedules, spawn, states, templates
+from . import __version__, spawn, states, templates
 from .board import Board
 from .cache import Cache
 from .claims import Claimed, Claims, Outcome, Ready
 from .containers import ContainerRun, default_docker_host, reachable
-from .errors import ConductorError, LeaseLost, StoreError, StoreUnavailable
+from .errors import ConductorError, StoreError
 from .executor import Limits, Reaper, Run, argv_of, task_env
 from .fence import Fence
 from .keys import Keys
-from .ops import Put, absent, created_at
 from .session import NameTaken, Session
 from .settings import NodeSettings
-from .store import FollowHandler, Store
+from .keeper import Keeper
+from .scheduler import Scheduler
+from .store import Store
 
 log = logging.getLogger("conductor.node")
 
@@ -78,9 +77,8 @@ class Conductor:
         self._follower: Any = None
         self._mem_cache = (0.0, 0)
         self._started = time.time()
-        self._gc_at = 0.0
-        self._schedule_cache = _Schedules()
-        self._logs_at = 0.0
+        self.keeper = Keeper(self)
+        self.scheduler = Scheduler(self.board, self.name, self.stopping, settings.clock_skew)
         self.session: Session
         self.claims: Claims
 
@@ -94,9 +92,9 @@ class Conductor:
         self.claims = Claims(self.store, self.keys, self.name)
         self.session.start()
         self._follower = self.store.follow(self.keys.stream(), self.cache, name="stream")
-        self._schedule_follower = self.store.follow(self.keys.schedule(), self._schedule_cache, name="schedules")
+        self.scheduler.start()
         for target, name in ((self._claim_loop, "claim"), (self._finish_loop, "finish"),
-                             (self._keeper_loop, "keeper"), (self._schedule_loop, "scheduler")):
+                             (self.keeper.run, "keeper")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -173,8 +171,7 @@ class Conductor:
             return
         if self._follower:
             self._follower.stop()
-        if getattr(self, "_schedule_follower", None):
-            self._schedule_follower.stop()
+        self.scheduler.stop()
         self.session.close(revoke=True)
         self.fence.close()
         self.stopped.set()
@@ -413,29 +410,6 @@ class Conductor:
         outcome.extra_ops, outcome.extra_compare = stager.commit_ops(self.name)
         outcome.recommit = lambda: stager.commit_ops(self.name)
 
-    def _push_log(self, run: Run) -> None:
-        """Keep a running task's log tail in etcd fresh (``conductor logs -f`` follows it)."""
-        try:
-            size = run.log_path.stat().st_size
-        except OSError:
-            return
-        if size == run.pushed:
-            return
-        with open(run.log_path, "rb") as f:
-            f.seek(max(0, size - self.limits.tail_cap))
-            raw = f.read()
-        tail = templates.mask(raw, run.secrets)
-        pushed, size = size, size - (len(raw) - len(tail))
-        task = run.claimed.task
-        value = {"data": tail, "size": size, "truncated": size > self.limits.tail_cap, "attempt": task["attempts"],
-                 "node": self.name, "path": str(run.log_path), "at": time.time(), "running": True}
-        try:
-            self.store.txn([created_at(self.keys.claim(run.id), run.claimed.claim_rev)],
-                           [Put(self.keys.log(task["user"], run.id), codec.pack(value))])
-            run.pushed = pushed
-        except StoreError:
-            pass
-
     def _settle(self, job: str, user: str) -> None:
         try:
             self.board.settle(job, user, node=self.name)
@@ -452,179 +426,3 @@ class Conductor:
     def _session_lost(self) -> None:
         for run in list(self.runs.values()):
             run.kill("self-fenced: the node lost its etcd session", grace=0)
-
-    def _keeper_loop(self) -> None:
-        sweep_at = time.monotonic() + self.settings.sweep * random.uniform(0.5, 1.0)
-        facts_at = time.monotonic() + 10
-        while not self.stopped.is_set():
-            try:
-                sweep_at, facts_at = self._keep(sweep_at, facts_at)
-            except Exception:  # the keeper must outlive any bug in what it calls
-                log.exception("keeper: unexpected error")
-                time.sleep(1.0)
-
-    def _keep(self, sweep_at: float, facts_at: float) -> tuple[float, float]:
-        try:
-            task_id, lease = self._orphans.get(timeout=0.25)
-            time.sleep(random.uniform(0, 0.05))  # let one node win without a stampede
-            self._recover(task_id, lease)
-        except queue.Empty:
-            pass
-        except StoreError as exc:
-            log.debug("orphan recovery deferred: %s", exc)
-        now = time.monotonic()
-        for run in list(self.runs.values()):
-            if now >= run.push_at:  # a second after it started, then every second: short tasks cost nothing
-                if run.push_at:
-                    run.sample()
-                    self._push_log(run)
-                run.push_at = now + (1.0 if run.push_at else 0.75)
-        if now >= sweep_at and not self.stopping.is_set():
-            sweep_at = now + self.settings.sweep * random.uniform(0.8, 1.2)
-            try:
-                self.sweep()
-            except StoreError as exc:
-                log.debug("sweep deferred: %s", exc)
-        if now >= facts_at:
-            facts_at = now + 10
-            self.session.refresh_info()
-        return sweep_at, facts_at
-
-    def _recover(self, task_id: str, lease: int) -> None:
-        with self.cache.cond:
-            still = self.cache.runs.get(task_id) == lease and (
-                task_id not in self.cache.claims or self.cache.claims[task_id].lease != lease)
-        if not still and self.cache.is_synced:
-            return
-        state = self.claims.recover(task_id, lease)
-        if state in states.FINAL:
-            job = task_id.split(".", 1)[0]
-            self._settle(job, self.board.owner(job))
-
-    def sweep(self) -> None:
-        """The safety net: orphans this node's watch may have missed, and (on one node, the
-        sweeper) every active job settled again. Cost: keys of running tasks, plus one read per
-        active job on one node."""
-        orphans = self.cache.orphans() if self.cache.is_synced else self.claims.orphans()
-        for task_id, lease in orphans:
-            self._recover(task_id, lease)
-        self._release_strays()
-        with self._lock:
-            pending, self._to_settle = self._to_settle, set()
-        for job, user in pending:
-            self._settle(job, user)
-        self._clean_local_logs()
-        if not self._lead("sweeper"):
-            return
-        if time.monotonic() >= self._gc_at:
-            self._gc_at = time.monotonic() + self.settings.gc_every
-            retention.collect(self.board, self.settings.keep)
-            retention.compact(self.board, every=self.settings.gc_every)
-        messages.deliver(self.board)  # messages whose sender died before delivering them
-        for schedule, tick, fired in schedules.unfinished(self.board):
-            schedules.complete(self.board, schedule, tick, fired)
-        for kv in self.store.iter_prefix(self.keys.active()):
-            job = kv.key.rsplit("/", 1)[1]
-            self.board.settle(job, codec.unpack(kv.value).get("user"), node=self.name, repair=True)
-
-    def _release_strays(self) -> None:
-        """Hand back claims on this node's lease that it is not running: a claim whose reply was
-        lost (etcd failed over mid-request) looks failed to the claim loop but may have committed."""
-        lease = self.session.lease
-        with self.cache.cond:
-            held = [(t, c) for t, c in self.cache.claims.items() if c.lease == lease]
-        with self._lock:
-            strays = [(t, c) for t, c in held if t not in self.runs and t not in self._inflight]
-        for task_id, info in strays:
-            found = self.board.load(self.keys.run(task_id))
-            if found is None:
-                continue
-            user = found[0].get("user", "")
-            task = self.board.load(self.keys.task(user, task_id))
-            if task is None or task[0]["state"] != states.RUNNING or task[0].get("node") != self.name:
-                continue
-            with self._lock:
-                if task_id in self.runs or task_id in self._inflight:
-                    continue
-            claimed = Claimed(task[0], task[1].mod_revision, info.create_revision, lease)
-            outcome = Outcome(False, "the claim's reply was lost; never started", hand_back=True)
-            committed, _ = self.claims.finish([(claimed, outcome)])
-            if committed:
-                log.warning("task %s: handed back a claim this node held but never started", task_id)
-
-    def _clean_local_logs(self) -> None:
-        """Remove this node's task logs of jobs older than --keep (hourly)."""
-        if time.monotonic() < self._logs_at:
-            return
-        self._logs_at = time.monotonic() + self.settings.gc_every
-        root = self.settings.data_dir / "tasks"
-        cutoff = time.time() - self.settings.keep
-        try:
-            dirs = list(root.iterdir())
-        except OSError:
-            return
-        for job_dir in dirs:
-            try:
-                if job_dir.stat().st_mtime < cutoff:
-                    shutil.rmtree(job_dir, ignore_errors=True)
-                    self._dirs.discard(job_dir)
-            except OSError:
-                pass
-
-    def _schedule_loop(self) -> None:
-        """Fire due schedule ticks; the first node to create a tick's fire key fires it."""
-        next_at: dict[str, float] = {}
-        while not self.stopping.is_set():
-            try:
-                now = time.time() + self.settings.clock_skew
-                for name, schedule in list(self._schedule_cache.items.items()):
-                    if schedule.get("paused"):
-                        continue
-                    if name not in next_at or next_at[name] <= now:
-                        for tick in schedules.due(self.board, schedule, now):
-                            schedules.fire(self.board, schedule, tick, self.name)
-                        next_at[name] = schedules.next_fire(schedule, now)
-                for name in list(next_at):
-                    if name not in self._schedule_cache.items:
-                        del next_at[name]
-                wait = min([t - now for t in next_at.values()] + [1.0])
-            except StoreError as exc:
-                log.debug("scheduler: %s", exc)
-                wait = 1.0
-            except Exception:
-                log.exception("scheduler: unexpected error")
-                wait = 1.0
-            self._schedule_cache.changed.wait(max(0.01, wait))
-            self._schedule_cache.changed.clear()
-
-    def _lead(self, role: str) -> bool:
-        key = self.keys.leader(role)
-        lease = self.session.lease
-        res = self.store.txn([absent(key)], [Put(key, codec.pack({"node": self.name, "at": time.time()}), lease)])
-        if res.succeeded:
-            return True
-        kv = self.store.get(key)
-        return kv is not None and kv.lease == lease
-
-
-class _Schedules(FollowHandler):
-    """The schedules of the cluster, followed by a watch; ``changed`` wakes the scheduler."""
-
-    def __init__(self) -> None:
-        self.items: dict[str, dict[str, Any]] = {}
-        self.changed = threading.Event()
-
-    def reset(self, kvs: list[Any], revision: int) -> None:
-        self.items = {v["name"]: v for v in (codec.unpack(kv.value) for kv in kvs)}
-        self.changed.set()
-
-    def events(self, events: list[Any], revision: int) -> None:
-        items = dict(self.items)
-        for ev in events:
-            name = ev.kv.key.rsplit("/", 1)[1]
-            if ev.kind == "put":
-                items[name] = codec.unpack(ev.kv.value)
-            else:
-                items.pop(name, None)
-        self.items = items
-        self.changed.set()

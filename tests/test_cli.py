@@ -106,7 +106,7 @@ def test_run_starts_a_local_etcd_when_none_answers(tmp_path, namespace):
     try:
         lines: list[str] = []
         wait_for(lambda: lines.append(proc.stdout.readline()) or "ready:" in "".join(lines), 30)
-        assert f"started a local etcd" in "".join(lines) and str(tmp_path / "data" / "etcd") in "".join(lines)
+        assert "started a local etcd" in "".join(lines) and str(tmp_path / "data" / "etcd") in "".join(lines)
         common = ["--etcd", f"127.0.0.1:{port}", "--namespace", namespace]
         job = tmp_path / "j.json"
         job.write_text(json.dumps({"name": "local", "layers": [{"tasks": [{"cmd": ["true"]}]}]}))

@@ -1,0 +1,87 @@
+"""A conductor's scheduler thread: fire due schedule ticks (see :mod:`conductor.schedules`).
+
+Every node runs one; the first node to create a tick's fire key fires it. Schedules are followed
+by a watch, so a new or changed schedule is seen at once; between ticks the thread sleeps until
+the next one (at most a second).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from . import codec, schedules
+from .board import Board
+from .errors import StoreError
+from .store import FollowHandler
+
+log = logging.getLogger("conductor.node")
+
+
+class Scheduler:
+    def __init__(self, board: Board, name: str, stopping: threading.Event, clock_skew: float = 0.0):
+        self.board = board
+        self.name = name
+        self.stopping = stopping
+        self.clock_skew = clock_skew
+        self.cache = _Schedules()
+        self.follower: Any = None
+
+    def start(self) -> None:
+        self.follower = self.board.store.follow(self.board.keys.schedule(), self.cache, name="schedules")
+        threading.Thread(target=self.run, name="scheduler", daemon=True).start()
+
+    def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+        self.cache.changed.set()
+
+    def run(self) -> None:
+        """Fire due schedule ticks; the first node to create a tick's fire key fires it."""
+        next_at: dict[str, float] = {}
+        while not self.stopping.is_set():
+            try:
+                now = time.time() + self.clock_skew
+                for name, schedule in list(self.cache.items.items()):
+                    if schedule.get("paused"):
+                        continue
+                    if name not in next_at or next_at[name] <= now:
+                        for tick in schedules.due(self.board, schedule, now):
+                            schedules.fire(self.board, schedule, tick, self.name)
+                        next_at[name] = schedules.next_fire(schedule, now)
+                for name in list(next_at):
+                    if name not in self.cache.items:
+                        del next_at[name]
+                wait = min([t - now for t in next_at.values()] + [1.0])
+            except StoreError as exc:
+                log.debug("scheduler: %s", exc)
+                wait = 1.0
+            except Exception:
+                log.exception("scheduler: unexpected error")
+                wait = 1.0
+            self.cache.changed.wait(max(0.01, wait))
+            self.cache.changed.clear()
+
+
+class _Schedules(FollowHandler):
+    """The schedules of the cluster, followed by a watch; ``changed`` wakes the scheduler."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[str, Any]] = {}
+        self.changed = threading.Event()
+
+    def reset(self, kvs: list[Any], revision: int) -> None:
+        self.items = {v["name"]: v for v in (codec.unpack(kv.value) for kv in kvs)}
+        self.changed.set()
+
+    def events(self, events: list[Any], revision: int) -> None:
+        items = dict(self.items)
+        for ev in events:
+            name = ev.kv.key.rsplit("/", 1)[1]
+            if ev.kind == "put":
+                items[name] = codec.unpack(ev.kv.value)
+            else:
+                items.pop(name, None)
+        self.items = items
+        self.changed.set()
