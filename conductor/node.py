@@ -153,7 +153,9 @@ class Conductor:
             for run in list(self.runs.values()):
                 run.kill("the node is shutting down", hand_back=True, grace=self.settings.shutdown_grace)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.runs and (deadline is None or time.monotonic() < deadline) and not self.stopped.is_set():
+        # a claim committing right now becomes a run in a moment: wait for those too
+        while (self.runs or self._inflight) and (deadline is None or time.monotonic() < deadline) \
+                and not self.stopped.is_set():
             time.sleep(0.05)
         self._done.put(None)
         for thread in self._threads:
@@ -233,23 +235,23 @@ class Conductor:
             with self._lock:
                 self._inflight.update(e.id for e in batch)
             try:
-                claimed, stale = self.claims.claim(batch, self.session.lease)
-                backoff = 0.05
-            except StoreError as exc:  # if it committed after all, the sweep hands those claims back
-                log.debug("claim failed: %s", exc)
+                try:
+                    claimed, stale = self.claims.claim(batch, self.session.lease)
+                    backoff = 0.05
+                except StoreError as exc:  # if it committed after all, the sweep hands those claims back
+                    log.debug("claim failed: %s", exc)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    seen = -1
+                    continue
+                if stale:
+                    self.cache.drop(stale)
+                    seen = -1
+                for c in claimed:
+                    self._start(c)
+            finally:
                 with self._lock:
                     self._inflight.difference_update(e.id for e in batch)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                seen = -1
-                continue
-            if stale:
-                self.cache.drop(stale)
-                seen = -1
-            for c in claimed:
-                self._start(c)
-            with self._lock:
-                self._inflight.difference_update(e.id for e in batch)
 
     def _acceptor(self) -> Any:
         free = [self._free()]
