@@ -23,7 +23,7 @@ from . import codec
 from .claims import Ready
 from .keys import Keys
 from .ops import KV, Event
-from .store import FollowHandler
+from .follow import FollowHandler
 
 log = logging.getLogger("conductor.cache")
 

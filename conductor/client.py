@@ -20,7 +20,8 @@ from .errors import ConductorError, InvalidSpec, NotFound, WaitTimeout
 from .keys import Keys
 from .ops import KV, Event
 from .settings import LOCAL_ETCD, default_etcd, default_namespace, default_user
-from .store import FollowHandler, Store
+from .follow import FollowHandler
+from .store import Store
 
 
 class Client:

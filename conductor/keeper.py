@@ -49,12 +49,12 @@ class Keeper:
             raw = f.read()
         tail = templates.mask(raw, run.secrets)
         pushed, size = size, size - (len(raw) - len(tail))
-        task = run.claimed.task
-        value = {"data": tail, "size": size, "truncated": size > self.node.limits.tail_cap, "attempt": task["attempts"],
-                 "node": self.node.name, "path": str(run.log_path), "at": time.time(), "running": True}
-        try:
-            self.node.store.txn([created_at(self.node.keys.claim(run.id), run.claimed.claim_rev)],
-                           [Put(self.node.keys.log(task["user"], run.id), codec.pack(value))])
+        node, task = self.node, run.claimed.task
+        value = {"data": tail, "size": size, "truncated": size > node.limits.tail_cap, "attempt": task["attempts"],
+                 "node": node.name, "path": str(run.log_path), "at": time.time(), "running": True}
+        try:  # fenced like a finish: a node that lost the claim writes nothing
+            node.store.txn([created_at(node.keys.claim(run.id), run.claimed.claim_rev)],
+                           [Put(node.keys.log(task["user"], run.id), codec.pack(value))])
             run.pushed = pushed
         except StoreError:
             pass
@@ -122,13 +122,30 @@ class Keeper:
         self._clean_local_logs()
         if not self._lead("sweeper"):
             return
+        # each chore on its own: one that fails must not keep the others from running
+        for chore in (self._retention, self._deliver_messages, self._finish_fires, self._settle_active):
+            try:
+                chore()
+            except StoreError:
+                raise
+            except Exception:
+                log.exception("sweep: %s failed", chore.__name__)
+
+    def _retention(self) -> None:
         if time.monotonic() >= self._gc_at:
             self._gc_at = time.monotonic() + self.node.settings.gc_every
             retention.collect(self.node.board, self.node.settings.keep)
             retention.compact(self.node.board, every=self.node.settings.gc_every)
+
+    def _deliver_messages(self) -> None:
         messages.deliver(self.node.board)  # messages whose sender died before delivering them
+
+    def _finish_fires(self) -> None:
         for schedule, tick, fired in schedules.unfinished(self.node.board):
             schedules.complete(self.node.board, schedule, tick, fired)
+
+    def _settle_active(self) -> None:
+        """Settle every active job again, finishing any queueing that was cut short."""
         for kv in self.node.store.iter_prefix(self.node.keys.active()):
             job = kv.key.rsplit("/", 1)[1]
             self.node.board.settle(job, codec.unpack(kv.value).get("user"), node=self.node.name, repair=True)

@@ -14,7 +14,8 @@ from typing import Any, Callable
 from . import codec, states
 from .keys import Keys
 from .ops import KV, Event
-from .store import FollowHandler, Store
+from .follow import FollowHandler
+from .store import Store
 
 
 class LogFollower:

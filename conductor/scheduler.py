@@ -14,7 +14,7 @@ from typing import Any
 from . import codec, schedules
 from .board import Board
 from .errors import StoreError
-from .store import FollowHandler
+from .follow import FollowHandler
 
 log = logging.getLogger("conductor.node")
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import socket
-import threading
 import time
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import grpc
 
@@ -25,6 +24,9 @@ from . import etcdpb as etcdrpc
 from .errors import LeaseLost, StoreError, StoreUnavailable
 from .keys import prefix_end
 from .ops import KV, Compare, Delete, Event, Get, Op, Put, RangeResult, Txn, TxnResult
+
+if TYPE_CHECKING:
+    from .follow import Follower, FollowHandler
 
 log = logging.getLogger("conductor.store")
 
@@ -286,107 +288,58 @@ class Store:
     # ---- watches -----------------------------------------------------------------------------
 
     def follow(self, prefix: str, handler: "FollowHandler", name: str = "watch") -> "Follower":
-        """List ``prefix`` and then watch it from the list's revision + 1, in a thread of its own.
+        """List ``prefix`` and then watch it, in a thread of its own: see :mod:`conductor.follow`."""
+        from .follow import Follower
 
-        ``handler.reset(kvs, revision)`` gets each full listing (the first, and a new one after every
-        broken or compacted watch); ``handler.events(events, revision)`` gets each watch response
-        (all the events of one revision arrive together); ``handler.synced(flag)`` says when the
-        view is live or stale. Returns the running :class:`Follower`; call ``stop()`` to end it.
-        """
         follower = Follower(self, prefix, handler, name)
         follower.start()
         return follower
 
-    def _open_watch(self, prefix: str, start_revision: int,
-                    requests: "queue.Queue[Any]") -> Any:
+    def watch(self, prefix: str, start_revision: int) -> "WatchStream":
+        """Open a watch on ``prefix`` from ``start_revision``; iterate it for :class:`WatchBatch`."""
+        return WatchStream(self, prefix, start_revision)
+
+
+@dataclass
+class WatchBatch:
+    """One watch response: the events of one or more whole revisions, or why the watch ended."""
+
+    events: list[Event]
+    revision: int
+    created: bool = False
+    broken: str | None = None  # "compacted" or "canceled": list again
+
+
+class WatchStream:
+    """One open etcd watch. Iterating yields batches until it ends; a failure raises StoreUnavailable."""
+
+    def __init__(self, store: Store, prefix: str, start_revision: int):
+        self._requests: "queue.Queue[Any]" = queue.Queue()
         create = etcdrpc.WatchCreateRequest(key=prefix.encode(), range_end=prefix_end(prefix).encode("latin-1"),
-                                            start_revision=start_revision, prev_kv=True)
+                                            start_revision=start_revision)
+        requests = self._requests
 
         def request_iter() -> Iterator[Any]:
             yield etcdrpc.WatchRequest(create_request=create)
-            while True:
-                item = requests.get()
-                if item is None:
+            while requests.get() is not None:
+                pass
+
+        self._call = store._watch.Watch(request_iter())
+
+    def __iter__(self) -> Iterator[WatchBatch]:
+        try:
+            for resp in self._call:
+                if resp.compact_revision or resp.canceled:
+                    yield WatchBatch([], resp.header.revision, broken="compacted" if resp.compact_revision else "canceled")
                     return
-                yield item
+                events = [Event("put" if ev.type == 0 else "delete", _kv(ev.kv)) for ev in resp.events]
+                yield WatchBatch(events, resp.header.revision, created=resp.created)
+        except grpc.RpcError as exc:
+            raise _translate(exc, "watch") from None
 
-        return self._watch.Watch(request_iter())
-
-
-class FollowHandler:
-    """What a :class:`Follower` calls; all calls come from the follower's own thread."""
-
-    def reset(self, kvs: list[KV], revision: int) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def events(self, events: list[Event], revision: int) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def synced(self, flag: bool) -> None:
-        pass
-
-
-class Follower(threading.Thread):
-    """List-then-watch loop for one prefix; re-lists after any break, with backoff, never spins."""
-
-    def __init__(self, store: Store, prefix: str, handler: FollowHandler, name: str):
-        super().__init__(name=name, daemon=True)
-        self.store = store
-        self.prefix = prefix
-        self.handler = handler
-        self._stop_event = threading.Event()
-        self._requests: "queue.Queue[Any] | None" = None
-        self._stream: Any = None
-        self.resets = 0
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        stream = self._stream
-        if self._requests is not None:
-            self._requests.put(None)
-        if stream is not None:
-            stream.cancel()
-
-    def run(self) -> None:
-        delay = 0.1
-        while not self._stop_event.is_set():
-            try:
-                self._list_and_watch()
-                delay = 0.1
-            except (StoreError, grpc.RpcError, ValueError) as exc:
-                if self._stop_event.is_set():
-                    break
-                log.debug("watch on %s broke: %s", self.prefix, exc)
-            except Exception:  # a bug in a handler must not kill the watch
-                log.exception("watch handler on %s failed", self.prefix)
-            self.handler.synced(False)
-            if self._stop_event.wait(delay * (0.5 + random.random())):
-                break
-            delay = min(delay * 2, 2.0)
-
-    def _list_and_watch(self) -> None:
-        kvs, revision = self.store.scan(self.prefix)
-        self.resets += 1
-        self.handler.reset(kvs, revision)
-        self._requests = queue.Queue()
-        self._stream = self.store._open_watch(self.prefix, revision + 1, self._requests)
-        if self._stop_event.is_set():
-            self._stream.cancel()
-            return
-        synced = False
-        for resp in self._stream:
-            if resp.compact_revision or resp.canceled:
-                log.info("watch on %s was %s; listing again", self.prefix,
-                         "compacted" if resp.compact_revision else "canceled")
-                self._stream.cancel()
-                return
-            if resp.created and not synced:
-                synced = True
-                self.handler.synced(True)
-            if resp.events:
-                events = [Event("put" if ev.type == 0 else "delete", _kv(ev.kv),
-                                _kv(ev.prev_kv) if ev.HasField("prev_kv") else None) for ev in resp.events]
-                self.handler.events(events, resp.header.revision)
+    def cancel(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
 
 
 # ---- request building ----------------------------------------------------------------------------

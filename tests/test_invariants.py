@@ -11,7 +11,8 @@ from conductor.client import Client
 from conductor.keys import Keys
 from conductor.model import MAX_RECORDS
 from conductor.ops import KV, Event, Put
-from conductor.store import FollowHandler, Store
+from conductor.follow import FollowHandler
+from conductor.store import Store
 from harness import wait_for
 
 

@@ -1,0 +1,93 @@
+"""List-then-watch, kept alive: the one way every part of Conductor follows a prefix of etcd.
+
+A :class:`Follower` lists the prefix (one snapshot, paged at one revision), hands the listing to
+its handler, then watches from that revision + 1. When the watch breaks (etcd restarted, the
+connection dropped, the revision was compacted, etcd canceled it) the view is marked stale, the
+follower waits with growing, jittered backoff (0.1 s to 2 s, so it never spins while etcd is
+down) and lists again. Handlers are called from the follower's own thread only.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreError
+from .ops import KV, Event
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger("conductor.store")
+
+
+class FollowHandler:
+    """What a :class:`Follower` calls.
+
+    ``reset(kvs, revision)`` gets each full listing (the first, and one after every break);
+    ``events(events, revision)`` gets each watch response (the events of a revision always arrive
+    together); ``synced(flag)`` says when the view is live or stale."""
+
+    def reset(self, kvs: list[KV], revision: int) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def events(self, events: list[Event], revision: int) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def synced(self, flag: bool) -> None:
+        pass
+
+
+class Follower(threading.Thread):
+    def __init__(self, store: "Store", prefix: str, handler: FollowHandler, name: str):
+        super().__init__(name=name, daemon=True)
+        self.store = store
+        self.prefix = prefix
+        self.handler = handler
+        self._stop_event = threading.Event()
+        self._stream: Any = None
+        self.resets = 0
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
+
+    def run(self) -> None:
+        delay = 0.1
+        while not self._stop_event.is_set():
+            try:
+                self._list_and_watch()
+                delay = 0.1
+            except (StoreError, ValueError) as exc:
+                if self._stop_event.is_set():
+                    break
+                log.debug("watch on %s broke: %s", self.prefix, exc)
+            except Exception:  # a bug in a handler must not kill the watch
+                log.exception("watch handler on %s failed", self.prefix)
+            self.handler.synced(False)
+            if self._stop_event.wait(delay * (0.5 + random.random())):
+                break
+            delay = min(delay * 2, 2.0)
+
+    def _list_and_watch(self) -> None:
+        kvs, revision = self.store.scan(self.prefix)
+        self.resets += 1
+        self.handler.reset(kvs, revision)
+        self._stream = self.store.watch(self.prefix, revision + 1)
+        if self._stop_event.is_set():
+            self._stream.cancel()
+            return
+        synced = False
+        for batch in self._stream:
+            if batch.broken:
+                log.info("watch on %s was %s; listing again", self.prefix, batch.broken)
+                self._stream.cancel()
+                return
+            if batch.created and not synced:
+                synced = True
+                self.handler.synced(True)
+            if batch.events:
+                self.handler.events(batch.events, batch.revision)
