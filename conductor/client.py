@@ -59,8 +59,7 @@ class Client:
             normalised["paused"] = True
         source: dict[str, Any] = {"kind": "file", "path": str(job)} if isinstance(job, (str, Path)) else {"kind": "api"}
         if meta["inputs"]:
-            source["inputs"] = templates.masked(templates.resolve(meta, params or {})[0] | {
-                k: v for k, v in (params or {}).items()}, meta)
+            source["inputs"] = templates.recorded_inputs(meta, params or {})
         return self.board.post(normalised, self.user, source=source, secrets=secrets, meta=meta)
 
     # ---- templates, messages, schedules --------------------------------------------------------

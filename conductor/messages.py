@@ -71,8 +71,7 @@ def post_template(board: Board, template: dict[str, Any], params: dict[str, str]
                   source: dict[str, Any], job_id: str | None = None) -> str:
     """Post a job from a template (instantiated and checked first)."""
     spec, meta, secrets = templates.instantiate(template["data"], params)
-    source = {**source, "template": template["name"], "inputs": templates.masked(
-        {**{n: s.get("default", "") for n, s in meta["inputs"].items() if "default" in s}, **params}, meta)}
+    source = {**source, "template": template["name"], "inputs": templates.recorded_inputs(meta, params)}
     return board.post(spec, user, source=source, job_id=job_id, secrets=secrets, meta=meta)
 
 
@@ -93,7 +92,7 @@ def send(board: Board, message: str, params: dict[str, str], user: str, origin: 
     With ``strict`` (a user's send) a parameter no matching template takes is refused, and every
     template is checked before anything is written."""
     message_id = message_id or ids.new_job_id()
-    at = ids.job_id_time(message_id) if message_id[:10].isalnum() else time.time()
+    at = ids.job_id_time(message_id)  # ids of messages are job-style ids: they carry their time
     every = list_templates(board)
     triggered = [t for t in every if message in t["meta"]["triggers"]]
     joining = [t for t in every if message in t["meta"]["after"]]

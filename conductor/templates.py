@@ -210,6 +210,12 @@ def masked(params: dict[str, str], meta: dict[str, Any]) -> dict[str, str]:
     return {k: (MASK if meta["inputs"].get(k, {}).get("secret") else v) for k, v in params.items()}
 
 
+def recorded_inputs(meta: dict[str, Any], params: dict[str, str]) -> dict[str, str]:
+    """The inputs a job records in its source: every resolved value, secrets as ****."""
+    public, secret = resolve(meta, params)
+    return masked({**public, **secret}, meta)
+
+
 def fill_secrets(argv: list[str], env: dict[str, str], secrets: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """argv and env with secret placeholders filled in (at run time only). Only strings that hold
     a secret's placeholder were left unfinished at posting, so only those are filled."""
