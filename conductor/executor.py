@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -49,6 +50,59 @@ def argv_of(task: dict) -> list[str]:
     if task.get("shell"):
         return ["/bin/sh", "-c", *task["cmd"]]
     return list(task["cmd"])
+
+
+@dataclass
+class Child:
+    """A started task process: its pid (which is also its process group) and, once reaped, its exit code."""
+
+    pid: int
+    returncode: int | None = None
+
+
+def spawn(argv: list[str], env: dict[str, str], cwd: str | None, out: int) -> Child:
+    """Start ``argv`` as the leader of a new session, stdin from /dev/null, stdout and stderr to ``out``.
+
+    ``os.posix_spawn`` (vfork and exec in glibc) costs the conductor less than half the CPU of
+    ``subprocess.Popen``. It cannot change directory, so a task with a working directory other than
+    the conductor's own goes through Popen. Either way the child gets only fds 0-2: every descriptor
+    Python or gRPC opens is close-on-exec. The executable is looked up on the task's own PATH, as
+    Popen does, and a missing one raises FileNotFoundError naming it."""
+    if not _sealed:
+        _seal_inherited_fds()
+    if cwd and cwd != os.getcwd():
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd, start_new_session=True, close_fds=True)
+        proc.returncode = 0  # reaped by the Reaper, never by Popen: keep Popen from waiting on it
+        return Child(proc.pid)
+    path = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
+    if path is None:
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, out, 2)]
+    return Child(os.posix_spawn(path, argv, env, file_actions=actions, setsid=True, setsigmask=(),
+                                setsigdef=_DEFAULT_SIGNALS))
+
+
+_sealed = False
+# a task starts with every signal at its default action, even those the conductor ignores or
+# inherited ignored (SIGPIPE from Python, SIGHUP from nohup, SIGINT from a background shell)
+_DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+
+
+def _seal_inherited_fds() -> None:
+    """Make every descriptor above 2 close-on-exec, once per process. What Python and gRPC open
+    already is; this catches what the conductor inherited from whoever started it (a shell, a
+    supervisor), which posix_spawn, unlike Popen(close_fds=True), would pass on to every task."""
+    global _sealed
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # the listing's own descriptor, closed by now
+                pass
+    _sealed = True
 
 
 @dataclass
@@ -124,7 +178,7 @@ class Run:
         self.log_path = Path(f"{scratch}.log")
         self.result_path = Path(f"{scratch}.result")
         self.spawn_path = Path(f"{scratch}.spawn.json")
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Child | None = None
         self.started = 0.0
         self.peak_rss = 0
         self._kill: tuple[str, bool, bool, str | None] | None = None  # reason, retry, hand_back, stop
@@ -144,9 +198,7 @@ class Run:
         self.started = now()
         try:
             with open(self.log_path, "wb") as out:
-                self.proc = subprocess.Popen(self.argv or argv_of(self.claimed.task), stdin=subprocess.DEVNULL, stdout=out,
-                                             stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
-                                             start_new_session=True, close_fds=True)
+                self.proc = spawn(self.argv or argv_of(self.claimed.task), self.env, self.cwd, out.fileno())
         except (OSError, ValueError) as exc:
             reason = f"cannot start: {getattr(exc, 'strerror', None) or exc}"
             if isinstance(exc, FileNotFoundError) and exc.filename:
