@@ -41,7 +41,7 @@ def main() -> None:
     add_job_args(p, DEFAULT_SLOTS)
     args = p.parse_args()
     layers = [1, args.width, 1]
-    with Cluster(keep=args.keep) as cl:
+    with Cluster(keep=args.keep, node_dir=args.node_dir) as cl:
         r = time_jobs(cl, lambda: true_job("fanout", layers), sum(layers), args)
         emit({"bench": "fanout", "layers": layers, "tasks": sum(layers), "nodes": args.nodes, "slots": args.slots,
               "seconds": r["seconds"], "post_seconds": r["post_seconds"], "target_seconds": TARGET_SECONDS,

@@ -44,7 +44,25 @@ def host_facts(cluster: "Cluster | None" = None) -> dict[str, Any]:
     facts: dict[str, Any] = {"cpus": os.cpu_count(), "load1": round(os.getloadavg()[0], 2)}
     if cluster is not None:
         facts["load1_before"] = round(cluster.load_before, 2)
+        facts["node_dir"] = cluster.node_kind
+        facts["file_create_us"] = cluster.file_create_us
     return facts
+
+
+def file_create_us(directory: Path, n: int = 300) -> float:
+    """CPU microseconds to create (and close) one empty file in ``directory``, as a task's log is.
+
+    On ext4 this is ~15 us normally, but for a minute or more after many files were deleted
+    (another run's clean-up) the inode allocator scans past every recently deleted inode, and one
+    creation can cost 0.2-0.6 ms: then the task logs' file system, not Conductor, sets the pace."""
+    probe = Path(tempfile.mkdtemp(prefix="create-probe-", dir=directory))
+    try:
+        t0 = time.process_time()
+        for i in range(n):
+            os.close(os.open(probe / f"{i}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        return round((time.process_time() - t0) / n * 1e6, 1)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -85,8 +103,19 @@ class Cluster:
     ...     client = cl.client()
     """
 
-    def __init__(self, keep: bool = False, etcd_args: list[str] | None = None):
+    def __init__(self, keep: bool = False, etcd_args: list[str] | None = None, node_dir: str = "tmpfs"):
         self.tmp = Path(tempfile.mkdtemp(prefix="conductor-bench-"))
+        # the conductors' data directories (their task logs): see --node-dir
+        self.node_kind = node_dir
+        if node_dir == "tmpfs" and os.access("/dev/shm", os.W_OK):
+            self.node_root = Path(tempfile.mkdtemp(prefix="conductor-bench-nodes-", dir="/dev/shm"))
+        elif node_dir in ("tmpfs", "disk"):
+            self.node_kind = "disk"
+            self.node_root = self.tmp / "nodes"
+        else:
+            self.node_root = Path(tempfile.mkdtemp(prefix="conductor-bench-nodes-", dir=node_dir))
+        self.node_root.mkdir(parents=True, exist_ok=True)
+        self.file_create_us = {"node_dir": file_create_us(self.node_root), "bench_tmp": file_create_us(self.tmp)}
         self.keep = keep
         self.etcd_args = list(etcd_args or [])
         self.etcd_proc: subprocess.Popen[bytes] | None = None
@@ -156,7 +185,7 @@ class Cluster:
 
     def start_node(self, name: str, *, slots: int | None = None, ttl: int | None = None,
                    sweep: float | None = None, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
-        data = self.tmp / "nodes" / name
+        data = self.node_root / name
         data.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "conductor", "run", "--etcd", self.endpoint, "--namespace", NAMESPACE,
                 "--name", name, "--data-dir", str(data)]
@@ -245,6 +274,28 @@ class Cluster:
                 continue
             out[name] = {"own": t.user + t.system, "own_system": t.system,
                          "children": t.children_user + t.children_system, "fence": fence}
+            if name != "etcd":
+                out[f"{name}_threads"] = self.thread_times(proc.pid)
+        return out
+
+    @staticmethod
+    def thread_times(pid: int) -> dict[str, float]:
+        """CPU seconds of a conductor's threads by OS thread name (conductor names its own;
+        gRPC's C threads and unnamed ones are summed under their comm, e.g. ``python``)."""
+        import psutil
+
+        out: dict[str, float] = {}
+        try:
+            threads = psutil.Process(pid).threads()
+        except psutil.Error:
+            return out
+        for t in threads:
+            try:
+                with open(f"/proc/{pid}/task/{t.id}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                continue
+            out[comm] = out.get(comm, 0.0) + t.user_time + t.system_time
         return out
 
     @staticmethod
@@ -339,9 +390,10 @@ class Cluster:
             signal.signal(sig, handler)
         self._old_handlers.clear()
         if self.keep:
-            say(f"kept {self.tmp}")
+            say(f"kept {self.tmp} and {self.node_root}")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            shutil.rmtree(self.node_root, ignore_errors=True)
 
     # ---- diagnostics -------------------------------------------------------------------------
 
@@ -376,6 +428,10 @@ def run_main(main: Any) -> None:
 def common_args(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, etcd data)")
+    p.add_argument("--node-dir", default="tmpfs", metavar="tmpfs|disk|DIR",
+                   help="where the conductors keep their data directories, i.e. one log file per task: "
+                        "tmpfs (/dev/shm, the default), disk (the temporary directory), or a directory. "
+                        "etcd's data always stays on disk")
     return p
 
 
@@ -446,7 +502,8 @@ def time_jobs(cl: Cluster, make_job: Any, tasks: int, args: argparse.Namespace) 
         runs.append({"seconds": t2 - t0, "post_seconds": t1 - t0, "cpu_seconds": cpu, "etcd_per_task": etcd,
                      "job": job_id, "posted_at": wall0, "done_at": wall0 + (t2 - t0)})
     best = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]
-    cpu_total = sum(v.get("own", 0) + v.get("children", 0) + v.get("fence", 0) for v in best["cpu_seconds"].values())
+    cpu_total = sum(v.get("own", 0) + v.get("children", 0) + v.get("fence", 0)
+                    for name, v in best["cpu_seconds"].items() if not name.endswith("_threads"))
     return {"seconds": round(best["seconds"], 3), "post_seconds": round(best["post_seconds"], 3),
             "runs_seconds": [round(x["seconds"], 3) for x in runs],
             "cpu_seconds": best["cpu_seconds"],

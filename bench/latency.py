@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help="slots per conductor")
     p.add_argument("--warmup", type=int, default=5, help="untimed jobs first")
     args = p.parse_args()
-    with Cluster(keep=args.keep) as cl:
+    with Cluster(keep=args.keep, node_dir=args.node_dir) as cl:
         cl.start_nodes(args.nodes, slots=args.slots)
         client = cl.client()
         lat: list[float] = []

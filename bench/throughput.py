@@ -23,7 +23,7 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=2000)
     add_job_args(p, DEFAULT_SLOTS)
     args = p.parse_args()
-    with Cluster(keep=args.keep) as cl:
+    with Cluster(keep=args.keep, node_dir=args.node_dir) as cl:
         r = time_jobs(cl, lambda: true_job("throughput", [args.tasks]), args.tasks, args)
         rate = args.tasks / r["seconds"]
         emit({"bench": "throughput", "tasks": args.tasks, "nodes": args.nodes, "slots": args.slots,

@@ -68,8 +68,8 @@ class ContainerRun(Run):
 
     def start(self) -> None:
         self.dir = Path(f"{self.scratch}.d")  # mounted at /conductor: result and spawn files
-        self.result_path = self.dir / "result"
-        self.spawn_path = self.dir / "spawn.json"
+        self.result_path = str(self.dir / "result")
+        self.spawn_path = str(self.dir / "spawn.json")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o777)  # the container's user may not be ours
         task = self.claimed.task
@@ -157,7 +157,7 @@ class ContainerRun(Run):
         streamer.join(timeout=2.0)
         if streamer.is_alive():  # podman's follow can hang on a container that exited at once
             try:
-                self.log_path.write_bytes(container.logs(stdout=True, stderr=True))
+                Path(self.log_path).write_bytes(container.logs(stdout=True, stderr=True))
             except docker.errors.DockerException:
                 pass
         ended = now()

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import psutil
@@ -26,6 +25,7 @@ from .claims import Claimed, Outcome
 from .fence import Fence
 from .model import now
 from .templates import mask
+from .threadname import name_this_thread
 
 log = logging.getLogger("conductor.executor")
 
@@ -137,6 +137,7 @@ class Reaper:
             self._epoll.register(fd, select.EPOLLIN)
 
     def _loop(self) -> None:
+        name_this_thread()
         assert self._epoll is not None
         while True:
             try:
@@ -162,7 +163,7 @@ class Run:
     """One attempt of one task on this node. Its files are ``<scratch>.log`` (output, kept),
     ``<scratch>.result`` and ``<scratch>.spawn.json`` (removed once the outcome is committed)."""
 
-    def __init__(self, claimed: Claimed, env: dict[str, str], scratch: Path, cwd: str | None,
+    def __init__(self, claimed: Claimed, env: dict[str, str], scratch: str, cwd: str | None,
                  fence: Fence, limits: Limits, on_done: Callable[["Run", Outcome], None],
                  reaper: Reaper | None = None):
         self.claimed = claimed
@@ -175,9 +176,9 @@ class Run:
         self.reaper = reaper or Reaper()
         self.argv: list[str] | None = None  # set when secrets were filled in at the last moment
         self.secrets: dict[str, str] = {}  # masked in everything stored
-        self.log_path = Path(f"{scratch}.log")
-        self.result_path = Path(f"{scratch}.result")
-        self.spawn_path = Path(f"{scratch}.spawn.json")
+        self.log_path = f"{scratch}.log"  # plain strings: pathlib costs more than the syscalls
+        self.result_path = f"{scratch}.result"
+        self.spawn_path = f"{scratch}.spawn.json"
         self.proc: Child | None = None
         self.started = 0.0
         self.peak_rss = 0
@@ -193,8 +194,8 @@ class Run:
 
     def start(self) -> None:
         """Start the child and have it waited for; failures to start become outcomes."""
-        self.env["CONDUCTOR_RESULT"] = str(self.result_path)
-        self.env["CONDUCTOR_SPAWN"] = str(self.spawn_path)
+        self.env["CONDUCTOR_RESULT"] = self.result_path
+        self.env["CONDUCTOR_SPAWN"] = self.spawn_path
         self.started = now()
         try:
             with open(self.log_path, "wb") as out:
@@ -308,9 +309,9 @@ class Run:
 
     def _finish(self, outcome: Outcome) -> None:
         self._finished = True
-        outcome.log_path = str(self.log_path)
+        outcome.log_path = self.log_path
         try:
-            size = self.log_path.stat().st_size
+            size = os.stat(self.log_path).st_size
             if size:
                 with open(self.log_path, "rb") as f:
                     f.seek(max(0, size - self.limits.tail_cap))
@@ -322,7 +323,7 @@ class Run:
         except OSError:
             pass
         try:
-            rsize = self.result_path.stat().st_size
+            rsize = os.stat(self.result_path).st_size
         except OSError:
             rsize = -1
         if rsize > self.limits.result_cap:
@@ -330,14 +331,15 @@ class Run:
             outcome.reason = (f"result is {rsize} bytes, over the cap of {self.limits.result_cap} bytes "
                               f"(exit {outcome.exit_code})")
         elif rsize >= 0:
-            outcome.result = mask(self.result_path.read_bytes(), self.secrets)
+            with open(self.result_path, "rb") as f:
+                outcome.result = mask(f.read(), self.secrets)
         self.on_done(self, outcome)
 
     def cleanup(self) -> None:
         """Remove the attempt's scratch files (the log stays on the node)."""
         for path in (self.result_path, self.spawn_path):
             try:
-                path.unlink()
+                os.unlink(path)
             except OSError:
                 pass
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
 from .ops import KV, Event
+from .threadname import name_this_thread
 
 if TYPE_CHECKING:
     from .store import Store
@@ -56,6 +57,7 @@ class Follower(threading.Thread):
             stream.cancel()
 
     def run(self) -> None:
+        name_this_thread()
         delay = 0.1
         while not self._stop_event.is_set():
             try:

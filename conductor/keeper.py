@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import shutil
@@ -23,6 +24,7 @@ from .claims import Claimed, Outcome
 from .errors import StoreError
 from .executor import Run
 from .ops import Put, absent, created_at
+from .threadname import name_this_thread
 
 if TYPE_CHECKING:
     from .node import Conductor
@@ -39,7 +41,7 @@ class Keeper:
     def _push_log(self, run: Run) -> None:
         """Keep a running task's log tail in etcd fresh (``conductor logs -f`` follows it)."""
         try:
-            size = run.log_path.stat().st_size
+            size = os.stat(run.log_path).st_size
         except OSError:
             return
         if size == run.pushed:
@@ -51,7 +53,7 @@ class Keeper:
         pushed, size = size, size - (len(raw) - len(tail))
         node, task = self.node, run.claimed.task
         value = {"data": tail, "size": size, "truncated": size > node.limits.tail_cap, "attempt": task["attempts"],
-                 "node": node.name, "path": str(run.log_path), "at": time.time(), "running": True}
+                 "node": node.name, "path": run.log_path, "at": time.time(), "running": True}
         try:  # fenced like a finish: a node that lost the claim writes nothing
             node.store.txn([created_at(node.keys.claim(run.id), run.claimed.claim_rev)],
                            [Put(node.keys.log(task["user"], run.id), codec.pack(value))])
@@ -60,6 +62,7 @@ class Keeper:
             pass
 
     def run(self) -> None:
+        name_this_thread()
         sweep_at = time.monotonic() + self.node.settings.sweep * random.uniform(0.5, 1.0)
         facts_at = time.monotonic() + 10
         while not self.node.stopped.is_set():
@@ -190,7 +193,7 @@ class Keeper:
             try:
                 if job_dir.stat().st_mtime < cutoff:
                     shutil.rmtree(job_dir, ignore_errors=True)
-                    self.node._dirs.discard(job_dir)
+                    self.node._dirs.pop(job_dir.name, None)
             except OSError:
                 pass
 

@@ -41,6 +41,7 @@ from .settings import NodeSettings
 from .keeper import Keeper
 from .scheduler import Scheduler
 from .store import Store
+from .threadname import name_this_thread
 
 log = logging.getLogger("conductor.node")
 
@@ -69,7 +70,7 @@ class Conductor:
         self._orphans: queue.Queue[tuple[str, int]] = queue.Queue()
         self._to_settle: set[tuple[str, str]] = set()
         self._inflight: set[str] = set()  # being claimed right now: not strays
-        self._dirs: set[Path] = set()
+        self._dirs: dict[str, Path] = {}  # job -> its directory of logs, known to exist
         self.reaper = Reaper()
         self.stopping = threading.Event()
         self.stopped = threading.Event()
@@ -204,6 +205,7 @@ class Conductor:
         return self.settings.slots - self.slots_used
 
     def _claim_loop(self) -> None:
+        name_this_thread()
         while not self.stopping.is_set():
             try:
                 self._claim_until_stopped()
@@ -285,12 +287,13 @@ class Conductor:
                  task["attempts"], task["max_attempts"])
         extra = {"CONDUCTOR_ETCD": self.store.describe(), "CONDUCTOR_NAMESPACE": self.keys.namespace,
                  "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": self.name}
-        job_dir = self.settings.data_dir / "tasks" / task["job"]
-        if job_dir not in self._dirs:
+        job_dir = self._dirs.get(task["job"])
+        if job_dir is None:
+            job_dir = self.settings.data_dir / "tasks" / task["job"]
             job_dir.mkdir(parents=True, exist_ok=True)
             if len(self._dirs) > 10_000:
                 self._dirs.clear()
-            self._dirs.add(job_dir)
+            self._dirs[task["job"]] = job_dir
         env = task_env(c, extra)
         secrets: dict[str, str] = {}
         argv = None
@@ -301,7 +304,7 @@ class Conductor:
                 argv, env = templates.fill_secrets(argv_of(task), env, secrets)
             except ConductorError as exc:  # the task cannot start; it must not hold its claim
                 argv = ["/bin/sh", "-c", 'echo "$0" >&2; exit 2', f"cannot fill in secret inputs: {exc}"]
-        args = (c, env, job_dir / f"{task['id']}.{task['attempts']}", task.get("cwd") or self.settings.cwd,
+        args = (c, env, f"{job_dir}/{task['id']}.{task['attempts']}", task.get("cwd") or self.settings.cwd,
                 self.fence, self.limits, self._run_done, self.reaper)
         run = ContainerRun(*args, docker_host=self.docker_host) if task.get("image") else Run(*args)
         run.argv, run.secrets = argv, secrets
@@ -338,6 +341,7 @@ class Conductor:
     # ---- finishing ---------------------------------------------------------------------------------
 
     def _finish_loop(self) -> None:
+        name_this_thread()
         while True:
             item = self._done.get()
             if item is None:
@@ -399,7 +403,8 @@ class Conductor:
         """Stage the tasks a finished task wrote to $CONDUCTOR_SPAWN into the next layer; their
         commit joins the task's own finish transaction (so they are added exactly once)."""
         try:
-            data = run.spawn_path.read_bytes()
+            with open(run.spawn_path, "rb") as f:
+                data = f.read()
         except OSError:
             return
         if not data.strip():

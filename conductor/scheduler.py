@@ -15,6 +15,7 @@ from . import codec, schedules
 from .board import Board
 from .errors import StoreError
 from .follow import FollowHandler
+from .threadname import name_this_thread
 
 log = logging.getLogger("conductor.node")
 
@@ -39,6 +40,7 @@ class Scheduler:
 
     def run(self) -> None:
         """Fire due schedule ticks; the first node to create a tick's fire key fires it."""
+        name_this_thread()
         next_at: dict[str, float] = {}
         while not self.stopping.is_set():
             try:

@@ -20,6 +20,7 @@ from .fence import Fence
 from .keys import Keys, lease_hex
 from .ops import Put, absent
 from .store import Store
+from .threadname import name_this_thread
 
 log = logging.getLogger("conductor.session")
 
@@ -95,6 +96,7 @@ class Session:
         self.fence.deadline(self.deadline)
 
     def _run(self) -> None:
+        name_this_thread()
         period = self.ttl / 3.0
         failing = False
         while not self._stop.wait(min(0.5, period) if (self.lost or failing) else period):
