@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Cluster, add_job_args, common_args, emit, host_facts, time_jobs, true_job, run_main  # noqa: E402
+from harness import Cluster, common_args, emit, run_main  # noqa: E402
+from measure import add_job_args, host_facts, time_jobs, true_job  # noqa: E402
 from throughput import DEFAULT_SLOTS  # noqa: E402
 
 TARGET_SECONDS = 3.0

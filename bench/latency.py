@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Cluster, common_args, emit, host_facts, median, percentile, say, run_main  # noqa: E402
+from harness import Cluster, common_args, emit, say, run_main  # noqa: E402
+from measure import host_facts, median, percentile  # noqa: E402
 from throughput import DEFAULT_SLOTS  # noqa: E402
 
 TARGET_MEDIAN_MS = 15.0

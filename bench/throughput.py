@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Cluster, add_job_args, common_args, emit, host_facts, time_jobs, true_job, run_main  # noqa: E402
+from harness import Cluster, common_args, emit, run_main  # noqa: E402
+from measure import add_job_args, host_facts, time_jobs, true_job  # noqa: E402
 
 DEFAULT_SLOTS = 8  # best of 2, 4, 8 (and 16) on this 2-core machine: see README.md
 TARGET = 500.0

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -31,17 +31,22 @@ def template_add(file: Annotated[str, typer.Argument(help="Job file with inputs 
 def template_list(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
     """List stored templates with their inputs and triggers."""
     with _client(etcd, namespace) as client:
-        found = client.templates()
-        if json:
-            render.print_json(found)
-            return
-        if not found:
-            print("no templates")
-        for t in found:
-            inputs = ", ".join(n + ("*" if s["required"] else "") + (" (secret)" if s["secret"] else "")
-                               for n, s in t["meta"]["inputs"].items()) or "-"
-            extra = "".join(f"  {k}: {', '.join(t['meta'][k])}" for k in ("triggers", "after") if t["meta"][k])
-            print(f"{t['name']}  inputs: {inputs}{extra}")
+        _listing(client.templates(), json, "no templates", _template_line)
+
+
+def _template_line(t: dict[str, Any]) -> str:
+    inputs = ", ".join(n + ("*" if s["required"] else "") + (" (secret)" if s["secret"] else "")
+                       for n, s in t["meta"]["inputs"].items()) or "-"
+    extra = "".join(f"  {k}: {', '.join(t['meta'][k])}" for k in ("triggers", "after") if t["meta"][k])
+    return f"{t['name']}  inputs: {inputs}{extra}"
+
+
+def _listing(found: list[dict[str, Any]], json: bool, empty: str, line: Callable[[dict[str, Any]], str]) -> None:
+    """A list command's output: the items as JSON, or one line each (``empty`` when there are none)."""
+    if json:
+        render.print_json(found)
+        return
+    print("\n".join(line(item) for item in found) if found else empty)
 
 
 @template_app.command("show")
@@ -100,17 +105,12 @@ def schedule_add(name: str, cron: Annotated[str, typer.Option(help="5 fields, or
 def schedule_list(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
     """List schedules with their next fire times."""
     with _client(etcd, namespace) as client:
-        found = client.schedules()
-        if json:
-            render.print_json(found)
-            return
-        if not found:
-            print("no schedules")
-        for s in found:
-            when = "paused" if s.get("paused") else "next " + time.strftime("%Y-%m-%d %H:%M:%S",
-                                                                             time.localtime(s["next"]))
-            print(f"{s['name']}  {s['cron']}  -> {s['template']}  {when}  overlap {s['overlap']}, "
-                  f"catch-up {s['catch_up']}")
+        _listing(client.schedules(), json, "no schedules", _schedule_line)
+
+
+def _schedule_line(s: dict[str, Any]) -> str:
+    when = "paused" if s.get("paused") else "next " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["next"]))
+    return f"{s['name']}  {s['cron']}  -> {s['template']}  {when}  overlap {s['overlap']}, catch-up {s['catch_up']}"
 
 
 @schedule_app.command("pause")

@@ -33,54 +33,48 @@ def _report(results: list[Any], json: bool) -> None:
         print(f"{r.id}: {r.done}" + (f" (etag {r.etag})" if r.etag else ""))
 
 
-def _one_etag(ids: list[str], etag: int | None) -> None:
+def _act(action: str, ids: list[str], etag: int | None, etcd: Any, namespace: Any, user: Any, json: bool,
+         **options: Any) -> None:
+    """Run one Client control call (pause, kill, ...) on the ids and report each id's outcome."""
     if etag is not None and len(ids) > 1:
         raise InvalidSpec("--etag", "goes with one id; give ID@ETAG for each of several")
+    with _client(etcd, namespace, user) as client:
+        _report(getattr(client, action)(*ids, etag=etag, **options), json)
 
 
 @app.command()
 def pause(ids: Ids, etag: Etag = None, etcd: Etcd = None, namespace: Namespace = None, user: User = None,
           json: Json = False) -> None:
     """Stop new claims of what the ids cover; running tasks go on."""
-    _one_etag(ids, etag)
-    with _client(etcd, namespace, user) as client:
-        _report(client.pause(*ids, etag=etag), json)
+    _act("pause", ids, etag, etcd, namespace, user, json)
 
 
 @app.command()
 def unpause(ids: Ids, etag: Etag = None, etcd: Etcd = None, namespace: Namespace = None, user: User = None,
             json: Json = False) -> None:
     """Let paused jobs, layers or tasks run again."""
-    _one_etag(ids, etag)
-    with _client(etcd, namespace, user) as client:
-        _report(client.unpause(*ids, etag=etag), json)
+    _act("unpause", ids, etag, etcd, namespace, user, json)
 
 
 @app.command()
 def kill(ids: Ids, grace: Grace = 10.0, etag: Etag = None, etcd: Etcd = None, namespace: Namespace = None,
          user: User = None, json: Json = False) -> None:
     """Stop running tasks wherever they run and mark what the ids cover ERRORED (reason killed)."""
-    _one_etag(ids, etag)
-    with _client(etcd, namespace, user) as client:
-        _report(client.kill(*ids, grace=grace, etag=etag), json)
+    _act("kill", ids, etag, etcd, namespace, user, json, grace=grace)
 
 
 @app.command()
 def retry(ids: Ids, etag: Etag = None, etcd: Etcd = None, namespace: Namespace = None, user: User = None,
           json: Json = False) -> None:
     """Run ERRORED (or killed) tasks again, whatever their attempt count."""
-    _one_etag(ids, etag)
-    with _client(etcd, namespace, user) as client:
-        _report(client.retry(*ids, etag=etag), json)
+    _act("retry", ids, etag, etcd, namespace, user, json)
 
 
 @app.command()
 def skip(ids: Ids, grace: Grace = 10.0, etag: Etag = None, etcd: Etcd = None, namespace: Namespace = None,
          user: User = None, json: Json = False) -> None:
     """Mark tasks SKIPPED (done, for the layers after); running ones are killed first."""
-    _one_etag(ids, etag)
-    with _client(etcd, namespace, user) as client:
-        _report(client.skip(*ids, grace=grace, etag=etag), json)
+    _act("skip", ids, etag, etcd, namespace, user, json, grace=grace)
 
 
 @app.command("add-task")
