@@ -22,6 +22,8 @@ import grpc
 
 from . import etcdpb as etcdrpc
 from .errors import LeaseLost, StoreError, StoreUnavailable
+from .batch import MAX_TXN_OPS, op_size
+from .batch import REQUEST_BUDGET as MAX_REQUEST_BYTES
 from .keys import prefix_end
 from .ops import KV, Compare, Delete, Event, Get, Op, Put, RangeResult, Txn, TxnResult
 
@@ -30,8 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conductor.store")
 
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
-MAX_REQUEST_BYTES = 1_400_000  # under etcd's 1.5 MiB request limit, with room for framing
 DEFAULT_PORT = 2379
 RETRY_WINDOW = 2.0  # seconds a read is retried through a passing unavailability
 
@@ -408,11 +408,4 @@ def _txn_result(resp: Any, revision: int) -> TxnResult:
     return TxnResult(resp.succeeded, revision, out)
 
 
-def op_size(op: Op) -> int:
-    """Rough bytes an op adds to a request, for splitting big writes under etcd's limit."""
-    if isinstance(op, Put):
-        return len(op.key) + len(op.value) + 16
-    if isinstance(op, Txn):
-        return sum(op_size(o) for o in (*op.success, *op.failure)) + 64 * len(op.compare)
-    end = getattr(op, "range_end", None)
-    return len(op.key) + 16 + (len(end) if end else 0)
+__all__ = ["Store", "WatchStream", "WatchBatch", "MAX_TXN_OPS", "MAX_REQUEST_BYTES", "op_size", "parse_endpoints"]
