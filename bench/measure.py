@@ -75,7 +75,7 @@ def cpu_times(cl: Cluster) -> dict[str, dict[str, float]]:
         try:
             t = psutil.Process(proc.pid).cpu_times()
             kids = psutil.Process(proc.pid).children()
-            fence = sum(sum(k.cpu_times()[:2]) for k in kids if "conductor.fence" in " ".join(k.cmdline()))
+            fence = sum(sum(k.cpu_times()[:2]) for k in kids if "conductor.supervisor" in " ".join(k.cmdline()))
         except psutil.Error:
             continue
         out[name] = {"own": t.user + t.system, "own_system": t.system,

@@ -43,7 +43,10 @@ class ReadyQueue:
     """Ready tasks grouped by (priority, job, layer), picked best group first.
 
     Within a group a node picks at random among the first few tasks, so nodes racing for one
-    layer rarely pick the same task, while tasks still start roughly in posting order.
+    layer rarely pick the same task, while tasks still start roughly in posting order. A task that
+    is queued again (a retry, an orphan of a lost node, a hand-back) goes to the front of its group:
+    it was queued before every task still waiting there, so it waits at most for the next free slot.
+    Groups are taken by priority, then job id (posting order), so it also goes ahead of later jobs.
     """
 
     def __init__(self) -> None:
@@ -60,7 +63,10 @@ class ReadyQueue:
         self.remove(entry.id)
         task = entry.task
         group = (-int(task.get("priority", 0)), task["job"], task["layer"])
-        self._groups.setdefault(group, OrderedDict())[entry.id] = entry
+        bag = self._groups.setdefault(group, OrderedDict())
+        bag[entry.id] = entry
+        if task.get("attempts"):  # queued again (retry, orphan, hand-back): it was queued before the rest
+            bag.move_to_end(entry.id, last=False)
         self._where[entry.id] = group
 
     def remove(self, task_id: str) -> Ready | None:
@@ -113,6 +119,7 @@ class Cache(FollowHandler):
         self.keys = keys
         self.on_orphan = on_orphan or (lambda task, lease: None)
         self.on_kill = on_kill or (lambda task, request: None)
+        self.on_failure: Callable[[BaseException], None] = lambda exc: log.error("stream failed", exc_info=exc)
         self.cond = threading.Condition()
         self.ready = ReadyQueue()
         self.claims: dict[str, ClaimInfo] = {}
@@ -229,6 +236,15 @@ class Cache(FollowHandler):
             del counter[key]
 
     # ---- questions ---------------------------------------------------------------------------------
+
+    def failed(self, exc: BaseException) -> None:
+        """Applying the stream failed (a bug): the node cannot go on with a wrong view."""
+        self.on_failure(exc)
+
+    def poke(self) -> None:
+        """Wake whoever waits on the cache (a slot freed, the node is stopping)."""
+        with self.cond:
+            self.cond.notify_all()
 
     def drop(self, task_ids: Iterable[str]) -> None:
         """Forget ready entries found stale by a failed claim (the watch brings back live ones)."""

@@ -280,6 +280,11 @@ class Client:
         try:
             with watch.cond:
                 while True:
+                    if watch.error is not None:
+                        raise watch.error if isinstance(watch.error, ConductorError) else \
+                            ConductorError(f"following job {full} failed: {watch.error!r}")
+                    if watch.ready() and watch.job is None:
+                        raise NotFound(f"no job {full} (it was removed)")
                     if watch.job and on_progress:
                         on_progress(watch.job, watch.counts())
                     if watch.job and watch.job["state"] in (states.COMPLETED, states.ERRORED) and watch.ready():
@@ -303,6 +308,7 @@ class _JobWatch:
         self.tallies: dict[str, str] = {}
         self.claims: set[str] = set()
         self._listed = [False, False, False]
+        self.error: BaseException | None = None
 
     def ready(self) -> bool:
         return all(self._listed)
@@ -333,6 +339,11 @@ class _JobWatch:
                         apply(ev)
                     watch.cond.notify_all()
 
+            def failed(self, exc: BaseException) -> None:
+                with watch.cond:
+                    watch.error = exc
+                    watch.cond.notify_all()
+
         return Handler()
 
     def job_handler(self) -> FollowHandler:
@@ -343,7 +354,7 @@ class _JobWatch:
             if ev.kind == "put":
                 self.job = views.with_etag(codec.unpack(ev.kv.value), ev.kv)
             else:
-                raise ConductorError("the job was removed while waiting for it")
+                raise NotFound("the job was removed while waiting for it")
 
         return self._handler(0, reset, apply)
 

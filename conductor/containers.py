@@ -5,7 +5,8 @@ mounted at ``/conductor`` so ``$CONDUCTOR_RESULT`` and ``$CONDUCTOR_SPAWN`` work
 A container gets the job's, layer's and task's env and the ``CONDUCTOR_*`` variables, not the
 node's environment; ``cwd`` is the working directory inside the container. Its output streams to
 the same local log file; kills go to the container (SIGTERM, SIGKILL after the grace period), and
-the fence watchdog kills it through the same API when the node loses its lease.
+the supervisor process removes it (by its name, registered before it is created) when the node
+loses its lease or the conductor dies.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from .executor import Run
+from .executor import KillIntent, Run
 from .model import now
 
 log = logging.getLogger("conductor.containers")
@@ -77,22 +78,48 @@ class ContainerRun(Run):
         self.container: Any = None
         self._cpu: float | None = None
         self._sampled = 0.0
+        self._timed_out = False
+        self._timer: threading.Timer | None = None
+        # registered before it exists: if this node dies while docker creates it, the supervisor
+        # removes it by name
+        self.name = f"conductor-{task['id']}-{task['attempts']}-{os.getpid()}"
+        self.supervision.container(self.name, True)
         try:
             self.api = docker.DockerClient(base_url=self.docker_host, timeout=120)
             self.container = self.api.containers.run(
                 task["image"], command=list(task["cmd"]) or None, environment=container_env(self.env),
-                detach=True, name=f"conductor-{task['id']}-{task['attempts']}-{os.getpid()}",
+                detach=True, name=self.name,
                 labels={"conductor.task": task["id"], "conductor.node": os.uname().nodename},
                 volumes={str(self.dir): {"bind": MOUNT, "mode": "rw"}}, working_dir=task.get("cwd") or None)
         except docker.errors.ImageNotFound as exc:
-            self._finish(self._fail(f"cannot start container: image {task['image']!r} not found ({_why(exc)})"))
+            self._end(self._fail(f"cannot start container: image {task['image']!r} not found ({_why(exc)})"))
             return
         except docker.errors.DockerException as exc:
-            self._finish(self._fail(f"cannot start container: {_why(exc)}"))
+            self._end(self._fail(f"cannot start container: {_why(exc)}"))
             return
-        self.fence.add_container(self.container.id)
-        self._arm_timeout()
-        threading.Thread(target=self._safely, args=(self._wait,), name=f"run-{self.id}", daemon=True).start()
+        timeout = task.get("timeout")
+        if timeout:
+            self._timer = threading.Timer(timeout, self._time_out)
+            self._timer.daemon = True
+            self._timer.start()
+        threading.Thread(target=self._safely, name=f"run-{self.id}", daemon=True).start()
+
+    def _time_out(self) -> None:
+        self._timed_out = True
+        self._stop_container()
+
+    def _end(self, outcome: Any) -> None:
+        self.supervision.container(self.name, False)
+        self._finish(outcome)
+
+    def _safely(self) -> None:
+        """Whatever goes wrong while waiting, the task gets an outcome and is never stuck."""
+        try:
+            self._wait()
+        except Exception as exc:  # noqa: BLE001
+            log.exception("task %s: supervising its container failed", self.id)
+            if not self.done:
+                self._end(self._fail(f"conductor error while supervising its container: {exc!r}"))
 
     def _fail(self, reason: str) -> Any:
         from .claims import Outcome
@@ -102,10 +129,12 @@ class ContainerRun(Run):
     def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
              grace: float | None = None, stop: str | None = None) -> None:
         with self._lock:
-            if self._kill is None or (stop and not self._kill[3]):
-                self._kill = (reason, retry, hand_back, stop)
-        container = getattr(self, "container", None)
-        if container is None:
+            if self.intent is None or (stop and not self.intent.stop):
+                self.intent = KillIntent(reason, retry, hand_back, stop)
+        self._stop_container(grace)
+
+    def _stop_container(self, grace: float | None = None) -> None:
+        if getattr(self, "container", None) is None:
             return
         self._signal_container("SIGTERM")
         wait = self.limits.grace if grace is None else grace
@@ -164,14 +193,13 @@ class ContainerRun(Run):
         if self._timer:
             self._timer.cancel()
         self.sample()
-        self.fence.remove_container(container.id)
         try:
             container.remove(force=True)
         except docker.errors.DockerException:
             pass
-        if code > 128 and self._kill is not None:
+        if code > 128 and (self.intent is not None or self._timed_out):
             code = -(code - 128)  # shells report a signal as 128 + signal number
-        self._finish(self._outcome(code, ended, self._cpu))
+        self._end(self._outcome(code, ended, self._cpu, "timeout" if self._timed_out else None))
 
 
     def cleanup(self) -> None:

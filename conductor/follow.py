@@ -5,6 +5,11 @@ its handler, then watches from that revision + 1. When the watch breaks (etcd re
 connection dropped, the revision was compacted, etcd canceled it) the view is marked stale, the
 follower waits with growing, jittered backoff (0.1 s to 2 s, so it never spins while etcd is
 down) and lists again. Handlers are called from the follower's own thread only.
+
+A handler that raises is not a broken watch: the follower stops and hands the error to the
+handler's ``failed`` (by default the error is logged and re-raised in the follower's thread, which
+ends it). Owners that wait on a follower (``Client.wait``, the node's stream) override ``failed`` so
+the error reaches them instead of looping or hanging.
 """
 from __future__ import annotations
 
@@ -39,6 +44,14 @@ class FollowHandler:
     def synced(self, flag: bool) -> None:
         pass
 
+    def failed(self, exc: BaseException) -> None:
+        """A handler raised ``exc``; the follower has stopped. Override to pass it on."""
+        log.error("a watch handler failed; the watch is stopped", exc_info=exc)
+
+
+class HandlerFailed(Exception):
+    """Carries a handler's exception out of the watch loop (never confused with a broken watch)."""
+
 
 class Follower(threading.Thread):
     def __init__(self, store: "Store", prefix: str, handler: FollowHandler, name: str):
@@ -61,15 +74,18 @@ class Follower(threading.Thread):
         delay = 0.1
         while not self._stop_event.is_set():
             try:
-                self._list_and_watch()
-                delay = 0.1
-            except (StoreError, ValueError) as exc:
-                if self._stop_event.is_set():
-                    break
-                log.debug("watch on %s broke: %s", self.prefix, exc)
-            except Exception:  # a bug in a handler must not kill the watch
-                log.exception("watch handler on %s failed", self.prefix)
-            self.handler.synced(False)
+                try:
+                    self._list_and_watch()
+                    delay = 0.1
+                except (StoreError, ValueError) as exc:
+                    if self._stop_event.is_set():
+                        break
+                    log.debug("watch on %s broke: %s", self.prefix, exc)
+                self._call(self.handler.synced, False)
+            except HandlerFailed as failure:
+                self._stop_event.set()
+                self.handler.failed(failure.__cause__ or failure)
+                return
             if self._stop_event.wait(delay * (0.5 + random.random())):
                 break
             delay = min(delay * 2, 2.0)
@@ -77,7 +93,7 @@ class Follower(threading.Thread):
     def _list_and_watch(self) -> None:
         kvs, revision = self.store.scan(self.prefix)
         self.resets += 1
-        self.handler.reset(kvs, revision)
+        self._call(self.handler.reset, kvs, revision)
         self._stream = self.store.watch(self.prefix, revision + 1)
         if self._stop_event.is_set():
             self._stream.cancel()
@@ -90,6 +106,13 @@ class Follower(threading.Thread):
                 return
             if batch.created and not synced:
                 synced = True
-                self.handler.synced(True)
+                self._call(self.handler.synced, True)
             if batch.events:
-                self.handler.events(batch.events, batch.revision)
+                self._call(self.handler.events, batch.events, batch.revision)
+
+    @staticmethod
+    def _call(fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            raise HandlerFailed(repr(exc)) from exc

@@ -24,7 +24,6 @@ from .claims import Claimed, Outcome
 from .errors import StoreError
 from .executor import Run
 from .ops import Put, absent, created_at
-from .threadname import name_this_thread
 
 if TYPE_CHECKING:
     from .node import Conductor
@@ -37,6 +36,12 @@ class Keeper:
         self.node = node
         self._gc_at = 0.0
         self._logs_at = 0.0
+        self._orphans: queue.Queue[tuple[str, int]] = queue.Queue()
+        self._chore_errors: dict[str, str] = {}
+
+    def orphan(self, task_id: str, lease: int) -> None:
+        """The stream saw a run marker left without its claim (called from the stream thread)."""
+        self._orphans.put((task_id, lease))
 
     def _push_log(self, run: Run) -> None:
         """Keep a running task's log tail in etcd fresh (``conductor logs -f`` follows it)."""
@@ -62,27 +67,32 @@ class Keeper:
             pass
 
     def run(self) -> None:
-        name_this_thread()
         sweep_at = time.monotonic() + self.node.settings.sweep * random.uniform(0.5, 1.0)
         facts_at = time.monotonic() + 10
         while not self.node.stopped.is_set():
+            sweep_at, facts_at = self._keep(sweep_at, facts_at)
+
+    def _recover_waiting(self) -> None:
+        """Requeue the orphans the stream reported, all that are waiting at once."""
+        try:
+            waiting = [self._orphans.get(timeout=0.25)]
+        except queue.Empty:
+            return
+        while True:
             try:
-                sweep_at, facts_at = self._keep(sweep_at, facts_at)
-            except Exception:  # the keeper must outlive any bug in what it calls
-                log.exception("keeper: unexpected error")
-                time.sleep(1.0)
+                waiting.append(self._orphans.get_nowait())
+            except queue.Empty:
+                break
+        for task_id, lease in waiting:
+            try:
+                self._recover(task_id, lease)
+            except StoreError as exc:
+                log.debug("orphan recovery of %s deferred to the sweep: %s", task_id, exc)
 
     def _keep(self, sweep_at: float, facts_at: float) -> tuple[float, float]:
-        try:
-            task_id, lease = self.node._orphans.get(timeout=0.25)
-            time.sleep(random.uniform(0, 0.05))  # let one node win without a stampede
-            self._recover(task_id, lease)
-        except queue.Empty:
-            pass
-        except StoreError as exc:
-            log.debug("orphan recovery deferred: %s", exc)
+        self._recover_waiting()
         now = time.monotonic()
-        for run in list(self.node.runs.values()):
+        for run in self.node.table.runs():
             if now >= run.push_at:  # a second after it started, then every second: short tasks cost nothing
                 if run.push_at:
                     run.sample()
@@ -108,7 +118,7 @@ class Keeper:
         state = self.node.claims.recover(task_id, lease)
         if state in states.FINAL:
             job = task_id.split(".", 1)[0]
-            self.node._settle(job, self.node.board.owner(job))
+            self.node.finisher.settle(job, self.node.board.owner(job))
 
     def sweep(self) -> None:
         """The safety net: orphans this node's watch may have missed, and (on one node, the
@@ -118,10 +128,8 @@ class Keeper:
         for task_id, lease in orphans:
             self._recover(task_id, lease)
         self._release_strays()
-        with self.node._lock:
-            pending, self.node._to_settle = self.node._to_settle, set()
-        for job, user in pending:
-            self.node._settle(job, user)
+        for job, user in self.node.table.take_settles():
+            self.node.finisher.settle(job, user)
         self._clean_local_logs()
         if not self._lead("sweeper"):
             return
@@ -129,10 +137,13 @@ class Keeper:
         for chore in (self._retention, self._deliver_messages, self._finish_fires, self._settle_active):
             try:
                 chore()
+                self._chore_errors.pop(chore.__name__, None)
             except StoreError:
                 raise
-            except Exception:
-                log.exception("sweep: %s failed", chore.__name__)
+            except Exception as exc:  # one chore's bug must not keep the others from running
+                if self._chore_errors.get(chore.__name__) != repr(exc):  # loudly, but once per error
+                    log.exception("sweep: %s failed", chore.__name__)
+                self._chore_errors[chore.__name__] = repr(exc)
 
     def _retention(self) -> None:
         if time.monotonic() >= self._gc_at:
@@ -159,8 +170,7 @@ class Keeper:
         lease = self.node.session.lease
         with self.node.cache.cond:
             held = [(t, c) for t, c in self.node.cache.claims.items() if c.lease == lease]
-        with self.node._lock:
-            strays = [(t, c) for t, c in held if t not in self.node.runs and t not in self.node._inflight]
+        strays = [(t, c) for t, c in held if not self.node.table.holds(t)]
         for task_id, info in strays:
             found = self.node.board.load(self.node.keys.run(task_id))
             if found is None:
@@ -169,9 +179,8 @@ class Keeper:
             task = self.node.board.load(self.node.keys.task(user, task_id))
             if task is None or task[0]["state"] != states.RUNNING or task[0].get("node") != self.node.name:
                 continue
-            with self.node._lock:
-                if task_id in self.node.runs or task_id in self.node._inflight:
-                    continue
+            if self.node.table.holds(task_id):
+                continue
             claimed = Claimed(task[0], task[1].mod_revision, info.create_revision, lease)
             outcome = Outcome(False, "the claim's reply was lost; never started", hand_back=True)
             committed, _ = self.node.claims.finish([(claimed, outcome)])
@@ -193,7 +202,7 @@ class Keeper:
             try:
                 if job_dir.stat().st_mtime < cutoff:
                     shutil.rmtree(job_dir, ignore_errors=True)
-                    self.node._dirs.pop(job_dir.name, None)
+                    self.node.claimer.forget_dir(job_dir.name)
             except OSError:
                 pass
 

@@ -61,6 +61,9 @@ class LocalEtcd:
         self.proc = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         logfile.close()
+        from .supervision import KEEP_PIDS
+
+        KEEP_PIDS.add(self.proc.pid)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -72,6 +72,13 @@ class _Schedules(FollowHandler):
     def __init__(self) -> None:
         self.items: dict[str, dict[str, Any]] = {}
         self.changed = threading.Event()
+        self.on_failure: Any = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.on_failure is not None:
+            self.on_failure(exc)
+        else:
+            super().failed(exc)
 
     def reset(self, kvs: list[Any], revision: int) -> None:
         self.items = {v["name"]: v for v in (codec.unpack(kv.value) for kv in kvs)}

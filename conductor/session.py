@@ -1,26 +1,27 @@
-"""A node's session: one lease, kept alive from a thread of its own, and the node key on it.
+"""A node's session: one lease and the node key on it.
 
-The keepalive runs every TTL/3 whatever the rest of the node is doing. After each renewal etcd
-confirms, the fence deadline moves to (time the renewal was sent + TTL - margin): etcd cannot
-expire the lease before then. If renewals fail until that deadline, the session is *lost*: the
-watchdog kills the running tasks and ``on_lost`` is called, once. If etcd comes back and the lease
-is still alive (etcd extends leases when it restarts) the session carries on with it; if the lease
-has expired, a new one is granted and the node key written again (a new incarnation).
+The lease is granted here and then kept alive by the node's supervisor process
+(:mod:`conductor.supervisor`), so renewals never wait on this interpreter. The supervisor reports
+each renewal (with its round trip), a *lost* session (no renewal before the fence deadline: it has
+already killed the running tasks) and an *expired* lease. If etcd comes back and the lease is still
+alive (etcd extends leases when it restarts) the session carries on with it; if the lease has
+expired, a new one is granted and the node key written again (a new incarnation), retried until it
+works.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 from . import codec
 from .errors import ConductorError, LeaseLost, StoreError, StoreUnavailable
-from .fence import Fence
 from .keys import Keys, lease_hex
 from .ops import Put, absent
 from .store import Store
-from .threadname import name_this_thread
+from .supervision import Supervision
 
 log = logging.getLogger("conductor.session")
 
@@ -31,22 +32,24 @@ class NameTaken(ConductorError):
 
 class Session:
     def __init__(self, store: Store, keys: Keys, name: str, ttl: int, info: Callable[[], dict[str, Any]],
-                 fence: Fence, on_lost: Callable[[], None], on_renewed: Callable[[int], None] | None = None):
+                 supervision: Supervision, on_lost: Callable[[], None],
+                 on_renewed: Callable[[int], None] | None = None):
         self.store = store
         self.keys = keys
         self.name = name
         self.ttl = ttl
         self.info = info
-        self.fence = fence
+        self.supervision = supervision
         self.on_lost = on_lost
         self.on_renewed = on_renewed or (lambda lease: None)
-        self.margin = max(0.5, ttl / 4)
         self.lease = 0
         self.lost = False
-        self.deadline = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="session", daemon=True)
+        self._expired = threading.Event()
         self._lock = threading.Lock()
+        self._rtts: deque[tuple[float, float]] = deque(maxlen=256)  # (monotonic, ms)
+        supervision.on("renewed", self._renewed)
+        supervision.on("lost", self._lost)
+        supervision.on("expired", self._expired_lease)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -62,17 +65,34 @@ class Session:
         with self._lock:
             self.lease = lease
             self.lost = False
-        self._renewed(sent)
+        self.supervision.lease(lease, sent)
         log.info("node %s joined with lease %s (ttl %ds)", self.name, lease_hex(lease), self.ttl)
 
-    def start(self) -> None:
-        self._thread.start()
+    def keep(self, stopping: threading.Event) -> None:
+        """The session thread: grant a new lease whenever the old one expired, until stopped."""
+        while not stopping.is_set():
+            if not self._expired.wait(0.5):
+                continue
+            delay = 0.2
+            while not stopping.is_set():
+                try:
+                    old = self.lease
+                    self.open()
+                    self._expired.clear()
+                    self.on_renewed(self.lease)
+                    log.info("node %s rejoined with a new lease %s (old %s expired)", self.name,
+                             lease_hex(self.lease), lease_hex(old))
+                    break
+                except NameTaken:
+                    log.error("node name %s is held by another live node; waiting", self.name)
+                except StoreError as exc:
+                    log.debug("could not rejoin yet: %s", exc)
+                stopping.wait(delay)
+                delay = min(delay * 2, 2.0)
 
     def close(self, revoke: bool = True) -> None:
-        """Stop renewing; revoking deletes the node key and every claim left on the lease."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.ttl)
+        """Revoking deletes the node key and every claim left on the lease (the supervisor does it
+        when it is closed; this is for a session without a running supervisor)."""
         if revoke and self.lease:
             try:
                 self.store.revoke(self.lease, timeout=2.0)
@@ -89,56 +109,38 @@ class Session:
             except (StoreUnavailable, LeaseLost):
                 pass
 
-    # ---- the keepalive loop ------------------------------------------------------------------------
-
-    def _renewed(self, sent: float) -> None:
-        self.deadline = sent + self.ttl - self.margin
-        self.fence.deadline(self.deadline)
-
-    def _run(self) -> None:
-        name_this_thread()
-        period = self.ttl / 3.0
-        failing = False
-        while not self._stop.wait(min(0.5, period) if (self.lost or failing) else period):
-            sent = time.monotonic()
-            try:
-                ttl = self.store.keepalive(self.lease, timeout=max(0.5, min(period, self.deadline - sent)))
-                failing = False
-            except StoreError as exc:
-                failing = True
-                if time.monotonic() >= self.deadline and not self.lost:
-                    self._lose(f"no lease renewal for {self.ttl - self.margin:.1f}s ({exc})")
-                continue
-            if ttl > 0:
-                self._renewed(sent)
-                if self.lost:
-                    log.warning("node %s: etcd is back and lease %s is still alive; carrying on",
-                                self.name, lease_hex(self.lease))
-                    self.lost = False
-                    self.on_renewed(self.lease)
-                continue
-            if not self.lost:
-                self._lose("the lease expired")
-            self._reopen()
-
-    def _lose(self, why: str) -> None:
+    def renewal_stats(self) -> dict[str, float | None]:
+        """The last renewal's round trip and the worst in the last minute, in milliseconds."""
+        cutoff = time.monotonic() - 60
         with self._lock:
-            self.lost = True
-        log.error("node %s lost its session: %s; killing its running tasks (self-fencing)", self.name, why)
-        self.fence.kill_all("session lost")
-        try:
-            self.on_lost()
-        except Exception:
-            log.exception("on_lost failed")
+            recent = [ms for at, ms in self._rtts if at >= cutoff]
+            last = self._rtts[-1][1] if self._rtts else None
+        return {"renewal_ms": last, "renewal_max_ms": max(recent) if recent else None}
 
-    def _reopen(self) -> None:
-        try:
-            old = self.lease
-            self.open()
-            self.on_renewed(self.lease)
-            log.info("node %s rejoined with a new lease %s (old %s expired)", self.name,
-                     lease_hex(self.lease), lease_hex(old))
-        except NameTaken:
-            log.error("node name %s is held by another live node; waiting", self.name)
-        except StoreError as exc:
-            log.debug("could not rejoin yet: %s", exc)
+    # ---- events from the supervisor ------------------------------------------------------------------
+
+    def _renewed(self, lease: int, rtt_ms: float, ttl_left: int, was_fenced: bool) -> None:
+        with self._lock:
+            self._rtts.append((time.monotonic(), rtt_ms))
+            if lease != self.lease:
+                return
+            was_lost, self.lost = self.lost, False
+        if was_lost:
+            log.warning("node %s: etcd is back and lease %s is still alive; carrying on", self.name,
+                        lease_hex(lease))
+            self.on_renewed(lease)
+
+    def _lost(self, why: str) -> None:
+        with self._lock:
+            if self.lost:
+                return
+            self.lost = True
+        log.error("node %s lost its session: %s; its running tasks were killed (self-fencing)", self.name, why)
+        self.on_lost()
+
+    def _expired_lease(self, lease: int) -> None:
+        with self._lock:
+            if lease != self.lease:
+                return
+        self._lost("the lease expired")
+        self._expired.set()

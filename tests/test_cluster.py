@@ -154,7 +154,7 @@ def test_stalled_node_does_not_commit_after_losing_its_claim(client: Client, sha
     marks = tmp_path / "marks.txt"
     stalled = start_nodes(shared_etcd.endpoint, 1, ttl=2)[0]
     job = client.post({"name": "stall", "layers": [{"tasks": [
-        shell(f'echo "start $CONDUCTOR_NODE" >> {marks}; sleep 3; echo "end $CONDUCTOR_NODE" >> {marks}; exit 7',
+        shell(f'echo "start $CONDUCTOR_NODE" >> {marks}; sleep 6; echo "end $CONDUCTOR_NODE" >> {marks}; exit 7',
               max_attempts=5)]}]})
     wait_for(lambda: marks.exists() and "start n0" in marks.read_text(), 20, what="started on n0")
     other = start_nodes(shared_etcd.endpoint, 1, ttl=2)[0]
@@ -163,7 +163,7 @@ def test_stalled_node_does_not_commit_after_losing_its_claim(client: Client, sha
     time.sleep(1.5)
     stalled.signal(signal.SIGCONT)
     # n1's run ends with exit 7 and is retried; the stalled node's run was killed by its watchdog.
-    wait_for(lambda: "end n1" in marks.read_text(), 15, what="n1 finished its run")
+    wait_for(lambda: "end n1" in marks.read_text(), 20, what="n1 finished its run")
     time.sleep(2.0)
     text = marks.read_text()
     assert "end n0" not in text, "the watchdog killed the stalled node's task before its lease expired"

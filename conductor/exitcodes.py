@@ -1,0 +1,18 @@
+"""Exit statuses of every ``conductor`` command and of a node, in one place (docs/cli.md lists them)."""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1  # a job ended ERRORED (post --wait), or a node stopped by a second signal
+    BAD_INPUT = 2
+    UNAVAILABLE = 3  # etcd could not be reached
+    NOT_FOUND = 4
+    STALE_ETAG = 5
+    REFUSED = 6
+    NO_ETCD = 7  # no etcd endpoint, none local, no etcd binary
+    WAIT_TIMEOUT = 8
+    INTERNAL = 70  # a node thread died of a bug (EX_SOFTWARE); the node stopped, its tasks were killed
+    SUPERVISOR_LOST = 71  # the node's supervisor process died; the node killed its tasks and stopped

@@ -1,0 +1,134 @@
+"""A node's finish loop: commit outcomes in batches, fenced by each claim, then settle drained layers.
+
+Outcomes that arrive together (within a couple of milliseconds) share one transaction. While etcd
+is unreachable the outcomes are kept and the commit is retried with backoff: the claims fence them
+anyway (an outcome whose claim is gone is dropped). Any other error is a bug: it is not retried
+forever, it stops the node loudly (see :class:`conductor.crew.Crew`).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from typing import TYPE_CHECKING
+
+from . import spawn, states
+from .claims import Outcome
+from .errors import ConductorError, StoreError
+from .executor import Run
+
+if TYPE_CHECKING:
+    from .node import Conductor
+
+log = logging.getLogger("conductor.node")
+
+FINISH_BATCH = 32  # most outcomes taken at once; claims.finish splits them to fit etcd's limits
+GATHER = 0.002  # seconds to wait for more outcomes to share one transaction
+
+
+class Finisher:
+    def __init__(self, node: "Conductor"):
+        self.node = node
+        self._done: queue.Queue[tuple[Run, Outcome] | None] = queue.Queue()
+
+    def run_done(self, run: Run, outcome: Outcome) -> None:
+        """A run ended (called from the supervisor's event thread): free its slots, queue its outcome."""
+        node = self.node
+        node.table.ended(run)
+        node.cache.poke()
+        self._done.put((run, outcome))
+
+    def stop(self) -> None:
+        self._done.put(None)
+
+    def run(self) -> None:
+        while True:
+            item = self._done.get()
+            if item is None:
+                return
+            items = [item]
+            gather_until = time.monotonic() + GATHER  # outcomes that come together commit together
+            while len(items) < FINISH_BATCH:
+                try:
+                    more = self._done.get(timeout=max(0.0, gather_until - time.monotonic()))
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._done.put(None)
+                    break
+                items.append(more)
+            self.commit(items)
+
+    def commit(self, items: list[tuple[Run, Outcome]]) -> None:
+        node = self.node
+        for run, outcome in items:
+            self._apply_kill_request(run, outcome)
+            if outcome.ok and not outcome.stop:
+                self._prepare_spawn(run, outcome)
+        backoff = 0.1
+        while True:
+            try:
+                committed, lost = node.claims.finish([(run.claimed, outcome) for run, outcome in items])
+                break
+            except StoreError as exc:  # etcd away or full: keep the outcomes; the claims fence them anyway
+                log.warning("cannot commit %d outcome(s) yet: %s", len(items), exc)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+        for f in committed:
+            task = f.task
+            extra = f" (exit {task['exit_code']})" if task.get("exit_code") not in (None, 0) else ""
+            log.info("task %s %s %s: %s%s", task["id"], task["name"], f.state,
+                     task["records"][-1]["reason"], extra if f.state != states.QUEUED else "")
+        for c in lost:
+            log.warning("task %s: outcome dropped, this node no longer holds it", c.id)
+        for run, _ in items:
+            run.cleanup()
+            node.table.remove(run)
+        layers = {(f.task["job"], f.task["layer"], f.task["user"]) for f in committed if f.state in states.FINAL}
+        if layers:
+            synced = node.cache.wait_revision(max(f.revision for f in committed), timeout=2.0)
+            for job, layer, user in layers:
+                if not synced or not node.cache.layer_busy(layer):
+                    self.settle(job, user)
+
+    def _apply_kill_request(self, run: Run, outcome: Outcome) -> None:
+        """A user's kill or skip that reached this node wins over how the run ended by itself."""
+        request = self.node.cache.kills.get(run.id)
+        if request and not outcome.stop and not outcome.hand_back:
+            outcome.stop = "skip" if request.get("action") == "skip" else "kill"
+            verb = "skipped" if outcome.stop == "skip" else "killed"
+            outcome.ok, outcome.retry = False, False
+            outcome.reason = f"{verb} by {request.get('by', '?')}"
+
+    def _prepare_spawn(self, run: Run, outcome: Outcome) -> None:
+        """Stage the tasks a finished task wrote to $CONDUCTOR_SPAWN into the next layer; their
+        commit joins the task's own finish transaction (so they are added exactly once)."""
+        try:
+            with open(run.spawn_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return
+        if not data.strip():
+            return
+        node = self.node
+        backoff = 0.1
+        while True:
+            try:
+                stager = spawn.stage(node.board, run.claimed, data, node.name)
+                break
+            except StoreError as exc:  # etcd away: the staging is fenced by the claim, try again
+                log.warning("task %s: cannot stage its spawned tasks yet: %s", run.id, exc)
+            except ConductorError as exc:
+                outcome.ok, outcome.reason = False, f"spawn file: {exc}"
+                return
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+        outcome.extra_ops, outcome.extra_compare = stager.commit_ops(node.name)
+        outcome.recommit = lambda: stager.commit_ops(node.name)
+
+    def settle(self, job: str, user: str) -> None:
+        try:
+            self.node.board.settle(job, user, node=self.node.name)
+        except StoreError as exc:
+            log.warning("could not settle job %s now (%s); the keeper will retry", job, exc)
+            self.node.table.settle_later(job, user)
