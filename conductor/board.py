@@ -5,12 +5,16 @@ Atomicity, per method:
 * :meth:`Board.post` writes a small job in one transaction. A job too big for one request is
   written as chunks of tasks first and the job key last, so no reader sees it half-written; its
   first layers are then queued by :meth:`Board.enqueue`.
-* :meth:`Board.settle` is idempotent and safe to run from any number of nodes at once: one
-  transaction finishes every drained layer of a job and starts the layers that may now start,
-  guarded by the job's revision and by compares that no task of a finishing layer is ready or
-  claimed. It is how layer order (invariant 3) is kept.
-* :meth:`Board.enqueue` queues a running layer's tasks in chunks (a task and its ready marker in
-  the same transaction), then marks the layer ``enqueued``; a layer is never finished before that.
+* :meth:`Board.settle` is idempotent and safe to run from any number of nodes at once: it writes
+  the plan of :func:`layerplan.plan` (which layers end, which start, the job's state) in one
+  transaction, guarded by the revisions of the job and of every layer it writes and by compares
+  that no task of a drained layer is ready, claimed or orphaned. It is how layer order
+  (invariant 3) is kept.
+* :meth:`Board.enqueue` queues a running layer's tasks in groups that fit etcd's limits (a task
+  and its ready marker in the same transaction), then marks the layer ``enqueued``; a layer is
+  never finished before that.
+
+Every multi-key write here is sized with :mod:`conductor.batch`, by count and by bytes.
 """
 from __future__ import annotations
 
