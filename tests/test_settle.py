@@ -91,3 +91,21 @@ def test_a_job_whose_second_layer_is_bulky_completes_on_real_conductors(client: 
     assert client.wait(job, timeout=180)["state"] == states.COMPLETED
     counts = client.counts(job)
     assert counts["completed"] == count + 1 and counts["errored"] == 0
+
+
+def test_a_settle_that_moves_more_layers_than_one_transaction_holds_goes_on_in_several(client: Client):
+    """150 empty layers after a running one, and 130 layers of one order starting together: each
+    is more layer writes than etcd takes in one transaction, so the plan is capped and goes on."""
+    one = [{"cmd": ["true"]}]
+    tall = client.post({"name": "tall", "layers": [{"tasks": one}] + [{"tasks": []} for _ in range(150)]})
+    finish_ready(client)
+    assert client.board.settle(tall, client.user)
+    assert client.job(tall)["state"] == states.COMPLETED
+    wide = client.post({"name": "wide", "layers": [{"order": 0, "tasks": one}] +
+                        [{"order": 1, "tasks": one} for _ in range(130)]})
+    finish_ready(client)
+    assert client.board.settle(wide, client.user)
+    assert ready_ids(client) == sorted(f"{wide}.{i}.0" for i in range(1, 131))
+    finish_ready(client)
+    assert client.board.settle(wide, client.user)
+    assert client.job(wide)["state"] == states.COMPLETED
