@@ -237,7 +237,7 @@ class Board:
         """Finish drained layers and start the next ones; returns whether anything changed.
 
         Each round reads the job and its layers, plans (:func:`layerplan.plan`), and writes the plan
-        in one transaction fenced by the revisions it read (see :meth:`_write`); a lost race reads
+        in one transaction fenced by the revisions it read (see :meth:`_settle_txn`); a lost race reads
         again. Idempotent: any number of nodes may settle one job at once. With ``repair``, first
         finish queueing any running layer whose queueing was cut short."""
         user = user or self.owner(job_id)
