@@ -5,46 +5,42 @@ Atomicity, per method:
 * :meth:`Board.post` writes a small job in one transaction. A job too big for one request is
   written as chunks of tasks first and the job key last, so no reader sees it half-written; its
   first layers are then queued by :meth:`Board.enqueue`.
-* :meth:`Board.settle` is idempotent and safe to run from any number of nodes at once: one
-  transaction finishes every drained layer of a job and starts the layers that may now start,
-  guarded by the job's revision and by compares that no task of a finishing layer is ready or
-  claimed. It is how layer order (invariant 3) is kept.
-* :meth:`Board.enqueue` queues a running layer's tasks in chunks (a task and its ready marker in
-  the same transaction), then marks the layer ``enqueued``; a layer is never finished before that.
+* :meth:`Board.settle` is idempotent and safe to run from any number of nodes at once: it writes
+  the plan of :func:`layerplan.plan` (which layers end, which start, the job's state) in one
+  transaction, guarded by the revisions of the job and of every layer it writes and by compares
+  that no task of a drained layer is ready, claimed or orphaned. It is how layer order
+  (invariant 3) is kept.
+* :meth:`Board.enqueue` queues a running layer's tasks in groups that fit etcd's limits (a task
+  and its ready marker in the same transaction), then marks the layer ``enqueued``; a layer is
+  never finished before that.
+
+Every multi-key write here is sized with :mod:`conductor.batch`, by count and by bytes.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Iterable
 
-from . import codec, ids, model, states
+from . import batch, codec, ids, layerplan, model, states
 from .errors import NotFound
 from .keys import Keys
 from .model import Value
 from .ops import KV, Compare, Delete, Get, Op, Put, absent, mod_is, range_empty
-from .store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Store, op_size
+from .store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Store
 
 log = logging.getLogger("conductor.board")
 
-INLINE_TASKS = 40  # starting layers with at most this many tasks in all are queued in the same txn
-MAX_FINISH = 24  # layers finished in one settle transaction (three range compares each)
-CHUNK_TASKS = 60  # tasks queued per transaction (two ops each)
+INLINE_TASKS = 40  # starting layers with at most this many tasks in all are read to be queued in the settle txn
+SETTLE_LIMITS = (48, 24, 12, 6, 3, 1)  # layers moved per settle txn, tried in turn until the txn fits
 MAX_TRIES = 50
+
+_SettleTxn = tuple[list[Compare], list[Op], set[int]]  # compares, ops, the started layers queued inline
 
 
 def chunked(ops: list[Op], max_ops: int = MAX_TXN_OPS - 4, max_bytes: int = MAX_REQUEST_BYTES) -> Iterable[list[Op]]:
-    """Split ops into groups under etcd's op-count and request-size limits."""
-    group: list[Op] = []
-    size = 0
-    for op in ops:
-        n = op_size(op)
-        if group and (len(group) >= max_ops or size + n > max_bytes):
-            yield group
-            group, size = [], 0
-        group.append(op)
-        size += n
-    if group:
-        yield group
+    """Split ops into groups under etcd's op-count and request-size limits (see batch.fit_ops)."""
+    return batch.fit_ops(ops, max_ops=max_ops, budget=max_bytes)
 
 
 class Board:
@@ -181,8 +177,12 @@ class Board:
         """Queue the tasks of a RUNNING layer, then mark the layer enqueued.
 
         A PENDING task is rewritten as QUEUED together with its ready marker (whose value is the
-        same bytes). A task already written QUEUED (a job's first layer, posted in chunks) gets only
-        its ready marker, which then names the task's revision (``task_rev``) for the claim's compare."""
+        same bytes), in the same transaction. A task already written QUEUED (a job's first layer,
+        posted in chunks) gets only its ready marker, which then names the task's revision
+        (``task_rev``) for the claim's compare. Transactions are grouped to fit etcd's limits by
+        count and bytes (:func:`batch.fit`); each is compared on the revisions of its tasks, and a
+        lost race lists the layer again. Staged tasks never committed are deleted first. Raises
+        TooLarge only if one task alone cannot be queued (the spec limits rule that out)."""
         k = self.keys
         for _ in range(MAX_TRIES):
             found = self.load(k.layer(user, layer_id))
@@ -191,42 +191,44 @@ class Board:
             layer, layer_kv = found
             if layer["state"] != states.RUNNING or layer.get("enqueued"):
                 return
-            if known is None:
-                kvs, _ = self.store.scan(k.task(user, layer_id + "."))
-                marked = {kv.key[len(k.ready()):] for kv in self.store.scan(k.ready(layer_id + "."), keys_only=True)[0]}
-                values = [(codec.unpack(kv.value), kv) for kv in kvs]
-                garbage = [kv.key for v, kv in values if not model.committed(v, layer)]
-                for start in range(0, len(garbage), MAX_TXN_OPS - 8):  # batches whose writer died
-                    self.store.txn([], [Delete(key) for key in garbage[start:start + MAX_TXN_OPS - 8]])
-                pending = [(v, kv.mod_revision) for v, kv in values if model.committed(v, layer) and (
-                           v["state"] == states.PENDING or (v["state"] == states.QUEUED and v["id"] not in marked))]
-            else:
-                pending, known = known, None
-            clean = True
-            for start in range(0, len(pending), CHUNK_TASKS):
-                chunk = pending[start:start + CHUNK_TASKS]
-                ops: list[Op] = []
-                compare: list[Compare] = []
-                for task, rev in chunk:
-                    key = k.task(user, task["id"])
-                    compare.append(mod_is(key, rev))
-                    if task["state"] == states.PENDING:
-                        model.move(task, states.QUEUED, "its layer started", node)
-                        data = codec.pack(task)
-                        ops += [Put(key, data), Put(k.ready(task["id"]), data)]
-                    else:
-                        ops.append(Put(k.ready(task["id"]), codec.pack({**task, "task_rev": rev})))
-                        compare.append(absent(k.ready(task["id"])))
-                res = self.store.txn(compare, ops)
-                clean = clean and res.succeeded
-            if not clean:
+            pending, known = (known if known is not None else self._unqueued(user, layer)), None
+            if not self._queue(user, pending, node):
                 continue  # someone changed a task meanwhile: list what is still PENDING again
-            layer["enqueued"] = True
             res = self.store.txn([mod_is(layer_kv.key, layer_kv.mod_revision)],
-                                 [Put(layer_kv.key, codec.pack(layer))])
+                                 [Put(layer_kv.key, codec.pack({**layer, "enqueued": True}))])
             if res.succeeded:
                 log.info("layer %s queued %d tasks", layer_id, layer["tasks"])
                 return
+
+    def _unqueued(self, user: str, layer: Value) -> list[tuple[Value, int]]:
+        """The committed tasks of a layer still to queue (with their revisions); deletes on the way
+        the staged tasks whose batch was never committed (their writer died or was refused)."""
+        k, layer_id = self.keys, layer["id"]
+        kvs, _ = self.store.scan(k.task(user, layer_id + "."))
+        marked = {kv.key[len(k.ready()):] for kv in self.store.scan(k.ready(layer_id + "."), keys_only=True)[0]}
+        values = [(codec.unpack(kv.value), kv) for kv in kvs]
+        garbage = [Delete(kv.key) for v, kv in values if not model.committed(v, layer)]
+        for group in batch.fit_ops(garbage):
+            self.store.txn([], group)
+        return [(v, kv.mod_revision) for v, kv in values if model.committed(v, layer) and (
+                v["state"] == states.PENDING or (v["state"] == states.QUEUED and v["id"] not in marked))]
+
+    def _queue(self, user: str, pending: list[tuple[Value, int]], node: str | None) -> bool:
+        """Queue tasks in transactions that fit; False if any of them lost a race."""
+        clean = True
+        for group in batch.fit(self._queue_item(user, task, rev, node) for task, rev in pending):
+            clean = self.store.txn(group.compare, group.ops).succeeded and clean
+        return clean
+
+    def _queue_item(self, user: str, task: Value, rev: int, node: str | None) -> batch.Item:
+        """One task's queueing: what must land in one transaction, and what it is compared on."""
+        k = self.keys
+        key = k.task(user, task["id"])
+        if task["state"] == states.PENDING:
+            data = codec.pack(model.move(_own_copy(task), states.QUEUED, "its layer started", node))
+            return batch.Item([Put(key, data), Put(k.ready(task["id"]), data)], [mod_is(key, rev)])
+        ready = Put(k.ready(task["id"]), codec.pack({**task, "task_rev": rev}))
+        return batch.Item([ready], [mod_is(key, rev), absent(k.ready(task["id"]))])
 
     # ---- moving layers on ----------------------------------------------------------------------
 
@@ -234,194 +236,205 @@ class Board:
                repair: bool = False) -> bool:
         """Finish drained layers and start the next ones; returns whether anything changed.
 
-        With ``repair``, also finish queueing any running layer whose queueing was cut short."""
-        k = self.keys
+        Each round reads the job and its layers, plans (:func:`layerplan.plan`), and writes the plan
+        in one transaction fenced by the revisions it read (see :meth:`_settle_txn`); a lost race reads
+        again. Idempotent: any number of nodes may settle one job at once. With ``repair``, first
+        finish queueing any running layer whose queueing was cut short."""
         user = user or self.owner(job_id)
         changed = False
         for _ in range(MAX_TRIES):
-            snap = self.store.read([Get(k.job(user, job_id)), Get.prefix(k.layer(user, job_id + "."))])
-            if not snap.responses[0].kvs:
+            snap = self._snapshot(user, job_id)
+            if snap is None:
                 return False
-            job_kv = snap.responses[0].kvs[0]
-            job = codec.unpack(job_kv.value)
-            layer_kvs = {kv.key: kv for kv in snap.responses[1].kvs}
-            layers = {(v := codec.unpack(kv.value))["index"]: v for kv in layer_kvs.values()}
-            running = [i for i, layer in layers.items() if layer["state"] == states.RUNNING]
-            # an ERRORED layer is looked at again: skipping its errored tasks lets it complete
-            running += [i for i, layer in layers.items() if layer["state"] == states.ERRORED
-                        and not layer.get("killed_at") and layer.get("enqueued")]
             if repair:
                 repair = False
-                stuck = [layers[i]["id"] for i in running if not layers[i].get("enqueued")]
-                for lid in stuck:
-                    self.enqueue(user, lid, node=node)
-                if stuck:
+                if self._repair(user, snap, node):
                     continue
-            counts = self._counts(user, job_id, [layers[i]["id"] for i in running])
-            finished: list[int] = []
-            for i in running[:MAX_FINISH]:  # the rest in the next round: a txn has 128 compares at most
-                layer = layers[i]
-                ready, claimed, errored = counts[layer["id"]]
-                if layer.get("enqueued") and ready == 0 and claimed == 0:  # claimed counts run markers too
-                    outcome = states.layer_outcome(errored, layer["on_error"], bool(layer.get("killed_at")),
-                                                   bool(layer.get("skipped_at")))
-                    if outcome == layer["state"]:
-                        continue
-                    why = ("killed by a user" if layer.get("killed_at") else "skipped by a user"
-                           if layer.get("skipped_at") else f"{errored} task(s) errored"
-                           if outcome == states.ERRORED else
-                           "every task is done" + (f" ({errored} errored, policy continue)" if errored else ""))
-                    model.move(layer, outcome, why, node)
-                    layer["ended"] = model.now()
-                    finished.append(i)
-            for s in job["layers"]:
-                layer = layers[int(s["id"].rsplit(".", 1)[1])]
-                s["state"] = layer["state"]
-                if layer.get("killed_at"):
-                    s["killed"] = True
-            emptied: list[int] = []
-            started = advance(job, layers, node, emptied)
-            finished += emptied
-            if not finished and not started and job["state"] == codec.unpack(job_kv.value)["state"]:
+            outcome = self._settle_round(user, snap, node)
+            if outcome is None:
+                continue  # someone changed the job, a layer or a task: read again
+            if not outcome:
                 return changed
-            compare = [mod_is(job_kv.key, job_kv.mod_revision)]
-            ops: list[Op] = []
-            for i in finished:
-                if i in emptied:
-                    continue
-                lid = layers[i]["id"]
-                compare += [range_empty(k.ready(lid + ".")), range_empty(k.claim(lid + ".")),
-                            range_empty(k.run(lid + "."))]
-            inline: dict[int, list[tuple[Value, KV]]] = {}
-            budget = INLINE_TASKS  # across every starting layer, so the txn stays under 128 ops
-            for i in started:
-                if layers[i]["tasks"] <= budget:
-                    kvs, _ = self.store.scan(k.task(user, layers[i]["id"] + "."))
-                    if len(kvs) > layers[i]["tasks"]:
-                        continue  # a batch never committed is in it: enqueue() removes it
-                    inline[i] = [(v, kv) for kv in kvs if (v := codec.unpack(kv.value))["state"] == states.PENDING]
-                    budget -= len(inline[i])
-            for i, pairs in inline.items():
-                layers[i]["enqueued"] = True
-                for task, kv in pairs:
-                    model.move(task, states.QUEUED, "its layer started", node)
-                    data = codec.pack(task)
-                    compare.append(mod_is(kv.key, kv.mod_revision))
-                    ops += [Put(kv.key, data), Put(k.ready(task["id"]), data)]
-            for i in set(finished) | set(started):
-                key = k.layer(user, layers[i]["id"])
-                compare.append(mod_is(key, layer_kvs[key].mod_revision))
-                ops.append(Put(key, codec.pack(layers[i])))
-            ops += self._messages(job, codec.unpack(job_kv.value)["state"], [layers[i] for i in finished])
-            if job["state"] not in (states.PENDING, states.RUNNING):
-                ops.append(Delete(k.active(job_id)))
-            elif codec.unpack(job_kv.value)["state"] not in (states.PENDING, states.RUNNING):
-                ops.append(Put(k.active(job_id), codec.pack({"user": user})))
-            ops.append(Put(job_kv.key, codec.pack(job)))
-            res = self.store.txn(compare, ops)
-            if not res.succeeded:
-                continue
-            changed = True
-            if any(isinstance(op, Put) and op.key.startswith(k.outbox()) for op in ops):
-                from . import messages
-
-                messages.deliver(self, job_id + "/")
-            for i in finished + started:
-                log.info("layer %s %s %s", layers[i]["id"], layers[i]["name"], layers[i]["state"])
-            if job["state"] != codec.unpack(job_kv.value)["state"]:
-                log.info("job %s %s %s", job_id, job["name"], job["state"])
-            for i in started:
-                if i not in inline:
-                    self.enqueue(user, layers[i]["id"], node=node)
-            # and again: a big layer may have drained while it was queued, or layers were left over
+            changed = True  # and again: a started layer may have drained already, or the plan was capped
         log.warning("settle of job %s gave up after %d tries (heavy contention)", job_id, MAX_TRIES)
         return changed
 
-    def _messages(self, job: Value, was: str, ended_layers: list[Value]) -> list[Op]:
-        """Outbox entries for the on_success / on_failure messages of what this settle ends."""
+    def _snapshot(self, user: str, job_id: str) -> _Snapshot | None:
+        k = self.keys
+        snap = self.store.read([Get(k.job(user, job_id)), Get.prefix(k.layer(user, job_id + "."))])
+        if not snap.responses[0].kvs:
+            return None
+        job_kv = snap.responses[0].kvs[0]
+        layer_kvs = {kv.key: kv for kv in snap.responses[1].kvs}
+        layers = {(v := codec.unpack(kv.value))["index"]: v for kv in layer_kvs.values()}
+        return _Snapshot(job_kv, codec.unpack(job_kv.value), layer_kvs, layers)
+
+    def _repair(self, user: str, snap: _Snapshot, node: str | None) -> bool:
+        """Queue the running layers whose queueing was cut short; whether there were any."""
+        stuck = [layer["id"] for layer in snap.layers.values()
+                 if layer["state"] == states.RUNNING and not layer.get("enqueued")]
+        for layer_id in stuck:
+            self.enqueue(user, layer_id, node=node)
+        return bool(stuck)
+
+    def _settle_round(self, user: str, snap: _Snapshot, node: str | None) -> bool | None:
+        """Plan and write once: False if there was nothing to do, None if the write lost a race."""
+        watched = [snap.layers[i]["id"] for i in layerplan.watched(snap.layers)]
+        counts = self._counts(user, snap.job["id"], watched)
+        planned = self._fitting_plan(user, snap, counts, node)
+        if planned is None:
+            return False
+        p, (compare, ops, inlined) = planned
+        if not self.store.txn(compare, ops).succeeded:
+            return None
+        self._after_settle(user, p, inlined, node)
+        return True
+
+    def _fitting_plan(self, user: str, snap: _Snapshot, counts: dict[str, layerplan.LayerCounts],
+                      node: str | None) -> tuple[layerplan.Plan, _SettleTxn] | None:
+        """The plan for this snapshot, capped to as many layers as one transaction can carry, with
+        that transaction; None if there is nothing to do. Raises TooLarge if even one layer's move
+        does not fit (a job value near etcd's limit)."""
+        for limit in SETTLE_LIMITS:
+            p = layerplan.plan(snap.job, snap.layers, counts, node, model.now(), limit)
+            if p.empty:
+                return None
+            txn = self._settle_txn(user, snap, p, node)
+            if txn is not None:
+                return p, txn
+        raise batch.TooLarge(f"job {snap.job['id']}: moving one layer does not fit in an etcd request")
+
+    def _settle_txn(self, user: str, snap: _Snapshot, p: layerplan.Plan, node: str | None) -> _SettleTxn | None:
+        """The transaction that writes plan ``p``, or None if it does not fit in one request.
+
+        Compares: the job's revision; each drained layer's ready, claim and run ranges empty; each
+        written layer's revision; each inlined task's revision. Ops: inlined tasks and their ready
+        markers, deletes of uncommitted staged tasks, the moved layers, the outbox entries, the
+        active key, and the job value last."""
+        k = self.keys
+        compare = [mod_is(snap.job_kv.key, snap.job_kv.mod_revision)]
+        for i in p.drained:
+            lid = p.layers[i]["id"]
+            compare += [range_empty(k.ready(lid + ".")), range_empty(k.claim(lid + ".")),
+                        range_empty(k.run(lid + "."))]
+        layer_keys = {i: k.layer(user, layer["id"]) for i, layer in p.layers.items()}
+        compare += [mod_is(key, snap.layer_kvs[key].mod_revision) for key in layer_keys.values()]
+        tail = self._messages(p) + self._active_ops(user, p) + [Put(snap.job_kv.key, codec.pack(p.job))]
+        head = [Put(layer_keys[i], codec.pack(layer)) for i, layer in p.layers.items()]
+        if not batch.fits(head + tail, compare):
+            return None
+        inline = self._inline(user, p, head + tail, compare, node)
+        head = [Put(layer_keys[i], codec.pack({**layer, "enqueued": True} if i in inline else layer))
+                for i, layer in p.layers.items()]
+        ops = [op for item in inline.values() for op in item.ops] + head + tail
+        compare += [c for item in inline.values() for c in item.compare]
+        return (compare, ops, set(inline)) if batch.fits(ops, compare) else None
+
+    def _inline(self, user: str, p: layerplan.Plan, ops: list[Op], compare: list[Compare],
+                node: str | None) -> dict[int, batch.Item]:
+        """The started layers whose queueing fits in the settle transaction, each whole: its
+        committed PENDING tasks (with their ready markers) and the deletes of its uncommitted staged
+        tasks. Only small layers are read at all (INLINE_TASKS in all); the rest go to enqueue."""
+        chosen: dict[int, batch.Item] = {}
+        budget = INLINE_TASKS
+        for t in p.started:
+            layer = p.layers[t.index]
+            if layer["tasks"] > budget:
+                continue
+            item = self._inline_item(user, layer, node)
+            if not batch.fits([*ops, *item.ops], [*compare, *item.compare]):
+                continue  # bulky tasks: enqueue writes them in as many transactions as they need
+            chosen[t.index] = item
+            ops, compare = [*ops, *item.ops], [*compare, *item.compare]
+            budget -= layer["tasks"]
+        return chosen
+
+    def _inline_item(self, user: str, layer: Value, node: str | None) -> batch.Item:
+        kvs, _ = self.store.scan(self.keys.task(user, layer["id"] + "."))
+        ops: list[Op] = []
+        compare: list[Compare] = []
+        for kv in kvs:
+            task = codec.unpack(kv.value)
+            if not model.committed(task, layer):
+                ops.append(Delete(kv.key))  # a batch whose writer died or was refused: never queued
+            elif task["state"] == states.PENDING:
+                item = self._queue_item(user, task, kv.mod_revision, node)
+                ops += item.ops
+                compare += item.compare
+        return batch.Item(ops, compare)
+
+    def _active_ops(self, user: str, p: layerplan.Plan) -> list[Op]:
+        key = self.keys.active(p.job["id"])
+        if p.active == "delete":
+            return [Delete(key)]
+        return [Put(key, codec.pack({"user": user}))] if p.active == "put" else []
+
+    def _after_settle(self, user: str, p: layerplan.Plan, inlined: set[int], node: str | None) -> None:
+        """Once a plan is written: log each move, send its messages, queue the layers not inlined."""
+        for t in (*p.ended, *p.started):
+            layer = p.layers[t.index]
+            log.info("layer %s %s %s", layer["id"], layer["name"], t.state)
+        if p.job_reason:
+            log.info("job %s %s %s", p.job["id"], p.job["name"], p.job["state"])
+        if p.messages:
+            from . import messages
+
+            messages.deliver(self, p.job["id"] + "/")
+        for t in p.started:
+            if t.index not in inlined:
+                self.enqueue(user, p.layers[t.index]["id"], node=node)
+
+    def _messages(self, p: layerplan.Plan) -> list[Op]:
+        """Outbox entries for the on_success / on_failure messages of what the plan ends."""
         from . import messages
 
         ops: list[Op] = []
-        for layer in ended_layers:
-            good = layer["state"] in states.DONE
-            wanted = layer.get("on_success" if good else "on_failure") or []
-            ops += messages.outbox_ops(self, job, wanted, "success" if good else "failure", f"layer{layer['index']}")
-        if job["state"] != was and job["state"] in (states.COMPLETED, states.ERRORED):
-            good = job["state"] == states.COMPLETED
-            wanted = job.get("on_success" if good else "on_failure") or []
-            ops += messages.outbox_ops(self, job, wanted, "success" if good else "failure",
-                                       f"job{len(job.get('records', []))}")
+        for m in p.messages:
+            ops += messages.outbox_ops(self, p.job, list(m.names), m.outcome, m.what)
         return ops
 
-    def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, tuple[int, int, int]]:
-        """(ready, claimed or orphaned, errored) per layer, read as one snapshot."""
-        if not layer_ids:
-            return {}
+    def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, layerplan.LayerCounts]:
+        """(ready, claimed or orphaned, errored) per layer, read as one snapshot per 30 layers."""
         k = self.keys
         ops: list[Get] = []
         for lid in layer_ids:
             ops += [Get.count(k.ready(lid + ".")), Get.count(k.claim(lid + ".")), Get.count(k.run(lid + ".")),
                     Get.count(k.tally(user, job_id, states.ERRORED, lid + "."))]
-        out: dict[str, tuple[int, int, int]] = {}
-        for start in range(0, len(ops), 120):
+        out: dict[str, layerplan.LayerCounts] = {}
+        for start in range(0, len(ops), 120):  # four reads per layer, under etcd's 128 per txn
             res = self.store.read(ops[start:start + 120])
             for j in range(0, len(res.responses), 4):
-                lid = layer_ids[(start + j) // 4]
                 ready, claimed, running, errored = (r.count for r in res.responses[j:j + 4])
-                out[lid] = (ready, max(claimed, running), errored)
+                out[layer_ids[(start + j) // 4]] = layerplan.LayerCounts(ready, max(claimed, running), errored)
         return out
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """A job and its layers as read together, with the keys whose revisions fence the write."""
+
+    job_kv: KV
+    job: Value
+    layer_kvs: dict[str, KV]
+    layers: dict[int, Value]
+
+
+def _own_copy(value: Value) -> Value:
+    """A copy model.move may change (it appends a record) without touching the value read."""
+    return {**value, "records": list(value.get("records", []))}
 
 
 def advance(job: Value, layers: dict[int, Value], node: str | None = None,
             emptied: list[int] | None = None) -> list[int]:
-    """Start every layer that may start now (empty ones complete at once) and derive the job's
-    state. Works on values in memory; returns the indices of layers set RUNNING, and appends
-    those completed for having no tasks to ``emptied``."""
-    started: list[int] = []
-    by_id = {s["id"]: s for s in job["layers"]}
-    while True:
-        order = states.runnable_orders(model.summary_tuples(job))
-        if order is None:
-            break
-        only_empty = True
-        for s in job["layers"]:
-            if s["order"] != order or s["state"] != states.PENDING:
-                continue
-            layer = layers[int(s["id"].rsplit(".", 1)[1])]
-            if job.get("paused_at") or layer.get("paused_at"):  # waits, even when empty, until unpaused
-                only_empty = False
-                continue
-            layer["tasks"] = s["tasks"] = max(layer["tasks"], s["tasks"])
-            if layer.get("killed_at") or layer.get("skipped_at"):  # its tasks were stopped already
-                model.move(layer, states.ERRORED if layer.get("killed_at") else states.SKIPPED,
-                           "killed by a user" if layer.get("killed_at") else "skipped by a user", node)
-                layer["started"] = layer["ended"] = model.now()
-                if emptied is not None:
-                    emptied.append(layer["index"])
-                if layer["state"] == states.ERRORED and layer["on_error"] != "continue":
-                    only_empty = False
-            elif layer["tasks"] == 0:
-                model.move(layer, states.COMPLETED, "it has no tasks", node)
-                layer["started"] = layer["ended"] = model.now()
-                if emptied is not None:
-                    emptied.append(layer["index"])
-            else:
-                model.move(layer, states.RUNNING, "every layer of lower order is done", node)
-                layer["started"] = model.now()
-                layer["enqueued"] = False
-                started.append(layer["index"])
-                only_empty = False
-            by_id[layer["id"]]["state"] = layer["state"]
-        if not only_empty:
-            break
-    new_state = states.job_state(model.summary_tuples(job))
-    if new_state != job["state"]:
-        reason = {states.RUNNING: "a layer started", states.COMPLETED: "every layer is done",
-                  states.ERRORED: "a layer errored and nothing else can run",
-                  states.PENDING: "nothing started"}[new_state]
-        model.move(job, new_state, reason, node)
-        if new_state == states.RUNNING and not job.get("started"):
-            job["started"] = model.now()
-        if new_state in (states.COMPLETED, states.ERRORED):
-            job["ended"] = model.now()
-    return started
+    """Start every layer that may start now (see :func:`layerplan.plan`), applied to the values
+    in place: for a job being posted, which writes them itself. Returns the indices of layers set
+    RUNNING and appends those that ended at once (empty or flagged) to ``emptied``."""
+    p = layerplan.plan(job, layers, {}, node, model.now())
+    job.clear()
+    job.update(p.job)
+    for i, layer in p.layers.items():
+        layers[i].clear()
+        layers[i].update(layer)
+    if emptied is not None:
+        emptied += [t.index for t in p.ended]
+    return [t.index for t in p.started]

@@ -18,12 +18,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import codec, ids, model, spec, states
+from . import batch, codec, ids, model, spec, states
 from .board import Board
 from .errors import NotFound, Refused, StaleEtag
 from .model import Value
 from .ops import KV, Compare, Delete, Op, Put, created_at, mod_is
-from .store import MAX_TXN_OPS
 
 log = logging.getLogger("conductor.control")
 
@@ -321,7 +320,10 @@ class Stager:
 
     def stage(self, specs: list[dict[str, Any]], guard: list[Compare]) -> list[str]:
         """Reserve numbers and write the tasks; ``guard`` compares go into every transaction
-        (a fenced node passes its claim's compare). Raises Refused if the layer has started."""
+        (a fenced node passes its claim's compare). The tasks are written in as many transactions
+        as etcd's limits on count and bytes need (:func:`batch.fit`); none of them is part of the
+        layer before :meth:`commit_ops` is written. Raises Refused if the layer has started or the
+        guard stops holding, TooLarge if one task alone does not fit."""
         k = self.keys
         store = self.board.store
         for _ in range(MAX_TRIES):
@@ -334,17 +336,18 @@ class Stager:
         else:
             raise Refused(f"layer {self.layer_id} changes too often to add tasks now")
         ids_out: list[str] = []
-        ops: list[Op] = []
+        items: list[batch.Item] = []
         for i, task_spec in enumerate(specs):
             task = model.new_task(layer, first + i, task_spec)
             task["staged"] = self.token
             ids_out.append(task["id"])
-            ops.append(Put(k.task(self.user, task["id"]), codec.pack(task)))
+            ops: list[Op] = [Put(k.task(self.user, task["id"]), codec.pack(task))]
             if task.get("paused_at"):
                 ops.append(Put(k.paused(task["id"]), b""))
-        for start in range(0, len(ops), MAX_TXN_OPS - 8):
-            res = store.txn(guard, ops[start:start + MAX_TXN_OPS - 8])
-            if not res.succeeded:
+            items.append(batch.Item(ops))
+        guard_bytes = batch.Item((), guard).size
+        for group in batch.fit(items, reserve_compare=len(guard), reserve_bytes=guard_bytes):
+            if not store.txn(guard, group.ops).succeeded:
                 raise Refused(f"layer {self.layer_id}: lost the right to add tasks while writing them")
         self.count = len(specs)
         return ids_out
@@ -359,7 +362,9 @@ class Stager:
         return layer, kv
 
     def commit_ops(self, by: str) -> tuple[list[Op], list[Compare]]:
-        """The ops and compares that make the staged batch part of the layer (and its job)."""
+        """The ops and compares that make the staged batch part of the layer (and its job), to write
+        in one transaction (the caller may add its own, which must then be checked with
+        :func:`batch.fits`). Raises NotFound, Refused (the layer started) or TooLarge."""
         layer, kv = self._layer()
         job_id = ids.parse_id(self.layer_id).job
         found = self.board.load(self.keys.job(self.user, job_id))
@@ -373,8 +378,11 @@ class Stager:
         for s in job["layers"]:
             if s["id"] == self.layer_id:
                 s["tasks"] = layer["tasks"]
-        return ([Put(kv.key, codec.pack(layer)), Put(job_kv.key, codec.pack(job))],
-                [mod_is(kv.key, kv.mod_revision), mod_is(job_kv.key, job_kv.mod_revision)])
+        ops: list[Op] = [Put(kv.key, codec.pack(layer)), Put(job_kv.key, codec.pack(job))]
+        compare = [mod_is(kv.key, kv.mod_revision), mod_is(job_kv.key, job_kv.mod_revision)]
+        if not batch.fits(ops, compare):  # the committed tokens grow with every batch
+            raise batch.TooLarge(f"layer {self.layer_id}: the layer and job values are too big to add more tasks")
+        return ops, compare
 
 
 def committed(task: Value, layer: Value) -> bool:

@@ -1,0 +1,253 @@
+"""Layer settling as a pure plan: which layers end, which start, and what becomes of the job.
+
+:func:`plan` looks at values read in one snapshot (a job, its layers, and counts of the ``q/`` keys
+of its running layers) and returns a :class:`Plan`: no etcd, no clock (``now`` is passed in), and
+no input is changed; the values in a plan are copies, moved through :func:`model.move`. The rules
+themselves stay in :mod:`conductor.states` (``layer_outcome``, ``runnable_orders``, ``job_state``);
+this module only applies them in the order a settle needs. :meth:`Board.settle` turns a plan into
+one fenced transaction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from . import model, states
+from .model import Value
+
+ACTIVE = (states.PENDING, states.RUNNING)  # a job in these states keeps its active/<job> key
+
+JOB_REASONS = {states.RUNNING: "a layer started", states.COMPLETED: "every layer is done",
+               states.ERRORED: "a layer errored and nothing else can run", states.PENDING: "nothing started"}
+
+
+@dataclass(frozen=True)
+class LayerCounts:
+    """What is left of one running layer in ``q/``, and how many of its tasks errored."""
+
+    ready: int = 0
+    claimed: int = 0  # claims or run markers, whichever is more: an orphan keeps its layer open
+    errored: int = 0
+
+    @property
+    def drained(self) -> bool:
+        return self.ready == 0 and self.claimed == 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One layer's move. ``drained``: it ended because nothing of it is left in ``q/``, so the
+    write must check that still holds (a layer ended at its start has nothing to check)."""
+
+    index: int
+    state: str
+    reason: str
+    drained: bool = False
+
+
+@dataclass(frozen=True)
+class Message:
+    """on_success / on_failure messages to record in the outbox with the write."""
+
+    names: tuple[str, ...]
+    outcome: str  # "success" or "failure"
+    what: str  # "layer<index>" or "job<n>": part of the outbox key, so one end records them once
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one settle writes. ``layers`` holds the new value of every layer that moves."""
+
+    job: Value
+    was: str  # the job's state before
+    layers: Mapping[int, Value] = field(default_factory=dict)
+    ended: tuple[Transition, ...] = ()
+    started: tuple[Transition, ...] = ()
+    messages: tuple[Message, ...] = ()
+    active: str | None = None  # "put", "delete" or None: what to do with active/<job>
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write: no layer moves and the job keeps its state."""
+        return not self.ended and not self.started and self.job["state"] == self.was
+
+    @property
+    def drained(self) -> list[int]:
+        return [t.index for t in self.ended if t.drained]
+
+    @property
+    def job_reason(self) -> str | None:
+        return JOB_REASONS[self.job["state"]] if self.job["state"] != self.was else None
+
+
+def watched(layers: Mapping[int, Value]) -> list[int]:
+    """Layers that may end now: RUNNING ones, and ERRORED ones that were queued and not killed
+    (skipping their errored tasks lets them complete)."""
+    return sorted(i for i, layer in layers.items() if layer["state"] == states.RUNNING
+                  or (layer["state"] == states.ERRORED and layer.get("enqueued") and not layer.get("killed_at")))
+
+
+def plan(job: Value, layers: Mapping[int, Value], counts: Mapping[str, LayerCounts], node: str | None,
+         now: float, limit: int | None = None) -> Plan:
+    """The plan for one settle of ``job`` whose layers (by index) and counts (by layer id) were
+    read together. ``limit`` caps the layers that move (the rest are left to the next settle, which
+    starts where this one stopped); None means no cap. Raises nothing for consistent input."""
+    draft = _Draft(job, layers, node, now, limit)
+    for i in watched(layers):
+        if draft.full:
+            break
+        draft.end_drained(i, counts.get(layers[i]["id"]))
+    draft.sync_summaries()
+    draft.start_runnable()
+    draft.derive_job()
+    return draft.result()
+
+
+def _own_copy(value: Value) -> Value:
+    """A copy that model.move may change without touching the original (it appends a record)."""
+    return {**value, "records": list(value.get("records", []))}
+
+
+def _index(summary: Value) -> int:
+    return int(summary["id"].rsplit(".", 1)[1])
+
+
+def _end_reason(layer: Value, outcome: str, errored: int) -> str:
+    if layer.get("killed_at"):
+        return "killed by a user"
+    if layer.get("skipped_at"):
+        return "skipped by a user"
+    if outcome == states.ERRORED:
+        return f"{errored} task(s) errored"
+    return "every task is done" + (f" ({errored} errored, policy continue)" if errored else "")
+
+
+class _Draft:
+    """The plan being built: copies of what moved, and the transitions in the order they happen."""
+
+    def __init__(self, job: Value, layers: Mapping[int, Value], node: str | None, now: float,
+                 limit: int | None):
+        self.was = job["state"]
+        self.job = {**_own_copy(job), "layers": [dict(s) for s in job["layers"]]}
+        self.layers = dict(layers)
+        self.node, self.now, self.limit = node, now, limit
+        self.changed: dict[int, Value] = {}
+        self.ended: list[Transition] = []
+        self.started: list[Transition] = []
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and len(self.changed) >= self.limit
+
+    def _own(self, i: int) -> Value:
+        if i not in self.changed:
+            self.changed[i] = self.layers[i] = _own_copy(self.layers[i])
+        return self.changed[i]
+
+    def _move(self, i: int, state: str, reason: str) -> Value:
+        return model.move(self._own(i), state, reason, self.node, at=self.now)
+
+    def end_drained(self, i: int, counts: LayerCounts | None) -> None:
+        """End a queued layer with nothing left in ``q/`` (unless it already has that outcome)."""
+        layer = self.layers[i]
+        if counts is None or not layer.get("enqueued") or not counts.drained:
+            return
+        outcome = states.layer_outcome(counts.errored, layer["on_error"], bool(layer.get("killed_at")),
+                                       bool(layer.get("skipped_at")))
+        if outcome == layer["state"]:
+            return
+        reason = _end_reason(layer, outcome, counts.errored)
+        self._move(i, outcome, reason)["ended"] = self.now
+        self.ended.append(Transition(i, outcome, reason, drained=True))
+
+    def sync_summaries(self) -> None:
+        """The job's line per layer follows the layer values (a retry or flag may have changed them)."""
+        for s in self.job["layers"]:
+            layer = self.layers[_index(s)]
+            s["state"] = layer["state"]
+            if layer.get("killed_at"):
+                s["killed"] = True
+
+    def start_runnable(self) -> None:
+        """Start the lowest runnable order; while that order only held layers that ended at once
+        (empty or flagged), go on with the next one."""
+        while not self.full:
+            order = states.runnable_orders(model.summary_tuples(self.job))
+            if order is None or not self._start_order(order):
+                return
+
+    def _start_order(self, order: int) -> bool:
+        """Start the PENDING layers of ``order``; True when none of them is left running or waiting."""
+        go_on = True
+        for s in self.job["layers"]:
+            if s["order"] != order or s["state"] != states.PENDING:
+                continue
+            if self.full:
+                return False
+            go_on = self._start_one(s) and go_on
+        return go_on
+
+    def _start_one(self, s: Value) -> bool:
+        """Start one layer (a paused one waits, even when empty). True when it ended at once in a
+        state that lets the next order start."""
+        i = _index(s)
+        if self.job.get("paused_at") or self.layers[i].get("paused_at"):
+            return False
+        layer = self._own(i)
+        layer["tasks"] = s["tasks"] = max(layer["tasks"], s["tasks"])
+        if layer.get("killed_at") or layer.get("skipped_at"):  # its tasks were stopped already
+            state = states.ERRORED if layer.get("killed_at") else states.SKIPPED
+            go_on = state == states.SKIPPED or layer["on_error"] == "continue"
+            self._end_at_start(i, state, "killed by a user" if layer.get("killed_at") else "skipped by a user")
+        elif layer["tasks"] == 0:
+            go_on = True
+            self._end_at_start(i, states.COMPLETED, "it has no tasks")
+        else:
+            reason = "every layer of lower order is done"
+            self._move(i, states.RUNNING, reason).update(started=self.now, enqueued=False)
+            self.started.append(Transition(i, states.RUNNING, reason))
+            go_on = False
+        s["state"] = layer["state"]
+        return go_on
+
+    def _end_at_start(self, i: int, state: str, reason: str) -> None:
+        self._move(i, state, reason).update(started=self.now, ended=self.now)
+        self.ended.append(Transition(i, state, reason))
+
+    def derive_job(self) -> None:
+        new_state = states.job_state(model.summary_tuples(self.job))
+        if new_state == self.job["state"]:
+            return
+        model.move(self.job, new_state, JOB_REASONS[new_state], self.node, at=self.now)
+        if new_state == states.RUNNING and not self.job.get("started"):
+            self.job["started"] = self.now
+        if new_state in (states.COMPLETED, states.ERRORED):
+            self.job["ended"] = self.now
+
+    def messages(self) -> list[Message]:
+        """The on_success / on_failure messages of the layers that end and of the job, if it ends."""
+        out: list[Message] = []
+        for t in self.ended:
+            layer = self.changed[t.index]
+            out += _message(layer, layer["state"] in states.DONE, f"layer{t.index}")
+        state = self.job["state"]
+        if state != self.was and state in (states.COMPLETED, states.ERRORED):
+            out += _message(self.job, state == states.COMPLETED, f"job{len(self.job.get('records', []))}")
+        return out
+
+    def active(self) -> str | None:
+        if self.job["state"] not in ACTIVE:
+            return "delete"
+        return "put" if self.was not in ACTIVE else None
+
+    def result(self) -> Plan:
+        return Plan(job=self.job, was=self.was, layers=dict(self.changed), ended=tuple(self.ended),
+                    started=tuple(self.started), messages=tuple(self.messages()), active=self.active())
+
+
+def _message(value: Value, good: bool, what: str) -> list[Message]:
+    names = value.get("on_success" if good else "on_failure") or []
+    return [Message(tuple(names), "success" if good else "failure", what)] if names else []
+
+
+__all__ = ["LayerCounts", "Message", "Plan", "Transition", "plan", "watched"]
