@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from conductor.lifecycle import attempt_text
+
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -127,7 +129,7 @@ def layer_bar(layer: dict[str, Any]) -> str:
 def _task_line(task: dict[str, Any]) -> str:
     usage = task.get("usage") or {}
     bits = [f"{task['name']} {task['id']}", state(task["state"], bool(task.get("paused_at"))),
-            f"attempt {task.get('attempts', 0)}/{task.get('max_attempts')}"]
+            attempt_text(task)]
     if task.get("node"):
         bits.append(f"on {task['node']}")
     if task.get("exit_code") is not None:

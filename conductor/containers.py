@@ -21,6 +21,7 @@ import docker
 import docker.errors
 
 from .executor import Run
+from .lifecycle import Cause, kill_cause, kill_wins
 from .model import now
 
 log = logging.getLogger("conductor.containers")
@@ -97,13 +98,14 @@ class ContainerRun(Run):
     def _fail(self, reason: str) -> Any:
         from .claims import Outcome
 
-        return Outcome(False, reason, None, self.started, now())
+        return Outcome(Cause.START_FAILED, reason, None, self.started, now())
 
-    def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
-             grace: float | None = None, stop: str | None = None) -> None:
+    def kill(self, reason: str = "killed", hand_back: bool = False, grace: float | None = None,
+             stop: str | None = None, cause: Cause | None = None) -> None:
+        why = kill_cause(stop, hand_back, cause)
         with self._lock:
-            if self._kill is None or (stop and not self._kill[3]):
-                self._kill = (reason, retry, hand_back, stop)
+            if kill_wins(why, self._kill[1] if self._kill else None):
+                self._kill = (reason, why)
         container = getattr(self, "container", None)
         if container is None:
             return

@@ -16,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import psutil
 
 from .claims import Claimed, Outcome
 from .fence import Fence
+from .lifecycle import Cause, kill_cause, kill_wins
 from .model import now
 from .templates import mask
 from .threadname import name_this_thread
@@ -182,7 +183,7 @@ class Run:
         self.proc: Child | None = None
         self.started = 0.0
         self.peak_rss = 0
-        self._kill: tuple[str, bool, bool, str | None] | None = None  # reason, retry, hand_back, stop
+        self._kill: tuple[str, Cause] | None = None  # reason, cause
         self.pushed = -1  # log size last pushed to etcd while running
         self.push_at = 0.0  # when to look at the log's size again
         self._timer: threading.Timer | None = None
@@ -204,7 +205,7 @@ class Run:
             reason = f"cannot start: {getattr(exc, 'strerror', None) or exc}"
             if isinstance(exc, FileNotFoundError) and exc.filename:
                 reason += f": {exc.filename}"
-            self._finish(Outcome(False, reason, None, self.started, now()))
+            self._finish(Outcome(Cause.START_FAILED, reason, None, self.started, now()))
             return
         self.fence.add(self.proc.pid)
         self._arm_timeout()
@@ -213,7 +214,7 @@ class Run:
     def _arm_timeout(self) -> None:
         timeout = self.claimed.task.get("timeout")
         if timeout:
-            self._timer = threading.Timer(timeout, self.kill, (f"timed out after {timeout:g}s",))
+            self._timer = threading.Timer(timeout, self.kill, (f"timed out after {timeout:g}s",), {"cause": Cause.TIMEOUT})
             self._timer.daemon = True
             self._timer.start()
 
@@ -228,15 +229,18 @@ class Run:
         except Exception as exc:  # noqa: BLE001
             log.exception("task %s: supervising it failed", self.id)
             if not self._finished:
-                self._finish(Outcome(False, f"conductor error while supervising: {exc!r}", None, self.started, now()))
+                self._finish(Outcome(Cause.INTERNAL, f"conductor error while supervising: {exc!r}", None,
+                                     self.started, now()))
 
-    def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
-             grace: float | None = None, stop: str | None = None) -> None:
+    def kill(self, reason: str = "killed", hand_back: bool = False, grace: float | None = None,
+             stop: str | None = None, cause: Cause | None = None) -> None:
         """Stop the task: SIGTERM to its group and descendants, SIGKILL after the grace period.
-        ``stop`` ("kill" or "skip") says a user asked for it, which decides the outcome."""
+        ``stop`` ("kill" or "skip") says a user asked for it, which decides the outcome; else
+        ``hand_back`` or ``cause`` say what the run's end counts as (lifecycle.kill_cause)."""
+        why = kill_cause(stop, hand_back, cause)
         with self._lock:
-            if self._kill is None or (stop and not self._kill[3]):
-                self._kill = (reason, retry, hand_back, stop)
+            if kill_wins(why, self._kill[1] if self._kill else None):
+                self._kill = (reason, why)
             proc = self.proc
         if proc is None or proc.returncode is not None:
             return
@@ -298,28 +302,24 @@ class Run:
         usage = {"cpu": None if cpu is None else round(cpu, 3), "max_rss": self.peak_rss or None,
                  "wall": round(ended - self.started, 3)}
         if self._kill is not None:
-            reason, retry, hand_back, stop = self._kill
-            return Outcome(False, reason, code, self.started, ended, usage, retry=retry, hand_back=hand_back,
-                           stop=stop)
-        if code == 0:
-            return Outcome(True, "exit 0", 0, self.started, ended, usage)
+            reason, cause = self._kill
+            return Outcome(cause, reason, code, self.started, ended, usage)
         if code < 0:
-            return Outcome(False, f"killed by signal {signal.Signals(-code).name}", code, self.started, ended, usage)
-        return Outcome(False, f"exit {code}", code, self.started, ended, usage)
+            return Outcome(Cause.SIGNAL, f"killed by signal {signal.Signals(-code).name}", code, self.started,
+                           ended, usage)
+        return Outcome(Cause.EXIT, f"exit {code}", code, self.started, ended, usage)
 
     def _finish(self, outcome: Outcome) -> None:
         self._finished = True
-        outcome.log_path = self.log_path
+        tail, size, result = b"", 0, None
         try:
             size = os.stat(self.log_path).st_size
             if size:
                 with open(self.log_path, "rb") as f:
                     f.seek(max(0, size - self.limits.tail_cap))
                     raw = f.read()
-                outcome.log_tail = mask(raw, self.secrets)
-                size -= len(raw) - len(outcome.log_tail)  # sizes as the masked log would have them
-            outcome.log_size = size
-            outcome.log_truncated = size > self.limits.tail_cap
+                tail = mask(raw, self.secrets)
+                size -= len(raw) - len(tail)  # sizes as the masked log would have them
         except OSError:
             pass
         try:
@@ -327,13 +327,15 @@ class Run:
         except OSError:
             rsize = -1
         if rsize > self.limits.result_cap:
-            outcome.ok = False
-            outcome.reason = (f"result is {rsize} bytes, over the cap of {self.limits.result_cap} bytes "
-                              f"(exit {outcome.exit_code})")
+            if outcome.ok or outcome.is_failure:  # a user's stop or a disruption keeps its cause
+                outcome = replace(outcome, cause=Cause.RESULT_TOO_BIG, reason=(
+                    f"result is {rsize} bytes, over the cap of {self.limits.result_cap} bytes "
+                    f"(exit {outcome.exit_code})"))
         elif rsize >= 0:
             with open(self.result_path, "rb") as f:
-                outcome.result = mask(f.read(), self.secrets)
-        self.on_done(self, outcome)
+                result = mask(f.read(), self.secrets)
+        self.on_done(self, replace(outcome, log_path=self.log_path, log_tail=tail, log_size=size,
+                                   log_truncated=size > self.limits.tail_cap, result=result))
 
     def cleanup(self) -> None:
         """Remove the attempt's scratch files (the log stays on the node)."""

@@ -14,6 +14,7 @@ with no attempt counted) or, with ``--drain``, lets them finish; a second SIGTER
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -27,15 +28,16 @@ from typing import Any
 
 import psutil
 
-from . import __version__, spawn, states, templates
+from . import __version__, lifecycle, spawn, states, templates
 from .board import Board
 from .cache import Cache
-from .claims import Claimed, Claims, Outcome, Ready
+from .claims import Claimed, Claims, Extra, Outcome, Ready
 from .containers import ContainerRun, default_docker_host, reachable
 from .errors import ConductorError, StoreError
 from .executor import Limits, Reaper, Run, argv_of, task_env
 from .fence import Fence
 from .keys import Keys
+from .lifecycle import Cause
 from .session import NameTaken, Session
 from .settings import NodeSettings
 from .keeper import Keeper
@@ -327,8 +329,7 @@ class Conductor:
         action = "skip" if request.get("action") == "skip" else "kill"
         verb = "skipped" if action == "skip" else "killed"
         log.info("task %s: %s by %s; stopping it", task_id, verb, request.get("by", "?"))
-        run.kill(f"{verb} by {request.get('by', '?')}", retry=False, grace=float(request.get("grace", 10.0)),
-                 stop=action)
+        run.kill(f"{verb} by {request.get('by', '?')}", grace=float(request.get("grace", 10.0)), stop=action)
 
     def _run_done(self, run: Run, outcome: Outcome) -> None:
         with self._lock:
@@ -360,15 +361,8 @@ class Conductor:
             self._commit(items)
 
     def _commit(self, items: list[tuple[Run, Outcome]]) -> None:
-        for run, outcome in items:
-            request = self.cache.kills.get(run.id)
-            if request and not outcome.stop and not outcome.hand_back:  # asked to stop: that wins
-                outcome.stop = "skip" if request.get("action") == "skip" else "kill"
-                verb = "skipped" if outcome.stop == "skip" else "killed"
-                outcome.ok, outcome.retry = False, False
-                outcome.reason = f"{verb} by {request.get('by', '?')}"
-            if outcome.ok and not outcome.stop:
-                self._prepare_spawn(run, outcome)
+        items = [(run, lifecycle.with_kill_request(outcome, self.cache.kills.get(run.id))) for run, outcome in items]
+        items = [(run, self._prepare_spawn(run, outcome) if outcome.ok else outcome) for run, outcome in items]
         backoff = 0.1
         while True:
             try:
@@ -399,23 +393,22 @@ class Conductor:
                 if not synced or not self.cache.layer_busy(layer):
                     self._settle(job, user)
 
-    def _prepare_spawn(self, run: Run, outcome: Outcome) -> None:
+    def _prepare_spawn(self, run: Run, outcome: Outcome) -> Outcome:
         """Stage the tasks a finished task wrote to $CONDUCTOR_SPAWN into the next layer; their
         commit joins the task's own finish transaction (so they are added exactly once)."""
         try:
             with open(run.spawn_path, "rb") as f:
                 data = f.read()
         except OSError:
-            return
+            return outcome
         if not data.strip():
-            return
+            return outcome
         try:
             stager = spawn.stage(self.board, run.claimed, data, self.name)
         except ConductorError as exc:
-            outcome.ok, outcome.reason = False, f"spawn file: {exc}"
-            return
-        outcome.extra_ops, outcome.extra_compare = stager.commit_ops(self.name)
-        outcome.recommit = lambda: stager.commit_ops(self.name)
+            return dataclasses.replace(outcome, cause=Cause.SPAWN_INVALID, reason=f"spawn file: {exc}")
+        ops, compare = stager.commit_ops(self.name)
+        return dataclasses.replace(outcome, extra=Extra(ops, compare, lambda: stager.commit_ops(self.name)))
 
     def _settle(self, job: str, user: str) -> None:
         try:
@@ -432,4 +425,4 @@ class Conductor:
 
     def _session_lost(self) -> None:
         for run in list(self.runs.values()):
-            run.kill("self-fenced: the node lost its etcd session", grace=0)
+            run.kill("self-fenced: the node lost its etcd session", grace=0, cause=Cause.FENCED)
