@@ -164,8 +164,7 @@ def _own_copy(task: Value) -> Value:
 def decide_claim(task: Value, node: str, now: float) -> Value:
     """The RUNNING value a claim writes: one more run started (``attempts``)."""
     out = _own_copy(task)
-    out["failures"], out["disruptions"] = failures(task), disruptions(task)
-    out.pop("retry_base", None)
+    _set_counts(out, failures(task), disruptions(task))  # an older value gets the fields it lacked
     out["attempts"] = task.get("attempts", 0) + 1
     out.update(node=node, started=now, ended=None, exit_code=None, usage=None, reason=None)
     model.move(out, states.RUNNING, f"claimed by {node} ({attempt_text(out)})", node, now)
@@ -210,6 +209,7 @@ def decide(task: Value, outcome: Outcome, node: str, now: float) -> Decision:
         out["started"] = outcome.started
     if task["state"] != states.RUNNING:
         return Decision(out, task["state"], done=f"kept {task['state']}")
+    _set_counts(out, failures(task), disruptions(task))  # an older value gets the fields it lacked
     if outcome.ok:
         return _final(out, states.COMPLETED, f"{outcome.reason} on {node} ({attempt_text(out)})", node, now)
     if outcome.is_stop:

@@ -285,8 +285,7 @@ class Conductor:
 
     def _start(self, c: Claimed) -> None:
         task = c.task
-        log.info("task %s %s RUNNING on %s (attempt %d of %d)", task["id"], task["name"], self.name,
-                 task["attempts"], task["max_attempts"])
+        log.info("task %s %s RUNNING on %s (%s)", task["id"], task["name"], self.name, lifecycle.attempt_text(task))
         extra = {"CONDUCTOR_ETCD": self.store.describe(), "CONDUCTOR_NAMESPACE": self.keys.namespace,
                  "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": self.name}
         job_dir = self._dirs.get(task["job"])
