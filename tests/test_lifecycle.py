@@ -311,3 +311,33 @@ def test_values_written_before_failures_were_counted():
     assert lifecycle.failures(legacy_running) == 2, "the run going on is not a failure"
     d = lifecycle.decide(legacy_running, ended(Cause.EXIT, 1, "exit 1"), "n1", NOW)
     assert d.state == states.ERRORED and "retry_base" not in d.task
+
+
+# ---- the transition table, over every decision ---------------------------------------------------
+
+ALL_OUTCOMES = [ended(c, code) for c, code in FAILURE_CAUSES] + [ended(c) for c in DISRUPTION_CAUSES] + [
+    ended(Cause.EXIT, 0), ended(Cause.KILLED, -15), ended(Cause.SKIPPED, -15)]
+
+
+@pytest.mark.parametrize("state", states.TASK_STATES)
+@pytest.mark.parametrize("used", [(0, 0), (2, 0), (0, 9), (2, 9)])
+def test_every_decision_respects_the_transition_table(state: str, used: tuple[int, int]):
+    """Whatever the state, the budgets used and the outcome, a decision moves only as
+    conductor/states.py allows, and its markers agree with its state."""
+    failed, disrupted = used
+    before = dict(running(failures=failed, disruptions=disrupted), state=state)
+    decisions = [lifecycle.decide(before, o, "n1", NOW) for o in ALL_OUTCOMES]
+    decisions.append(lifecycle.decide_lost(before, "n1", None, "n2", NOW))
+    decisions += [lifecycle.decide_lost(before, "n1", {"action": a}, "n2", NOW) for a in ("kill", "skip")]
+    users: list[Decision] = []
+    if state != states.RUNNING:
+        users += [lifecycle.decide_kill(before, "ann", NOW), lifecycle.decide_skip(before, "ann", NOW)]
+        users += [lifecycle.decide_retry(before, "ann", s, NOW) for s in (states.PENDING, states.RUNNING)]
+    for d in decisions + users:
+        check_moves(before, d)
+        assert d.ready == (d.state == states.QUEUED and d.state != state)
+        assert d.tally in (None, d.state) and (d.tally is None or d.state in states.FINAL)
+        if state != states.RUNNING:
+            assert d.tally is None or any(d is u for u in users), "only a user's change writes a tally for a task not running"
+    for d in users:
+        assert d.changed == bool(d.task["records"][len(before["records"]):]), "a change is recorded"
