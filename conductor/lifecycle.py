@@ -103,7 +103,7 @@ class Decision:
     untally: str | None = None  # delete the tally key of this state
     ready: bool = False  # put the ready marker (the task is QUEUED)
     unready: bool = False  # delete the ready marker
-    done: str = ""  # what happened, in words, for logs and the CLI
+    done: str = ""  # what happened, in words: the log line, and what the CLI reports
     changed: bool = True
 
 
@@ -124,12 +124,8 @@ def disruptions(task: Value) -> int:
 
 
 def max_disruptions(task: Value) -> int:
+    """The task's disruption budget (values written before it existed get the default)."""
     return int(task.get("max_disruptions") or DEFAULT_MAX_DISRUPTIONS)
-
-
-def attempts_left(task: Value) -> int:
-    """Failures the task may still have before it ends ERRORED."""
-    return task["max_attempts"] - failures(task)
 
 
 def attempt_text(task: Value) -> str:
@@ -327,6 +323,6 @@ def decide_retry(task: Value, by: str, layer_state: str, now: float, explicit: b
                     done="retried")
 
 
-__all__ = ["Cause", "Outcome", "Decision", "DEFAULT_MAX_DISRUPTIONS", "attempt_text", "attempts_left",
+__all__ = ["Cause", "Outcome", "Decision", "DEFAULT_MAX_DISRUPTIONS", "attempt_text",
            "decide", "decide_claim", "decide_lost", "decide_kill", "decide_skip", "decide_retry",
-           "disruptions", "failures", "with_kill_request"]
+           "disruptions", "failures", "kill_cause", "kill_wins", "max_disruptions", "with_kill_request"]
