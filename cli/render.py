@@ -190,7 +190,7 @@ def task_view(task: dict[str, Any]) -> None:
               f"[dim]etag {task['etag']}[/]")
     cmd = " ".join(task.get("cmd") or [])
     rows = [("command", ("sh -c " if task.get("shell") else "") + cmd),
-            ("image", task.get("image")), ("attempts", f"{task.get('attempts', 0)} of {task.get('max_attempts')}"),
+            ("image", task.get("image")), ("attempts", f"{task.get('attempts', 0)} run(s); {attempt_text(task)}"),
             ("node", task.get("node")), ("exit code", task.get("exit_code")), ("reason", task.get("reason")),
             ("started", _clock(task.get("started"))), ("ended", _clock(task.get("ended"))),
             ("duration", _duration(task)),
