@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from conductor.lifecycle import attempt_text
+
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -127,7 +129,7 @@ def layer_bar(layer: dict[str, Any]) -> str:
 def _task_line(task: dict[str, Any]) -> str:
     usage = task.get("usage") or {}
     bits = [f"{task['name']} {task['id']}", state(task["state"], bool(task.get("paused_at"))),
-            f"attempt {task.get('attempts', 0)}/{task.get('max_attempts')}"]
+            attempt_text(task)]
     if task.get("node"):
         bits.append(f"on {task['node']}")
     if task.get("exit_code") is not None:
@@ -188,7 +190,7 @@ def task_view(task: dict[str, Any]) -> None:
               f"[dim]etag {task['etag']}[/]")
     cmd = " ".join(task.get("cmd") or [])
     rows = [("command", ("sh -c " if task.get("shell") else "") + cmd),
-            ("image", task.get("image")), ("attempts", f"{task.get('attempts', 0)} of {task.get('max_attempts')}"),
+            ("image", task.get("image")), ("attempts", f"{task.get('attempts', 0)} run(s); {attempt_text(task)}"),
             ("node", task.get("node")), ("exit code", task.get("exit_code")), ("reason", task.get("reason")),
             ("started", _clock(task.get("started"))), ("ended", _clock(task.get("ended"))),
             ("duration", _duration(task)),

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import templates
+from . import lifecycle, templates
 from .claims import Claimed, Ready
 from .containers import ContainerRun
 from .errors import ConductorError, StoreError
@@ -137,8 +137,7 @@ class Claimer:
     def start(self, c: Claimed) -> None:
         node = self.node
         task = c.task
-        log.info("task %s %s RUNNING on %s (attempt %d of %d)", task["id"], task["name"], node.name,
-                 task["attempts"], task["max_attempts"])
+        log.info("task %s %s RUNNING on %s (%s)", task["id"], task["name"], node.name, lifecycle.attempt_text(task))
         extra = {"CONDUCTOR_ETCD": node.store.describe(), "CONDUCTOR_NAMESPACE": node.keys.namespace,
                  "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": node.name}
         argv, env, secrets = self._secrets(c, task_env(c, extra))

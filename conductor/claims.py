@@ -10,8 +10,11 @@ Atomicity and fencing:
 * :meth:`Claims.finish` commits outcomes only where the claim still has that create revision
   (invariant 1): a node whose claim expired commits nothing. The task, its tally or ready marker,
   result, log tail, and the removal of claim and run marker are one transaction.
-* :meth:`Claims.recover` requeues a task whose run marker outlived its claim (its node's lease
-  expired), once, whichever node gets there first.
+* :meth:`Claims.recover` ends the run of a task whose run marker outlived its claim (its node's
+  lease expired), once, whichever node gets there first.
+
+What a task becomes (claimed, finished, recovered) is decided by :mod:`conductor.lifecycle`; this
+module only reads and writes what it decides.
 
 Expected races return values (an empty list, ``False``, ``None``); failures raise from
 :mod:`conductor.errors`.
@@ -19,15 +22,17 @@ Expected races return values (an empty list, ``False``, ``None``); failures rais
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, cast
 
-from . import codec, model, states
+from . import codec, lifecycle, model
+from .batch import Group, Item, fit
 from .errors import ConductorError
 from .keys import Keys, lease_hex
+from .lifecycle import Cause, Outcome
 from .model import Value
 from .ops import Compare, Delete, Get, Op, Put, absent, created_at, mod_is
-from .store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Store, op_size
+from .store import Store
 
 log = logging.getLogger("conductor.claims")
 
@@ -60,27 +65,17 @@ class Claimed:
         return self.task["id"]
 
 
-@dataclass
-class Outcome:
-    """How one run of a task ended, as the executor saw it."""
+@dataclass(frozen=True)
+class Extra:
+    """More of a finish's commit (a spawned batch's staged tasks), carried in ``Outcome.extra``.
 
-    ok: bool
-    reason: str
-    exit_code: int | None = None
-    started: float | None = None
-    ended: float | None = None
-    usage: dict[str, Any] | None = None
-    result: bytes | None = None
-    log_tail: bytes = b""
-    log_size: int = 0
-    log_path: str | None = None
-    log_truncated: bool = False
-    retry: bool = True  # False: a failure that must not be retried
-    hand_back: bool = False  # True: give the task back without counting the attempt
-    stop: str | None = None  # "kill" or "skip": a user stopped it (see q/kills/<task>)
-    extra_ops: list[Any] = field(default_factory=list)  # more of the same commit (a spawned batch)
-    extra_compare: list[Any] = field(default_factory=list)
-    recommit: Any = None  # () -> (extra_ops, extra_compare) again, after the compares went stale
+    ``recommit`` rebuilds the ops and compares when they went stale; it raises
+    :class:`~conductor.errors.ConductorError` when they cannot be rebuilt (the batch is then dropped
+    and the run fails as SPAWN_INVALID)."""
+
+    ops: list[Any] = field(default_factory=list)
+    compare: list[Any] = field(default_factory=list)
+    recommit: Callable[[], tuple[list[Any], list[Any]]] | None = None
 
 
 @dataclass
@@ -112,13 +107,10 @@ class Claims:
         jobs: dict[str, str] = {}
         layers: dict[str, str] = {}
         for entry in batch:
-            task = _own_copy(entry.task)
-            task_rev = task.pop("task_rev", None) or entry.mod_revision  # see Board.enqueue
+            task_rev = entry.task.get("task_rev") or entry.mod_revision  # see Board.enqueue
+            task = lifecycle.decide_claim(entry.task, node, at)  # a copy: the cache's value stays as it was
+            task.pop("task_rev", None)
             user = task["user"]
-            task["attempts"] = task.get("attempts", 0) + 1
-            task.update(node=node, started=at, ended=None, exit_code=None, usage=None, reason=None)
-            model.move(task, states.RUNNING, f"claimed by {node} (attempt "
-                       f"{task['attempts'] - task.get('retry_base', 0)} of {task['max_attempts']})", node, at)
             running.append(task)
             compare += [mod_is(k.ready(task["id"]), entry.mod_revision),
                         mod_is(k.task(user, task["id"]), task_rev), absent(k.claim(task["id"]))]
@@ -160,45 +152,41 @@ class Claims:
 
     def finish(self, items: list[tuple[Claimed, Outcome]]) -> tuple[list[Finished], list[Claimed]]:
         """Commit outcomes, fenced by each claim. Returns (committed, lost): a lost one's claim had
-        expired or been taken, so nothing of it was written. Outcomes are grouped into as few
-        transactions as etcd's op and size limits allow; a group whose compares fail is retried
-        one outcome at a time."""
+        expired or been taken, so nothing of it was written. Outcomes are grouped by
+        :func:`conductor.batch.fit` into as few transactions as etcd's limits allow; a group whose
+        compares fail is retried one outcome at a time (each its own transaction)."""
         committed: list[Finished] = []
         lost: list[Claimed] = []
-        group: list[tuple[Claimed, Outcome, list[Compare], list[Op], Finished]] = []
-        size = 0
+        plain: list[Item] = []
         for claimed, outcome in items:
-            if outcome.extra_ops:  # a spawned batch rewrites its layer and job: commit it on its own
-                result = self._finish_one(claimed, outcome)
-                (committed.append(result) if result else lost.append(claimed))
+            if outcome.extra is not None:  # a spawned batch rewrites its layer and job: commit it on its own
+                self._one(claimed, outcome, committed, lost)
                 continue
             compare, ops, finished = self._finish_txn(claimed, claimed.task, outcome)
-            n = sum(op_size(op) for op in ops)
-            if group and (sum(len(g[3]) for g in group) + len(ops) > MAX_TXN_OPS
-                          or sum(len(g[2]) for g in group) + len(compare) > MAX_TXN_OPS
-                          or size + n > MAX_REQUEST_BYTES):
-                self._commit_group(group, committed, lost)
-                group, size = [], 0
-            group.append((claimed, outcome, compare, ops, finished))
-            size += n
-        if group:
+            plain.append(Item(ops, compare, (claimed, outcome, finished)))
+        for group in fit(plain):
             self._commit_group(group, committed, lost)
         return committed, lost
 
-    def _commit_group(self, group: list[tuple[Claimed, Outcome, list[Compare], list[Op], Finished]],
-                      committed: list[Finished], lost: list[Claimed]) -> None:
-        if len(group) > 1:
-            res = self.store.txn([c for g in group for c in g[2]], [o for g in group for o in g[3]])
+    def _one(self, claimed: Claimed, outcome: Outcome, committed: list[Finished], lost: list[Claimed]) -> None:
+        result = self._finish_one(claimed, outcome)
+        (committed.append(result) if result else lost.append(claimed))
+
+    def _commit_group(self, group: Group, committed: list[Finished], lost: list[Claimed]) -> None:
+        tags = cast("list[tuple[Claimed, Outcome, Finished]]", group.tags)
+        if len(tags) > 1:
+            res = self.store.txn(group.compare, group.ops)
             if res.succeeded:
-                for g in group:
-                    g[4].revision = res.revision
-                    committed.append(g[4])
+                for _, _, finished in tags:
+                    finished.revision = res.revision
+                    committed.append(finished)
                 return
-        for claimed, outcome, *_ in group:
-            result = self._finish_one(claimed, outcome)
-            (committed.append(result) if result else lost.append(claimed))
+        for claimed, outcome, _ in tags:
+            self._one(claimed, outcome, committed, lost)
 
     def _finish_one(self, claimed: Claimed, outcome: Outcome) -> Finished | None:
+        """Commit one outcome, reading the task again while only the task changed (a user's
+        ``env set`` or ``pause`` meanwhile). None when the claim is gone or the task removed."""
         k = self.keys
         user = claimed.task["user"]
         task, task_rev = claimed.task, claimed.task_rev
@@ -217,49 +205,18 @@ class Claims:
                 log.warning("task %s was removed while it ran; outcome not committed", claimed.id)
                 return None
             task, task_rev = codec.unpack(task_r.kvs[0].value), task_r.kvs[0].mod_revision
-            if outcome.recommit is not None:  # the spawned batch's layer or job moved on: redo its part
-                try:
-                    outcome.extra_ops, outcome.extra_compare = outcome.recommit()
-                except ConductorError as exc:  # e.g. the target layer started meanwhile
-                    outcome.extra_ops, outcome.extra_compare, outcome.recommit = [], [], None
-                    outcome.ok, outcome.reason = False, f"spawn file: {exc}"
+            outcome = _recommitted(outcome)
         return None
 
     def _finish_txn(self, claimed: Claimed, current: Value, o: Outcome,
                     task_rev: int | None = None) -> tuple[list[Compare], list[Op], Finished]:
+        """The fenced transaction that commits ``o`` over ``current`` (what lifecycle decides)."""
         k, node = self.keys, self.node
-        task = _own_copy(current)
+        decision = lifecycle.decide(current, o, node, model.now())
+        task = decision.task
         user, tid = task["user"], task["id"]
-        task.update(exit_code=o.exit_code, ended=o.ended or model.now(), usage=o.usage, reason=o.reason)
-        if o.started:
-            task["started"] = o.started
-        if task["state"] != states.RUNNING:  # moved meanwhile; keep that state
-            new_state = task["state"]
-        elif o.stop == "skip":
-            new_state = model.move(task, states.SKIPPED, o.reason, node)["state"]
-        elif o.stop == "kill":
-            new_state = model.move(task, states.ERRORED, o.reason, node)["state"]
-        elif o.hand_back:
-            task["attempts"] = max(0, task["attempts"] - 1)
-            new_state = model.move(task, states.QUEUED, f"handed back by {node}: {o.reason}; attempt not counted", node)["state"]
-        elif o.ok:
-            new_state = model.move(task, states.COMPLETED, f"{o.reason} on {node}", node)["state"]
-        elif o.retry and model.attempts_left(task) > 0:
-            model.add_record(task, states.ERRORED, f"{o.reason} on {node}", node)
-            done = task["attempts"] - task.get("retry_base", 0)
-            new_state = model.move(task, states.QUEUED,
-                                   f"retry: attempt {done + 1} of {task['max_attempts']} next", node)["state"]
-        else:
-            done = task["attempts"] - task.get("retry_base", 0)
-            left = "" if not o.retry else f"; no attempt left ({done} of {task['max_attempts']})"
-            new_state = model.move(task, states.ERRORED, f"{o.reason} on {node}{left}", node)["state"]
-        data = codec.pack(task)
         compare = [created_at(k.claim(tid), claimed.claim_rev), mod_is(k.task(user, tid), task_rev or claimed.task_rev)]
-        ops: list[Op] = [Delete(k.claim(tid)), Delete(k.run(tid)), Delete(k.kill(tid)), Put(k.task(user, tid), data)]
-        if new_state == states.QUEUED:
-            ops.append(Put(k.ready(tid), data))
-        elif new_state in states.FINAL and current["state"] == states.RUNNING:
-            ops.append(Put(k.tally(user, task["job"], new_state, tid), b""))
+        ops: list[Op] = [Delete(k.claim(tid)), Delete(k.run(tid)), Delete(k.kill(tid))] + decision_ops(k, decision)
         if o.result is not None:
             ops.append(Put(k.result(user, tid), codec.pack({"data": o.result, "attempt": task["attempts"],
                                                              "node": node, "at": task["ended"]})))
@@ -267,60 +224,47 @@ class Claims:
             ops.append(Put(k.log(user, tid), codec.pack({
                 "data": o.log_tail, "size": o.log_size, "truncated": o.log_truncated,
                 "attempt": task["attempts"], "node": node, "path": o.log_path, "at": task["ended"]})))
-        return compare + list(o.extra_compare), ops + list(o.extra_ops), Finished(claimed, task, new_state)
+        extra = o.extra if isinstance(o.extra, Extra) else Extra()
+        return compare + list(extra.compare), ops + list(extra.ops), Finished(claimed, task, decision.state)
 
     # ---- recovery ------------------------------------------------------------------------------
 
     def recover(self, task_id: str, lease: int) -> str | None:
-        """Requeue (or fail, with no attempt left) a task whose node's lease expired while it held
-        the task. Returns the task's new state, or None when there was nothing to do."""
+        """End the run of a task whose node's lease expired while it held the task, as
+        :func:`lifecycle.decide_lost` says (requeued as a disruption, ended as a pending kill or
+        skip request asked, or ERRORED with no disruption left), once, whichever node gets there
+        first (one guarded transaction). Returns the task's new state, or None when there was
+        nothing to do."""
         k = self.keys
         marker_key = k.run(task_id)
         for _ in range(20):
             marker = self.store.get(marker_key)
             if marker is None or int(codec.unpack(marker.value).get("lease", "0"), 16) != lease:
                 return None
-            user = codec.unpack(marker.value).get("user", "")
-            snap = self.store.read([Get(k.claim(task_id)), Get(k.task(user, task_id))])
-            claim_r, task_r = snap.responses
+            found = codec.unpack(marker.value)
+            snap = self.store.read([Get(k.claim(task_id)), Get(k.task(found.get("user", ""), task_id)),
+                                    Get(k.kill(task_id))])
+            claim_r, task_r, stop_r = snap.responses
             if claim_r.kvs and claim_r.kvs[0].lease == lease:
                 return None  # its node is alive: not an orphan
-            lost_node = codec.unpack(marker.value).get("node", "?")
             guard = [mod_is(marker_key, marker.mod_revision), absent(k.claim(task_id))]
             if not task_r.kvs:
                 self.store.txn(guard, [Delete(marker_key)])
                 return None
             task_kv = task_r.kvs[0]
-            task = codec.unpack(task_kv.value)
-            guard.append(mod_is(task_kv.key, task_kv.mod_revision))
+            stop = stop_r.kvs[0] if stop_r.kvs else None
+            decision = lifecycle.decide_lost(codec.unpack(task_kv.value), found.get("node", "?"),
+                                             codec.unpack(stop.value) if stop else None, self.node, model.now())
+            guard += [mod_is(task_kv.key, task_kv.mod_revision),
+                      mod_is(k.kill(task_id), stop.mod_revision) if stop else absent(k.kill(task_id))]
             ops: list[Op] = [Delete(marker_key)]
-            if task["state"] != states.RUNNING or task.get("node") != lost_node:
-                if self.store.txn(guard, ops).succeeded:
-                    return None
-                continue
-            why = f"node {lost_node} was lost (its lease expired) during attempt {task['attempts']}"
-            stop = self.store.get(k.kill(task_id))
-            if stop is not None:  # a user asked to stop it: do that instead of running it again
-                request = codec.unpack(stop.value)
-                new = states.SKIPPED if request.get("action") == "skip" else states.ERRORED
-                verb = "skipped" if new == states.SKIPPED else "killed"
-                model.move(task, new, f"{verb} by {request.get('by', '?')} ({why})", self.node)
-                task["ended"] = model.now()
-                ops += [Put(task_kv.key, codec.pack(task)), Put(k.tally(user, task["job"], new, task_id), b""),
-                        Delete(k.kill(task_id))]
-                guard.append(mod_is(stop.key, stop.mod_revision))
-            elif model.attempts_left(task) > 0:
-                model.move(task, states.QUEUED, why, self.node)
-                data = codec.pack(task)
-                ops += [Put(task_kv.key, data), Put(k.ready(task_id), data)]
-            else:
-                model.move(task, states.ERRORED, f"{why}; no attempt left", self.node)
-                task["ended"] = model.now()
-                data = codec.pack(task)
-                ops += [Put(task_kv.key, data), Put(k.tally(user, task["job"], states.ERRORED, task_id), b"")]
+            if decision.changed:
+                ops += [Delete(k.kill(task_id))] + decision_ops(k, decision)
             if self.store.txn(guard, ops).succeeded:
-                log.info("task %s %s: %s", task_id, task["state"], why)
-                return task["state"]
+                if not decision.changed:
+                    return None
+                log.info("task %s %s: %s", task_id, decision.state, decision.done)
+                return decision.state
         return None
 
     def orphans(self) -> list[tuple[str, int]]:
@@ -341,9 +285,32 @@ class Claims:
         return kv is not None and kv.create_revision == claim_rev
 
 
-def _own_copy(task: Value) -> Value:
-    """A copy safe to change with model.move and top-level assignments (records is the only
-    nested value those change), several times cheaper than a deep copy."""
-    out = dict(task)
-    out["records"] = list(task.get("records", []))
-    return out
+def decision_ops(k: Keys, decision: lifecycle.Decision) -> list[Op]:
+    """The writes of a lifecycle decision: the task's new value, and its ready marker and tally
+    keys as the decision says (for the caller's one transaction)."""
+    task = decision.task
+    user, tid = task["user"], task["id"]
+    data = codec.pack(task)
+    ops: list[Op] = [Put(k.task(user, tid), data)]
+    if decision.ready:
+        ops.append(Put(k.ready(tid), data))
+    if decision.unready:
+        ops.append(Delete(k.ready(tid)))
+    if decision.untally:
+        ops.append(Delete(k.tally(user, task["job"], decision.untally, tid)))
+    if decision.tally:
+        ops.append(Put(k.tally(user, task["job"], decision.tally, tid), b""))
+    return ops
+
+
+def _recommitted(outcome: Outcome) -> Outcome:
+    """``outcome`` with its spawned batch's part rebuilt after its compares went stale (the target
+    layer or job moved on); a batch that cannot be rebuilt fails the run as a bad spawn file."""
+    extra = outcome.extra
+    if not isinstance(extra, Extra) or extra.recommit is None:
+        return outcome
+    try:
+        ops, compare = extra.recommit()
+    except ConductorError as exc:  # e.g. the target layer started meanwhile
+        return replace(outcome, cause=Cause.SPAWN_INVALID, reason=f"spawn file: {exc}", extra=None)
+    return replace(outcome, extra=Extra(ops, compare, extra.recommit))

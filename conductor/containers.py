@@ -22,6 +22,7 @@ import docker
 import docker.errors
 
 from .executor import KillIntent, Run
+from .lifecycle import Cause, Outcome, kill_cause, kill_wins
 from .model import now
 
 log = logging.getLogger("conductor.containers")
@@ -119,18 +120,18 @@ class ContainerRun(Run):
         except Exception as exc:  # noqa: BLE001
             log.exception("task %s: supervising its container failed", self.id)
             if not self.done:
-                self._end(self._fail(f"conductor error while supervising its container: {exc!r}"))
+                self._end(Outcome(Cause.INTERNAL, f"conductor error while supervising its container: {exc!r}",
+                                  None, self.started, now()))
 
     def _fail(self, reason: str) -> Any:
-        from .claims import Outcome
+        return Outcome(Cause.START_FAILED, reason, None, self.started, now())
 
-        return Outcome(False, reason, None, self.started, now())
-
-    def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
-             grace: float | None = None, stop: str | None = None) -> None:
+    def kill(self, reason: str = "killed", hand_back: bool = False, grace: float | None = None,
+             stop: str | None = None, cause: Cause | None = None) -> None:
+        why = kill_cause(stop, hand_back, cause)
         with self._lock:
-            if self.intent is None or (stop and not self.intent.stop):
-                self.intent = KillIntent(reason, retry, hand_back, stop)
+            if kill_wins(why, self.intent.cause if self.intent else None):
+                self.intent = KillIntent(reason, why)
         self._stop_container(grace)
 
     def _stop_container(self, grace: float | None = None) -> None:

@@ -18,8 +18,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import batch, codec, ids, model, spec, states
+from . import batch, codec, ids, lifecycle, model, spec, states
 from .board import Board
+from .claims import decision_ops
 from .errors import NotFound, Refused, StaleEtag
 from .model import Value
 from .ops import KV, Compare, Delete, Op, Put, created_at, mod_is
@@ -149,31 +150,27 @@ class Control:
             if res.succeeded else None
 
     def _stop_task(self, t: Target, action: str, grace: float, etag: int | None) -> Result | None:
-        k = self.keys
+        """Kill or skip one task (one transaction). A RUNNING task gets a kill request that its
+        node (or whoever recovers it) honours; any other is changed as lifecycle decides."""
         task, kv = self._loaded(Target("task", t.id, t.user, etag))
-        state = task["state"]
-        new = states.ERRORED if action == "kill" else states.SKIPPED
-        verb = "killed" if action == "kill" else "skipped"
-        if state == states.RUNNING:
-            claim = self.store.get(k.claim(t.id))
-            request = {"action": action, "by": self.by, "grace": grace, "at": model.now()}
-            # with no claim its node was just lost: whoever recovers the task honours the request
-            guard = [created_at(claim.key, claim.create_revision)] if claim else []
-            res = self.store.txn(guard + [mod_is(kv.key, kv.mod_revision)], [Put(k.kill(t.id), codec.pack(request))])
-            return Result(t.id, f"{'kill' if action == 'kill' else 'skip'} requested", kv.mod_revision) \
-                if res.succeeded else None
-        if state in (states.COMPLETED, states.SKIPPED) or (state == states.ERRORED and action == "kill"):
-            return Result(t.id, f"already {state}", kv.mod_revision)
-        model.move(task, new, f"{verb} by {self.by}" + (" before it ran" if state != states.ERRORED else ""))
-        task["ended"] = task.get("ended") or model.now()
-        data = codec.pack(task)
-        ops: list[Op] = [Put(kv.key, data), Put(k.tally(t.user, task["job"], new, t.id), b"")]
-        if state == states.QUEUED:
-            ops.append(Delete(k.ready(t.id)))
-        if state in states.FINAL:
-            ops.append(Delete(k.tally(t.user, task["job"], state, t.id)))
-        res = self.store.txn([mod_is(kv.key, kv.mod_revision)], ops)
-        return Result(t.id, verb, res.revision) if res.succeeded else None
+        if task["state"] == states.RUNNING:
+            return self._request_stop(t, kv, action, grace)
+        decide = lifecycle.decide_kill if action == "kill" else lifecycle.decide_skip
+        decision = decide(task, self.by, model.now())
+        if not decision.changed:
+            return Result(t.id, decision.done, kv.mod_revision)
+        res = self.store.txn([mod_is(kv.key, kv.mod_revision)], decision_ops(self.keys, decision))
+        return Result(t.id, decision.done, res.revision) if res.succeeded else None
+
+    def _request_stop(self, t: Target, kv: KV, action: str, grace: float) -> Result | None:
+        k = self.keys
+        claim = self.store.get(k.claim(t.id))
+        request = {"action": action, "by": self.by, "grace": grace, "at": model.now()}
+        # with no claim its node was just lost: whoever recovers the task honours the request
+        guard = [created_at(claim.key, claim.create_revision)] if claim else []
+        res = self.store.txn(guard + [mod_is(kv.key, kv.mod_revision)], [Put(k.kill(t.id), codec.pack(request))])
+        return Result(t.id, f"{'kill' if action == 'kill' else 'skip'} requested", kv.mod_revision) \
+            if res.succeeded else None
 
     # ---- retry -------------------------------------------------------------------------------
 
@@ -198,26 +195,16 @@ class Control:
         return result
 
     def _retry_task(self, t: Target, etag: int | None, explicit: bool) -> Result | None:
+        """Run one task again with fresh budgets (lifecycle.decide_retry), sending its layer and
+        job back to RUNNING: one transaction over the three. Raises Refused for a RUNNING task."""
         k = self.keys
         task, kv = self._loaded(Target("task", t.id, t.user, etag))
-        state = task["state"]
-        if state == states.RUNNING:
-            raise Refused(f"task {t.id} is RUNNING; kill it first to run it again")
-        if state in (states.PENDING, states.QUEUED) or (not explicit and state != states.ERRORED):
-            return Result(t.id, f"already {state}", kv.mod_revision)
         layer, layer_kv = self._load(k.layer(t.user, task["layer"]), f"layer {task['layer']}")
         job, job_kv = self._load(k.job(t.user, task["job"]), f"job {task['job']}")
-        task["retry_base"] = task.get("attempts", 0)
-        task.update(exit_code=None, reason=None, ended=None)
-        ops: list[Op] = [Delete(k.tally(t.user, task["job"], state, t.id))]
-        if layer["state"] == states.PENDING:
-            model.move(task, states.PENDING, f"retried by {self.by}")
-        else:
-            model.move(task, states.QUEUED, f"retried by {self.by}")
-        data = codec.pack(task)
-        ops.append(Put(kv.key, data))
-        if task["state"] == states.QUEUED:
-            ops.append(Put(k.ready(t.id), data))
+        decision = lifecycle.decide_retry(task, self.by, layer["state"], model.now(), explicit)
+        if not decision.changed:
+            return Result(t.id, decision.done, kv.mod_revision)
+        ops = decision_ops(self.keys, decision)
         for flag in ("killed_at", "skipped_at"):
             layer.pop(flag, None)
             job.pop(flag, None)

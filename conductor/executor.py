@@ -14,12 +14,13 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import psutil
 
-from .claims import Claimed, Outcome
+from .claims import Claimed
+from .lifecycle import Cause, Outcome, kill_cause, kill_wins
 from .model import now
 from .supervision import Supervision
 from .templates import mask
@@ -57,14 +58,12 @@ class Limits:
     grace: float = 10.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class KillIntent:
     """Why the conductor itself asked for a run to be stopped (a user, a shutdown, a lost session)."""
 
     reason: str
-    retry: bool = True
-    hand_back: bool = False
-    stop: str | None = None  # "kill" or "skip": a user asked
+    cause: Cause
 
 
 class Run:
@@ -114,18 +113,21 @@ class Run:
         """The supervisor reaped the process (or could not start it): build and hand on the outcome."""
         ended = round(ended, 3)
         if why and why.startswith("start_failed:"):
-            self._finish(Outcome(False, f"cannot start: {why.split(':', 1)[1]}", None, self.started, ended))
+            self._finish(Outcome(Cause.START_FAILED, f"cannot start: {why.split(':', 1)[1]}", None, self.started,
+                                 ended))
             return
         code = os.waitstatus_to_exitcode(status) if status is not None else -int(signal.SIGKILL)
         self._finish(self._outcome(code, ended, cpu, why))
 
-    def kill(self, reason: str = "killed", retry: bool = True, hand_back: bool = False,
-             grace: float | None = None, stop: str | None = None) -> None:
+    def kill(self, reason: str = "killed", hand_back: bool = False, grace: float | None = None,
+             stop: str | None = None, cause: Cause | None = None) -> None:
         """Stop the task: SIGTERM to its group and descendants, SIGKILL after the grace period.
-        ``stop`` ("kill" or "skip") says a user asked for it, which decides the outcome."""
+        ``stop`` ("kill" or "skip") says a user asked for it, which decides the outcome; else
+        ``hand_back`` or ``cause`` say what the run's end counts as (lifecycle.kill_cause)."""
+        why = kill_cause(stop, hand_back, cause)
         with self._lock:
-            if self.intent is None or (stop and not self.intent.stop):
-                self.intent = KillIntent(reason, retry, hand_back, stop)
+            if kill_wins(why, self.intent.cause if self.intent else None):
+                self.intent = KillIntent(reason, why)
             if self.done:
                 return
         self.supervision.kill(self.handle, "stop", self.limits.grace if grace is None else grace)
@@ -151,56 +153,52 @@ class Run:
                  "wall": round(ended - self.started, 3)}
         intent = self.intent
         if intent is not None:
-            return Outcome(False, intent.reason, code, self.started, ended, usage, retry=intent.retry,
-                           hand_back=intent.hand_back, stop=intent.stop)
+            return Outcome(intent.cause, intent.reason, code, self.started, ended, usage)
         if why == "timeout":
-            return Outcome(False, f"timed out after {self.claimed.task.get('timeout'):g}s", code, self.started,
-                           ended, usage)
+            return Outcome(Cause.TIMEOUT, f"timed out after {self.claimed.task.get('timeout'):g}s", code,
+                           self.started, ended, usage)
         if why == "fenced":
-            return Outcome(False, FENCED, code, self.started, ended, usage)
-        if code == 0:
-            return Outcome(True, "exit 0", 0, self.started, ended, usage)
+            return Outcome(Cause.FENCED, FENCED, code, self.started, ended, usage)
         if code < 0:
-            return Outcome(False, f"killed by signal {signal.Signals(-code).name}", code, self.started, ended, usage)
-        return Outcome(False, f"exit {code}", code, self.started, ended, usage)
+            return Outcome(Cause.SIGNAL, f"killed by signal {signal.Signals(-code).name}", code, self.started,
+                           ended, usage)
+        return Outcome(Cause.EXIT, f"exit {code}", code, self.started, ended, usage)
 
     def _finish(self, outcome: Outcome) -> None:
         with self._lock:
             self.done = True
-        outcome.log_path = self.log_path
-        self._read_log(outcome)
-        self._read_result(outcome)
-        self.on_done(self, outcome)
+        tail, size = self._read_log()
+        result, rsize = self._read_result()
+        if rsize > self.limits.result_cap and (outcome.ok or outcome.is_failure):  # a stop keeps its cause
+            outcome = replace(outcome, cause=Cause.RESULT_TOO_BIG, reason=(
+                f"result is {rsize} bytes, over the cap of {self.limits.result_cap} bytes (exit {outcome.exit_code})"))
+        self.on_done(self, replace(outcome, log_path=self.log_path, log_tail=tail, log_size=size,
+                                   log_truncated=size > self.limits.tail_cap, result=result))
 
-    def _read_log(self, outcome: Outcome) -> None:
+    def _read_log(self) -> tuple[bytes, int]:
+        """The masked tail of the log and the log's size as the masked log would have it."""
         try:
             size = os.stat(self.log_path).st_size
-            if size:
-                with open(self.log_path, "rb") as f:
-                    f.seek(max(0, size - self.limits.tail_cap))
-                    raw = f.read()
-                outcome.log_tail = mask(raw, self.secrets)
-                size -= len(raw) - len(outcome.log_tail)  # sizes as the masked log would have them
-            outcome.log_size = size
-            outcome.log_truncated = size > self.limits.tail_cap
+            if not size:
+                return b"", 0
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, size - self.limits.tail_cap))
+                raw = f.read()
         except OSError:
-            pass
+            return b"", 0
+        tail = mask(raw, self.secrets)
+        return tail, size - (len(raw) - len(tail))
 
-    def _read_result(self, outcome: Outcome) -> None:
+    def _read_result(self) -> tuple[bytes | None, int]:
+        """The masked result (None if there is none or it is over the cap) and its size (-1: none)."""
         try:
             rsize = os.stat(self.result_path).st_size
-        except OSError:
-            return
-        if rsize > self.limits.result_cap:
-            outcome.ok = False
-            outcome.reason = (f"result is {rsize} bytes, over the cap of {self.limits.result_cap} bytes "
-                              f"(exit {outcome.exit_code})")
-            return
-        try:
+            if rsize > self.limits.result_cap:
+                return None, rsize
             with open(self.result_path, "rb") as f:
-                outcome.result = mask(f.read(), self.secrets)
+                return mask(f.read(), self.secrets), rsize
         except OSError:
-            pass
+            return None, -1
 
     def cleanup(self) -> None:
         """Remove the attempt's scratch files (the log stays on the node)."""

@@ -12,8 +12,11 @@ import queue
 import time
 from typing import TYPE_CHECKING
 
-from . import spawn, states
-from .claims import Outcome
+import dataclasses
+
+from . import lifecycle, spawn, states
+from .claims import Extra
+from .lifecycle import Cause, Outcome
 from .errors import ConductorError, StoreError
 from .executor import Run
 
@@ -61,10 +64,8 @@ class Finisher:
 
     def commit(self, items: list[tuple[Run, Outcome]]) -> None:
         node = self.node
-        for run, outcome in items:
-            self._apply_kill_request(run, outcome)
-            if outcome.ok and not outcome.stop:
-                self._prepare_spawn(run, outcome)
+        items = [(run, lifecycle.with_kill_request(outcome, node.cache.kills.get(run.id))) for run, outcome in items]
+        items = [(run, self._prepare_spawn(run, outcome) if outcome.ok else outcome) for run, outcome in items]
         backoff = 0.1
         while True:
             try:
@@ -91,25 +92,16 @@ class Finisher:
                 if not synced or not node.cache.layer_busy(layer):
                     self.settle(job, user)
 
-    def _apply_kill_request(self, run: Run, outcome: Outcome) -> None:
-        """A user's kill or skip that reached this node wins over how the run ended by itself."""
-        request = self.node.cache.kills.get(run.id)
-        if request and not outcome.stop and not outcome.hand_back:
-            outcome.stop = "skip" if request.get("action") == "skip" else "kill"
-            verb = "skipped" if outcome.stop == "skip" else "killed"
-            outcome.ok, outcome.retry = False, False
-            outcome.reason = f"{verb} by {request.get('by', '?')}"
-
-    def _prepare_spawn(self, run: Run, outcome: Outcome) -> None:
+    def _prepare_spawn(self, run: Run, outcome: Outcome) -> Outcome:
         """Stage the tasks a finished task wrote to $CONDUCTOR_SPAWN into the next layer; their
         commit joins the task's own finish transaction (so they are added exactly once)."""
         try:
             with open(run.spawn_path, "rb") as f:
                 data = f.read()
         except OSError:
-            return
+            return outcome
         if not data.strip():
-            return
+            return outcome
         node = self.node
         backoff = 0.1
         while True:
@@ -119,12 +111,11 @@ class Finisher:
             except StoreError as exc:  # etcd away: the staging is fenced by the claim, try again
                 log.warning("task %s: cannot stage its spawned tasks yet: %s", run.id, exc)
             except ConductorError as exc:
-                outcome.ok, outcome.reason = False, f"spawn file: {exc}"
-                return
+                return dataclasses.replace(outcome, cause=Cause.SPAWN_INVALID, reason=f"spawn file: {exc}")
             time.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
-        outcome.extra_ops, outcome.extra_compare = stager.commit_ops(node.name)
-        outcome.recommit = lambda: stager.commit_ops(node.name)
+        ops, compare = stager.commit_ops(node.name)
+        return dataclasses.replace(outcome, extra=Extra(ops, compare, lambda: stager.commit_ops(node.name)))
 
     def settle(self, job: str, user: str) -> None:
         try:

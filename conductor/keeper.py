@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from . import codec, messages, retention, schedules, states, templates
 from .claims import Claimed, Outcome
+from .lifecycle import Cause
 from .errors import StoreError
 from .executor import Run
 from .ops import Put, absent, created_at
@@ -182,7 +183,7 @@ class Keeper:
             if self.node.table.holds(task_id):
                 continue
             claimed = Claimed(task[0], task[1].mod_revision, info.create_revision, lease)
-            outcome = Outcome(False, "the claim's reply was lost; never started", hand_back=True)
+            outcome = Outcome(Cause.HANDED_BACK, "the claim's reply was lost; never started")
             committed, _ = self.node.claims.finish([(claimed, outcome)])
             if committed:
                 log.warning("task %s: handed back a claim this node held but never started", task_id)

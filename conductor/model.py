@@ -74,9 +74,10 @@ def new_task(layer: Value, number: int, spec: dict[str, Any]) -> Value:
         "layer": layer["id"], "user": layer["user"], "name": spec["name"], "cmd": spec["cmd"],
         "shell": spec.get("shell", False), "env": spec.get("env", {}), "cwd": spec.get("cwd"),
         "timeout": spec.get("timeout"), "max_attempts": spec.get("max_attempts", 3),
+        "max_disruptions": spec.get("max_disruptions", 10),
         "priority": spec.get("priority", 0), "needs": spec.get("needs", {}),
         "paused_at": now() if spec.get("paused") else 0,
-        "state": states.PENDING, "attempts": 0, "node": None, "exit_code": None, "reason": None,
+        "state": states.PENDING, "attempts": 0, "failures": 0, "disruptions": 0, "node": None, "exit_code": None, "reason": None,
         "started": None, "ended": None, "usage": None, "records": [],
     }
     if spec.get("image"):
@@ -101,11 +102,6 @@ def committed(task: Value, layer: Value) -> bool:
     """Is this task part of its layer? A batch of added or spawned tasks is written first and
     committed by one transaction on the layer; until then (or if its writer died) it is not."""
     return "staged" not in task or task["staged"] in layer.get("committed", [])
-
-
-def attempts_left(task: Value) -> int:
-    """Executions left: ``max_attempts`` since the last manual retry."""
-    return task["max_attempts"] - (task.get("attempts", 0) - task.get("retry_base", 0))
 
 
 def is_paused(value: Value) -> bool:

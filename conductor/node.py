@@ -235,8 +235,7 @@ class Conductor:
         action = "skip" if request.get("action") == "skip" else "kill"
         verb = "skipped" if action == "skip" else "killed"
         log.info("task %s: %s by %s; stopping it", task_id, verb, request.get("by", "?"))
-        run.kill(f"{verb} by {request.get('by', '?')}", retry=False, grace=float(request.get("grace", 10.0)),
-                 stop=action)
+        run.kill(f"{verb} by {request.get('by', '?')}", grace=float(request.get("grace", 10.0)), stop=action)
 
     def _orphan_seen(self, task_id: str, lease: int) -> None:
         self.keeper.orphan(task_id, lease)

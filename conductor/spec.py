@@ -20,16 +20,17 @@ MAX_TASK_SPEC_BYTES = 64 * 1024
 MAX_NAME = 200
 MAX_LAYERS = 1000  # the job value keeps a line per layer; it must stay well under etcd's 1.5 MiB
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (see lifecycle.py)
 ON_ERROR = ("fail", "continue")
 
 JOB_FIELDS = {"name", "description", "layers", "env", "paused", "priority", "max_attempts", "timeout",
-              "cwd", "needs"}
+              "cwd", "needs", "max_disruptions"}
 LAYER_FIELDS = {"name", "order", "tasks", "env", "paused", "priority", "on_error", "max_attempts",
-                "timeout", "cwd", "needs", "on_success", "on_failure"}
+                "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions"}
 TASK_FIELDS = {"name", "cmd", "shell", "image", "env", "cwd", "timeout", "max_attempts", "priority",
-               "needs", "paused"}
+               "needs", "paused", "max_disruptions"}
 NEEDS_FIELDS = {"slots", "labels", "memory"}
-INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs")
+INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -255,6 +256,8 @@ def _common(data: dict[str, Any], where: str, inherited: dict[str, Any]) -> dict
     out = dict(inherited)
     if "max_attempts" in data:
         out["max_attempts"] = _int(data["max_attempts"], f"{where}max_attempts", minimum=1, maximum=1000)
+    if "max_disruptions" in data:
+        out["max_disruptions"] = _int(data["max_disruptions"], f"{where}max_disruptions", minimum=1, maximum=1000)
     if "timeout" in data and data["timeout"] is not None:
         out["timeout"] = parse_duration(data["timeout"], f"{where}timeout")
     if "priority" in data:
@@ -316,6 +319,7 @@ def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int 
     out["cmd"] = _cmd(task, where, shell)
     merged = _common(task, f"{where}.", inherited)
     out["max_attempts"] = merged.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
+    out["max_disruptions"] = merged.get("max_disruptions", DEFAULT_MAX_DISRUPTIONS)
     out["priority"] = merged.get("priority", 0)
     out["timeout"] = merged.get("timeout")
     out["cwd"] = merged.get("cwd")

@@ -116,7 +116,7 @@ def test_kill9_mid_task_fails_over_with_the_attempt_recorded(client: Client, sha
     assert [r["state"] for r in task["records"]].count("COMPLETED") == 1
 
 
-def test_sigterm_hands_tasks_back_at_once_without_counting(client: Client, shared_etcd, start_nodes, tmp_path: Path):
+def test_sigterm_hands_tasks_back_at_once_without_counting_a_failure(client: Client, shared_etcd, start_nodes, tmp_path: Path):
     marks = tmp_path / "marks.txt"
     leaving = start_nodes(shared_etcd.endpoint, 1, ttl=10)[0]
     job = client.post({"name": "handback", "layers": [{"tasks": [
@@ -130,10 +130,11 @@ def test_sigterm_hands_tasks_back_at_once_without_counting(client: Client, share
     assert [n["name"] for n in client.nodes()] == [stayer.name], "the node key is gone at once"
     assert client.wait(job, timeout=30)["state"] == "COMPLETED"
     lines = marks.read_text().splitlines()
-    assert sorted(lines) == sorted(["start n0 1", "start n0 1", "start n1 1", "start n1 1", "end n1", "end n1"])
+    assert sorted(lines) == sorted(["start n0 1", "start n0 1", "start n1 2", "start n1 2", "end n1", "end n1"])
     for i in range(2):
         task = client.task(f"{job}.0.{i}")
-        assert task["attempts"] == 1, "a handed-back attempt is not counted"
+        assert (task["attempts"], task["failures"], task["disruptions"]) == (2, 0, 1), \
+            "a hand-back is a run (attempts) and a disruption, not a failure"
         assert any("handed back by n0" in r["reason"] for r in task["records"])
     assert "handing running tasks back" in leaving.log()
 
@@ -195,4 +196,5 @@ def test_a_claim_whose_reply_was_lost_is_handed_back(client: Client, shared_etcd
     assert client.wait(job, timeout=20)["state"] == "COMPLETED"
     assert (tmp_path / "ran.txt").read_text() == "ran\n"
     task = client.task(f"{job}.0.0")
-    assert task["attempts"] == 1 and any("never started" in r["reason"] for r in task["records"])
+    assert task["attempts"] == 2 and task["disruptions"] == 1 and task["failures"] == 0
+    assert any("never started" in r["reason"] for r in task["records"])

@@ -12,6 +12,7 @@ from conductor.keys import Keys
 from conductor.model import MAX_RECORDS
 from conductor.ops import KV, Event, Put
 from conductor.follow import FollowHandler
+from conductor.lifecycle import Cause
 from conductor.store import Store
 from harness import wait_for
 
@@ -33,7 +34,7 @@ def test_fenced_finish_commits_nothing_once_the_claim_is_gone(client: Client):
     [held], _ = claims.claim(ready_entries(store, keys), lease)
     store.revoke(lease)  # as if the lease expired: the claim vanishes
     before = store.get(keys.task("u", held.id))
-    committed, lost = claims.finish([(held, Outcome(True, "exit 0", 0))])
+    committed, lost = claims.finish([(held, Outcome(Cause.EXIT, "exit 0", 0))])
     assert committed == [] and [c.id for c in lost] == [held.id]
     after = store.get(keys.task("u", held.id))
     assert after.mod_revision == before.mod_revision, "nothing was written"
@@ -114,10 +115,10 @@ def test_layer_order_no_claim_before_lower_orders_are_done(client: Client):
     assert [r.id for r in ready] == [f"{job}.0.0"]
     [held], _ = claims.claim(ready, lease)
     assert ready_entries(store, keys) == []
-    [done], _ = claims.finish([(held, Outcome(False, "exit 1", 1))])
+    [done], _ = claims.finish([(held, Outcome(Cause.EXIT, "exit 1", 1))])
     assert done.state == states.QUEUED and [r.id for r in ready_entries(store, keys)] == [f"{job}.0.0"]
     [held], _ = claims.claim(ready_entries(store, keys), lease)
-    claims.finish([(held, Outcome(True, "exit 0", 0))])
+    claims.finish([(held, Outcome(Cause.EXIT, "exit 0", 0))])
     assert board.settle(job, "u")
     assert [r.id for r in ready_entries(store, keys)] == [f"{job}.1.0"]
 
@@ -131,10 +132,11 @@ def test_orphans_are_found_from_run_markers(client: Client):
     assert claims.orphans() == []
     store.revoke(lease)
     assert claims.orphans() == [(held.id, lease)]
-    assert Claims(store, keys, "rescuer").recover(held.id, lease) == states.ERRORED, "no attempt left"
+    assert Claims(store, keys, "rescuer").recover(held.id, lease) == states.QUEUED, "a lost node is no failure"
     assert claims.orphans() == []
     task = codec.unpack(store.get(keys.task("u", held.id)).value)
     assert "node gone was lost" in task["records"][-1]["reason"]
+    assert (task["attempts"], task["failures"], task["disruptions"]) == (1, 0, 1)
 
 
 def test_transition_table_is_enforced():
@@ -167,7 +169,7 @@ def test_values_keep_unknown_fields(client: Client):
     store.txn([], [Put(key, data), Put(keys.ready(f"{job}.0.0"), data)])
     claims, lease = Claims(store, keys, "n"), store.grant(10)
     [held], _ = claims.claim(ready_entries(store, keys), lease)
-    claims.finish([(held, Outcome(True, "exit 0", 0))])
+    claims.finish([(held, Outcome(Cause.EXIT, "exit 0", 0))])
     assert codec.unpack(store.get(key).value)["from_the_future"] == {"x": 1}
 
 
@@ -185,7 +187,7 @@ def test_a_large_batch_of_finishes_is_split_to_fit_etcd_limits(client: Client):
     while len(held) < 32:
         got, _ = claims.claim(ready_entries(store, keys)[:16], lease)
         held += got
-    outcomes = [(c, Outcome(True, "exit 0", 0, result=b"r" * 60_000, log_tail=b"l" * 8192, log_size=9000))
+    outcomes = [(c, Outcome(Cause.EXIT, "exit 0", 0, result=b"r" * 60_000, log_tail=b"l" * 8192, log_size=9000))
                 for c in held]
     committed, lost = claims.finish(outcomes)
     assert len(committed) == 32 and lost == []
@@ -205,7 +207,7 @@ def test_an_orphaned_task_keeps_its_layer_open(client: Client):
     assert ready_entries(store, keys) == [], "the next layer did not start"
     assert Claims(store, keys, "rescuer").recover(held.id, lease) == states.QUEUED
     [again], _ = claims.claim(ready_entries(store, keys), store.grant(5))
-    claims.finish([(again, Outcome(True, "exit 0", 0))])
+    claims.finish([(again, Outcome(Cause.EXIT, "exit 0", 0))])
     assert board.settle(job, "u")
     assert [r.id for r in ready_entries(store, keys)] == [f"{job}.1.0"]
 
@@ -223,7 +225,7 @@ def test_many_layers_of_one_order_start_and_finish_together(client: Client):
             break
         for start in range(0, len(ready), 16):
             got, _ = claims.claim(ready[start:start + 16], lease)
-            claims.finish([(c, Outcome(True, "exit 0", 0)) for c in got])
+            claims.finish([(c, Outcome(Cause.EXIT, "exit 0", 0)) for c in got])
         board.settle(job, "u")
     assert codec.unpack(store.get(keys.job("u", job)).value)["state"] == states.COMPLETED
     tall = board.post(spec.validate_job({"name": "tall", "layers": [{"tasks": []} for _ in range(130)]}), "u")
