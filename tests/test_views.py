@@ -166,14 +166,16 @@ def test_add_task_with_the_current_etag_succeeds_and_a_stale_one_is_refused(clie
     assert run.returncode == 5, run.stderr
     layer = client.show(f"{job}.1")
     assert layer["tasks"] == 2 and len(layer["task_list"]) == 2, "nothing was added"
+    assert client.store.count(client.keys.task("tester", f"{job}.1.")) == 2, "nothing was staged either"
 
 
 def test_a_secret_in_a_layer_env_is_filled_at_run_time_masked_and_removed_by_gc(client, shared_etcd, start_nodes):
     secret = "s3cr3t-value-42"
-    data = {"name": "secret-env", "inputs": {"token": {"secret": True}},
+    data = {"name": "secret-env", "inputs": {"token": {"secret": True}}, "env": {"JOB_TOKEN": "job:{token}"},
             "layers": [{"env": {"TOKEN": "{token}"},
                         "tasks": [{"name": "use", "shell": True,
-                                   "cmd": 'echo "token is $TOKEN"; printf %s "$TOKEN" | wc -c > $CONDUCTOR_RESULT'}]}]}
+                                   "cmd": 'echo "token is $TOKEN, $JOB_TOKEN"; '
+                                          'printf %s "$TOKEN" | wc -c > $CONDUCTOR_RESULT'}]}]}
     job = client.post(data, params={"token": secret})
     secrets_key = client.keys.secrets("tester", job)
     assert client.store.get(secrets_key) is not None
@@ -181,7 +183,7 @@ def test_a_secret_in_a_layer_env_is_filled_at_run_time_masked_and_removed_by_gc(
     assert client.wait(job, timeout=60)["state"] == "COMPLETED"
     task = client.show(f"{job}.0.0")
     assert task["result"].strip() == str(len(secret)), "the task saw the value, not the placeholder"
-    assert "token is ****" in task["log"]["tail"] and secret not in task["log"]["tail"]
+    assert "token is ****, job:****" in task["log"]["tail"] and secret not in task["log"]["tail"]
     assert client.env(f"{job}.0") == {"TOKEN": "{token}"}, "the layer keeps the placeholder"
     wait_for(lambda: client.job(job)["ended"], what="job ended")
     assert client.gc(keep=0) == [job]
