@@ -16,9 +16,9 @@ BIG = 10_000
 
 
 def _cli(client: Client, endpoint: str, command: str, *args: str):
-    """Run ``conductor COMMAND`` on the client's etcd, namespace and user (options first: ``--``
+    """Run ``conductor COMMAND`` (``result get``: words) on the client's etcd, namespace and user (options first: ``--``
     may end them)."""
-    return conductor_cli(command, "--etcd", endpoint, "--namespace", client.keys.namespace, "--user", client.user,
+    return conductor_cli(*command.split(), "--etcd", endpoint, "--namespace", client.keys.namespace, "--user", client.user,
                          *args)
 
 
@@ -185,6 +185,24 @@ def test_a_secret_in_a_layer_env_is_filled_at_run_time_masked_and_removed_by_gc(
     assert task["result"].strip() == str(len(secret)), "the task saw the value, not the placeholder"
     assert "token is ****, job:****" in task["log"]["tail"] and secret not in task["log"]["tail"]
     assert client.env(f"{job}.0") == {"TOKEN": "{token}"}, "the layer keeps the placeholder"
+    run = _cli(client, shared_etcd.endpoint, "result get", "secret-env.0.0", "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["result"].strip() == str(len(secret))
+    run = _cli(client, shared_etcd.endpoint, "logs", "secret-env.0.0", "--json")
+    assert run.returncode == 0, run.stderr
+    logged = json.loads(run.stdout)
+    assert logged["id"] == f"{job}.0.0" and "token is ****" in logged["entry"]["data"]
     wait_for(lambda: client.job(job)["ended"], what="job ended")
     assert client.gc(keep=0) == [job]
     assert client.store.get(secrets_key) is None, "gc removes the job's secrets"
+
+
+READ_COMMANDS = [["show"], ["nodes"], ["check"], ["logs"], ["env", "get"], ["result", "get"], ["template", "list"],
+                 ["template", "show"], ["schedule", "list"]]
+
+
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=[" ".join(c) for c in READ_COMMANDS])
+def test_every_read_command_takes_json(command):
+    run = conductor_cli(*command, "--help", env={"COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr
+    assert "--json" in run.stdout
