@@ -109,11 +109,11 @@ class Client:
         readings = resolve.split_id(some_id)
         if not readings:
             raise InvalidSpec("id", f"{some_id!r} is not a job, layer or task id or a job name")
-        first_error: NotFound | None = None
+        first_error: NotFound | InvalidSpec | None = None
         for head, rest in readings:  # "v1.2" may be job v1's layer 2 or the job named v1.2
             try:
                 job = self.board.resolve_job(head, self.user)
-            except NotFound as exc:
+            except (NotFound, InvalidSpec) as exc:
                 first_error = first_error or exc
                 continue
             full = job + rest

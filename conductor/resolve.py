@@ -47,7 +47,8 @@ def could_be_id(text: str) -> bool:
 
 
 def resolve_job(store: Store, keys: Keys, text: str, user: str | None = None) -> str:
-    """The id of the job ``text`` names (see the module docstring). Raises NotFound, Ambiguous."""
+    """The id of the job ``text`` names (see the module docstring). Raises Ambiguous; NotFound
+    when nothing matches, or InvalidSpec when ``text`` could not even be part of an id."""
     if could_be_id(text):
         if len(text) == ids.JOB_ID_LEN and store.get(keys.index(text)) is not None:
             return text
@@ -61,7 +62,10 @@ def resolve_job(store: Store, keys: Keys, text: str, user: str | None = None) ->
         found = newest_named(store, keys, user, text)
         if found:
             return found
-    raise NotFound(f"no job {text}" + (" (no id starts or ends with it, and none of your jobs has that name)"
+    if not could_be_id(text):  # bad input rather than a missing job: it cannot be part of any id
+        raise InvalidSpec("id", f"{text!r} is not a job, layer or task id" +
+                          (", nor the name of one of your jobs" if user is not None else ""))
+    raise NotFound(f"no job {text}" + (" (no job id starts or ends with it, and none of your jobs has that name)"
                                        if user is not None else ""))
 
 

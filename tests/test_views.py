@@ -125,8 +125,12 @@ def test_suffix_name_and_prefix_resolve_and_ambiguity_lists_the_ids(client, shar
     with pytest.raises(Ambiguous) as exc:
         client.locate(first[:8])
     assert first in str(exc.value) and second in str(exc.value) and other in str(exc.value)
+    with pytest.raises(InvalidSpec, match="nor the name of one of your jobs"):
+        client.locate("no-such-name.1")
     with pytest.raises(NotFound):
-        client.locate("nosuchname.1")
+        client.locate("zzzzzz.1")
+    dotted = client.post(_job("v1.2", 1))
+    assert client.locate("v1.2")[1] == dotted and client.locate("v1.2.0")[1] == f"{dotted}.0"
 
     run = _cli(client, shared_etcd.endpoint, "show", "hello.1.1", "--json")
     assert run.returncode == 0, run.stderr
@@ -140,8 +144,9 @@ def test_suffix_name_and_prefix_resolve_and_ambiguity_lists_the_ids(client, shar
 def test_names_are_the_callers_own(client, shared_etcd):
     client.post(_job("mine", 1))
     with Client(etcd=shared_etcd.endpoint, namespace=client.keys.namespace, user="someone") as theirs:
-        with pytest.raises(NotFound):
+        with pytest.raises(InvalidSpec, match="nor the name of one of your jobs"):
             theirs.locate("mine")
+        assert client.locate("mine")[2] == "tester"
 
 
 # ---- piped output -----------------------------------------------------------------------------
