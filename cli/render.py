@@ -202,7 +202,7 @@ def _add_tasks(branch: Tree, layer: dict[str, Any]) -> None:
 
 def layer_view(layer: dict[str, Any]) -> None:
     out.print(f"[bold]layer {layer['name']}[/] {layer['id']} of job {layer['job']}  order {layer['order']}  "
-              f"{state(layer['state'], bool(layer.get('paused_at')))}  {progress(layer['counts'])}  "
+              f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}  {layer_counts(layer)}  "
               f"[dim]etag {layer['etag']}, {_duration(layer)}[/]")
     tree = Tree("[dim]tasks[/]")
     _add_tasks(tree, layer)

@@ -19,7 +19,8 @@ from .keys import Keys, prefix_end
 from .store import Store
 
 SHOWN = 5  # ids named in an Ambiguous message
-PAGE = 500  # keys per range read while scanning
+PAGE = 1000  # index keys (keys only) per range read while scanning
+NAME_PAGE = 100  # job values per range read while looking for a name (values can be large)
 
 
 def split_id(text: str) -> list[tuple[str, str]]:
@@ -90,7 +91,7 @@ def newest_named(store: Store, keys: Keys, user: str, name: str) -> str | None:
     prefix = keys.job(user)
     end = prefix_end(prefix)
     while True:
-        res = store.range(prefix, end, limit=PAGE, descending=True)
+        res = store.range(prefix, end, limit=NAME_PAGE, descending=True)
         for kv in res.kvs:
             if codec.unpack(kv.value).get("name") == name:
                 return kv.key.rsplit("/", 1)[1]
