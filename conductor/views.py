@@ -1,7 +1,9 @@
 """Read-only views of what is in etcd, as plain JSON-ready maps (what ``show --json`` prints).
 
 Every object carries its ``etag`` (its key's mod_revision). Progress counts come from counting
-keys (ready markers, claims, tallies), never from reading every task.
+keys (ready markers, claims, tallies), never from reading every task, and a job or layer view holds
+only a page of each layer's tasks (read by exact key), so what a view reads does not grow with the
+size of the job.
 """
 from __future__ import annotations
 
@@ -34,15 +36,15 @@ def with_etag(value: dict[str, Any], kv: KV) -> dict[str, Any]:
 
 def job_counts(store: Store, keys: Keys, jobs: list[dict[str, Any]]) -> list[dict[str, int]]:
     """Task counts by state for each job (or layer: a map with ``user``, ``job``, ``id``, ``tasks``),
-    from key counts, never by reading tasks (one snapshot per 24 of them)."""
+    from key counts, never by reading tasks (five counts each, as many per snapshot as fit)."""
     ops: list[Get] = []
     for job in jobs:
         user, jid, prefix = job["user"], job.get("job", job["id"]), job["id"] + "."
         ops += [Get.count(keys.ready(prefix)), Get.count(keys.claim(prefix))]
         ops += [Get.count(keys.tally(user, jid, s, prefix)) for s in (states.COMPLETED, states.ERRORED, states.SKIPPED)]
     results: list[int] = []
-    for start in range(0, len(ops), 120):
-        res = store.read(ops[start:start + 120])
+    for group in batch.fit_ops(ops):  # each group one snapshot; groups in order
+        res = store.read([op for op in group if isinstance(op, Get)])
         results += [r.count for r in res.responses]
     out = []
     for i, job in enumerate(jobs):
