@@ -50,24 +50,27 @@ def could_be_id(text: str) -> bool:
 def resolve_job(store: Store, keys: Keys, text: str, user: str | None = None) -> str:
     """The id of the job ``text`` names (see the module docstring). Raises Ambiguous; NotFound
     when nothing matches, or InvalidSpec when ``text`` could not even be part of an id."""
-    if could_be_id(text):
-        if len(text) == ids.JOB_ID_LEN and store.get(keys.index(text)) is not None:
-            return text
-        matches = id_matches(store, keys, text)
-        if len(matches) > 1:
-            shown = ", ".join(matches[:SHOWN]) + (", ..." if len(matches) > SHOWN else "")
-            raise Ambiguous(f"{text} matches more than one job ({shown}); give more of the id")
-        if matches:
-            return matches[0]
-    if user is not None:
+    found = by_id(store, keys, text) if could_be_id(text) else None
+    if found is None and user is not None:
         found = newest_named(store, keys, user, text)
-        if found:
-            return found
+    if found is not None:
+        return found
     if not could_be_id(text):  # bad input rather than a missing job: it cannot be part of any id
         raise InvalidSpec("id", f"{text!r} is not a job, layer or task id" +
                           (", nor the name of one of your jobs" if user is not None else ""))
     raise NotFound(f"no job {text}" + (" (no job id starts or ends with it, and none of your jobs has that name)"
                                        if user is not None else ""))
+
+
+def by_id(store: Store, keys: Keys, text: str) -> str | None:
+    """The one job whose id is, starts with or ends with ``text``; None if none. Raises Ambiguous."""
+    if len(text) == ids.JOB_ID_LEN and store.get(keys.index(text)) is not None:
+        return text
+    matches = id_matches(store, keys, text)
+    if len(matches) > 1:
+        shown = ", ".join(matches[:SHOWN]) + (", ..." if len(matches) > SHOWN else "")
+        raise Ambiguous(f"{text} matches more than one job ({shown}); give more of the id")
+    return matches[0] if matches else None
 
 
 def id_matches(store: Store, keys: Keys, text: str) -> list[str]:
