@@ -1,6 +1,7 @@
 """Commands that steer running work: pause, unpause, kill, retry, skip, add-task, env, result, logs, gc."""
 from __future__ import annotations
 
+import json as jsonlib
 import os
 import sys
 from pathlib import Path
@@ -157,9 +158,15 @@ def env_set(some_id: Annotated[str, typer.Argument(metavar="ID")],
 
 @result_app.command("get")
 def result_get(task_id: Annotated[Optional[str], typer.Argument(metavar="[TASK]")] = None, etcd: Etcd = None,
-               namespace: Namespace = None, user: User = None) -> None:
-    """Print a task's result bytes (inside a task: its own)."""
+               namespace: Namespace = None, user: User = None, json: Json = False) -> None:
+    """Print a task's result bytes (inside a task: its own); exit 1 if it has none."""
     with _client(etcd, namespace, user) as client:
+        if json:
+            task = client.task(_own_id(task_id))
+            render.print_json({"id": task["id"], "result": task["result"], "etag": task.get("result_etag")})
+            if task["result"] is None:
+                raise typer.Exit(1)
+            return
         data = client.result(_own_id(task_id))
         if data is None:
             raise typer.Exit(1)
@@ -192,15 +199,23 @@ def result_set(args: Annotated[Optional[list[str]], typer.Argument(metavar="[TAS
 @app.command()
 def logs(task_id: Annotated[str, typer.Argument(metavar="TASK")],
          follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing while the task runs.")] = False,
-         etcd: Etcd = None, namespace: Namespace = None, user: User = None) -> None:
+         etcd: Etcd = None, namespace: Namespace = None, user: User = None,
+         json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts: the stored entry (tail, size, "
+                                                           "attempt, node, path); with -f one line per chunk.")] = False
+         ) -> None:
     """Print a task's stored log tail (-f: follow it while the task runs)."""
     def write(data: bytes) -> None:
+        if json:  # one JSON document per line, per chunk, like show -w --json
+            print(jsonlib.dumps({"data": data.decode("utf-8", "replace")}), flush=True)
+            return
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
 
     with _client(etcd, namespace, user) as client:
-        entry = client.logs(task_id, follow=follow, write=write)
-        if entry is None and not follow:
+        entry = client.logs(task_id, follow=follow, write=None if json and not follow else write)
+        if json and not follow:
+            render.print_json({"id": client.locate(task_id)[1], "entry": entry})
+        elif entry is None and not follow:
             render.err.print(f"no log stored for {task_id} (it has not run, or wrote nothing)")
 
 

@@ -178,32 +178,37 @@ def _follow(client: Any, job_id: str, timeout: float | None, quiet: bool) -> dic
 
 
 @app.command()
-def show(some_id: Annotated[Optional[str], typer.Argument(metavar="[ID]", help="A job, layer or task id "
-                                                          "(a unique prefix of a job id will do).")] = None,
+def show(some_id: Annotated[Optional[str], typer.Argument(
+             metavar="[ID]", help="A job, layer or task id. The job part may be a unique prefix or suffix of a "
+                                  "job id, or a job name (your newest job of that name): hello.1.0.")] = None,
          state: Annotated[Optional[str], typer.Option(help="Only jobs in this state.")] = None,
          name: Annotated[Optional[str], typer.Option(help="Only jobs whose name contains this.")] = None,
          all_users: Annotated[bool, typer.Option("--all-users", help="Jobs of every user.")] = False,
          limit: Annotated[int, typer.Option(min=0, help="At most this many jobs (0: all).")] = 50,
          offset: Annotated[int, typer.Option(min=0, help="Skip this many of the newest jobs.")] = 0,
          node: Annotated[Optional[str], typer.Option(help="Only jobs with a task that ran on this node.")] = None,
-         tasks: Annotated[int, typer.Option(min=0, help="Tasks shown per layer in a job tree.")] = 20,
+         tasks: Annotated[int, typer.Option(min=0, help="Tasks shown per layer of a job or layer (0: all).")] = 20,
+         all_tasks: Annotated[bool, typer.Option("--all-tasks", help="Show every task (same as --tasks 0).")] = False,
+         after: Annotated[Optional[str], typer.Option(help="Page on: the tasks of this task's layer after it "
+                                                          "(the 'next' of --json).")] = None,
          watch: Annotated[bool, typer.Option("--watch", "-w", help="A live view, updated from etcd watches.")] = False,
          etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
-    """List jobs, or show one job, layer or task."""
+    """List jobs, or show one job, layer or task (a page of tasks per layer, with counts by state)."""
     filters = dict(all_users=all_users, state=state, name=name, limit=limit, offset=offset, node=node)
+    page = 0 if all_tasks else tasks
     with _client(etcd, namespace, user) as client:
         if watch:
-            _watch(client, some_id, tasks, filters, json)
+            _watch(client, some_id, page, filters, json)
             return
         if some_id is None:
             jobs = client.jobs(**filters)
             render.print_json(jobs) if json else render.jobs_table(jobs)
             return
-        found = client.show(some_id)
+        found = client.show(some_id, tasks=page, after=after)
         if json:
             render.print_json(found)
         elif found["kind"] == "job":
-            render.job_tree(found, tasks)
+            render.job_tree(found)
         elif found["kind"] == "layer":
             render.layer_view(found)
         else:
@@ -219,19 +224,20 @@ def _watch(client: Any, some_id: str | None, tasks: int, filters: dict[str, Any]
         if some_id is None:
             return render.jobs_renderable(view)
         if view["kind"] == "job":
-            return render.job_tree_renderable(view, tasks)
+            return render.job_tree_renderable(view)
         return f"{view['id']} {render.state(view['state'])} on {view.get('node') or '-'}"
 
     stop = threading.Event()
     if json:  # one JSON document per line, per change
         try:
-            client.watch(some_id, lambda v: print(jsonlib.dumps(v, default=str), flush=True), stop, **filters)
+            client.watch(some_id, lambda v: print(jsonlib.dumps(v, default=str), flush=True), stop, tasks=tasks,
+                         **filters)
         except KeyboardInterrupt:
             stop.set()
         return
     with Live("[dim]reading...[/]", console=render.out, auto_refresh=False) as live:
         try:
-            client.watch(some_id, lambda v: live.update(renderable(v), refresh=True), stop, **filters)
+            client.watch(some_id, lambda v: live.update(renderable(v), refresh=True), stop, tasks=tasks, **filters)
         except KeyboardInterrupt:
             stop.set()
 

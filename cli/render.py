@@ -10,9 +10,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+<<<<<<< HEAD
 from conductor.lifecycle import attempt_text
 
 out = Console(highlight=False, soft_wrap=False)
+=======
+# Piped output (``conductor show | grep``) must keep whole lines: rich would wrap at 80 columns
+# when stdout is not a terminal, so it gets a width no line reaches instead.
+PIPE_WIDTH = 100_000
+out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+>>>>>>> views
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATE_STYLE = {"PENDING": "dim", "QUEUED": "cyan", "RUNNING": "yellow", "COMPLETED": "green",
@@ -119,11 +126,31 @@ def describe_source(source: dict[str, Any]) -> str:
 
 
 def layer_bar(layer: dict[str, Any]) -> str:
-    tasks = layer.get("task_list", [])
-    done = sum(1 for t in tasks if t["state"] in ("COMPLETED", "SKIPPED"))
+    """A bar of the layer's done tasks, from its counts (a view holds only a page of its tasks)."""
+    counts = layer.get("counts") or {}
+    total = counts.get("total", 0)
+    done = counts.get("completed", 0) + counts.get("skipped", 0)
     width = 20
-    filled = int(width * done / len(tasks)) if tasks else width
-    return f"[green]{'█' * filled}[/][dim]{'░' * (width - filled)}[/] {done}/{len(tasks)}"
+    filled = int(width * done / total) if total else width
+    return f"[green]{'█' * filled}[/][dim]{'░' * (width - filled)}[/] {done}/{total}"
+
+
+def layer_counts(layer: dict[str, Any]) -> str:
+    """The layer's tasks by state, e.g. ``3 running, 10 queued, 9,987 pending``."""
+    counts = layer.get("counts") or {}
+    parts = [f"[{STATE_STYLE[s.upper()]}]{counts[s]:,} {s}[/]" for s in ("running", "queued", "errored", "skipped")
+             if counts.get(s)]
+    if counts.get("pending"):
+        parts.append(f"{counts['pending']:,} pending")
+    return ", ".join(parts)
+
+
+def more_line(layer: dict[str, Any]) -> str | None:
+    """The line that stands for the tasks after the page, or None when it shows them all."""
+    more = layer.get("more") or 0
+    if not more:
+        return None
+    return f"[dim]… and {more:,} more (--all-tasks to list, or --after {layer['next']})[/]"
 
 
 def _task_line(task: dict[str, Any]) -> str:
@@ -149,11 +176,12 @@ def _duration(obj: dict[str, Any]) -> str:
     return span(end - obj["started"]) if end else "-"
 
 
-def job_tree(job: dict[str, Any], max_tasks: int = 20) -> None:
-    out.print(job_tree_renderable(job, max_tasks))
+def job_tree(job: dict[str, Any]) -> None:
+    out.print(job_tree_renderable(job))
 
 
-def job_tree_renderable(job: dict[str, Any], max_tasks: int = 20) -> Any:
+def job_tree_renderable(job: dict[str, Any]) -> Any:
+    """A job's head, then per layer its counts and the page of tasks the view holds."""
     head = (f"[bold]{job['name']}[/] {job['id']}  {state(job['state'], bool(job.get('paused_at')))}  "
             f"{progress(job['counts'])}  [dim]etag {job['etag']}, posted {age(job['created'])} ago by {job['user']}[/]")
     started_by = describe_source(job.get("source") or {})
@@ -161,26 +189,29 @@ def job_tree_renderable(job: dict[str, Any], max_tasks: int = 20) -> Any:
         head += f"\n[dim]started by {started_by}[/]"
     tree = Tree(head)
     for layer in job["layer_list"]:
+        counts = layer_counts(layer)
         branch = tree.add(f"[bold]{layer['name']}[/] {layer['id']} order {layer['order']}  "
                           f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}"
+                          f"{'  ' + counts if counts else ''}"
                           f"{'  on_error continue' if layer.get('on_error') == 'continue' else ''}  [dim]etag {layer['etag']}[/]")
-        tasks = layer["task_list"]
-        for task in tasks[:max_tasks]:
-            branch.add(_task_line(task))
-        if len(tasks) > max_tasks:
-            branch.add(f"[dim]... {len(tasks) - max_tasks} more (show LAYER_ID, or --tasks N)[/]")
+        _add_tasks(branch, layer)
     return tree
 
 
-def layer_view(layer: dict[str, Any], max_tasks: int = 200) -> None:
+def _add_tasks(branch: Tree, layer: dict[str, Any]) -> None:
+    for task in layer["task_list"]:
+        branch.add(_task_line(task))
+    more = more_line(layer)
+    if more:
+        branch.add(more)
+
+
+def layer_view(layer: dict[str, Any]) -> None:
     out.print(f"[bold]layer {layer['name']}[/] {layer['id']} of job {layer['job']}  order {layer['order']}  "
-              f"{state(layer['state'], bool(layer.get('paused_at')))}  {progress(layer['counts'])}  "
+              f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}  {layer_counts(layer)}  "
               f"[dim]etag {layer['etag']}, {_duration(layer)}[/]")
     tree = Tree("[dim]tasks[/]")
-    for task in layer["task_list"][:max_tasks]:
-        tree.add(_task_line(task))
-    if len(layer["task_list"]) > max_tasks:
-        tree.add(f"[dim]... {len(layer['task_list']) - max_tasks} more (--json lists all)[/]")
+    _add_tasks(tree, layer)
     out.print(tree)
 
 

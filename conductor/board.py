@@ -59,17 +59,13 @@ class Board:
             raise NotFound(f"no job {job_id}")
         return codec.unpack(kv.value)["user"]
 
-    def resolve_job(self, prefix: str) -> str:
-        """A job id from a unique prefix of one (ids are long; people type the start)."""
-        from .errors import Ambiguous
+    def resolve_job(self, text: str, user: str | None = None) -> str:
+        """A job id from a full id, a unique prefix or suffix of one, or (with ``user``) the name
+        of that user's newest job of that name; see :mod:`conductor.resolve`. Raises NotFound,
+        Ambiguous (naming up to five matching ids)."""
+        from . import resolve
 
-        res = self.store.range(self.keys.index(prefix), self.keys.index(prefix[:-1] + chr(ord(prefix[-1]) + 1)),
-                               limit=2, keys_only=True) if prefix else None
-        if res is None or not res.kvs:
-            raise NotFound(f"no job {prefix}")
-        if len(res.kvs) > 1:
-            raise Ambiguous(f"{prefix} matches more than one job; give more of the id")
-        return res.kvs[0].key.rsplit("/", 1)[1]
+        return resolve.resolve_job(self.store, self.keys, text, user)
 
     def load(self, key: str) -> tuple[Value, KV] | None:
         kv = self.store.get(key)

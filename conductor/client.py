@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codec, ids, logs, messages, retention, schedules, spec, states, templates, views
+from . import codec, ids, logs, messages, resolve, retention, schedules, spec, states, templates, views
 from .board import Board
 from .control import Control, Result, Target
 from .errors import ConductorError, InvalidSpec, NotFound, WaitTimeout
@@ -103,12 +103,22 @@ class Client:
     # ---- resolving ids -------------------------------------------------------------------------
 
     def locate(self, some_id: str) -> tuple[ids.ParsedId, str, str]:
-        """(parsed id, full id, owner) for a job, layer or task id, or a unique job id prefix."""
-        parsed = ids.parse_id(some_id)
-        job = parsed.job if len(parsed.job) == ids.JOB_ID_LEN else self.board.resolve_job(parsed.job)
-        owner = self.board.owner(job)
-        full = job + some_id.strip()[len(parsed.job):]
-        return ids.parse_id(full), full, owner
+        """(parsed id, full id, owner) for a job, layer or task id whose job part is a full job
+        id, a unique prefix or suffix of one, or the name of the caller's newest job of that name
+        (``hello.1.0``: task 0 of layer 1 of it). Raises InvalidSpec, NotFound, Ambiguous."""
+        readings = resolve.split_id(some_id)
+        if not readings:
+            raise InvalidSpec("id", f"{some_id!r} is not a job, layer or task id or a job name")
+        first_error: NotFound | InvalidSpec | None = None
+        for head, rest in readings:  # "v1.2" may be job v1's layer 2 or the job named v1.2
+            try:
+                job = self.board.resolve_job(head, self.user)
+            except (NotFound, InvalidSpec) as exc:
+                first_error = first_error or exc
+                continue
+            full = job + rest
+            return ids.parse_id(full), full, self.board.owner(job)
+        raise first_error or NotFound(f"no job {some_id}")
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -118,14 +128,21 @@ class Client:
         return views.list_jobs(self.board, user=user or self.user, all_users=all_users, state=state, name=name,
                                node=node, limit=limit, offset=offset)
 
-    def show(self, some_id: str) -> dict[str, Any]:
+    def show(self, some_id: str, tasks: int = 0, after: str | None = None) -> dict[str, Any]:
         """A job as a tree of layers and tasks, a layer with its tasks, or a task with its history,
-        result and log tail, depending on what the id names."""
+        result and log tail, depending on what the id names.
+
+        A job or layer holds each layer's ``counts`` by state (from key counts) and a page of
+        ``tasks`` tasks per layer in number order (0, the default here: every task; the CLI shows
+        20). A layer's ``more`` says how many tasks follow its page and ``next`` is the task id to
+        pass as ``after`` for the next page (None on the last). Raises NotFound, Ambiguous,
+        InvalidSpec."""
         parsed, full, owner = self.locate(some_id)
+        after_id = self.locate(after)[1] if after else None
         if parsed.kind == "job":
-            return {"kind": "job", **views.job_tree(self.board, full, owner)}
+            return {"kind": "job", **views.job_tree(self.board, full, owner, tasks, after_id)}
         if parsed.kind == "layer":
-            return {"kind": "layer", **views.layer_detail(self.board, full, owner)}
+            return {"kind": "layer", **views.layer_detail(self.board, full, owner, tasks, after_id)}
         return {"kind": "task", **views.task_detail(self.board, full, owner)}
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -226,7 +243,7 @@ class Client:
     # ---- following -----------------------------------------------------------------------------
 
     def watch(self, some_id: str | None, on_change: Callable[[Any], None], stop: threading.Event,
-              rate: float = 4.0, **filters: Any) -> None:
+              rate: float = 4.0, tasks: int = views.PAGE_TASKS, **filters: Any) -> None:
         """Call ``on_change(view)`` with a fresh view (a job list, or what ``show`` gives for an id)
         whenever etcd reports a change to it, at most ``rate`` times a second, until ``stop``.
         Driven by watches: without changes nothing is read."""
@@ -254,7 +271,7 @@ class Client:
                         k.claim(job + "."), k.tally(owner, job)]
 
             def read() -> Any:
-                return self.show(full)
+                return self.show(full, tasks=tasks)
         followers = [self.store.follow(p, Poke(), name="show-watch") for p in prefixes]
         try:
             while not stop.is_set():

@@ -1,19 +1,23 @@
 """Read-only views of what is in etcd, as plain JSON-ready maps (what ``show --json`` prints).
 
 Every object carries its ``etag`` (its key's mod_revision). Progress counts come from counting
-keys (ready markers, claims, tallies), never from reading every task.
+keys (ready markers, claims, tallies), never from reading every task, and a job or layer view holds
+only a page of each layer's tasks (read by exact key), so what a view reads does not grow with the
+size of the job.
 """
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from . import codec, ids, model, states
+from . import batch, codec, ids, model, states
 from .board import Board
+from .errors import InvalidSpec, NotFound
 from .keys import Keys
 from .ops import KV, Get
 from .store import Store
 
+PAGE_TASKS = 20  # tasks shown per layer unless asked otherwise
 COUNT_FIELDS = ("pending", "queued", "running", "completed", "errored", "skipped", "total")
 
 
@@ -32,15 +36,15 @@ def with_etag(value: dict[str, Any], kv: KV) -> dict[str, Any]:
 
 def job_counts(store: Store, keys: Keys, jobs: list[dict[str, Any]]) -> list[dict[str, int]]:
     """Task counts by state for each job (or layer: a map with ``user``, ``job``, ``id``, ``tasks``),
-    from key counts, never by reading tasks (one snapshot per 24 of them)."""
+    from key counts, never by reading tasks (five counts each, as many per snapshot as fit)."""
     ops: list[Get] = []
     for job in jobs:
         user, jid, prefix = job["user"], job.get("job", job["id"]), job["id"] + "."
         ops += [Get.count(keys.ready(prefix)), Get.count(keys.claim(prefix))]
         ops += [Get.count(keys.tally(user, jid, s, prefix)) for s in (states.COMPLETED, states.ERRORED, states.SKIPPED)]
     results: list[int] = []
-    for start in range(0, len(ops), 120):
-        res = store.read(ops[start:start + 120])
+    for group in batch.fit_ops(ops):  # each group one snapshot; groups in order
+        res = store.read([op for op in group if isinstance(op, Get)])
         results += [r.count for r in res.responses]
     out = []
     for i, job in enumerate(jobs):
@@ -92,31 +96,131 @@ def _ran_on(store: Store, keys: Keys, job: dict[str, Any], node: str) -> bool:
                for kv in store.iter_prefix(keys.task(job["user"], job["id"] + ".")))
 
 
-def job_tree(board: Board, job_id: str, user: str) -> dict[str, Any]:
-    """A job with its layers and tasks (each with state, attempts, node, exit code, times)."""
+def job_tree(board: Board, job_id: str, user: str, tasks: int = PAGE_TASKS,
+             after: str | None = None) -> dict[str, Any]:
+    """A job with its layers, each with its counts by state and one page of its tasks.
+
+    Reads a bounded number of keys whatever the job's size: the job and its layers (one
+    snapshot), counts from key counts, and ``tasks`` tasks per layer (0: every task). ``after``
+    (a task id) continues that task's layer after it; the other layers show their first page.
+    Each read is a consistent snapshot, the view as a whole is not. Raises NotFound, and
+    InvalidSpec for a bad ``tasks`` or ``after``."""
     store, keys = board.store, board.keys
     snap = store.read([Get(keys.job(user, job_id)), Get.prefix(keys.layer(user, job_id + "."))])
     if not snap.responses[0].kvs:
-        from .errors import NotFound
-
         raise NotFound(f"no job {job_id}")
     job = with_etag(codec.unpack(snap.responses[0].kvs[0].value), snap.responses[0].kvs[0])
     layers = sorted((with_etag(codec.unpack(kv.value), kv) for kv in snap.responses[1].kvs),
                     key=lambda layer: (layer["order"], layer["index"]))
-    tasks: dict[str, list[dict[str, Any]]] = {layer["id"]: [] for layer in layers}
-    by_id = {layer["id"]: layer for layer in layers}
-    for kv in store.iter_prefix(keys.task(user, job_id + ".")):
-        task = with_etag(codec.unpack(kv.value), kv)
-        if task["layer"] in by_id and not model.committed(task, by_id[task["layer"]]):
-            continue
-        task.pop("records", None)
-        tasks.setdefault(task["layer"], []).append(task)
-    for layer in layers:
-        layer["task_list"] = sorted(tasks.get(layer["id"], []), key=lambda t: ids.id_sort_key(t["id"]))
+    start = _after_number(after, job_id, layers)
+    counts = job_counts(store, keys, [job, *layers])
+    job["counts"] = counts[0]
+    for layer, layer_counts in zip(layers, counts[1:]):
+        layer["counts"] = layer_counts
         layer["records"] = layer.get("records", [])
-    job["counts"] = job_counts(store, keys, [job])[0]
+    fill_pages(store, keys, user, layers, tasks, start)
     job["layer_list"] = layers
     return job
+
+
+def layer_detail(board: Board, layer_id: str, user: str, tasks: int = PAGE_TASKS,
+                 after: str | None = None) -> dict[str, Any]:
+    """A layer with its counts by state and one page of its tasks (see :func:`job_tree`)."""
+    store, keys = board.store, board.keys
+    kv = store.get(keys.layer(user, layer_id))
+    if kv is None:
+        raise NotFound(f"no layer {layer_id}")
+    layer = with_etag(codec.unpack(kv.value), kv)
+    start = _after_number(after, layer["job"], [layer])
+    layer["counts"] = job_counts(store, keys, [layer])[0]
+    fill_pages(store, keys, user, [layer], tasks, start)
+    return layer
+
+
+def _after_number(after: str | None, job_id: str, layers: list[dict[str, Any]]) -> dict[str, int]:
+    """{layer id: first task number to show} for ``after``, a task id of one of ``layers``."""
+    if after is None:
+        return {}
+    try:
+        parsed: ids.ParsedId | None = ids.parse_id(after)
+    except InvalidSpec:
+        parsed = None
+    if parsed is None or parsed.kind != "task" or parsed.task is None \
+            or parsed.layer_id not in {layer["id"] for layer in layers}:
+        where = layers[0]["id"] if len(layers) == 1 else job_id
+        raise InvalidSpec("after", f"{after!r} is not a task id of {where}")
+    return {parsed.layer_id: parsed.task + 1}
+
+
+def fill_pages(store: Store, keys: Keys, user: str, layers: list[dict[str, Any]], limit: int,
+               start: dict[str, int] | None = None) -> None:
+    """Give each layer ``task_list`` (a page of its committed tasks in number order), ``more``
+    (how many tasks come after the page) and ``next`` (the task id to page on from, or None).
+
+    A page is read by exact keys ``<layer>.<n>`` (numbers below the layer's ``next``), so it
+    costs about ``limit`` key reads however big the layer is, and comes in number order where a
+    range read would give ``.0, .1, .10, .100``. ``limit`` 0 reads every task. Raises InvalidSpec
+    for a negative ``limit``."""
+    if limit < 0:
+        raise InvalidSpec("tasks", f"must be 0 (all) or more, not {limit}")
+    start = start or {}
+    if limit:
+        _pages_by_key(store, keys, user, layers, limit, start)
+    else:
+        for layer in layers:
+            first = start.get(layer["id"], 0)
+            layer["task_list"] = _all_tasks(store, keys, user, layer, first)
+            layer["more"], layer["next"] = 0, None
+    for layer in layers:
+        for task in layer["task_list"]:
+            task.pop("records", None)
+
+
+def _all_tasks(store: Store, keys: Keys, user: str, layer: dict[str, Any], first: int) -> list[dict[str, Any]]:
+    found = (with_etag(codec.unpack(kv.value), kv) for kv in store.iter_prefix(keys.task(user, layer["id"] + ".")))
+    tasks = [t for t in found if model.committed(t, layer) and (ids.parse_id(t["id"]).task or 0) >= first]
+    return sorted(tasks, key=lambda t: ids.id_sort_key(t["id"]))
+
+
+def _pages_by_key(store: Store, keys: Keys, user: str, layers: list[dict[str, Any]], limit: int,
+                  start: dict[str, int]) -> None:
+    """Read ``limit + 1`` committed tasks per layer by exact key, in rounds (numbers reserved by
+    an add that never committed leave holes, read past in the next round)."""
+    cursor = {layer["id"]: start.get(layer["id"], 0) for layer in layers}
+    pages: dict[str, list[dict[str, Any]]] = {layer["id"]: [] for layer in layers}
+    by_id = {layer["id"]: layer for layer in layers}
+    while True:
+        wanted: list[tuple[str, int]] = []
+        for layer in layers:
+            lid, end = layer["id"], layer.get("next", layer.get("tasks", 0))
+            missing = limit + 1 - len(pages[lid])
+            numbers = range(cursor[lid], min(end, cursor[lid] + missing)) if missing > 0 else range(0)
+            wanted += [(lid, n) for n in numbers]
+            cursor[lid] += len(numbers)
+        if not wanted:
+            break
+        _read_tasks(store, keys, user, wanted, by_id, pages)
+    for layer in layers:
+        page = pages[layer["id"]]
+        layer["task_list"], extra = page[:limit], page[limit:]
+        layer["next"] = layer["task_list"][-1]["id"] if extra else None
+        # Exact for a first page; after a task, counted from numbers (so an estimate if an add
+        # that never committed left holes).
+        seen = start.get(layer["id"], 0) + limit
+        layer["more"] = max(1, layer.get("tasks", 0) - seen) if extra else 0
+
+
+def _read_tasks(store: Store, keys: Keys, user: str, wanted: list[tuple[str, int]],
+                by_id: dict[str, dict[str, Any]], pages: dict[str, list[dict[str, Any]]]) -> None:
+    """Read tasks by key, in snapshots that fit etcd's limits, into their layer's page."""
+    gets = [Get(keys.task(user, f"{lid}.{n}")) for lid, n in wanted]
+    for group in batch.fit_ops(gets):
+        for response in store.read([op for op in group if isinstance(op, Get)]).responses:
+            for kv in response.kvs:
+                task = with_etag(codec.unpack(kv.value), kv)
+                layer = by_id[task["layer"]]
+                if model.committed(task, layer):
+                    pages[layer["id"]].append(task)
 
 
 def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
@@ -125,8 +229,6 @@ def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
                        Get(keys.claim(task_id))])
     task_r, result_r, log_r, claim_r = snap.responses
     if not task_r.kvs:
-        from .errors import NotFound
-
         raise NotFound(f"no task {task_id}")
     task = with_etag(codec.unpack(task_r.kvs[0].value), task_r.kvs[0])
     if result_r.kvs:
@@ -145,23 +247,6 @@ def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
         task["elapsed"] = round(time.time() - task["started"], 1)
     task["claimed"] = bool(claim_r.kvs)
     return task
-
-
-def layer_detail(board: Board, layer_id: str, user: str) -> dict[str, Any]:
-    store, keys = board.store, board.keys
-    kv = store.get(keys.layer(user, layer_id))
-    if kv is None:
-        from .errors import NotFound
-
-        raise NotFound(f"no layer {layer_id}")
-    layer = with_etag(codec.unpack(kv.value), kv)
-    tasks = [with_etag(codec.unpack(t.value), t) for t in store.iter_prefix(keys.task(user, layer_id + "."))]
-    tasks = [t for t in tasks if model.committed(t, layer)]
-    for t in tasks:
-        t.pop("records", None)
-    layer["task_list"] = sorted(tasks, key=lambda t: ids.id_sort_key(t["id"]))
-    layer["counts"] = job_counts(store, keys, [layer])[0]
-    return layer
 
 
 def list_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:

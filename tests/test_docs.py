@@ -143,3 +143,12 @@ def test_parser_catches_a_change_on_either_side() -> None:
     assert _cells("| `a|b` | c |") == ["`a|b`", "c"]
     with pytest.raises(AssertionError):
         _code("PENDING")
+
+
+def test_readme_job_example_is_examples_hello_yaml():
+    """The README shows the example people run (``conductor post examples/hello.yaml``), exactly."""
+    root = DOCS.parent
+    readme = (root / "README.md").read_text()
+    match = re.search(r"^```yaml\n(.*?)^```$", readme, re.S | re.M)
+    assert match, "README.md has no yaml block"
+    assert match.group(1) == (root / "examples" / "hello.yaml").read_text()
