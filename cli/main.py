@@ -192,6 +192,8 @@ def show(some_id: Annotated[Optional[str], typer.Argument(metavar="[ID]", help="
     """List jobs, or show one job, layer or task."""
     filters = dict(all_users=all_users, state=state, name=name, limit=limit, offset=offset, node=node)
     with _client(etcd, namespace, user) as client:
+        for line in render.alarm_lines(client.alarms()):  # on stderr: --json output stays parseable
+            render.err.print(line)
         if watch:
             _watch(client, some_id, tasks, filters, json)
             return
@@ -238,10 +240,10 @@ def _watch(client: Any, some_id: str | None, tasks: int, filters: dict[str, Any]
 
 @app.command()
 def nodes(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
-    """List live nodes: labels, running tasks and slots, host facts."""
+    """List live nodes: labels, running tasks and slots, host facts, clock, lease renewals; etcd's alarms."""
     with _client(etcd, namespace) as client:
         found = client.nodes()
-        render.print_json(found) if json else render.nodes_table(found)
+        render.print_json(found) if json else render.nodes_table(found, client.alarms())
 
 
 @app.command()

@@ -29,6 +29,7 @@ class Client:
                  user: str | None = None, timeout: float = 5.0, store: Store | None = None):
         endpoints = etcd or default_etcd() or [LOCAL_ETCD]
         self.store = store or Store(endpoints, timeout=timeout)
+        self.store.space.announce = False  # a refused write's error already says what to do
         self.keys = Keys(namespace or default_namespace())
         self.user = user or default_user()
         self.board = Board(self.store, self.keys)
@@ -148,6 +149,18 @@ class Client:
 
     def nodes(self) -> list[dict[str, Any]]:
         return views.list_nodes(self.store, self.keys)
+
+    def alarms(self) -> list[dict[str, str]]:
+        """etcd's raised alarms (``NOSPACE``, ``CORRUPT``), each ``{"member": hex id, "alarm": name}``."""
+        return [{"member": f"{member:x}", "alarm": name} for member, name in self.store.alarms()]
+
+    def defragment(self) -> list[str]:
+        """Defragment every etcd endpoint's database (after a compaction: gives the space back)."""
+        return self.store.defragment()
+
+    def disarm(self) -> list[dict[str, str]]:
+        """Disarm etcd's NOSPACE alarm (free space first, or etcd raises it again at once)."""
+        return [{"member": f"{member:x}", "alarm": name} for member, name in self.store.disarm()]
 
     def counts(self, job_id: str) -> dict[str, int]:
         return views.job_counts(self.store, self.keys, [self.job(job_id)])[0]
