@@ -85,8 +85,8 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
         gc_every: Annotated[str, typer.Option(hidden=True, help="How often old jobs are removed.")] = "1h",
         verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
         local_port: Annotated[int, typer.Option(hidden=True, help="Port of the local etcd (tests).")] = 2379,
-        clock_skew: Annotated[float, typer.Option(hidden=True, help="Seconds added to the scheduler's clock "
-                                                  "(tests).")] = 0.0) -> None:
+        clock_skew: Annotated[float, typer.Option(hidden=True, help="Seconds added to this node's wall clock "
+                                                  "(tests of skewed clocks).")] = 0.0) -> None:
     """Join the cluster and run tasks until stopped (SIGTERM hands tasks back; twice stops now)."""
     from conductor.localetcd import LocalEtcd, port_open
     from conductor.node import Conductor

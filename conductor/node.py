@@ -31,6 +31,8 @@ from . import __version__, spawn, states, templates
 from .board import Board
 from .cache import Cache
 from .claims import Claimed, Claims, Outcome, Ready
+from .clock import Clock
+from .clockwatch import ClockWatch
 from .containers import ContainerRun, default_docker_host, reachable
 from .errors import ConductorError, StoreError
 from .executor import Limits, Reaper, Run, argv_of, task_env
@@ -79,7 +81,10 @@ class Conductor:
         self._mem_cache = (0.0, 0)
         self._started = time.time()
         self.keeper = Keeper(self)
-        self.scheduler = Scheduler(self.board, self.name, self.stopping, settings.clock_skew)
+        self.clock = Clock(settings.clock_skew)  # judged against peers and etcd by the ClockWatch
+        self.clock_watch = ClockWatch(self.store, self.keys, self.name, self.clock, self.stopping,
+                                      on_change=lambda: self.session.refresh_info())
+        self.scheduler = Scheduler(self.board, self.name, self.stopping, self.clock)
         self.session: Session
         self.claims: Claims
 
@@ -89,6 +94,7 @@ class Conductor:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.containers = reachable(self.docker_host)
         self.fence.start()
+        self.clock_watch.start()  # judged before the node key is written and before any chore
         self._open_session()
         self.claims = Claims(self.store, self.keys, self.name)
         self.session.start()
@@ -174,6 +180,7 @@ class Conductor:
             return
         if self._follower:
             self._follower.stop()
+        self.clock_watch.stop()
         self.scheduler.stop()
         self.session.close(revoke=True)
         self.fence.close()
@@ -190,7 +197,7 @@ class Conductor:
                 "memory": vm.total, "memory_available": vm.available, "load": os.getloadavg()[0],
                 "platform": platform.platform(terse=True), "started": self._started,
                 "containers": self.containers,
-                "at": time.time()}
+                "at": self.clock.local(), **self.clock.record()}
 
     def _available_memory(self) -> int:
         at, value = self._mem_cache
