@@ -34,7 +34,7 @@ from .claims import Claimed, Claims, Outcome, Ready
 from .clock import Clock
 from .clockwatch import ClockWatch
 from .containers import ContainerRun, default_docker_host, reachable
-from .errors import ConductorError, StoreError
+from .errors import ConductorError, NoSpace, StoreError
 from .executor import Limits, Reaper, Run, argv_of, task_env
 from .fence import Fence
 from .keys import Keys
@@ -382,7 +382,9 @@ class Conductor:
                 committed, lost = self.claims.finish([(run.claimed, outcome) for run, outcome in items])
                 break
             except StoreError as exc:  # etcd away: keep the outcomes; the claims fence them anyway
-                log.warning("cannot commit %d outcome(s) yet: %s", len(items), exc)
+                # a full etcd was said once (conductor.store.SpaceWatch), not at every retry
+                (log.debug if isinstance(exc, NoSpace) else log.warning)("cannot commit %d outcome(s) yet: %s",
+                                                                          len(items), exc)
             except Exception:
                 log.exception("committing %d outcome(s) failed; retrying", len(items))
             time.sleep(backoff)
