@@ -220,17 +220,18 @@ def gc(keep: Annotated[str, typer.Option(help="Remove jobs finished longer ago t
     if dry_run and (defrag or disarm):
         raise InvalidSpec("--dry-run", "writes nothing: it does not go with --defrag or --disarm")
     with _client(etcd, namespace) as client:
-        removed = client.gc(seconds, dry_run=dry_run, compact=compact)
-        defragmented = client.defragment() if defrag else []
-        disarmed = client.disarm() if disarm else []
-        if json:
-            render.print_json({"removed": removed, "dry_run": dry_run, "defragmented": defragmented,
-                               "disarmed": disarmed})
-            return
-        verb = "would remove" if dry_run else "removed"
-        print(f"{verb} {len(removed)} job(s)" + ("".join(f"\n  {j}" for j in removed)))
-        for endpoint in defragmented:
-            print(f"defragmented {endpoint}")
-        for alarm in disarmed:
-            print(f"disarmed {alarm['alarm']} on member {alarm['member']}")
+        done = {"removed": client.gc(seconds, dry_run=dry_run, compact=compact), "dry_run": dry_run,
+                "defragmented": client.defragment() if defrag else [],
+                "disarmed": client.disarm() if disarm else []}
+    render.print_json(done) if json else _gc_report(done)
+
+
+def _gc_report(done: dict[str, Any]) -> None:
+    removed = done["removed"]
+    print(f"{'would remove' if done['dry_run'] else 'removed'} {len(removed)} job(s)"
+          + "".join(f"\n  {j}" for j in removed))
+    for endpoint in done["defragmented"]:
+        print(f"defragmented {endpoint}")
+    for alarm in done["disarmed"]:
+        print(f"disarmed {alarm['alarm']} on member {alarm['member']}")
 

@@ -71,6 +71,17 @@ def test_a_job_that_ended_in_the_future_is_never_old():
     assert not retention.is_old({"state": "RUNNING", "ended": None}, 0, now)
 
 
+def test_nodes_table_cells_for_clock_and_renewal():
+    from cli import render
+
+    assert render.clock({}) == "-"
+    assert render.clock({"clock_offset": 0.4, "clock_skewed": False}) == "+0.4s"
+    assert render.clock({"clock_offset": DAYS_8, "clock_skewed": True}) == "[bold red]+8d SKEWED[/]"
+    assert render.renewal({}) == "-", "nodes that do not publish renewals"
+    assert render.renewal({"renewal_ms": 12.4, "renewal_max_ms": 40}) == "12/40ms"
+    assert render.renewal({"renewal_ms": 7}) == "7/-ms"
+
+
 # ---- real conductors -----------------------------------------------------------------------------
 
 
