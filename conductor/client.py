@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import codec, ids, logs, messages, retention, schedules, spec, states, templates, views
 from .board import Board
 from .control import Control, Result, Target
-from .errors import ConductorError, InvalidSpec, NotFound, WaitTimeout
+from .errors import AuthFailed, ConductorError, InvalidSpec, NotFound, PermissionDenied, WaitTimeout
 from .keys import Keys
 from .ops import KV, Event
 from .settings import LOCAL_ETCD, default_etcd, default_namespace, default_user
@@ -151,8 +151,14 @@ class Client:
         return views.list_nodes(self.store, self.keys)
 
     def alarms(self) -> list[dict[str, str]]:
-        """etcd's raised alarms (``NOSPACE``, ``CORRUPT``), each ``{"member": hex id, "alarm": name}``."""
-        return [{"member": f"{member:x}", "alarm": name} for member, name in self.store.alarms()]
+        """etcd's raised alarms (``NOSPACE``, ``CORRUPT``), each ``{"member": hex id, "alarm": name}``;
+        none when etcd's authentication does not let this user list them (it is a root call).
+        Raises StoreUnavailable like any read."""
+        try:
+            found = self.store.alarms()
+        except (PermissionDenied, AuthFailed):
+            return []
+        return [{"member": f"{member:x}", "alarm": name} for member, name in found]
 
     def defragment(self) -> list[str]:
         """Defragment every etcd endpoint's database (after a compaction: gives the space back)."""
