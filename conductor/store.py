@@ -513,4 +513,5 @@ def _txn_result(resp: Any, revision: int) -> TxnResult:
     return TxnResult(resp.succeeded, revision, out)
 
 
-__all__ = ["Store", "SpaceWatch", "WatchStream", "WatchBatch", "MAX_TXN_OPS", "MAX_REQUEST_BYTES", "op_size", "parse_endpoints"]
+__all__ = ["Store", "SpaceWatch", "WatchStream", "WatchBatch", "MAX_TXN_OPS", "MAX_REQUEST_BYTES", "op_size",
+           "parse_endpoints"]

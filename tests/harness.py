@@ -72,7 +72,8 @@ class EtcdServer:
             [ETCD, "--name", self.name, "--data-dir", str(self.data_dir), "--listen-client-urls", client,
              "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", self.cluster, "--initial-cluster-state", self.state,
-             "--initial-cluster-token", "conductor-test", "--heartbeat-interval", "50", "--election-timeout", "500", *self.extra],
+             "--initial-cluster-token", "conductor-test", "--heartbeat-interval", "50", "--election-timeout", "500",
+             *self.extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         if wait:

@@ -79,7 +79,8 @@ def test_a_full_etcd_is_said_once_shown_refused_and_recovered(small_etcd, namesp
         listed = conductor_cli("show", *common)
         assert listed.returncode == 0 and "etcd alarm: NOSPACE" in listed.stderr
         jobs_before = client.store.count(client.keys.index())
-        post = conductor_cli("post", *common, "-", input='{"name": "refused", "layers": [{"tasks": [{"cmd": ["true"]}]}]}')
+        refused = '{"name": "refused", "layers": [{"tasks": [{"cmd": ["true"]}]}]}'
+        post = conductor_cli("post", *common, "-", input=refused)
         assert post.returncode == NoSpace.exit_code, post.stderr
         assert post.stderr.startswith("error: etcd is out of space (NOSPACE alarm)") and "Traceback" not in post.stderr
         assert "conductor gc" in post.stderr, "the error says how to recover"
