@@ -223,16 +223,30 @@ def logs(task_id: Annotated[str, typer.Argument(metavar="TASK")],
 def gc(keep: Annotated[str, typer.Option(help="Remove jobs finished longer ago than this (7d, 12h, 0).")] = "7d",
        dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
        compact: Annotated[bool, typer.Option(help="Also compact etcd's history to now.")] = False,
+       defrag: Annotated[bool, typer.Option(help="Then defragment every etcd endpoint (gives compacted "
+                                                  "space back).")] = False,
+       disarm: Annotated[bool, typer.Option(help="Then disarm etcd's NOSPACE alarm.")] = False,
        etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
-    """Remove finished jobs older than --keep now (nodes also do it hourly)."""
+    """Remove finished jobs older than --keep now (nodes also do it hourly); with --compact --defrag
+    --disarm, recover an etcd that raised its NOSPACE alarm."""
     from conductor.spec import parse_duration
 
     seconds = 0.0 if keep.strip() in ("0", "0s") else parse_duration(keep, "--keep")
+    if dry_run and (defrag or disarm):
+        raise InvalidSpec("--dry-run", "writes nothing: it does not go with --defrag or --disarm")
     with _client(etcd, namespace) as client:
-        removed = client.gc(seconds, dry_run=dry_run, compact=compact)
-        if json:
-            render.print_json({"removed": removed, "dry_run": dry_run})
-        else:
-            verb = "would remove" if dry_run else "removed"
-            print(f"{verb} {len(removed)} job(s)" + ("".join(f"\n  {j}" for j in removed)))
+        done = {"removed": client.gc(seconds, dry_run=dry_run, compact=compact), "dry_run": dry_run,
+                "defragmented": client.defragment() if defrag else [],
+                "disarmed": client.disarm() if disarm else []}
+    render.print_json(done) if json else _gc_report(done)
+
+
+def _gc_report(done: dict[str, Any]) -> None:
+    removed = done["removed"]
+    print(f"{'would remove' if done['dry_run'] else 'removed'} {len(removed)} job(s)"
+          + "".join(f"\n  {j}" for j in removed))
+    for endpoint in done["defragmented"]:
+        print(f"defragmented {endpoint}")
+    for alarm in done["disarmed"]:
+        print(f"disarmed {alarm['alarm']} on member {alarm['member']}")
 

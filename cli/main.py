@@ -85,8 +85,8 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
         gc_every: Annotated[str, typer.Option(hidden=True, help="How often old jobs are removed.")] = "1h",
         verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
         local_port: Annotated[int, typer.Option(hidden=True, help="Port of the local etcd (tests).")] = 2379,
-        clock_skew: Annotated[float, typer.Option(hidden=True, help="Seconds added to the scheduler's clock "
-                                                  "(tests).")] = 0.0) -> None:
+        clock_skew: Annotated[float, typer.Option(hidden=True, help="Seconds added to this node's wall clock "
+                                                  "(tests of skewed clocks).")] = 0.0) -> None:
     """Join the cluster and run tasks until stopped (SIGTERM hands tasks back; twice stops now)."""
     from conductor.localetcd import LocalEtcd, port_open
     from conductor.node import Conductor
@@ -197,6 +197,8 @@ def show(some_id: Annotated[Optional[str], typer.Argument(
     filters = dict(all_users=all_users, state=state, name=name, limit=limit, offset=offset, node=node)
     page = 0 if all_tasks else tasks
     with _client(etcd, namespace, user) as client:
+        for line in render.alarm_lines(client.alarms()):  # on stderr: --json output stays parseable
+            render.err.print(line)
         if watch:
             _watch(client, some_id, page, filters, json)
             return
@@ -244,10 +246,10 @@ def _watch(client: Any, some_id: str | None, tasks: int, filters: dict[str, Any]
 
 @app.command()
 def nodes(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
-    """List live nodes: labels, running tasks and slots, host facts."""
+    """List live nodes: labels, running tasks and slots, host facts, clock, lease renewals; etcd's alarms."""
     with _client(etcd, namespace) as client:
         found = client.nodes()
-        render.print_json(found) if json else render.nodes_table(found)
+        render.print_json(found) if json else render.nodes_table(found, client.alarms())
 
 
 @app.command()

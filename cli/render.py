@@ -10,16 +10,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-<<<<<<< HEAD
 from conductor.lifecycle import attempt_text
 
-out = Console(highlight=False, soft_wrap=False)
-=======
 # Piped output (``conductor show | grep``) must keep whole lines: rich would wrap at 80 columns
 # when stdout is not a terminal, so it gets a width no line reaches instead.
 PIPE_WIDTH = 100_000
 out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
->>>>>>> views
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 STATE_STYLE = {"PENDING": "dim", "QUEUED": "cyan", "RUNNING": "yellow", "COMPLETED": "green",
@@ -261,16 +257,47 @@ def _clock(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
 
 
-def nodes_table(nodes: list[dict[str, Any]]) -> None:
+def alarm_lines(alarms: list[dict[str, str]]) -> list[str]:
+    """One warning line per raised etcd alarm, with what to do about NOSPACE."""
+    lines = []
+    for a in alarms:
+        line = f"[bold red]etcd alarm: {a['alarm']}[/] (member {a['member']})"
+        if a["alarm"] == "NOSPACE":
+            line += ": etcd refuses writes; free space with conductor gc --keep DURATION --compact --defrag --disarm"
+        lines.append(line)
+    return lines
+
+
+def clock(node: dict[str, Any]) -> str:
+    """A node's clock against the cluster's: ``+0.3s``, ``+8d SKEWED`` (red), ``-`` not judged."""
+    offset = node.get("clock_offset")
+    if offset is None:
+        return "-"
+    text = ("-" if offset < 0 else "+") + span(abs(offset))
+    return f"[bold red]{text} SKEWED[/]" if node.get("clock_skewed") else text
+
+
+def renewal(node: dict[str, Any]) -> str:
+    """The last lease renewal's round trip and the worst in the last minute, in ms."""
+    last, worst = node.get("renewal_ms"), node.get("renewal_max_ms")
+    if last is None and worst is None:
+        return "-"
+    return "/".join("-" if v is None else f"{v:.0f}" for v in (last, worst)) + "ms"
+
+
+def nodes_table(nodes: list[dict[str, Any]], alarms: list[dict[str, str]] | None = None) -> None:
+    for line in alarm_lines(alarms or []):
+        out.print(line)
     if not nodes:
         out.print("[dim]no live nodes[/]")
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("NAME", "HOST", "RUNNING", "LABELS", "CPUS", "MEMORY FREE", "LOAD", "UP", "VERSION"):
+    for col in ("NAME", "HOST", "RUNNING", "LABELS", "CPUS", "MEMORY FREE", "LOAD", "UP", "CLOCK", "RENEW",
+                "VERSION"):
         table.add_column(col)
     for n in nodes:
         labels = ",".join(f"{k}={v}" for k, v in (n.get("labels") or {}).items()) or "-"
         table.add_row(n.get("name", "?"), f"{n.get('host')} pid {n.get('pid')}", f"{n['running']}/{n.get('slots')}",
                       labels, str(n.get("cpus")), f"{size(n.get('memory_available'))} of {size(n.get('memory'))}",
-                      f"{n.get('load', 0):.2f}", age(n.get("started")), n.get("version", "?"))
+                      f"{n.get('load', 0):.2f}", age(n.get("started")), clock(n), renewal(n), n.get("version", "?"))
     out.print(table)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import codec, ids, logs, messages, resolve, retention, schedules, spec, states, templates, views
 from .board import Board
 from .control import Control, Result, Target
-from .errors import ConductorError, InvalidSpec, NotFound, WaitTimeout
+from .errors import AuthFailed, ConductorError, InvalidSpec, NotFound, PermissionDenied, WaitTimeout
 from .keys import Keys
 from .ops import KV, Event
 from .settings import LOCAL_ETCD, default_etcd, default_namespace, default_user
@@ -29,6 +29,7 @@ class Client:
                  user: str | None = None, timeout: float = 5.0, store: Store | None = None):
         endpoints = etcd or default_etcd() or [LOCAL_ETCD]
         self.store = store or Store(endpoints, timeout=timeout)
+        self.store.space.announce = False  # a refused write's error already says what to do
         self.keys = Keys(namespace or default_namespace())
         self.user = user or default_user()
         self.board = Board(self.store, self.keys)
@@ -165,6 +166,24 @@ class Client:
 
     def nodes(self) -> list[dict[str, Any]]:
         return views.list_nodes(self.store, self.keys)
+
+    def alarms(self) -> list[dict[str, str]]:
+        """etcd's raised alarms (``NOSPACE``, ``CORRUPT``), each ``{"member": hex id, "alarm": name}``;
+        none when etcd's authentication does not let this user list them (it is a root call).
+        Raises StoreUnavailable like any read."""
+        try:
+            found = self.store.alarms()
+        except (PermissionDenied, AuthFailed):
+            return []
+        return [{"member": f"{member:x}", "alarm": name} for member, name in found]
+
+    def defragment(self) -> list[str]:
+        """Defragment every etcd endpoint's database (after a compaction: gives the space back)."""
+        return self.store.defragment()
+
+    def disarm(self) -> list[dict[str, str]]:
+        """Disarm etcd's NOSPACE alarm (free space first, or etcd raises it again at once)."""
+        return [{"member": f"{member:x}", "alarm": name} for member, name in self.store.disarm()]
 
     def counts(self, job_id: str) -> dict[str, int]:
         return views.job_counts(self.store, self.keys, [self.job(job_id)])[0]

@@ -26,6 +26,32 @@ class LeaseLost(StoreError):
     """A write named a lease that has expired or was revoked: its claims are gone."""
 
 
+class NoSpace(StoreUnavailable):
+    """etcd raised its NOSPACE alarm: it refuses every write until space is freed and the alarm is
+    disarmed. A kind of outage (writes wait and retry, reads still work), with its own status."""
+
+    exit_code = 9
+
+
+class PermissionDenied(StoreError):
+    """etcd's authentication is on and this user may not read or write that key."""
+
+    exit_code = 10
+
+
+class AuthFailed(StoreError):
+    """etcd did not accept the credentials (or wants some and got none)."""
+
+    exit_code = 11
+
+
+class RequestRefused(StoreError):
+    """etcd refused a request as malformed: too large, too many operations, a key twice in one
+    transaction. Retrying the same request cannot help."""
+
+    exit_code = 12
+
+
 class InvalidSpec(ConductorError):
     """Bad input: a job file, a template, a parameter or a command.
 

@@ -51,6 +51,12 @@ WatchCreateRequest = _message("etcdserverpb.WatchCreateRequest")
 WatchResponse = _message("etcdserverpb.WatchResponse")
 StatusRequest = _message("etcdserverpb.StatusRequest")
 StatusResponse = _message("etcdserverpb.StatusResponse")
+AlarmRequest = _message("etcdserverpb.AlarmRequest")  # action GET / ACTIVATE / DEACTIVATE
+AlarmResponse = _message("etcdserverpb.AlarmResponse")
+DefragmentRequest = _message("etcdserverpb.DefragmentRequest")
+DefragmentResponse = _message("etcdserverpb.DefragmentResponse")
+ALARM_NAMES = {v.number: v.name for v in _pool.FindEnumTypeByName("etcdserverpb.AlarmType").values}
+ALARM_NOSPACE = next(n for n, name in ALARM_NAMES.items() if name == "NOSPACE")
 
 _METHODS = {
     # attribute: (service/method, kind, request, response)
@@ -65,6 +71,8 @@ _METHODS = {
     "LeaseTimeToLive": ("Lease/LeaseTimeToLive", "unary", LeaseTimeToLiveRequest, LeaseTimeToLiveResponse),
     "Watch": ("Watch/Watch", "stream", WatchRequest, WatchResponse),
     "Status": ("Maintenance/Status", "unary", StatusRequest, StatusResponse),
+    "Alarm": ("Maintenance/Alarm", "unary", AlarmRequest, AlarmResponse),
+    "Defragment": ("Maintenance/Defragment", "unary", DefragmentRequest, DefragmentResponse),
 }
 
 
@@ -88,3 +96,5 @@ class Stub:
     LeaseTimeToLive: Any
     Watch: Any
     Status: Any
+    Alarm: Any
+    Defragment: Any

@@ -17,7 +17,7 @@ import dataclasses
 from . import lifecycle, spawn, states
 from .claims import Extra
 from .lifecycle import Cause, Outcome
-from .errors import ConductorError, StoreError
+from .errors import ConductorError, NoSpace, StoreError
 from .executor import Run
 
 if TYPE_CHECKING:
@@ -72,7 +72,9 @@ class Finisher:
                 committed, lost = node.claims.finish([(run.claimed, outcome) for run, outcome in items])
                 break
             except StoreError as exc:  # etcd away or full: keep the outcomes; the claims fence them anyway
-                log.warning("cannot commit %d outcome(s) yet: %s", len(items), exc)
+                # a full etcd was said once (conductor.store.SpaceWatch), not at every retry
+                (log.debug if isinstance(exc, NoSpace) else log.warning)("cannot commit %d outcome(s) yet: %s",
+                                                                          len(items), exc)
             time.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
         for f in committed:

@@ -148,9 +148,9 @@ class Keeper:
 
     def _retention(self) -> None:
         if time.monotonic() >= self._gc_at:
-            self._gc_at = time.monotonic() + self.node.settings.gc_every
-            retention.collect(self.node.board, self.node.settings.keep)
-            retention.compact(self.node.board, every=self.node.settings.gc_every)
+            if retention.sweep(self.node.board, self.node.settings.keep, self.node.settings.gc_every,
+                               self.node.clock):  # a skewed clock: try again at the next sweep
+                self._gc_at = time.monotonic() + self.node.settings.gc_every
 
     def _deliver_messages(self) -> None:
         messages.deliver(self.node.board)  # messages whose sender died before delivering them
@@ -190,8 +190,8 @@ class Keeper:
 
     def _clean_local_logs(self) -> None:
         """Remove this node's task logs of jobs older than --keep (hourly)."""
-        if time.monotonic() < self._logs_at:
-            return
+        if time.monotonic() < self._logs_at or self.node.clock.chore_time() is None:
+            return  # a skewed clock would remove the logs of jobs that just ended
         self._logs_at = time.monotonic() + self.node.settings.gc_every
         root = self.node.settings.data_dir / "tasks"
         cutoff = time.time() - self.node.settings.keep

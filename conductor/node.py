@@ -34,6 +34,8 @@ from .board import Board
 from .cache import Cache
 from .claimer import Claimer
 from .claims import Claims
+from .clock import Clock
+from .clockwatch import ClockWatch
 from .containers import default_docker_host, reachable
 from .crew import Crew
 from .executor import Limits
@@ -77,7 +79,10 @@ class Conductor:
         self.finisher = Finisher(self)
         self.claimer = Claimer(self)
         self.keeper = Keeper(self)
-        self.scheduler = Scheduler(self.board, self.name, self.stopping, settings.clock_skew)
+        self.clock = Clock(settings.clock_skew)  # judged against peers and etcd by the ClockWatch
+        self.clock_watch = ClockWatch(self.store, self.keys, self.name, self.clock, self.stopping,
+                                      on_change=lambda: self.session.refresh_info())
+        self.scheduler = Scheduler(self.board, self.name, self.stopping, self.clock)
 
     # ---- start and stop ----------------------------------------------------------------------------
 
@@ -90,6 +95,7 @@ class Conductor:
         self.cache.on_failure = lambda exc: self._crashed("stream", exc)
         self.scheduler.cache.on_failure = lambda exc: self._crashed("schedules", exc)
         self.supervision.start()
+        self.clock_watch.start()  # judged before the node key is written and before any chore
         self._open_session()
         self.claims = Claims(self.store, self.keys, self.name)
         self._follower = self.store.follow(self.keys.stream(), self.cache, name="stream")
@@ -174,6 +180,7 @@ class Conductor:
             return
         if self._follower:
             self._follower.stop()
+        self.clock_watch.stop()
         self.scheduler.stop()
         self.supervision.close(revoke=True)  # kills what is left, then revokes the lease
         self.stopped.set()
@@ -201,7 +208,8 @@ class Conductor:
                 "labels": self.settings.labels, "slots": self.settings.slots, "cpus": os.cpu_count(),
                 "memory": vm.total, "memory_available": vm.available, "load": os.getloadavg()[0],
                 "platform": platform.platform(terse=True), "started": self._started,
-                "containers": self.containers, "supervisor": self.supervision.pid, "at": time.time()}
+                "containers": self.containers, "supervisor": self.supervision.pid, "at": self.clock.local(),
+                **self.clock.record()}
         if hasattr(self, "session"):
             info.update(self.session.renewal_stats())
         return info

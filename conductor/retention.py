@@ -3,6 +3,10 @@
 Whichever node holds the sweeper role does this periodically (``conductor run --keep``), and
 ``conductor gc`` does it at once. Removing a job is one transaction of range deletes guarded by the
 job's revision, so it is idempotent and never removes a job that changed (was retried) meanwhile.
+
+Ages are judged on the cluster's reference time (:mod:`conductor.clock`), not one node's clock: a
+node whose clock is skewed runs neither chore, and a job whose ``ended`` lies further in the future
+than the clock bound (stamped by a clock running ahead) is never removed on its account.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from typing import Any
 
 from . import codec, states
 from .board import Board
+from .clock import Clock, ended_in_future
+from .errors import NoSpace
 from .ops import Delete, Put, mod_is
 
 log = logging.getLogger("conductor.retention")
@@ -20,8 +26,16 @@ DEFAULT_KEEP = 7 * 86400.0
 COMPACT_EVERY = 3600.0
 
 
+def is_old(job: dict[str, Any], keep: float, now: float) -> bool:
+    """Finished more than ``keep`` seconds before ``now``, and not stamped in the future."""
+    ended = job.get("ended")
+    if job.get("state") not in (states.COMPLETED, states.ERRORED) or not ended:
+        return False
+    return now - ended >= keep and not ended_in_future(ended, now)
+
+
 def old_jobs(board: Board, keep: float, now: float | None = None) -> list[tuple[str, str, dict[str, Any]]]:
-    """(user, job id, job) of every job finished more than ``keep`` seconds ago."""
+    """(user, job id, job) of every job finished more than ``keep`` seconds before ``now``."""
     now = now or time.time()
     out = []
     for kv in board.store.iter_prefix(board.keys.index()):
@@ -31,8 +45,7 @@ def old_jobs(board: Board, keep: float, now: float | None = None) -> list[tuple[
         if found is None:
             continue
         job, _ = found
-        ended = job.get("ended")
-        if job["state"] in (states.COMPLETED, states.ERRORED) and ended and now - ended >= keep:
+        if is_old(job, keep, now):
             out.append((user, job_id, job))
     return out
 
@@ -54,10 +67,11 @@ def remove_job(board: Board, user: str, job_id: str) -> bool:
     return board.store.txn([mod_is(kv.key, kv.mod_revision)], ops).succeeded
 
 
-def collect(board: Board, keep: float, dry_run: bool = False) -> list[str]:
-    """Remove jobs finished more than ``keep`` seconds ago; returns their ids."""
+def collect(board: Board, keep: float, dry_run: bool = False, now: float | None = None) -> list[str]:
+    """Remove jobs finished more than ``keep`` seconds before ``now`` (default: this clock);
+    returns their ids. Each removal is atomic; the whole is not (a crash leaves the rest)."""
     removed = []
-    for user, job_id, job in old_jobs(board, keep):
+    for user, job_id, job in old_jobs(board, keep, now):
         if dry_run or remove_job(board, user, job_id):
             removed.append(job_id)
             if not dry_run:
@@ -66,13 +80,15 @@ def collect(board: Board, keep: float, dry_run: bool = False) -> list[str]:
     return removed
 
 
-def compact(board: Board, every: float = COMPACT_EVERY, force: bool = False) -> int | None:
-    """Compact etcd's history up to the revision recorded ``every`` seconds ago (so watchers a
-    little behind do not have to list again), then record the current one. Returns the revision
-    compacted to, or None when it was not time yet."""
+def compact(board: Board, every: float = COMPACT_EVERY, force: bool = False,
+            now: float | None = None) -> int | None:
+    """Compact etcd's history up to the revision recorded ``every`` seconds before ``now`` (so
+    watchers a little behind do not have to list again), then record the current one. Returns the
+    revision compacted to, or None when it was not time yet. While etcd's NOSPACE alarm is raised
+    the record cannot be written (compacting still can): it is left for the next time."""
     store, key = board.store, board.keys.meta("compaction")
     kv = store.get(key)
-    now = time.time()
+    now = now or time.time()
     current = store.revision()
     mark = codec.unpack(kv.value) if kv else {}
     if kv is not None and not force and now - mark.get("at", 0) < every:
@@ -82,5 +98,20 @@ def compact(board: Board, every: float = COMPACT_EVERY, force: bool = False) -> 
         store.compact(target)
         log.info("etcd history compacted to revision %d", target)
     compare = [mod_is(key, kv.mod_revision)] if kv else []
-    store.txn(compare, [Put(key, codec.pack({"revision": current, "at": now}))])
+    try:
+        store.txn(compare, [Put(key, codec.pack({"revision": current, "at": now}))])
+    except NoSpace:
+        log.info("compaction not recorded: etcd is out of space (NOSPACE alarm)")
     return target
+
+
+def sweep(board: Board, keep: float, every: float, clock: Clock) -> bool:
+    """The sweeper's retention chore: remove old jobs and compact, judged on the reference time.
+    A node whose clock is skewed or not judged yet does nothing and returns False (its clock
+    logs why, once)."""
+    now = clock.chore_time()
+    if now is None:
+        return False
+    collect(board, keep, now=now)
+    compact(board, every=every, now=now)
+    return True

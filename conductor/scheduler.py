@@ -3,16 +3,20 @@
 Every node runs one; the first node to create a tick's fire key fires it. Schedules are followed
 by a watch, so a new or changed schedule is seen at once; between ticks the thread sleeps until
 the next one (at most a second).
+
+Firing goes by the node's own clock, but only while :mod:`conductor.clock` judges it within the
+bound of the cluster's: a node whose clock ran ahead would fire (and so use up) ticks that are not
+due, and catch-up would fire a whole backlog. A skewed node fires nothing; the others do.
 """
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from . import codec, schedules
 from .board import Board
+from .clock import Clock
 from .errors import StoreError
 from .follow import FollowHandler
 from .threadname import name_this_thread
@@ -21,11 +25,11 @@ log = logging.getLogger("conductor.node")
 
 
 class Scheduler:
-    def __init__(self, board: Board, name: str, stopping: threading.Event, clock_skew: float = 0.0):
+    def __init__(self, board: Board, name: str, stopping: threading.Event, clock: Clock):
         self.board = board
         self.name = name
         self.stopping = stopping
-        self.clock_skew = clock_skew
+        self.clock = clock  # judged by the node's ClockWatch: unjudged or skewed fires nothing
         self.cache = _Schedules()
         self.follower: Any = None
 
@@ -44,18 +48,7 @@ class Scheduler:
         next_at: dict[str, float] = {}
         while not self.stopping.is_set():
             try:
-                now = time.time() + self.clock_skew
-                for name, schedule in list(self.cache.items.items()):
-                    if schedule.get("paused"):
-                        continue
-                    if name not in next_at or next_at[name] <= now:
-                        for tick in schedules.due(self.board, schedule, now):
-                            schedules.fire(self.board, schedule, tick, self.name)
-                        next_at[name] = schedules.next_fire(schedule, now)
-                for name in list(next_at):
-                    if name not in self.cache.items:
-                        del next_at[name]
-                wait = min([t - now for t in next_at.values()] + [1.0])
+                wait = self._fire_due(next_at) if self.clock.chore_time() is not None else 1.0
             except StoreError as exc:
                 log.debug("scheduler: %s", exc)
                 wait = 1.0
@@ -64,6 +57,21 @@ class Scheduler:
                 wait = 1.0
             self.cache.changed.wait(max(0.01, wait))
             self.cache.changed.clear()
+
+    def _fire_due(self, next_at: dict[str, float]) -> float:
+        """Fire every due tick (catching up on missed ones); returns seconds until the next."""
+        now = self.clock.local()
+        for name, schedule in list(self.cache.items.items()):
+            if schedule.get("paused"):
+                continue
+            if name not in next_at or next_at[name] <= now:
+                for tick in schedules.due(self.board, schedule, now):
+                    schedules.fire(self.board, schedule, tick, self.name)
+                next_at[name] = schedules.next_fire(schedule, now)
+        for name in list(next_at):
+            if name not in self.cache.items:
+                del next_at[name]
+        return min([t - now for t in next_at.values()] + [1.0])
 
 
 class _Schedules(FollowHandler):

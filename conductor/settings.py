@@ -60,7 +60,7 @@ class NodeSettings:
     docker_host: str = ""  # Docker API for container tasks; "" = $DOCKER_HOST or a local socket
     keep: float = 7 * 86400.0  # finished jobs (and local task logs) are removed after this long
     gc_every: float = 3600.0  # how often the sweeper removes old jobs and compacts etcd
-    clock_skew: float = 0.0  # added to this node's clock by its scheduler (tests of skewed clocks)
+    clock_skew: float = 0.0  # added to this node's wall clock, conductor.clock.Clock (tests of skewed clocks)
 
     def node_name(self) -> str:
         return self.name or socket.gethostname().split(".")[0]

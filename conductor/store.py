@@ -5,15 +5,20 @@ transactions can nest, and watches run in threads we own: a watch that breaks (e
 connection lost) waits with backoff and lists again instead of spinning or dying.
 
 Atomicity: each call is one etcd request, so :meth:`Store.txn` is atomic and a :meth:`Store.read`
-of several ranges is one consistent snapshot. Raised: :class:`StoreUnavailable` when etcd cannot be
-reached in time, :class:`LeaseLost` when a write names a lease that has expired, :class:`StoreError`
-for anything else etcd refuses.
+of several ranges is one consistent snapshot. Errors are classified by their gRPC status code (never
+by message text, which changes between etcd versions): :class:`StoreUnavailable` when etcd cannot be
+reached in time (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED), :class:`NoSpace` when etcd's NOSPACE
+alarm refuses writes (RESOURCE_EXHAUSTED), :class:`LeaseLost` when a lease call or a write names a
+lease that has expired (NOT_FOUND), :class:`PermissionDenied`, :class:`AuthFailed`,
+:class:`RequestRefused` for a request etcd will never take (INVALID_ARGUMENT: too large, too many
+operations, a key twice in one transaction), and :class:`StoreError` for anything else.
 """
 from __future__ import annotations
 
 import logging
 import queue
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -21,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import grpc
 
 from . import etcdpb as etcdrpc
-from .errors import LeaseLost, StoreError, StoreUnavailable
+from .errors import (AuthFailed, LeaseLost, NoSpace, PermissionDenied, RequestRefused, StoreError,
+                     StoreUnavailable)
 from .batch import MAX_TXN_OPS, op_size
 from .batch import REQUEST_BUDGET as MAX_REQUEST_BYTES
 from .keys import prefix_end
@@ -83,14 +89,64 @@ def _target(endpoints: list[tuple[str, int]]) -> str:
     return "ipv4:" + ",".join(addresses)
 
 
-def _translate(exc: grpc.RpcError, what: str) -> Exception:
+NOSPACE_HINT = ("free space with `conductor gc --keep DURATION --compact --defrag --disarm` "
+                "(or `etcdctl compact`, `etcdctl defrag`, `etcdctl alarm disarm`)")
+_LEASE_NAMED = ("lease", "put", "transaction")  # calls where NOT_FOUND means "no such lease"
+_BY_CODE: dict[Any, tuple[type[StoreError], str]] = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (NoSpace, "etcd is out of space (NOSPACE alarm): {what} refused; "
+                                         + NOSPACE_HINT + " [etcd: {detail}]"),
+    grpc.StatusCode.PERMISSION_DENIED: (PermissionDenied, "etcd denied {what}: {detail}"),
+    grpc.StatusCode.UNAUTHENTICATED: (AuthFailed, "etcd did not accept the credentials for {what}: {detail}"),
+    grpc.StatusCode.INVALID_ARGUMENT: (RequestRefused, "etcd refused {what} as invalid: {detail}"),
+}
+
+
+def _translate(exc: grpc.RpcError, what: str) -> StoreError:
+    """The error of the rooted tree for a failed call, by its gRPC status code; the code's name is
+    kept in the error's ``code`` attribute for the few callers that tell cases apart."""
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
+    error: StoreError
     if code in _UNAVAILABLE:
-        return StoreUnavailable(f"etcd unavailable during {what}: {detail}")
-    if code == grpc.StatusCode.NOT_FOUND and "lease" in (detail or ""):
-        return LeaseLost(f"{what}: {detail}")
-    return StoreError(f"etcd refused {what}: {detail}")
+        error = StoreUnavailable(f"etcd unavailable during {what}: {detail}")
+    elif code == grpc.StatusCode.NOT_FOUND and what.startswith(_LEASE_NAMED):
+        error = LeaseLost(f"{what}: {detail}")
+    elif code in _BY_CODE:
+        cls, text = _BY_CODE[code]
+        error = cls(text.format(what=what, detail=detail))
+    else:
+        error = StoreError(f"etcd refused {what}: {detail}")
+    error.code = code.name if code is not None else ""  # type: ignore[attr-defined]
+    return error
+
+
+class SpaceWatch:
+    """Says once that etcd is out of space and once that it takes writes again (not once per
+    refused write: every loop of a node meets the alarm, about once a second each).
+
+    ``refused`` is called for every :class:`NoSpace`, ``accepted`` after every write that etcd's
+    NOSPACE alarm would have refused (a put, a transaction with a put, a lease grant)."""
+
+    def __init__(self, announce: bool = True):
+        self.announce = announce  # the CLI's client says it in its error message instead
+        self.full = False
+        self._lock = threading.Lock()
+
+    def refused(self) -> None:
+        with self._lock:
+            was, self.full = self.full, True
+        if not was and self.announce:
+            log.warning("etcd is out of space (NOSPACE alarm): it refuses every write, so nothing is "
+                        "claimed, finished or posted until space is freed; %s. This node carries on by "
+                        "itself once the alarm is disarmed", NOSPACE_HINT)
+
+    def accepted(self) -> None:
+        if not self.full:  # the common case: no lock
+            return
+        with self._lock:
+            was, self.full = self.full, False
+        if was and self.announce:
+            log.warning("etcd takes writes again (NOSPACE alarm cleared); carrying on")
 
 
 def _kv(kv: Any) -> KV:
@@ -121,6 +177,7 @@ class Store:
         self.channel = grpc.insecure_channel(_target(self.endpoints), options=options)
         self._kv = self._lease = self._watch = self._maint = etcdrpc.Stub(self.channel)
         self._closed = False
+        self.space = SpaceWatch()
 
     def close(self) -> None:
         self._closed = True
@@ -138,19 +195,25 @@ class Store:
     # ---- reads -------------------------------------------------------------------------------
 
     def _call(self, fn: Callable[..., Any], request: Any, what: str, timeout: float | None = None,
-              idempotent: bool = False) -> Any:
+              idempotent: bool = False, grows: bool = False) -> Any:
         """One request. A read that meets a passing unavailability (a leader election, a member
-        going away) is retried until the timeout; a write is not, since it may have been applied."""
+        going away) is retried until the timeout; a write is not, since it may have been applied.
+        ``grows``: a write that etcd's NOSPACE alarm refuses, so its success means the alarm is gone."""
         budget = timeout or self.timeout
         retry_until = time.monotonic() + min(RETRY_WINDOW, budget)  # elections settle in a second or two
         delay = 0.05
         while True:
             try:
-                return fn(request, timeout=budget)
+                resp = fn(request, timeout=budget)
+                if grows:
+                    self.space.accepted()
+                return resp
             except grpc.RpcError as exc:
                 error = _translate(exc, what)
             except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
                 raise StoreUnavailable(f"etcd unavailable during {what}: {exc}") from None
+            if isinstance(error, NoSpace):
+                self.space.refused()
             if not (idempotent and isinstance(error, StoreUnavailable)) or self._closed \
                     or time.monotonic() + delay >= retry_until:
                 raise error
@@ -217,11 +280,13 @@ class Store:
         """One atomic transaction. Returns whether the compares held and what the branch read."""
         req = _txn_request(Txn(compare, success, failure))
         reads_only = not compare and all(isinstance(op, Get) for op in (*success, *failure))
-        resp = self._call(self._kv.Txn, req, "transaction", timeout, idempotent=reads_only)
+        resp = self._call(self._kv.Txn, req, "transaction", timeout, idempotent=reads_only,
+                          grows=_has_put((*success, *failure)))
         return _txn_result(resp, resp.header.revision)
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        resp = self._call(self._kv.Put, etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease), "put")
+        resp = self._call(self._kv.Put, etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease), "put",
+                          grows=True)
         return resp.header.revision
 
     def delete(self, key: str, range_end: str | None = None) -> int:
@@ -236,7 +301,7 @@ class Store:
     # ---- leases ------------------------------------------------------------------------------
 
     def grant(self, ttl: int) -> int:
-        resp = self._call(self._lease.LeaseGrant, etcdrpc.LeaseGrantRequest(TTL=ttl), "lease grant")
+        resp = self._call(self._lease.LeaseGrant, etcdrpc.LeaseGrantRequest(TTL=ttl), "lease grant", grows=True)
         if resp.error:
             raise StoreError(f"lease grant refused: {resp.error}")
         return resp.ID
@@ -255,12 +320,12 @@ class Store:
             raise StoreUnavailable(f"etcd unavailable during lease keepalive: {exc}") from None
 
     def revoke(self, lease_id: int, timeout: float | None = None) -> None:
+        """Revoke a lease (deleting its keys); a lease already gone is not an error."""
         try:
             self._call(self._lease.LeaseRevoke, etcdrpc.LeaseRevokeRequest(ID=lease_id), "lease revoke",
                        timeout)
-        except StoreError as exc:
-            if "not found" not in str(exc):
-                raise
+        except LeaseLost:
+            pass
 
     def lease_ttl(self, lease_id: int) -> int:
         """Seconds left on a lease, -1 when it does not exist."""
@@ -279,11 +344,45 @@ class Store:
                 "revision": resp.header.revision, "member": resp.header.member_id}
 
     def compact(self, revision: int) -> None:
+        """Compact history up to ``revision``; one already compacted (OUT_OF_RANGE) is not an error."""
         try:
             self._call(self._kv.Compact, etcdrpc.CompactionRequest(revision=revision), "compact", 60.0)
         except StoreError as exc:
-            if "compacted" not in str(exc):
+            if getattr(exc, "code", "") != "OUT_OF_RANGE" or revision > self.revision():
                 raise
+
+    def alarms(self) -> list[tuple[int, str]]:
+        """etcd's raised alarms as (member id, alarm name), e.g. ``(0x8e9e05c52164694d, "NOSPACE")``."""
+        req = etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.GET)
+        resp = self._call(self._maint.Alarm, req, "alarm list", idempotent=True)
+        return [(a.memberID, etcdrpc.ALARM_NAMES.get(a.alarm, str(a.alarm))) for a in resp.alarms]
+
+    def disarm(self) -> list[tuple[int, str]]:
+        """Deactivate every NOSPACE alarm (etcd then takes writes again, if it has room); returns
+        the alarms disarmed. Disarming before space was freed only lets etcd raise it again."""
+        disarmed = []
+        for member, name in self.alarms():
+            if name == "NOSPACE":
+                req = etcdrpc.AlarmRequest(action=etcdrpc.AlarmRequest.DEACTIVATE, memberID=member,
+                                           alarm=etcdrpc.ALARM_NOSPACE)
+                self._call(self._maint.Alarm, req, "alarm disarm")
+                disarmed.append((member, name))
+        return disarmed
+
+    def defragment(self, timeout: float = 120.0) -> list[str]:
+        """Defragment every endpoint's database file, one at a time (each member blocks while it
+        does; after a compaction this is what returns the freed space to the disk and the quota).
+        Returns the endpoints done; the first failure raises."""
+        done = []
+        for host, port in self.endpoints:
+            channel = grpc.insecure_channel(f"{host}:{port}")
+            try:
+                self._call(etcdrpc.Stub(channel).Defragment, etcdrpc.DefragmentRequest(),
+                           f"defragment of {host}:{port}", timeout)
+            finally:
+                channel.close()
+            done.append(f"{host}:{port}")
+        return done
 
     # ---- watches -----------------------------------------------------------------------------
 
@@ -343,6 +442,12 @@ class WatchStream:
 
 
 # ---- request building ----------------------------------------------------------------------------
+
+
+def _has_put(ops: Sequence[Op]) -> bool:
+    """Does any branch of these operations (nested transactions included) put a key?"""
+    return any(isinstance(op, Put) or (isinstance(op, Txn) and _has_put((*op.success, *op.failure)))
+               for op in ops)
 
 
 def _range_request(op: Get) -> Any:
@@ -408,4 +513,5 @@ def _txn_result(resp: Any, revision: int) -> TxnResult:
     return TxnResult(resp.succeeded, revision, out)
 
 
-__all__ = ["Store", "WatchStream", "WatchBatch", "MAX_TXN_OPS", "MAX_REQUEST_BYTES", "op_size", "parse_endpoints"]
+__all__ = ["Store", "SpaceWatch", "WatchStream", "WatchBatch", "MAX_TXN_OPS", "MAX_REQUEST_BYTES", "op_size",
+           "parse_endpoints"]

@@ -48,13 +48,15 @@ class EtcdServer:
     """One etcd member (or a single-member cluster) on free ports."""
 
     def __init__(self, data_dir: Path, name: str = "e0", client_port: int | None = None,
-                 peer_port: int | None = None, cluster: str | None = None, state: str = "new"):
+                 peer_port: int | None = None, cluster: str | None = None, state: str = "new",
+                 extra: list[str] | None = None):
         self.data_dir = data_dir
         self.name = name
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
         self.cluster = cluster or f"{name}=http://127.0.0.1:{self.peer_port}"
         self.state = state
+        self.extra = list(extra or [])  # more etcd flags, e.g. ["--quota-backend-bytes", "8388608"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +72,8 @@ class EtcdServer:
             [ETCD, "--name", self.name, "--data-dir", str(self.data_dir), "--listen-client-urls", client,
              "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", self.cluster, "--initial-cluster-state", self.state,
-             "--initial-cluster-token", "conductor-test", "--heartbeat-interval", "50", "--election-timeout", "500"],
+             "--initial-cluster-token", "conductor-test", "--heartbeat-interval", "50", "--election-timeout", "500",
+             *self.extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         if wait:
