@@ -247,13 +247,14 @@ def nodes(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) ->
 @app.command()
 def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - for stdin.")],
           json: Json = False) -> None:
-    """Validate a job file without posting it (no etcd needed)."""
+    """Validate a job file without posting it (no etcd needed): every check post makes, sizes too."""
     from conductor import spec, templates
 
     data = spec.load_file(file)
     meta, _ = templates.split(data)
     sample = {n: s.get("default", "x") for n, s in meta["inputs"].items()}  # any value checks the shape
     normalised = templates.instantiate(data, sample)[0]
+    spec.check_stored(normalised)  # what post's Board.post refuses for size, built the same way
     if json:
         render.print_json(normalised)
     else:
