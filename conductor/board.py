@@ -101,7 +101,7 @@ class Board:
         spec = {**spec, "on_success": (meta or {}).get("on_success", []),
                 "on_failure": (meta or {}).get("on_failure", [])}
         job, layers, tasks = footprint.build(spec, user, job_id, source or {"kind": "api"})
-        footprint.check(job, layers, tasks)
+        footprint.check(job, layers, tasks)  # as spec.check_stored (conductor check) does
         if secrets:
             job["has_secrets"] = True
         started = advance(job, {layer["index"]: layer for layer in layers}, node)

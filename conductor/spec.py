@@ -436,10 +436,13 @@ def validate_job(data: Any) -> dict[str, Any]:
     return job
 
 
-def check_stored(job: dict[str, Any]) -> None:
+def check_stored(job: dict[str, Any], user: str, source: dict[str, Any],
+                 meta: dict[str, Any] | None = None) -> None:
     """Refuse a validated job whose stored values would break the caps (MAX_VALUE_BYTES each,
-    MAX_JOB_BYTES in all): the values are built and encoded exactly as post builds them, without
-    etcd, so ``conductor check`` and ``conductor post`` refuse the same jobs."""
+    MAX_JOB_BYTES in all): the values are built and encoded exactly as post builds them (give the
+    same user, source and template meta), without etcd, so ``conductor check`` and ``conductor
+    post`` refuse the same jobs with the same message. Raises InvalidSpec."""
     from . import footprint
 
-    footprint.check(*footprint.build(job, "check", "0" * 16, {"kind": "check"}))
+    job = {**job, "on_success": (meta or {}).get("on_success", []), "on_failure": (meta or {}).get("on_failure", [])}
+    footprint.check(*footprint.build(job, user, "0" * 16, source))
