@@ -98,6 +98,32 @@ class Board:
             return job_id
         given = job_id is not None
         job_id = job_id or ids.new_job_id()
+        job, layers, tasks, started = self._values(spec, user, job_id, source, meta, bool(secrets), node)
+        whole = self._task_ops(tasks, ready=True) + self._head_ops(job, layers, secrets)
+        exists = [absent(self.keys.job(user, job_id))]
+        if fits(whole, exists):
+            if not self.store.txn(exists, whole).succeeded:
+                return self._exists(job_id, given)
+            self._log_post(job, layers)
+            return job_id
+        for i in started:
+            layers[i]["enqueued"] = False  # queued after the head: see _post_chunked
+        revs = self._post_chunked(job, layers, tasks, secrets)
+        if revs is None:
+            return self._exists(job_id, given)
+        self._log_post(job, layers)
+        for i in started:
+            self.enqueue(user, layers[i]["id"], [(task, revs[task["id"]]) for task in tasks[i]], node=node)
+        if started:
+            self.settle(job_id, user, node)
+        return job_id
+
+    @staticmethod
+    def _values(spec: dict[str, Any], user: str, job_id: str, source: dict[str, Any] | None,
+                meta: dict[str, Any] | None, secrets: bool,
+                node: str | None) -> tuple[Value, list[Value], list[list[Value]], list[int]]:
+        """The values a post writes, checked against the stored-size caps (raises InvalidSpec),
+        with the layers that start at once RUNNING and their tasks QUEUED; and those layers."""
         spec = {**spec, "on_success": (meta or {}).get("on_success", []),
                 "on_failure": (meta or {}).get("on_failure", [])}
         job, layers, tasks = footprint.build(spec, user, job_id, source or {"kind": "api"})
@@ -109,25 +135,7 @@ class Board:
             for task in tasks[i]:
                 model.move(task, states.QUEUED, "its layer started", node)
             layers[i]["enqueued"] = True
-        whole = self._task_ops(tasks, ready=True) + self._head_ops(job, layers, secrets)
-        exists = [absent(self.keys.job(user, job_id))]
-        if fits(whole, exists):
-            if not self.store.txn(exists, whole).succeeded:
-                return self._exists(job_id, given)
-            self._log_post(job, layers)
-            return job_id
-        for i in started:
-            layers[i]["enqueued"] = False
-        revs = self._post_chunked(job, layers, tasks, secrets)
-        if revs is None:
-            return self._exists(job_id, given)
-        self._log_post(job, layers)
-        for i in started:
-            known = [(task, revs[task["id"]]) for task in tasks[i]]
-            self.enqueue(user, layers[i]["id"], known, node=node)
-        if started:
-            self.settle(job_id, user, node)
-        return job_id
+        return job, layers, tasks, started
 
     @staticmethod
     def _exists(job_id: str, given: bool) -> str:

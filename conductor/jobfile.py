@@ -177,12 +177,8 @@ def _duplicate_line(text: str, key: str) -> int | None:
     def parse_object(s_and_end: tuple[str, int], *args: Any) -> tuple[Any, int]:
         s, start = s_and_end
         pairs, end = json.decoder.JSONObject(s_and_end, *args)  # type: ignore[attr-defined]
-        keys = [k for k, _ in pairs]
-        if not found and keys.count(key) > 1:
-            children = [(a, b) for a, b in spans if a >= start and b <= end]
-            hits = [m.start() for m in pattern.finditer(s, start, end)
-                    if not any(a <= m.start() < b for a, b in children)]
-            found.append(s.count("\n", 0, hits[1]) + 1 if len(hits) > 1 else s.count("\n", 0, start) + 1)
+        if not found and [k for k, _ in pairs].count(key) > 1:
+            found.append(_second(s, pattern, start, end, [(a, b) for a, b in spans if a >= start and b <= end]))
         spans.append((start, end))
         return pairs, end
 
@@ -193,6 +189,13 @@ def _duplicate_line(text: str, key: str) -> int | None:
     except (ValueError, RecursionError):
         return None
     return found[0] if found else None
+
+
+def _second(s: str, pattern: re.Pattern[str], start: int, end: int, children: list[tuple[int, int]]) -> int:
+    """The line of the second match of ``pattern`` in s[start:end] outside the child objects
+    (the object's own line when it cannot be found: a key written with escapes, say)."""
+    hits = [m.start() for m in pattern.finditer(s, start, end) if not any(a <= m.start() < b for a, b in children)]
+    return s.count("\n", 0, hits[1] if len(hits) > 1 else start) + 1
 
 
 # ---- YAML ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ The format is a superset of Igor's job JSON; see ``docs/jobs.md``.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -164,7 +165,7 @@ def parse_duration(value: Any, field: str, maximum: float | None = None) -> floa
     if seconds <= 0:
         raise InvalidSpec(field, "must be more than zero")
     if maximum is not None and seconds > maximum:
-        raise InvalidSpec(field, f"is too large: {seconds:g} seconds, the limit is {maximum:g} ({maximum / 86400:g} days)")
+        raise InvalidSpec(field, f"is too large: {_short(value)}, the limit is {maximum / 86400:g} days")
     return seconds
 
 
@@ -338,6 +339,9 @@ def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int 
     out["timeout"] = merged.get("timeout")
     out["cwd"] = merged.get("cwd")
     out["needs"] = merged.get("needs", {})
+    size = len(json.dumps(out))  # tasks added later (add-task, spawn files) are held to the cap too
+    if size > MAX_VALUE_BYTES:
+        raise InvalidSpec(where, f"is {_bytes(size)} as JSON; one task may be at most {_bytes(MAX_VALUE_BYTES)}")
     return out
 
 
@@ -418,10 +422,7 @@ def validate_job(data: Any) -> dict[str, Any]:
         raise InvalidSpec("layers", "must hold at least one layer")
     if len(layers) > MAX_LAYERS:
         raise InvalidSpec("layers", f"has {len(layers)} layers, the limit is {MAX_LAYERS}")
-    n_tasks = sum(len(layer["tasks"]) for layer in layers
-                  if isinstance(layer, dict) and isinstance(layer.get("tasks"), list))
-    if n_tasks > MAX_TASKS:
-        raise InvalidSpec("layers", f"hold {n_tasks} tasks, the limit for one job is {MAX_TASKS}")
+    _count_tasks(layers)
     defaults = _common(data, "", {})
     name = data.get("name")
     job: dict[str, Any] = {
@@ -434,6 +435,14 @@ def validate_job(data: Any) -> dict[str, Any]:
     _unique([layer["name"] for layer in job["layers"]], "layers", "layer")
     check_exec(job)
     return job
+
+
+def _count_tasks(layers: list[Any]) -> None:
+    """Refuse more than MAX_TASKS tasks before validating any (that would take a while)."""
+    n_tasks = sum(len(layer["tasks"]) for layer in layers
+                  if isinstance(layer, dict) and isinstance(layer.get("tasks"), list))
+    if n_tasks > MAX_TASKS:
+        raise InvalidSpec("layers", f"hold {n_tasks} tasks, the limit for one job is {MAX_TASKS}")
 
 
 def check_stored(job: dict[str, Any], user: str, source: dict[str, Any],

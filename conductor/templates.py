@@ -164,6 +164,10 @@ def resolve(meta: dict[str, Any], params: dict[str, str], where: str = "") -> tu
         if name not in inputs:
             known = ", ".join(sorted(inputs)) or "none"
             raise InvalidSpec(f"{where}-p {name}", f"is not an input of this template (inputs: {known})")
+    from .jobfile import check_values  # secrets are stored as given: check them here, not in the job
+
+    for name, value in params.items():
+        check_values(str(value), f"{where}-p {name}")
     values: dict[str, str] = {}
     for name, settings in inputs.items():
         if name in params:

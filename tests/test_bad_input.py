@@ -307,3 +307,9 @@ def test_a_cron_rule_that_never_fires(shared_etcd, namespace, client, start_node
     log = node.log()
     assert "Traceback" not in log
     assert log.count("schedule feb30 fails") == 1, log
+
+
+def test_a_parameter_that_is_not_text_is_refused_even_for_a_secret():
+    data = {"inputs": [{"name": "tok", "secret": True}], "layers": [{"tasks": [{"cmd": ["echo", "{tok}"]}]}]}
+    with pytest.raises(InvalidSpec, match=r"^-p tok: is not valid UTF-8 text"):
+        templates.instantiate(data, {"tok": "\udc80"})
