@@ -8,6 +8,9 @@ jobs run against real etcd.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -313,3 +316,35 @@ def test_a_parameter_that_is_not_text_is_refused_even_for_a_secret():
     data = {"inputs": [{"name": "tok", "secret": True}], "layers": [{"tasks": [{"cmd": ["echo", "{tok}"]}]}]}
     with pytest.raises(InvalidSpec, match=r"^-p tok: is not valid UTF-8 text"):
         templates.instantiate(data, {"tok": "\udc80"})
+
+
+def test_a_job_with_more_layers_than_one_request_holds_is_posted_whole(client):
+    job_id = client.board.post(spec.validate_job({"layers": [{"tasks": [TASK]} for _ in range(300)]}), "tester")
+    k = client.keys
+    assert client.store.count(k.layer("tester", job_id + ".")) == 300
+    assert client.store.count(k.task("tester", job_id + ".")) == 300
+    assert client.store.count(k.pending()) == 0
+    job = codec.unpack(client.store.get(k.job("tester", job_id)).value)
+    assert len(job["layers"]) == 300 and job["state"] == "RUNNING"
+
+
+def test_kill9_of_a_real_post_mid_way_is_collected(shared_etcd, namespace, tmp_path, client):
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(_bulky(2500)))  # about 25 MB: some twenty chunks
+    proc = subprocess.Popen([sys.executable, "-m", "conductor", "post", str(path), "--etcd", shared_etcd.endpoint,
+                             "--namespace", namespace, "--user", "tester"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: client.store.count(client.keys.task("tester")) > 0 or proc.poll() is not None,
+                 timeout=60, interval=0.01, what="the post's first task keys")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    first = next(client.store.iter_prefix(client.keys.task("tester"), keys_only=True), None)
+    assert first is not None, proc.stderr.read() if proc.stderr else ""
+    job_id = first.key.rsplit("/", 1)[1].split(".")[0]
+    if client.store.get(client.keys.job("tester", job_id)) is not None:
+        pytest.skip("the post finished before it could be killed")
+    assert client.store.get(client.keys.pending(job_id)) is not None, "a dead post leaves its marker"
+    assert partial.collect(client.board, grace=0) == [job_id]
+    assert client.store.count(client.keys.namespace) == 0
