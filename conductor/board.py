@@ -19,15 +19,15 @@ Atomicity, per method:
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any
 
 from . import codec, footprint, ids, model, partial, states
-from .batch import Item, fit, fits
+from .batch import Item, fit, fits, op_size
 from .errors import NotFound, Refused, StoreError
 from .keys import Keys
 from .model import Value
 from .ops import KV, Compare, Delete, Get, Op, Put, absent, mod_is, range_empty
-from .store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Store, op_size
+from .store import MAX_TXN_OPS, Store
 
 log = logging.getLogger("conductor.board")
 
@@ -35,21 +35,6 @@ INLINE_TASKS = 40  # starting layers with at most this many tasks in all are que
 MAX_FINISH = 24  # layers finished in one settle transaction (three range compares each)
 CHUNK_TASKS = 60  # tasks queued per transaction (two ops each)
 MAX_TRIES = 50
-
-
-def chunked(ops: list[Op], max_ops: int = MAX_TXN_OPS - 4, max_bytes: int = MAX_REQUEST_BYTES) -> Iterable[list[Op]]:
-    """Split ops into groups under etcd's op-count and request-size limits."""
-    group: list[Op] = []
-    size = 0
-    for op in ops:
-        n = op_size(op)
-        if group and (len(group) >= max_ops or size + n > max_bytes):
-            yield group
-            group, size = [], 0
-        group.append(op)
-        size += n
-    if group:
-        yield group
 
 
 class Board:
