@@ -36,7 +36,8 @@ def file_create_us(directory: Path, n: int = 300) -> float:
     """CPU microseconds to create (and close) one empty file in ``directory``, as a task's log is.
 
     On ext4 this is ~15 us normally, but for a minute or more after many files were deleted
-    (another run's clean-up; measured at the end of a run, before its own) the inode allocator scans past every recently deleted inode, and one
+    (another run's clean-up; measured at the end of a run, before its own) the inode allocator scans past every
+    recently deleted inode, and one
     creation can cost 0.2-0.6 ms: then the task logs' file system, not Conductor, sets the pace."""
     probe = Path(tempfile.mkdtemp(prefix="create-probe-", dir=directory))
     try:

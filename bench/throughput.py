@@ -30,7 +30,8 @@ def main() -> None:
         emit({"bench": "throughput", "tasks": args.tasks, "nodes": args.nodes, "slots": args.slots,
               "seconds": r["seconds"], "tasks_per_second": round(rate, 1), "post_seconds": r["post_seconds"],
               "target_tasks_per_second": TARGET, "met": rate >= TARGET, "wait_mode": args.wait_mode,
-              **{k: v for k, v in r.items() if k not in ("seconds", "post_seconds") and not k.startswith("_")}, "host": host_facts(cl)})
+              **{k: v for k, v in r.items() if k not in ("seconds", "post_seconds") and not k.startswith("_")},
+              "host": host_facts(cl)})
 
 
 if __name__ == "__main__":

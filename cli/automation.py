@@ -109,7 +109,8 @@ def schedule_list(etcd: Etcd = None, namespace: Namespace = None, json: Json = F
 
 
 def _schedule_line(s: dict[str, Any]) -> str:
-    when = "paused" if s.get("paused") else "next " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["next"]))
+    when = ("paused" if s.get("paused") else "never fires" if s.get("next") is None
+            else "next " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["next"])))
     return f"{s['name']}  {s['cron']}  -> {s['template']}  {when}  overlap {s['overlap']}, catch-up {s['catch_up']}"
 
 

@@ -254,14 +254,19 @@ def nodes(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) ->
 
 @app.command()
 def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - for stdin.")],
-          json: Json = False) -> None:
-    """Validate a job file without posting it (no etcd needed)."""
+          user: User = None, json: Json = False) -> None:
+    """Validate a job file without posting it (no etcd needed): every check post makes, sizes too."""
     from conductor import spec, templates
+    from conductor.settings import default_user
 
     data = spec.load_file(file)
     meta, _ = templates.split(data)
     sample = {n: s.get("default", "x") for n, s in meta["inputs"].items()}  # any value checks the shape
     normalised = templates.instantiate(data, sample)[0]
+    source: dict[str, Any] = {"kind": "file", "path": file}  # as Client.post records it
+    if meta["inputs"]:
+        source["inputs"] = templates.recorded_inputs(meta, sample)
+    spec.check_stored(normalised, user or default_user(), source, meta)  # Board.post's size checks
     if json:
         render.print_json(normalised)
     else:

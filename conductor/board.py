@@ -2,9 +2,13 @@
 
 Atomicity, per method:
 
-* :meth:`Board.post` writes a small job in one transaction. A job too big for one request is
-  written as chunks of tasks first and the job key last, so no reader sees it half-written; its
-  first layers are then queued by :meth:`Board.enqueue`.
+* :meth:`Board.post` writes a job that fits one request (by count and bytes, see
+  :mod:`conductor.batch`) in one transaction. A bigger job is written as chunks of tasks first
+  (the first chunk also writes ``pending/<job>``), then its head (job, layers, index, active,
+  pause markers, secrets; the layers go with the tasks when there are too many for one request)
+  in one transaction that deletes the pending marker, so a visible job is always a complete job.
+  A failed chunk makes post remove what it wrote; a poster killed mid-way leaves a pending marker
+  for :func:`conductor.partial.collect`. The first layers are then queued by :meth:`Board.enqueue`.
 * :meth:`Board.settle` is idempotent and safe to run from any number of nodes at once: it writes
   the plan of :func:`layerplan.plan` (which layers end, which start, the job's state) in one
   transaction, guarded by the revisions of the job and of every layer it writes and by compares
@@ -22,8 +26,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from . import batch, codec, ids, layerplan, model, states
-from .errors import NotFound
+from . import batch, codec, footprint, ids, layerplan, model, partial, states
+from .batch import Item, fit, fits, op_size
+from .errors import NotFound, Refused, StoreError
 from .keys import Keys
 from .model import Value
 from .ops import KV, Compare, Delete, Get, Op, Put, absent, mod_is, range_empty
@@ -78,54 +83,96 @@ class Board:
              meta: dict[str, Any] | None = None) -> str:
         """Write a validated job spec; returns its id. See the module docstring for atomicity.
 
-        With ``job_id`` given and already posted, nothing is written (posting is idempotent)."""
+        With ``job_id`` given and already posted, nothing is written (posting is idempotent).
+        Raises InvalidSpec (nothing written) for a job over the stored-size caps, and StoreError
+        when a chunk of a big job could not be written (what it wrote is removed first)."""
         if job_id and self.store.get(self.keys.index(job_id)) is not None:
             return job_id
+        given = job_id is not None
         job_id = job_id or ids.new_job_id()
-        spec = {**spec, "on_success": (meta or {}).get("on_success", []),
-                "on_failure": (meta or {}).get("on_failure", [])}
-        job = model.new_job(job_id, spec, user, source or {"kind": "api"})
-        layers = [model.new_layer(job, i, lspec) for i, lspec in enumerate(spec["layers"])]
-        tasks = [[model.new_task(layer, n, tspec) for n, tspec in enumerate(lspec["tasks"])]
-                 for layer, lspec in zip(layers, spec["layers"])]
-        job["layers"] = [model.layer_summary(layer) for layer in layers]
-        started = advance(job, {layer["index"]: layer for layer in layers}, node)
-        k = self.keys
-        if secrets:
-            job["has_secrets"] = True
-        n_head = len(self._head_ops(job, layers, secrets))
-        small = sum(len(t) for t in tasks) + sum(len(tasks[i]) for i in started) + n_head <= MAX_TXN_OPS
-        small = small and sum(len(codec.pack(t)) for layer_tasks in tasks for t in layer_tasks) * 2 < MAX_REQUEST_BYTES
-        for i in started:
-            for task in tasks[i]:
-                model.move(task, states.QUEUED, "its layer started", node)
-        if small:
-            for i in started:
-                layers[i]["enqueued"] = True
-            res = self.store.txn([absent(k.job(user, job_id))], self._task_ops(tasks, ready=True) +
-                                 self._head_ops(job, layers, secrets))
-            if not res.succeeded:
-                raise RuntimeError(f"job id {job_id} already exists")
+        job, layers, tasks, started = self._values(spec, user, job_id, source, meta, bool(secrets), node)
+        whole = self._task_ops(tasks, ready=True) + self._head_ops(job, layers, secrets)
+        exists = [absent(self.keys.job(user, job_id))]
+        if fits(whole, exists):
+            if not self.store.txn(exists, whole).succeeded:
+                return self._exists(job_id, given)
             self._log_post(job, layers)
             return job_id
-        # Big: tasks (the first layers' already QUEUED) and layers first, the job key last, and only
-        # then the ready markers, so no node starts a task of a job nobody can see yet.
-        revs: dict[str, int] = {}
-        for group in chunked(self._task_ops(tasks, ready=False) + self._layer_ops(layers)):
-            res = self.store.txn([absent(k.job(user, job_id))], group)
-            for op in group:
-                if isinstance(op, Put):
-                    revs[op.key] = res.revision
-        res = self.store.txn([absent(k.job(user, job_id))], self._head_ops(job, secrets=secrets))
-        if not res.succeeded:
-            raise RuntimeError(f"job id {job_id} already exists")
+        for i in started:
+            layers[i]["enqueued"] = False  # queued after the head: see _post_chunked
+        revs = self._post_chunked(job, layers, tasks, secrets)
+        if revs is None:
+            return self._exists(job_id, given)
         self._log_post(job, layers)
         for i in started:
-            known = [(task, revs[k.task(user, task["id"])]) for task in tasks[i]]
-            self.enqueue(user, layers[i]["id"], known, node=node)
+            self.enqueue(user, layers[i]["id"], [(task, revs[task["id"]]) for task in tasks[i]], node=node)
         if started:
             self.settle(job_id, user, node)
         return job_id
+
+    @staticmethod
+    def _values(spec: dict[str, Any], user: str, job_id: str, source: dict[str, Any] | None,
+                meta: dict[str, Any] | None, secrets: bool,
+                node: str | None) -> tuple[Value, list[Value], list[list[Value]], list[int]]:
+        """The values a post writes, checked against the stored-size caps (raises InvalidSpec),
+        with the layers that start at once RUNNING and their tasks QUEUED; and those layers."""
+        spec = {**spec, "on_success": (meta or {}).get("on_success", []),
+                "on_failure": (meta or {}).get("on_failure", [])}
+        job, layers, tasks = footprint.build(spec, user, job_id, source or {"kind": "api"})
+        footprint.check(job, layers, tasks)  # as spec.check_stored (conductor check) does
+        if secrets:
+            job["has_secrets"] = True
+        started = advance(job, {layer["index"]: layer for layer in layers}, node)
+        for i in started:
+            for task in tasks[i]:
+                model.move(task, states.QUEUED, "its layer started", node)
+            layers[i]["enqueued"] = True
+        return job, layers, tasks, started
+
+    @staticmethod
+    def _exists(job_id: str, given: bool) -> str:
+        """Another post of the same id won (a schedule's tick fired twice, say): that is the job."""
+        if given:
+            return job_id
+        raise Refused(f"job id {job_id} already exists")
+
+    def _post_chunked(self, job: Value, layers: list[Value], tasks: list[list[Value]],
+                      secrets: dict[str, str] | None) -> dict[str, int] | None:
+        """Write a big job: tasks (the first layers' already QUEUED, without ready markers) in
+        chunks, the first with a ``pending/<job>`` marker, then the head in one transaction that
+        deletes the marker, so the job appears whole or not at all. The ready markers come later
+        (enqueue), so no node starts a task of a job nobody can see yet.
+
+        Returns each task's revision by id, or None when the job key exists already (nothing of
+        ours is removed: the keys are the other post's). If a write fails, removes what this post
+        wrote (best effort; the sweeper's ``partial.collect`` finishes the job) and raises StoreError."""
+        k, user, job_id = self.keys, job["user"], job["id"]
+        exists = [absent(k.job(user, job_id))]
+        marker = Put(k.pending(job_id), codec.pack({"user": user, "at": model.now()}))
+        head = self._head_ops(job, layers, secrets) + [Delete(k.pending(job_id))]
+        items = [Item(self._task_ops([[task]], ready=False), tag=task["id"]) for lt in tasks for task in lt]
+        if not fits(head, exists):  # many layers: they go first too, invisible without the job key
+            head = self._head_ops(job, None, secrets) + [Delete(k.pending(job_id))]
+            items += [Item(self._layer_ops([layer])) for layer in layers]
+        revs: dict[str, int] = {}
+        try:
+            groups = fit(items, reserve_ops=1, reserve_compare=1, reserve_bytes=op_size(marker) + 200)
+            for n, group in enumerate(groups):
+                res = self._write_chunk(exists, ([marker] if n == 0 else []) + group.ops)
+                if not res.succeeded:
+                    return None
+                revs.update((str(tag), res.revision) for tag in group.tags if tag is not None)
+            if not self._write_chunk(exists, head).succeeded:
+                return None
+        except Exception as exc:
+            partial.remove(self, user, job_id)
+            raise StoreError(f"job {job_id} could not be posted, and what was written of it is removed: "
+                             f"{exc}") from exc
+        return revs
+
+    def _write_chunk(self, compare: list[Compare], ops: list[Op]) -> Any:
+        """One transaction of a chunked post (a seam for tests that cut a post short)."""
+        return self.store.txn(compare, ops)
 
     def _task_ops(self, tasks: list[list[Value]], ready: bool) -> list[Op]:
         ops: list[Op] = []
@@ -146,7 +193,8 @@ class Board:
 
     def _head_ops(self, job: Value, layers: list[Value] | None = None,
                   secrets: dict[str, str] | None = None) -> list[Op]:
-        """The job key and its index; with ``layers``, the layers too (a job posted in one txn)."""
+        """The job key and its index, active marker, pause marker and secrets; with ``layers``,
+        the layers too. Written in one transaction, the job key last: the job appears whole."""
         k, user = self.keys, job["user"]
         ops: list[Op] = self._layer_ops(layers) if layers else []
         if job.get("paused_at"):

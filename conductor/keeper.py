@@ -19,7 +19,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from . import codec, messages, retention, schedules, states, templates
+from . import codec, messages, partial, retention, schedules, states, templates
 from .claims import Claimed, Outcome
 from .lifecycle import Cause
 from .errors import StoreError
@@ -135,7 +135,8 @@ class Keeper:
         if not self._lead("sweeper"):
             return
         # each chore on its own: one that fails must not keep the others from running
-        for chore in (self._retention, self._deliver_messages, self._finish_fires, self._settle_active):
+        for chore in (self._retention, self._deliver_messages, self._finish_fires, self._settle_active,
+                      self._collect_partial_posts):
             try:
                 chore()
                 self._chore_errors.pop(chore.__name__, None)
@@ -151,6 +152,13 @@ class Keeper:
             if retention.sweep(self.node.board, self.node.settings.keep, self.node.settings.gc_every,
                                self.node.clock):  # a skewed clock: try again at the next sweep
                 self._gc_at = time.monotonic() + self.node.settings.gc_every
+
+    def _collect_partial_posts(self) -> None:
+        """Remove what posts killed half way left behind (after a grace period)."""
+        if self.node.clock.chore_time() is None:
+            return  # a grace period judged on a skewed clock could remove a post still being written
+        for job in partial.collect(self.node.board):
+            log.warning("job %s: removed the keys of a post that never finished", job)
 
     def _deliver_messages(self) -> None:
         messages.deliver(self.node.board)  # messages whose sender died before delivering them

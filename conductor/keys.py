@@ -27,6 +27,7 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "tally": ("users/<user>/tally/<job>/<state>/<task>", False, "one per finished task, by state"),
     "index": ("index/<job>", False, "which user owns a job"),
     "active": ("active/<job>", False, "exists while a job is not finished"),
+    "pending": ("pending/<job>", False, "a big job being posted in chunks; its head deletes it (value: user, at)"),
     "leader": ("leaders/<role>", True, "which node does a cluster-wide chore"),
     "meta": ("meta/<name>", False, "cluster bookkeeping (the last compaction)"),
     "secrets": ("users/<user>/secrets/<job>", False, "a job's secret inputs; read only by the node running it"),
@@ -99,6 +100,9 @@ class Keys:
 
     def active(self, job: str = "") -> str:
         return self._k(f"active/{job}")
+
+    def pending(self, job: str = "") -> str:
+        return self._k(f"pending/{job}")
 
     # ---- the watched stream ----------------------------------------------------------------
     def stream(self) -> str:

@@ -23,6 +23,8 @@ from .threadname import name_this_thread
 
 log = logging.getLogger("conductor.node")
 
+RETRY_BROKEN = 60  # seconds between tries of a schedule that failed for itself
+
 
 class Scheduler:
     def __init__(self, board: Board, name: str, stopping: threading.Event, clock: Clock):
@@ -32,6 +34,7 @@ class Scheduler:
         self.clock = clock  # judged by the node's ClockWatch: unjudged or skewed fires nothing
         self.cache = _Schedules()
         self.follower: Any = None
+        self.broken: dict[str, tuple[dict[str, Any], float]] = {}  # name -> (value that failed, retry at)
 
     def start(self) -> None:
         self.follower = self.board.store.follow(self.board.keys.schedule(), self.cache, name="schedules")
@@ -48,7 +51,7 @@ class Scheduler:
         next_at: dict[str, float] = {}
         while not self.stopping.is_set():
             try:
-                wait = self._fire_due(next_at) if self.clock.chore_time() is not None else 1.0
+                wait = self._fire_all(next_at) if self.clock.chore_time() is not None else 1.0
             except StoreError as exc:
                 log.debug("scheduler: %s", exc)
                 wait = 1.0
@@ -58,20 +61,46 @@ class Scheduler:
             self.cache.changed.wait(max(0.01, wait))
             self.cache.changed.clear()
 
-    def _fire_due(self, next_at: dict[str, float]) -> float:
+    def _fire_all(self, next_at: dict[str, float]) -> float:
         """Fire every due tick (catching up on missed ones); returns seconds until the next."""
         now = self.clock.local()
         for name, schedule in list(self.cache.items.items()):
-            if schedule.get("paused"):
+            if schedule.get("paused") or self._resting(name, schedule, now):
                 continue
             if name not in next_at or next_at[name] <= now:
-                for tick in schedules.due(self.board, schedule, now):
-                    schedules.fire(self.board, schedule, tick, self.name)
-                next_at[name] = schedules.next_fire(schedule, now)
+                at = self._fire_due(name, schedule, now)
+                if at is not None:
+                    next_at[name] = at
         for name in list(next_at):
             if name not in self.cache.items:
                 del next_at[name]
+        self.broken = {n: b for n, b in self.broken.items() if self.cache.items.get(n) is b[0]}
         return min([t - now for t in next_at.values()] + [1.0])
+
+    def _fire_due(self, name: str, schedule: dict[str, Any], now: float) -> float | None:
+        """Fire one schedule's due ticks; returns when to look at it again. A schedule that fails
+        for itself (a rule that never fires, a value that is not a schedule) is logged once, as a
+        warning without a traceback, and tried again every RETRY_BROKEN seconds, or at once when
+        it changes (the cache gives a changed one a new value). Store errors go up to the loop."""
+        try:
+            for tick in schedules.due(self.board, schedule, now):
+                schedules.fire(self.board, schedule, tick, self.name)
+            at = schedules.next_fire(schedule, now)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if self.broken.get(name, (None, 0.0))[0] is not schedule:
+                log.warning("schedule %s fails, tried again every %d s until it changes: %s: %s",
+                            name, RETRY_BROKEN, type(exc).__name__, exc)
+            self.broken[name] = (schedule, now + RETRY_BROKEN)
+            return None
+        self.broken.pop(name, None)
+        return at
+
+    def _resting(self, name: str, schedule: dict[str, Any], now: float) -> bool:
+        """Is this schedule one that failed, unchanged since, and not yet due a retry?"""
+        failed, retry_at = self.broken.get(name, (None, 0.0))
+        return failed is schedule and now < retry_at
 
 
 class _Schedules(FollowHandler):

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from . import codec, messages, model, states, templates
 from .board import Board
@@ -32,9 +32,15 @@ GRACE = 3.0  # a tick older than this when first seen was missed (nodes look at 
 
 
 def validate_cron(expr: str) -> str:
+    """A cron rule, normalised; raises InvalidSpec naming ``--cron`` when it is not one, or when
+    no date ever matches it (``0 0 30 2 *``: 30 February)."""
     fields = expr.split()
     if len(fields) not in (5, 6) or not croniter.is_valid(expr):
         raise InvalidSpec("--cron", f"{expr!r} is not a cron expression (5 fields, or 6 with seconds last)")
+    try:
+        croniter(expr, time.time()).get_next(float)
+    except (CroniterError, ValueError, OverflowError):
+        raise InvalidSpec("--cron", f"{expr!r} never fires: no date matches it") from None
     return " ".join(fields)
 
 
@@ -94,7 +100,16 @@ def next_ticks(cron: str, after: float, until: float, limit: int = MAX_TICKS) ->
 
 
 def next_fire(schedule: dict[str, Any], now: float | None = None) -> float:
+    """The next tick after ``now``; raises croniter's ValueError for a rule that never fires
+    (stored before add refused such rules), which :func:`listing` shows as ``never``."""
     return croniter(schedule["cron"], now or time.time()).get_next(float)
+
+
+def next_fire_or_none(schedule: dict[str, Any], now: float | None = None) -> float | None:
+    try:
+        return next_fire(schedule, now)
+    except (CroniterError, ValueError, OverflowError, KeyError, TypeError):
+        return None
 
 
 def last_fired(board: Board, name: str) -> float | None:
@@ -200,7 +215,8 @@ def listing(board: Board) -> list[dict[str, Any]]:
     for kv in board.store.iter_prefix(board.keys.schedule()):
         value = codec.unpack(kv.value)
         value["etag"] = kv.mod_revision
-        value["next"] = None if value.get("paused") else next_fire(value)
+        value["next"] = None if value.get("paused") else next_fire_or_none(value)
+        value["never"] = not value.get("paused") and value["next"] is None
         value["last"] = last_fired(board, value["name"])
         out.append(value)
     return out

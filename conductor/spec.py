@@ -7,18 +7,31 @@ The format is a superset of Igor's job JSON; see ``docs/jobs.md``.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import InvalidSpec
 
-MAX_TASK_SPEC_BYTES = 64 * 1024
 MAX_NAME = 200
 MAX_LAYERS = 1000  # the job value keeps a line per layer; it must stay well under etcd's 1.5 MiB
+
+# What a job may be and store: every cap in one place (docs/jobs.md, "Limits", lists them).
+KIB, MIB = 1024, 1024 * 1024
+MAX_FILE_BYTES = 64 * MIB  # a job file read for check or post
+MAX_JOB_BYTES = 32 * MIB  # a job's stored values (job, layers, tasks as post encodes them) in all
+MAX_VALUE_BYTES = 512 * KIB  # one stored value (a task's, say): it travels with its twin in one request
+MAX_TASKS = 250_000  # tasks in one job
+MAX_DEPTH = 64  # nesting of maps and lists in a job file (a job needs fewer than ten)
+MAX_DIGITS = 64  # digits of one integer (Python refuses to convert more than 4,300)
+MAX_ALIAS_NODES = 100_000  # YAML aliases may expand a file to this many nodes...
+ALIAS_FACTOR = 10  # ...or to this many times the nodes written, whichever is more
+MAX_ARG_BYTES = 128 * KIB  # one argv element or NAME=value with its NUL: Linux's MAX_ARG_STRLEN
+MAX_EXEC_BYTES = 1 * MIB  # a task's argv and merged env (job, layer, task) as exec gets them
+MAX_TIMEOUT = 30 * 86400.0  # seconds
+MAX_MEMORY = 1024 ** 5  # bytes (1 PiB)
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (see lifecycle.py)
 ON_ERROR = ("fail", "continue")
@@ -40,55 +53,6 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**
 _LABEL = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 
 
-class _Int(int):
-    """An int that remembers how it was written (``010`` stays ``010`` in an argv)."""
-
-    source: str
-
-
-class _Float(float):
-    source: str
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML with the 1.2 core schema's scalars: only true/false are booleans (not yes/no/on/off),
-    no sexagesimal or 0-prefixed octal numbers, and numbers keep their source text."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers
-            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
-                           "tag:yaml.org,2002:timestamp")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
-_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
-                              list("-+0123456789"))
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    text = loader.construct_scalar(node)
-    value = _Int(int(text, 0) if text.startswith(("0o", "0x")) else int(text))
-    value.source = text
-    return value
-
-
-def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
-    text = loader.construct_scalar(node)
-    value = _Float(float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf")
-                         .replace(".nan", "nan").replace(".NaN", "nan").replace(".NAN", "nan")))
-    value.source = text
-    return value
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
-
-
 def _scalar_text(value: Any) -> str:
     """How a scalar was written: numbers keep their source text, booleans are true/false."""
     if isinstance(value, bool):
@@ -97,9 +61,12 @@ def _scalar_text(value: Any) -> str:
 
 
 def load_file(path: str) -> dict[str, Any]:
-    """Read a job file (``-`` for stdin) into a map, or raise InvalidSpec naming the file."""
+    """Read a job file (``-`` for stdin) into a map, or raise InvalidSpec naming the file.
+
+    A file over MAX_FILE_BYTES is refused before it is read."""
     if path == "-":
-        text, where = sys.stdin.read(), "stdin"
+        text, where = sys.stdin.read(MAX_FILE_BYTES + 1), "stdin"
+        _file_size(len(text.encode("utf-8", "surrogatepass")), where)
     else:
         p = Path(path)
         if not p.exists():
@@ -107,10 +74,23 @@ def load_file(path: str) -> dict[str, Any]:
         if p.is_dir():
             raise InvalidSpec("file", f"{path}: is a directory, not a job file")
         try:
+            _file_size(p.stat().st_size, path)
             text, where = p.read_text(encoding="utf-8"), path
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidSpec("file", f"{path}: cannot read: {exc}") from None
     return parse_text(text, where)
+
+
+def _file_size(size: int, where: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise InvalidSpec("file", f"{where}: is {_bytes(size)}; a job file may be at most {_bytes(MAX_FILE_BYTES)}")
+
+
+def _bytes(n: int) -> str:
+    """A size for people: ``70.0 MiB (73400320 bytes)``."""
+    if n >= MIB:
+        return f"{n / MIB:.1f} MiB ({n} bytes)"
+    return f"{n / KIB:.1f} KiB ({n} bytes)" if n >= KIB else f"{n} bytes"
 
 
 def parse_text(text: str, where: str = "input") -> dict[str, Any]:
@@ -121,24 +101,21 @@ def parse_text(text: str, where: str = "input") -> dict[str, Any]:
 
 
 def parse_any(text: str, where: str = "input") -> Any:
-    """YAML or JSON text -> whatever it holds; raises InvalidSpec naming where and why."""
+    """YAML or JSON text -> whatever it holds; raises InvalidSpec naming where and why (deep
+    nesting, duplicate keys, alias bombs, numbers and text that are not sane: see jobfile)."""
+    from . import jobfile  # imports this module's caps
+
     if not text.strip():
         raise InvalidSpec("file", f"{where}: is empty")
-    try:
-        data = json.loads(text) if text.lstrip().startswith(("{", "[")) else yaml.load(text, Loader=_Loader)
-    except json.JSONDecodeError as exc:
-        raise InvalidSpec("file", f"{where}: not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidSpec("file", f"{where}: not valid YAML: {at}{problem}") from None
-    return data
+    return jobfile.parse(text, where)
 
 
 def _kind(value: Any) -> str:
-    return {dict: "map", list: "list", str: "string", bool: "boolean", int: "number",
-            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+    for kind, name in ((bool, "boolean"), (dict, "map"), (list, "list"), (str, "string"), (int, "number"),
+                       (float, "number"), (type(None), "null")):
+        if isinstance(value, kind):  # numbers from a file are subclasses that keep their text
+            return name
+    return type(value).__name__
 
 
 def _unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -165,6 +142,8 @@ def _bool(value: Any, field: str) -> bool:
 
 
 def _int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, float) and not isinstance(value, bool):
+        raise InvalidSpec(field, f"must be a whole number, not {_short(value)}")
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidSpec(field, f"must be a whole number, not a {_kind(value)}")
     if minimum is not None and value < minimum:
@@ -174,19 +153,39 @@ def _int(value: Any, field: str, *, minimum: int | None = None, maximum: int | N
     return value
 
 
-def parse_duration(value: Any, field: str) -> float:
-    """``30``, ``1.5``, ``"90s"``, ``"5m"``, ``"2h"`` -> seconds (> 0)."""
+def parse_duration(value: Any, field: str, maximum: float | None = None) -> float:
+    """``30``, ``1.5``, ``"90s"``, ``"5m"``, ``"2h"`` -> seconds (> 0, finite, at most ``maximum``)."""
     if isinstance(value, bool):
         raise InvalidSpec(field, "must be a duration like 30, '90s', '5m' or '2h'")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        seconds = _finite(value, field)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        seconds = _finite(float(m.group(1)) * _DURATION_UNITS[m.group(2)], field)
     else:
-        raise InvalidSpec(field, f"must be a duration like 30, '90s', '5m' or '2h', not {value!r}")
+        raise InvalidSpec(field, f"must be a duration like 30, '90s', '5m' or '2h', not {_short(value)}")
     if seconds <= 0:
         raise InvalidSpec(field, "must be more than zero")
+    if maximum is not None and seconds > maximum:
+        raise InvalidSpec(field, f"is too large: {_short(value)}, the limit is {maximum / 86400:g} days")
     return seconds
+
+
+def _finite(value: float, field: str) -> float:
+    """``value`` as a float, refusing NaN, infinities and ints too big for a float."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidSpec(field, "is too large") from None
+    if math.isnan(number):
+        raise InvalidSpec(field, "is not a number (NaN)")
+    if math.isinf(number):
+        raise InvalidSpec(field, "is too large (infinite)")
+    return number
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_size(value: Any, field: str) -> int:
@@ -194,15 +193,17 @@ def parse_size(value: Any, field: str) -> int:
     if isinstance(value, bool):
         raise InvalidSpec(field, "must be a size like 512M or 2GiB")
     if isinstance(value, int):
-        size = value
+        number = _finite(value, field)
     elif isinstance(value, str) and (m := _SIZE.match(value)):
         unit = (m.group(2) or "").lower().rstrip("b")
-        size = int(float(m.group(1)) * _SIZE_UNITS[unit])
+        number = _finite(float(m.group(1)) * _SIZE_UNITS[unit], field)
     else:
-        raise InvalidSpec(field, f"must be a size like 512M or 2GiB, not {value!r}")
-    if size < 0:
+        raise InvalidSpec(field, f"must be a size like 512M or 2GiB, not {_short(value)}")
+    if number < 0:
         raise InvalidSpec(field, "must not be negative")
-    return size
+    if number > MAX_MEMORY:
+        raise InvalidSpec(field, f"is too large: {number:g} bytes, the limit is {MAX_MEMORY} (1 PiB)")
+    return int(number)
 
 
 def parse_env(value: Any, field: str) -> dict[str, str]:
@@ -219,8 +220,24 @@ def parse_env(value: Any, field: str) -> dict[str, str]:
         text = _scalar_text(val)
         if "\0" in text:
             raise InvalidSpec(f"{field}.{name}", "must not contain a NUL byte")
+        _arg_size(f"{name}={text}", f"{field}.{name}", "as NAME=value ")
         out[name] = text
     return out
+
+
+def _utf8_len(text: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "surrogatepass"))  # refused elsewhere, naming the field
+
+
+def _arg_size(text: str, field: str, what: str = "") -> None:
+    """Refuse a string exec would refuse (E2BIG): with its NUL, at most MAX_ARG_BYTES."""
+    size = _utf8_len(text) + 1
+    if size > MAX_ARG_BYTES:
+        raise InvalidSpec(field, f"is {_bytes(size)} {what}with its NUL; exec takes at most "
+                                 f"{_bytes(MAX_ARG_BYTES)} per string (Linux MAX_ARG_STRLEN)")
 
 
 def parse_needs(value: Any, field: str) -> dict[str, Any]:
@@ -259,7 +276,7 @@ def _common(data: dict[str, Any], where: str, inherited: dict[str, Any]) -> dict
     if "max_disruptions" in data:
         out["max_disruptions"] = _int(data["max_disruptions"], f"{where}max_disruptions", minimum=1, maximum=1000)
     if "timeout" in data and data["timeout"] is not None:
-        out["timeout"] = parse_duration(data["timeout"], f"{where}timeout")
+        out["timeout"] = parse_duration(data["timeout"], f"{where}timeout", MAX_TIMEOUT)
     if "priority" in data:
         out["priority"] = _int(data["priority"], f"{where}priority", minimum=-1000, maximum=1000)
     if "cwd" in data and data["cwd"] is not None:
@@ -280,6 +297,7 @@ def _cmd(task: dict[str, Any], where: str, shell: bool) -> list[str]:
         if shell:
             if not cmd.strip():
                 raise InvalidSpec(field, "must not be empty")
+            _arg_size(cmd, field)
             return [cmd]
         raise InvalidSpec(field, "must be a list of strings (an argv) like [echo, hello]; "
                                  "to run a string through /bin/sh, also set shell: true")
@@ -294,6 +312,7 @@ def _cmd(task: dict[str, Any], where: str, shell: bool) -> list[str]:
         text = _scalar_text(arg)
         if "\0" in text:
             raise InvalidSpec(f"{field}[{i}]", "must not contain a NUL byte")
+        _arg_size(text, f"{field}[{i}]")
         argv.append(text)
     if not argv[0].strip():
         raise InvalidSpec(f"{field}[0]", "the program name must not be empty")
@@ -324,9 +343,9 @@ def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int 
     out["timeout"] = merged.get("timeout")
     out["cwd"] = merged.get("cwd")
     out["needs"] = merged.get("needs", {})
-    size = len(json.dumps(out))
-    if size > MAX_TASK_SPEC_BYTES:
-        raise InvalidSpec(where, f"is {size} bytes, the limit for one task is {MAX_TASK_SPEC_BYTES}")
+    size = len(json.dumps(out))  # tasks added later (add-task, spawn files) are held to the cap too
+    if size > MAX_VALUE_BYTES:
+        raise InvalidSpec(where, f"is {_bytes(size)} as JSON; one task may be at most {_bytes(MAX_VALUE_BYTES)}")
     return out
 
 
@@ -343,7 +362,7 @@ def validate_layer(layer: Any, where: str, index: int, inherited: dict[str, Any]
     if on_error not in ON_ERROR:
         raise InvalidSpec(f"{where}.on_error", f"must be one of {', '.join(ON_ERROR)}, not {on_error!r}")
     defaults = _common(layer, f"{where}.", inherited)
-    return {
+    out = {
         "name": _str(layer["name"], f"{where}.name") if layer.get("name") is not None else f"layer-{index}",
         "order": _int(layer.get("order", index), f"{where}.order", minimum=-10**9, maximum=10**9),
         "env": parse_env(layer.get("env"), f"{where}.env"),
@@ -352,12 +371,51 @@ def validate_layer(layer: Any, where: str, index: int, inherited: dict[str, Any]
         "defaults": defaults,  # what tasks added later (add-task, spawn files) inherit
         "tasks": [validate_task(t, f"{where}.tasks[{i}]", defaults, i) for i, t in enumerate(tasks)],
     }
+    _unique([t["name"] for t in out["tasks"]], f"{where}.tasks", "task")
+    return out
+
+
+def _unique(names: list[str], where: str, what: str) -> None:
+    """Refuse a name used twice (ids and views tell objects apart by it), naming both places."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise InvalidSpec(f"{where}[{i}].name", f"{what} name {name!r} is also the name of "
+                                                    f"{where}[{first[name]}]")
+        first[name] = i
+
+
+def check_exec(job: dict[str, Any]) -> None:
+    """Refuse a task whose argv and merged env (job, then layer, then task env: what the node
+    passes to exec) exceed MAX_EXEC_BYTES, naming the task's env (or cmd, when argv is most)."""
+    job_env = job.get("env", {})
+    for li, layer in enumerate(job["layers"]):
+        base = {**job_env, **layer.get("env", {})}
+        base_size = sum(_env_size(k, v) for k, v in base.items())
+        for ti, task in enumerate(layer["tasks"]):
+            argv = sum(_utf8_len(a) + 1 for a in task["cmd"])
+            env = base_size + sum(_env_size(k, v) - (_env_size(k, base[k]) if k in base else 0)
+                                  for k, v in task["env"].items())
+            if argv + env > MAX_EXEC_BYTES:
+                field = f"layers[{li}].tasks[{ti}].{'env' if env >= argv else 'cmd'}"
+                raise InvalidSpec(field, f"argv and environment (job, layer and task env merged) come to "
+                                         f"{_bytes(argv + env)}; exec takes at most {_bytes(MAX_EXEC_BYTES)}")
+
+
+def _env_size(name: str, value: str) -> int:
+    return _utf8_len(name) + _utf8_len(value) + 2  # '=' and NUL
 
 
 def validate_job(data: Any) -> dict[str, Any]:
-    """A job map -> normalised job spec. Raises InvalidSpec naming the first bad field."""
+    """A job map -> normalised job spec. Raises InvalidSpec naming the first bad field.
+
+    Checks what exec and etcd would refuse too (sizes, text, numbers); :func:`check_stored` adds
+    the stored-size caps, which need the values as post encodes them."""
+    from .jobfile import check_values  # a job given as a map (the API) gets the file's checks
+
     if not isinstance(data, dict):
         raise InvalidSpec("", f"a job must be a map with 'name' and 'layers', not a {_kind(data)}")
+    check_values(data)
     _unknown(data, JOB_FIELDS, "")
     if "layers" not in data:
         raise InvalidSpec("layers", "is required: a list of layers, each with tasks")
@@ -368,12 +426,36 @@ def validate_job(data: Any) -> dict[str, Any]:
         raise InvalidSpec("layers", "must hold at least one layer")
     if len(layers) > MAX_LAYERS:
         raise InvalidSpec("layers", f"has {len(layers)} layers, the limit is {MAX_LAYERS}")
+    _count_tasks(layers)
     defaults = _common(data, "", {})
     name = data.get("name")
-    return {
+    job: dict[str, Any] = {
         "name": _str(name, "name") if name is not None else "job",
         "description": _str(data.get("description", ""), "description", empty=True, limit=4000),
         "env": parse_env(data.get("env"), "env"),
         "paused": _bool(data.get("paused", False), "paused"),
         "layers": [validate_layer(layer, f"layers[{i}]", i, defaults) for i, layer in enumerate(layers)],
     }
+    _unique([layer["name"] for layer in job["layers"]], "layers", "layer")
+    check_exec(job)
+    return job
+
+
+def _count_tasks(layers: list[Any]) -> None:
+    """Refuse more than MAX_TASKS tasks before validating any (that would take a while)."""
+    n_tasks = sum(len(layer["tasks"]) for layer in layers
+                  if isinstance(layer, dict) and isinstance(layer.get("tasks"), list))
+    if n_tasks > MAX_TASKS:
+        raise InvalidSpec("layers", f"hold {n_tasks} tasks, the limit for one job is {MAX_TASKS}")
+
+
+def check_stored(job: dict[str, Any], user: str, source: dict[str, Any],
+                 meta: dict[str, Any] | None = None) -> None:
+    """Refuse a validated job whose stored values would break the caps (MAX_VALUE_BYTES each,
+    MAX_JOB_BYTES in all): the values are built and encoded exactly as post builds them (give the
+    same user, source and template meta), without etcd, so ``conductor check`` and ``conductor
+    post`` refuse the same jobs with the same message. Raises InvalidSpec."""
+    from . import footprint
+
+    job = {**job, "on_success": (meta or {}).get("on_success", []), "on_failure": (meta or {}).get("on_failure", [])}
+    footprint.check(*footprint.build(job, user, "0" * 16, source))

@@ -16,8 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from typing import Any, Callable
+from typing import Callable
 
 from .supervisor import become_subreaper, descendants, frame, unframe
 from .threadname import name_this_thread

@@ -27,44 +27,51 @@ TEMPLATE_FIELDS = {"inputs", "triggers", "after", "on_success", "on_failure"}
 
 def parse_inputs(value: Any, field: str = "inputs") -> dict[str, dict[str, Any]]:
     """``inputs`` as a list of {name, description, required, default, secret} or a map of them."""
-    if value is None:
-        return {}
-    items: list[tuple[str, Any]]
-    if isinstance(value, dict):
-        items = [(str(k), v if isinstance(v, dict) else {"default": v}) for k, v in value.items()]
-    elif isinstance(value, list):
-        items = []
-        for i, item in enumerate(value):
-            if isinstance(item, str):
-                items.append((item, {}))
-            elif isinstance(item, dict) and "name" in item:
-                items.append((str(item["name"]), {k: v for k, v in item.items() if k != "name"}))
-            else:
-                raise InvalidSpec(f"{field}[{i}]", "must be a name or a map with 'name'")
-    else:
-        raise InvalidSpec(field, "must be a list of inputs (or a map of name: settings)")
     out: dict[str, dict[str, Any]] = {}
-    for name, settings in items:
+    for name, settings in _input_items(value, field):
         where = f"{field}.{name}"
         if not _NAME.match(name):
             raise InvalidSpec(where, "input names are letters, digits and _, not starting with a digit")
         if name in out:
             raise InvalidSpec(where, "is declared twice")
-        unknown = set(settings) - {"description", "required", "default", "secret"}
-        if unknown:
-            raise InvalidSpec(f"{where}.{sorted(unknown)[0]}", "unknown field (known: default, description, "
-                                                                "required, secret)")
-        entry = {"description": str(settings.get("description", "")),
-                 "secret": spec._bool(settings.get("secret", False), f"{where}.secret")}
-        if "default" in settings and settings["default"] is not None:
-            default = settings["default"]
-            if not isinstance(default, (str, int, float)):
-                raise InvalidSpec(f"{where}.default", "must be a string or a number")
-            entry["default"] = spec._scalar_text(default)
-        required = settings.get("required", "default" not in entry)
-        entry["required"] = spec._bool(required, f"{where}.required")
-        out[name] = entry
+        out[name] = _input(settings, where)
     return out
+
+
+def _input_items(value: Any, field: str) -> list[tuple[str, Any]]:
+    """(name, settings) of each declared input, in order."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [(str(k), v if isinstance(v, dict) else {"default": v}) for k, v in value.items()]
+    if not isinstance(value, list):
+        raise InvalidSpec(field, "must be a list of inputs (or a map of name: settings)")
+    items: list[tuple[str, Any]] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            items.append((item, {}))
+        elif isinstance(item, dict) and "name" in item:
+            items.append((str(item["name"]), {k: v for k, v in item.items() if k != "name"}))
+        else:
+            raise InvalidSpec(f"{field}[{i}]", "must be a name or a map with 'name'")
+    return items
+
+
+def _input(settings: Any, where: str) -> dict[str, Any]:
+    unknown = set(settings) - {"description", "required", "default", "secret"}
+    if unknown:
+        raise InvalidSpec(f"{where}.{sorted(unknown)[0]}", "unknown field (known: default, description, "
+                                                            "required, secret)")
+    entry = {"description": str(settings.get("description", "")),
+             "secret": spec._bool(settings.get("secret", False), f"{where}.secret")}
+    if "default" in settings and settings["default"] is not None:
+        default = settings["default"]
+        if not isinstance(default, (str, int, float)):
+            raise InvalidSpec(f"{where}.default", "must be a string or a number")
+        entry["default"] = spec._scalar_text(default)
+    required = settings.get("required", "default" not in entry)
+    entry["required"] = spec._bool(required, f"{where}.required")
+    return entry
 
 
 def parse_messages(value: Any, field: str) -> list[str]:
@@ -164,6 +171,10 @@ def resolve(meta: dict[str, Any], params: dict[str, str], where: str = "") -> tu
         if name not in inputs:
             known = ", ".join(sorted(inputs)) or "none"
             raise InvalidSpec(f"{where}-p {name}", f"is not an input of this template (inputs: {known})")
+    from .jobfile import check_values  # secrets are stored as given: check them here, not in the job
+
+    for name, value in params.items():
+        check_values(str(value), f"{where}-p {name}")
     values: dict[str, str] = {}
     for name, settings in inputs.items():
         if name in params:
@@ -179,7 +190,8 @@ def resolve(meta: dict[str, Any], params: dict[str, str], where: str = "") -> tu
     return public, secret
 
 
-def instantiate(data: dict[str, Any], params: dict[str, str], where: str = "") -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+def instantiate(data: dict[str, Any], params: dict[str, str],
+                where: str = "") -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """A job file (with inputs) and parameters -> (validated job spec, template meta, secrets).
 
     Secret placeholders stay in the spec; the spec's tasks name the secrets they use."""
