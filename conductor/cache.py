@@ -133,6 +133,7 @@ class Cache(FollowHandler):
         self.is_synced = False
         self.changes = 0  # bumped on every change a claim loop may care about
         self._prefix = keys.stream()
+        self._bad: set[str] = set()  # keys whose values were not ours (said once)
 
     # ---- FollowHandler ---------------------------------------------------------------------------
 
@@ -189,25 +190,40 @@ class Cache(FollowHandler):
         return kind, name
 
     def _apply_put(self, kv: KV) -> None:
+        """Apply a put. A value that is not what Conductor writes (a user's etcdctl, say) is
+        skipped and said once per key: the stream is everybody's, a node must not fall over it."""
         kind, name = self._split(kv.key)
+        try:
+            value = codec.unpack(kv.value) if kv.value else {}
+            self._put(kind, name, kv, value)
+        except Exception as exc:  # noqa: BLE001 - bad data, not a bug of ours
+            if kv.key not in self._bad:
+                self._bad.add(kv.key)
+                log.warning("ignoring %s: not a value Conductor wrote (%s)", kv.key, exc)
+
+    def _put(self, kind: str, name: str, kv: KV, value: dict) -> None:
         if kind == "ready":
+            if value.get("id") != name or not isinstance(value.get("job"), str) \
+                    or not isinstance(value.get("layer"), str) or not isinstance(value.get("priority", 0), int):
+                raise ValueError("a ready marker must hold its task")
             if name not in self.ready:
                 self.ready_by_layer[layer_of(name)] += 1
-            self.ready.put(Ready(codec.unpack(kv.value), kv.mod_revision))
+            self.ready.put(Ready(value, kv.mod_revision))
         elif kind == "claims":
+            info = ClaimInfo(str(value.get("node", "?")), kv.lease, kv.create_revision)
             if name not in self.claims:
                 self.claims_by_layer[layer_of(name)] += 1
-            info = codec.unpack(kv.value)
-            self.claims[name] = ClaimInfo(info.get("node", "?"), kv.lease, kv.create_revision)
+            self.claims[name] = info
         elif kind == "runs":
+            lease = int(str(value.get("lease", "0")), 16)
             if name not in self.runs:
                 self.runs_by_layer[layer_of(name)] += 1
-            self.runs[name] = int(codec.unpack(kv.value).get("lease", "0"), 16)
+            self.runs[name] = lease
         elif kind == "paused":
             self.paused.add(name)
         elif kind == "kills":
-            self.kills[name] = codec.unpack(kv.value)
-            self.on_kill(name, self.kills[name])
+            self.kills[name] = value
+            self.on_kill(name, value)
 
     def _apply_delete(self, key: str) -> tuple[str, int] | None:
         """Apply a delete; for a deleted claim return (task, lease) to check for an orphan."""

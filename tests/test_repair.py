@@ -1,0 +1,176 @@
+"""The safety nets, each forced to work: a watch re-listed after compaction, a handler's error that
+reaches its owner, the sweeper's repairs, and self-fencing when etcd cannot be reached."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conductor import codec
+from conductor.client import Client
+from conductor.errors import NotFound
+from conductor.follow import FollowHandler
+from conductor.ops import KV, Event, Put
+from harness import wait_for
+
+
+class Recorder(FollowHandler):
+    def __init__(self, gate: threading.Event | None = None, fail_on: str | None = None):
+        self.view: dict[str, bytes] = {}
+        self.gate = gate
+        self.fail_on = fail_on
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+
+    def reset(self, kvs: list[KV], revision: int) -> None:
+        with self.lock:
+            self.view = {kv.key: kv.value for kv in kvs}
+
+    def events(self, events: list[Event], revision: int) -> None:
+        if self.gate is not None:
+            self.gate.wait()
+        with self.lock:
+            for ev in events:
+                if self.fail_on and ev.kv.key.endswith(self.fail_on):
+                    raise RuntimeError(f"a bug in the handler at {ev.kv.key}")
+                if ev.kind == "put":
+                    self.view[ev.kv.key] = ev.kv.value
+                else:
+                    self.view.pop(ev.kv.key, None)
+
+    def failed(self, exc: BaseException) -> None:
+        self.error = exc
+
+
+class SlowFirstListing(Recorder):
+    """Holds up its first listing, so the watch that follows starts from a revision compacted meanwhile."""
+
+    def __init__(self, gate: threading.Event):
+        super().__init__()
+        self.first = gate
+        self.listings = 0
+
+    def reset(self, kvs: list[KV], revision: int) -> None:
+        self.listings += 1
+        if self.listings == 1:
+            self.first.wait()
+        super().reset(kvs, revision)
+
+
+def test_a_watch_whose_start_was_compacted_lists_again_and_ends_up_exact(client: Client):
+    """Between a listing and its watch, etcd compacted the revision the watch starts from: etcd
+    says so, the follower lists again, and its view is exactly what etcd holds."""
+    store, prefix = client.store, client.keys.namespace + "churn/"
+    gate = threading.Event()
+    rec = SlowFirstListing(gate)
+    store.put(prefix + "before", b"0")
+    follower = store.follow(prefix, rec, name="test-follow")
+    try:
+        wait_for(lambda: rec.listings == 1, 10)
+        for i in range(200):
+            store.put(prefix + f"k{i % 20}", str(i).encode())
+        store.delete(prefix + "before")
+        store.compact(store.revision())
+        gate.set()
+        expected = {kv.key: kv.value for kv in store.scan(prefix)[0]}
+        wait_for(lambda: follower.resets >= 2, 30, what="a re-list after the compaction")
+        wait_for(lambda: rec.view == expected, 10, what="the view matches etcd")
+    finally:
+        gate.set()
+        follower.stop()
+
+
+def test_a_handler_that_raises_stops_its_watch_and_the_owner_hears_of_it(client: Client):
+    store, prefix = client.store, client.keys.namespace + "bug/"
+    rec = Recorder(fail_on="boom")
+    follower = store.follow(prefix, rec, name="test-bug")
+    wait_for(lambda: follower.resets == 1, 10)
+    store.put(prefix + "boom", b"x")
+    wait_for(lambda: rec.error is not None, 10, what="the error reached the handler's owner")
+    assert "a bug in the handler" in str(rec.error)
+    time.sleep(0.5)
+    assert follower.resets == 1 and not follower.is_alive(), "no silent re-list loop"
+
+
+def test_wait_on_a_job_removed_mid_wait_raises_not_found(client: Client):
+    job = client.post({"name": "gone", "layers": [{"tasks": [{"cmd": ["true"]}]}]})  # no node runs it
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            client.wait(job, timeout=30)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.5)
+    client.store.delete(client.keys.job(client.user, job))
+    thread.join(10)
+    assert not thread.is_alive(), "wait returned instead of hanging"
+    assert outcome and isinstance(outcome[0], NotFound), outcome
+
+
+def test_the_sweeper_repairs_a_missed_settle_and_a_missed_orphan(client: Client, shared_etcd, start_nodes):
+    """Work left as a crashed writer would leave it, with no watch event to announce it: a layer whose
+    tasks all finished but that was never settled, and a run marker whose claim is gone."""
+    from conductor.claims import Claims, Ready
+    from conductor.lifecycle import Cause, Outcome
+
+    store, keys = client.store, client.keys
+    job = client.post({"name": "unsettled", "layers": [{"tasks": [{"cmd": ["true"]}]}, {"tasks": [{"cmd": ["true"]}]}]})
+    claims = Claims(store, keys, "ghost")
+    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.ready())[0]]
+    got, _ = claims.claim(ready, store.grant(30))
+    claims.finish([(c, Outcome(Cause.EXIT, "exit 0", 0)) for c in got])  # finished, never settled
+    orphan = client.post({"name": "orphaned", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
+    lease = store.grant(2)
+    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.ready())[0]]
+    claims.claim(ready, lease)
+    store.revoke(lease)  # its "node" is gone before any conductor watched
+    assert client.job(job)["state"] == "RUNNING" and client.task(f"{orphan}.0.0")["state"] == "RUNNING"
+    start_nodes(shared_etcd.endpoint, 1)
+    assert client.wait(job, timeout=30)["state"] == "COMPLETED"
+    assert client.wait(orphan, timeout=30)["state"] == "COMPLETED"
+
+
+def test_a_node_cut_off_from_etcd_kills_its_task_before_its_lease_can_expire(etcd, namespace, start_nodes,
+                                                                           tmp_path: Path):
+    """etcd unreachable (its process stopped, not the conductor): no renewal comes back, so at the
+    fence deadline (TTL - margin after the last renewal) the task is killed; when etcd returns the
+    node rejoins and the task runs again, its loss counted as a disruption, not a failure."""
+    pids = tmp_path / "pids"
+    client = Client(etcd=etcd.endpoint, namespace=namespace, user="tester")
+    node = start_nodes(etcd.endpoint, 1, ttl=2)[0]
+    job = client.post({"name": "cut", "layers": [{"tasks": [
+        {"cmd": ["sh", "-c", f"echo $$ >> {pids}; sleep 4"], "max_attempts": 1}]}]})
+    wait_for(lambda: pids.exists() and pids.read_text().strip(), 20, what="the task started")
+    first = int(pids.read_text().split()[0])
+    assert etcd.proc is not None
+    etcd.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        wait_for(lambda: not Path(f"/proc/{first}").exists(), 5, what="the task killed by self-fencing")
+        assert time.monotonic() - stopped < 2.0, "killed within the TTL of the last renewal"
+    finally:
+        etcd.proc.send_signal(signal.SIGCONT)
+    assert client.wait(job, timeout=60)["state"] == "COMPLETED"
+    task = client.task(f"{job}.0.0")
+    assert task["attempts"] >= 2 and task.get("failures", 0) == 0 and task.get("disruptions", 0) >= 1, task
+    assert "self-fencing" in node.log()
+    client.close()
+
+
+@pytest.mark.parametrize("unused", [None])
+def test_values_written_by_users_never_crash_a_node(client: Client, shared_etcd, start_nodes, unused):
+    """Garbage in the watched prefix (a user with etcdctl) is not a node's bug: it is skipped."""
+    node = start_nodes(shared_etcd.endpoint, 1)[0]
+    client.store.txn([], [Put(client.keys.ready("not-a-task"), b"\xc1garbage")])
+    job = client.post({"name": "after", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
+    assert client.wait(job, timeout=30)["state"] == "COMPLETED"
+    assert node.alive()
+    assert os.path.exists(node.log_path)
