@@ -1,6 +1,13 @@
 #!/usr/bin/env python3
 """Failover: kill -9 the conductor running a long task; time until another conductor runs it again.
 
+Two losses (``--loss``): ``process`` kills the conductor alone (its supervisor kills the task and
+revokes the lease at once), ``machine`` kills the conductor, its supervisor and the task together
+(only the lease's expiry tells the others). Two figures per round: ``seconds_to_ready`` (kill ->
+the task is queued again, from its history record) and ``seconds_to_restart`` (kill -> its process
+started again on B, as the task itself wrote it): the first is failover, the second adds the wait
+for a free slot.
+
 Each round (a fresh etcd each time, so rounds cannot disturb one another): conductor A starts
 alone with ``--ttl TTL``; a one-task job (``sleep 30``, which first appends
 ``$CONDUCTOR_NODE <time>`` to a marker file) is posted and runs on A; conductor B starts and
@@ -41,7 +48,7 @@ def read_marker(path: Path) -> list[tuple[str, float]]:
     return out
 
 
-def one_round(n: int, ttl: int, sweep: float | None, keep: bool, timeout: float) -> dict:
+def one_round(n: int, ttl: int, sweep: float | None, keep: bool, timeout: float, loss: str = "process") -> dict:
     with Cluster(keep=keep) as cl:
         marker = cl.tmp / "marker.txt"
         a, b = f"a{n}", f"b{n}"
@@ -62,8 +69,8 @@ def one_round(n: int, ttl: int, sweep: float | None, keep: bool, timeout: float)
         cl.start_node(b, slots=1, ttl=ttl, sweep=sweep)
         cl.wait_registered([a, b])
         time.sleep(0.5)  # let B settle (watches synced) before the kill
-        killed_at = cl.kill_node(a)
-        say(f"round {n}: killed {a} (SIGKILL)")
+        killed_at = cl.kill_node(a, machine=loss == "machine")
+        say(f"round {n}: killed {a} (SIGKILL, {loss})")
         seen_at = None
         restarted_at = None
         deadline = time.monotonic() + timeout
@@ -83,7 +90,10 @@ def one_round(n: int, ttl: int, sweep: float | None, keep: bool, timeout: float)
         if restarted_at is None:
             raise RuntimeError(f"round {n}: the task did not run again within {timeout}s of the kill")
         task = client.task(task_id)
-        result = {"round": n, "seconds_to_restart": round(restarted_at - killed_at, 3),
+        ready = [r["at"] for r in task["records"] if r["state"] == "QUEUED" and r["at"] >= killed_at - 0.5]
+        result = {"round": n, "loss": loss,
+                  "seconds_to_ready": round(ready[0] - killed_at, 3) if ready else None,
+                  "seconds_to_restart": round(restarted_at - killed_at, 3),
                   "seconds_to_running_seen": None if seen_at is None else round(seen_at - killed_at, 3),
                   "node": task.get("node"), "attempts": task.get("attempts"),
                   "met": restarted_at - killed_at < ttl + MARGIN}
@@ -97,10 +107,15 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--sweep", type=float, default=None, help="--sweep of the conductors (default: theirs)")
     p.add_argument("--timeout", type=float, default=60, help="give up on a round this long after the kill")
+    p.add_argument("--loss", choices=("process", "machine", "both"), default="both",
+                   help="kill the conductor alone, or with its supervisor and tasks (a lost machine)")
     args = p.parse_args()
-    rounds = [one_round(n + 1, args.ttl, args.sweep, args.keep, args.timeout) for n in range(args.repeat)]
+    losses = ("process", "machine") if args.loss == "both" else (args.loss,)
+    rounds = [one_round(n + 1, args.ttl, args.sweep, args.keep, args.timeout, loss)
+              for loss in losses for n in range(args.repeat)]
     worst = max(r["seconds_to_restart"] for r in rounds)
-    emit({"bench": "failover", "ttl": args.ttl, "repeat": args.repeat,
+    emit({"bench": "failover", "ttl": args.ttl, "repeat": args.repeat, "losses": list(losses),
+          "seconds_to_ready": {loss: [r["seconds_to_ready"] for r in rounds if r["loss"] == loss] for loss in losses},
           "seconds_to_restart": [r["seconds_to_restart"] for r in rounds],
           "max_seconds_to_restart": worst, "target_seconds": args.ttl + MARGIN,
           "met": worst < args.ttl + MARGIN, "rounds": rounds})

@@ -215,10 +215,20 @@ class Cluster:
         except ProcessLookupError:
             pass
 
-    def kill_node(self, name: str) -> float:
-        """SIGKILL one conductor; returns the wall-clock time of the kill."""
+    def kill_node(self, name: str, machine: bool = False) -> float:
+        """SIGKILL one conductor; returns the wall-clock time of the kill. With ``machine``, its
+        supervisor and every task with it, as when the machine is lost (then only the lease's expiry
+        tells the others)."""
+        import psutil
+
         proc = self.nodes[name]
+        victims = psutil.Process(proc.pid).children(recursive=True) if machine else []
         at = time.time()
+        for p in victims:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
         proc.kill()
         proc.wait()
         return at
