@@ -19,7 +19,7 @@ from .errors import ConductorError, StoreError
 from .executor import Run, argv_of, task_env
 
 if TYPE_CHECKING:
-    from .node import Conductor
+    from .parts import Node
 
 log = logging.getLogger("conductor.node")
 
@@ -28,7 +28,7 @@ GATHER = 0.002  # seconds to wait for more slots to free up, to claim them in on
 
 
 class Claimer:
-    def __init__(self, node: "Conductor"):
+    def __init__(self, node: "Node"):
         self.node = node
         self._dirs: dict[str, Path] = {}  # job -> its directory of logs, known to exist
 
@@ -152,4 +152,4 @@ class Claimer:
             run.kill("the node is shutting down", hand_back=True, grace=node.settings.shutdown_grace)
         request = node.cache.kills.get(c.id)
         if request:  # a user asked to stop it before this node had started it
-            node._stop_requested(c.id, request)
+            node.stop_requested(c.id, request)

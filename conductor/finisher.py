@@ -21,7 +21,7 @@ from .errors import ConductorError, NoSpace, StoreError
 from .executor import Run
 
 if TYPE_CHECKING:
-    from .node import Conductor
+    from .parts import Node
 
 log = logging.getLogger("conductor.node")
 
@@ -30,7 +30,7 @@ GATHER = 0.002  # seconds to wait for more outcomes to share one transaction
 
 
 class Finisher:
-    def __init__(self, node: "Conductor"):
+    def __init__(self, node: "Node"):
         self.node = node
         self._done: queue.Queue[tuple[Run, Outcome] | None] = queue.Queue()
 

@@ -16,14 +16,21 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import StoreError
 from .ops import KV, Event
 from .threadname import name_this_thread
 
-if TYPE_CHECKING:
-    from .store import Store
+
+
+class Source(Protocol):
+    """What a follower needs of a store (conductor.store.Store is one): a paged listing at one
+    revision, and a watch from a revision."""
+
+    def scan(self, prefix: str) -> tuple[list[KV], int]: ...
+
+    def watch(self, prefix: str, start_revision: int) -> Any: ...
 
 log = logging.getLogger("conductor.store")
 
@@ -54,7 +61,7 @@ class HandlerFailed(Exception):
 
 
 class Follower(threading.Thread):
-    def __init__(self, store: "Store", prefix: str, handler: FollowHandler, name: str):
+    def __init__(self, store: Source, prefix: str, handler: FollowHandler, name: str):
         super().__init__(name=name, daemon=True)
         self.store = store
         self.prefix = prefix

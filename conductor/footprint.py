@@ -10,7 +10,8 @@ from typing import Any
 from . import codec, model
 from .errors import InvalidSpec
 from .model import Value
-from .spec import MAX_JOB_BYTES, MAX_VALUE_BYTES, _bytes
+from .limits import MAX_JOB_BYTES, MAX_VALUE_BYTES
+from .limits import human_bytes as _bytes
 
 
 def build(spec: dict[str, Any], user: str, job_id: str,

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import yaml
 
 from .errors import InvalidSpec
-from .spec import ALIAS_FACTOR, MAX_ALIAS_NODES, MAX_DEPTH, MAX_DIGITS
+from .limits import ALIAS_FACTOR, MAX_ALIAS_NODES, MAX_DEPTH, MAX_DIGITS
 
 _BIGGEST = 10 ** MAX_DIGITS
 

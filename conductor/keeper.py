@@ -27,13 +27,13 @@ from .executor import Run
 from .ops import Put, absent, created_at
 
 if TYPE_CHECKING:
-    from .node import Conductor
+    from .parts import Node
 
 log = logging.getLogger("conductor.node")
 
 
 class Keeper:
-    def __init__(self, node: "Conductor"):
+    def __init__(self, node: "Node"):
         self.node = node
         self._gc_at = 0.0
         self._logs_at = 0.0

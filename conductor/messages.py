@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from . import codec, ids, model, templates
-from .board import Board
+from .seams import Poster as Board
 from .errors import InvalidSpec, NotFound, Refused
 from .ops import Delete, Put, absent, mod_is
 

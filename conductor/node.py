@@ -65,7 +65,7 @@ class Conductor:
         self.containers: str | None = None  # the Docker API version when container tasks can run here
         self.supervision = Supervision(settings.etcd, settings.ttl, settings.etcd_timeout, self.docker_host)
         self.table = RunTable(settings.slots)
-        self.cache = Cache(self.keys, on_orphan=self._orphan_seen, on_kill=self._stop_requested)
+        self.cache = Cache(self.keys, on_orphan=self._orphan_seen, on_kill=self.stop_requested)
         self.limits = Limits(settings.result_cap, settings.tail_cap, settings.grace)
         self.stopping = threading.Event()
         self.stopped = threading.Event()
@@ -235,7 +235,7 @@ class Conductor:
             return
         run.on_exited(status, cpu, ended, why)
 
-    def _stop_requested(self, task_id: str, request: dict[str, Any]) -> None:
+    def stop_requested(self, task_id: str, request: dict[str, Any]) -> None:
         """A user asked to kill or skip a task: if it runs here, stop it (the finish says why)."""
         run = self.table.get(task_id)
         if run is None:

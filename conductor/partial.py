@@ -16,7 +16,7 @@ from . import codec, ids
 from .ops import Delete, Op, absent, mod_is
 
 if TYPE_CHECKING:
-    from .board import Board
+    from .seams import Stored as Board
 
 log = logging.getLogger("conductor.partial")
 

@@ -14,24 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidSpec
+from .limits import (  # noqa: F401 - the caps are spec's public names too
+    ALIAS_FACTOR, KIB, MAX_ALIAS_NODES, MAX_ARG_BYTES, MAX_DEPTH, MAX_DIGITS, MAX_EXEC_BYTES, MAX_FILE_BYTES,
+    MAX_JOB_BYTES, MAX_MEMORY, MAX_TASKS, MAX_TIMEOUT, MAX_VALUE_BYTES, MIB)
+from .limits import human_bytes as _bytes
 
 MAX_NAME = 200
 MAX_LAYERS = 1000  # the job value keeps a line per layer; it must stay well under etcd's 1.5 MiB
 
-# What a job may be and store: every cap in one place (docs/jobs.md, "Limits", lists them).
-KIB, MIB = 1024, 1024 * 1024
-MAX_FILE_BYTES = 64 * MIB  # a job file read for check or post
-MAX_JOB_BYTES = 32 * MIB  # a job's stored values (job, layers, tasks as post encodes them) in all
-MAX_VALUE_BYTES = 512 * KIB  # one stored value (a task's, say): it travels with its twin in one request
-MAX_TASKS = 250_000  # tasks in one job
-MAX_DEPTH = 64  # nesting of maps and lists in a job file (a job needs fewer than ten)
-MAX_DIGITS = 64  # digits of one integer (Python refuses to convert more than 4,300)
-MAX_ALIAS_NODES = 100_000  # YAML aliases may expand a file to this many nodes...
-ALIAS_FACTOR = 10  # ...or to this many times the nodes written, whichever is more
-MAX_ARG_BYTES = 128 * KIB  # one argv element or NAME=value with its NUL: Linux's MAX_ARG_STRLEN
-MAX_EXEC_BYTES = 1 * MIB  # a task's argv and merged env (job, layer, task) as exec gets them
-MAX_TIMEOUT = 30 * 86400.0  # seconds
-MAX_MEMORY = 1024 ** 5  # bytes (1 PiB)
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (see lifecycle.py)
 ON_ERROR = ("fail", "continue")
@@ -84,13 +74,6 @@ def load_file(path: str) -> dict[str, Any]:
 def _file_size(size: int, where: str) -> None:
     if size > MAX_FILE_BYTES:
         raise InvalidSpec("file", f"{where}: is {_bytes(size)}; a job file may be at most {_bytes(MAX_FILE_BYTES)}")
-
-
-def _bytes(n: int) -> str:
-    """A size for people: ``70.0 MiB (73400320 bytes)``."""
-    if n >= MIB:
-        return f"{n / MIB:.1f} MiB ({n} bytes)"
-    return f"{n / KIB:.1f} KiB ({n} bytes)" if n >= KIB else f"{n} bytes"
 
 
 def parse_text(text: str, where: str = "input") -> dict[str, Any]:
