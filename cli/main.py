@@ -83,6 +83,8 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
         keep: Annotated[str, typer.Option(help="Remove finished jobs (and this node's task logs) after this "
                                                "long, e.g. 7d, 12h.")] = "7d",
         gc_every: Annotated[str, typer.Option(hidden=True, help="How often old jobs are removed.")] = "1h",
+        partial_grace: Annotated[str, typer.Option(hidden=True, help="Remove a post that never finished "
+                                                   "after this long.")] = "10m",
         verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
         local_port: Annotated[int, typer.Option(hidden=True, help="Port of the local etcd (tests).")] = 2379,
         clock_skew: Annotated[float, typer.Option(hidden=True, help="Seconds added to this node's wall clock "
@@ -103,6 +105,7 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
     settings.keep = parse_duration(keep, "--keep")
     settings.clock_skew = clock_skew
     settings.gc_every = parse_duration(gc_every, "--gc-every")
+    settings.partial_grace = parse_duration(partial_grace, "--partial-grace")
     label_map: dict[str, str] = {}
     for item in labels or []:
         for pair in item.split(","):

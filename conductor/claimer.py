@@ -121,18 +121,15 @@ class Claimer:
         self._dirs.pop(job, None)
 
     def _secrets(self, c: Claimed, env: dict[str, str]) -> tuple[list[str] | None, dict[str, str], dict[str, str]]:
-        """(argv, env, secrets) with the job's secret inputs filled in, only in this process."""
+        """(argv, env, secrets) with the job's secret inputs filled in, only in this process.
+        Raises ConductorError when they cannot be (the task then cannot start)."""
         task = c.task
         if not c.job.get("has_secrets"):
             return None, env, {}
-        try:
-            found = self.node.board.load(self.node.keys.secrets(task["user"], task["job"]))
-            secrets = {k: v for k, v in (found[0] if found else {}).items() if k != "v"}
-            argv, env = templates.fill_secrets(argv_of(task), env, secrets)
-            return argv, env, secrets
-        except ConductorError as exc:  # the task cannot start; it must not hold its claim
-            return (["/bin/sh", "-c", 'echo "$0" >&2; exit 2', f"cannot fill in secret inputs: {exc}"],
-                    env, {})
+        found = self.node.board.load(self.node.keys.secrets(task["user"], task["job"]))
+        secrets = {k: v for k, v in (found[0] if found else {}).items() if k != "v"}
+        argv, env = templates.fill_secrets(argv_of(task), env, secrets)
+        return argv, env, secrets
 
     def start(self, c: Claimed) -> None:
         node = self.node
@@ -140,13 +137,22 @@ class Claimer:
         log.info("task %s %s RUNNING on %s (%s)", task["id"], task["name"], node.name, lifecycle.attempt_text(task))
         extra = {"CONDUCTOR_ETCD": node.store.describe(), "CONDUCTOR_NAMESPACE": node.keys.namespace,
                  "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": node.name}
-        argv, env, secrets = self._secrets(c, task_env(c, extra))
+        env = task_env(c, extra)
+        try:
+            argv, env, secrets = self._secrets(c, env)
+            failed = None
+        except ConductorError as exc:  # the task cannot start; it must not hold its claim
+            argv, secrets, failed = None, {}, f"start_failed:cannot fill in secret inputs: {exc}"
         scratch = f"{self._job_dir(task['job'])}/{task['id']}.{task['attempts']}"
         args: tuple[Any, ...] = (c, env, scratch, task.get("cwd") or node.settings.cwd, node.supervision,
                                  node.limits, node.finisher.run_done)
         run = ContainerRun(*args, docker_host=node.docker_host) if task.get("image") else Run(*args)
         run.argv, run.secrets = argv, secrets
         node.table.add(run)
+        if failed:
+            run.started = round(time.time(), 3)
+            run.on_exited(None, 0.0, time.time(), failed)
+            return
         run.start()
         if node.stopping.is_set() and not node.settings.drain:  # claimed as the first SIGTERM came
             run.kill("the node is shutting down", hand_back=True, grace=node.settings.shutdown_grace)

@@ -19,7 +19,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from . import codec, messages, partial, retention, schedules, states, templates
+from . import codec, lifecycle, messages, partial, retention, schedules, states, templates
 from .claims import Claimed, Outcome
 from .lifecycle import Cause
 from .errors import StoreError
@@ -157,7 +157,7 @@ class Keeper:
         """Remove what posts killed half way left behind (after a grace period)."""
         if self.node.clock.chore_time() is None:
             return  # a grace period judged on a skewed clock could remove a post still being written
-        for job in partial.collect(self.node.board):
+        for job in partial.collect(self.node.board, self.node.settings.partial_grace):
             log.warning("job %s: removed the keys of a post that never finished", job)
 
     def _deliver_messages(self) -> None:
@@ -191,7 +191,8 @@ class Keeper:
             if self.node.table.holds(task_id):
                 continue
             claimed = Claimed(task[0], task[1].mod_revision, info.create_revision, lease)
-            outcome = Outcome(Cause.HANDED_BACK, "the claim's reply was lost; never started")
+            outcome = lifecycle.with_kill_request(Outcome(Cause.HANDED_BACK, "the claim's reply was lost; never started"),
+                                                  self.node.cache.kills.get(task_id))
             committed, _ = self.node.claims.finish([(claimed, outcome)])
             if committed:
                 log.warning("task %s: handed back a claim this node held but never started", task_id)

@@ -60,6 +60,7 @@ class NodeSettings:
     docker_host: str = ""  # Docker API for container tasks; "" = $DOCKER_HOST or a local socket
     keep: float = 7 * 86400.0  # finished jobs (and local task logs) are removed after this long
     gc_every: float = 3600.0  # how often the sweeper removes old jobs and compacts etcd
+    partial_grace: float = 600.0  # the keys of a post that never finished are removed after this long
     clock_skew: float = 0.0  # added to this node's wall clock, conductor.clock.Clock (tests of skewed clocks)
 
     def node_name(self) -> str:

@@ -348,3 +348,16 @@ def test_kill9_of_a_real_post_mid_way_is_collected(shared_etcd, namespace, tmp_p
     assert client.store.get(client.keys.pending(job_id)) is not None, "a dead post leaves its marker"
     assert partial.collect(client.board, grace=0) == [job_id]
     assert client.store.count(client.keys.namespace) == 0
+
+
+def test_the_sweeper_collects_a_post_that_died_half_way(client, shared_etcd, start_nodes):
+    """The same killed post, and a real conductor's sweeper removes it once the grace has passed."""
+    board = _Failing(client.board, after=2, error=_Killed())
+    with pytest.raises(_Killed):
+        board.post(spec.validate_job(_bulky(300)), "tester")
+    [marker] = [kv.key for kv in client.store.iter_prefix(client.keys.pending(), keys_only=True)]
+    dead = marker.rsplit("/", 1)[1]
+    assert _job_keys(client, dead)
+    start_nodes(shared_etcd.endpoint, 1, extra=["--partial-grace", "1s"])
+    wait_for(lambda: _job_keys(client, dead) == [] and client.store.get(marker) is None, 30,
+             what="the sweeper removed the half-written post")
