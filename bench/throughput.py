@@ -3,7 +3,7 @@
 
 Prints one JSON object: tasks, nodes, slots, seconds, tasks_per_second, post_seconds (the post
 call alone), plus diagnostics: every run's seconds (--repeat), CPU seconds of etcd, of each
-conductor (own, its tasks, its fence watchdog) and of this client, and etcd work per task.
+conductor (own, its tasks, its supervisor process) and of this client, and etcd work per task.
 Target: at least 500 tasks/s.
 """
 from __future__ import annotations

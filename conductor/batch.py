@@ -8,6 +8,8 @@ request raises :class:`TooLarge` before anything is sent.
 """
 from __future__ import annotations
 
+from .exitcodes import Exit
+
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
@@ -23,7 +25,7 @@ COMPARE_BYTES = 48  # a compare's fixed cost besides its key
 class TooLarge(ConductorError):
     """One item alone does not fit in an etcd request."""
 
-    exit_code = 2
+    exit_code = Exit.BAD_INPUT
 
 
 def op_size(op: Op) -> int:

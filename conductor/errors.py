@@ -5,11 +5,13 @@ Expected races (a lost claim, a stale compare) are not errors: the functions tha
 """
 from __future__ import annotations
 
+from .exitcodes import Exit
+
 
 class ConductorError(Exception):
     """Root of every error Conductor raises on purpose."""
 
-    exit_code = 1
+    exit_code = Exit.FAILED
 
 
 class StoreError(ConductorError):
@@ -19,7 +21,7 @@ class StoreError(ConductorError):
 class StoreUnavailable(StoreError):
     """etcd could not be reached (or did not answer in time)."""
 
-    exit_code = 3
+    exit_code = Exit.UNAVAILABLE
 
 
 class LeaseLost(StoreError):
@@ -30,26 +32,26 @@ class NoSpace(StoreUnavailable):
     """etcd raised its NOSPACE alarm: it refuses every write until space is freed and the alarm is
     disarmed. A kind of outage (writes wait and retry, reads still work), with its own status."""
 
-    exit_code = 9
+    exit_code = Exit.NO_SPACE
 
 
 class PermissionDenied(StoreError):
     """etcd's authentication is on and this user may not read or write that key."""
 
-    exit_code = 10
+    exit_code = Exit.PERMISSION_DENIED
 
 
 class AuthFailed(StoreError):
     """etcd did not accept the credentials (or wants some and got none)."""
 
-    exit_code = 11
+    exit_code = Exit.AUTH_FAILED
 
 
 class RequestRefused(StoreError):
     """etcd refused a request as malformed: too large, too many operations, a key twice in one
     transaction. Retrying the same request cannot help."""
 
-    exit_code = 12
+    exit_code = Exit.REQUEST_REFUSED
 
 
 class InvalidSpec(ConductorError):
@@ -59,7 +61,7 @@ class InvalidSpec(ConductorError):
     wrong with it. Nothing has been written when this is raised.
     """
 
-    exit_code = 2
+    exit_code = Exit.BAD_INPUT
 
     def __init__(self, field: str, reason: str):
         self.field = field
@@ -70,19 +72,19 @@ class InvalidSpec(ConductorError):
 class NotFound(ConductorError):
     """No object with that id (or prefix) exists."""
 
-    exit_code = 4
+    exit_code = Exit.NOT_FOUND
 
 
 class Ambiguous(ConductorError):
     """An id prefix matches more than one object."""
 
-    exit_code = 2
+    exit_code = Exit.BAD_INPUT
 
 
 class StaleEtag(ConductorError):
     """A change named an etag that is no longer the object's current one."""
 
-    exit_code = 5
+    exit_code = Exit.STALE_ETAG
 
     def __init__(self, object_id: str, given: int, current: int):
         self.object_id = object_id
@@ -94,16 +96,16 @@ class StaleEtag(ConductorError):
 class Refused(ConductorError):
     """A change that the object's state does not allow (adding tasks to a running layer...)."""
 
-    exit_code = 6
+    exit_code = Exit.REFUSED
 
 
 class WaitTimeout(ConductorError):
     """A wait for a job ran out of time before the job ended."""
 
-    exit_code = 8
+    exit_code = Exit.WAIT_TIMEOUT
 
 
 class EtcdMissing(ConductorError):
     """No etcd endpoint was given, none answers locally, and no etcd binary is installed."""
 
-    exit_code = 7
+    exit_code = Exit.NO_ETCD

@@ -51,6 +51,14 @@ def argv_of(task: dict) -> list[str]:
     return list(task["cmd"])
 
 
+def signal_name(number: int) -> str:
+    """SIGTERM for 15; SIGRTMIN+6 and such (no enum member) as SIG40."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
 @dataclass
 class Limits:
     result_cap: int = 65536
@@ -160,7 +168,7 @@ class Run:
         if why == "fenced":
             return Outcome(Cause.FENCED, FENCED, code, self.started, ended, usage)
         if code < 0:
-            return Outcome(Cause.SIGNAL, f"killed by signal {signal.Signals(-code).name}", code, self.started,
+            return Outcome(Cause.SIGNAL, f"killed by signal {signal_name(-code)}", code, self.started,
                            ended, usage)
         return Outcome(Cause.EXIT, f"exit {code}", code, self.started, ended, usage)
 

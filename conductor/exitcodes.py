@@ -14,5 +14,9 @@ class Exit(IntEnum):
     REFUSED = 6
     NO_ETCD = 7  # no etcd endpoint, none local, no etcd binary
     WAIT_TIMEOUT = 8
+    NO_SPACE = 9  # etcd raised its NOSPACE alarm
+    PERMISSION_DENIED = 10
+    AUTH_FAILED = 11
+    REQUEST_REFUSED = 12  # etcd refused a request as malformed
     INTERNAL = 70  # a node thread died of a bug (EX_SOFTWARE); the node stopped, its tasks were killed
     SUPERVISOR_LOST = 71  # the node's supervisor process died; the node killed its tasks and stopped

@@ -17,7 +17,7 @@ import dataclasses
 from . import lifecycle, spawn, states
 from .claims import Extra
 from .lifecycle import Cause, Outcome
-from .errors import ConductorError, NoSpace, StoreError
+from .errors import ConductorError, NoSpace, RequestRefused, StoreError
 from .executor import Run
 
 if TYPE_CHECKING:
@@ -71,6 +71,9 @@ class Finisher:
             try:
                 committed, lost = node.claims.finish([(run.claimed, outcome) for run, outcome in items])
                 break
+            except RequestRefused as exc:  # the same request can never pass: store less, once
+                committed, lost = self._commit_bare(items, exc)
+                break
             except StoreError as exc:  # etcd away or full: keep the outcomes; the claims fence them anyway
                 # a full etcd was said once (conductor.store.SpaceWatch), not at every retry
                 (log.debug if isinstance(exc, NoSpace) else log.warning)("cannot commit %d outcome(s) yet: %s",
@@ -93,6 +96,24 @@ class Finisher:
             for job, layer, user in layers:
                 if not synced or not node.cache.layer_busy(layer):
                     self.settle(job, user)
+
+    def _commit_bare(self, items: list[tuple[Run, Outcome]], error: Exception) -> tuple[list, list]:
+        """etcd refused the outcomes' transaction as malformed (it should fit: a bug, or an etcd with
+        smaller limits). Commit each outcome alone; one still refused becomes a bare failure without
+        result, log or spawned tasks, so the task ends and its claim is released. If even that is
+        refused, the error goes up and the node stops (loudly)."""
+        log.error("etcd refused %d outcome(s) as malformed (%s); committing them one by one", len(items), error)
+        committed, lost = [], []
+        for run, outcome in items:
+            try:
+                done, gone = self.node.claims.finish([(run.claimed, outcome)])
+            except RequestRefused as exc:
+                bare = Outcome(Cause.INTERNAL, f"its outcome ({outcome.reason}) could not be stored: {exc}",
+                               outcome.exit_code, outcome.started, outcome.ended, outcome.usage)
+                done, gone = self.node.claims.finish([(run.claimed, bare)])
+            committed += done
+            lost += gone
+        return committed, lost
 
     def _prepare_spawn(self, run: Run, outcome: Outcome) -> Outcome:
         """Stage the tasks a finished task wrote to $CONDUCTOR_SPAWN into the next layer; their

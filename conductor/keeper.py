@@ -1,7 +1,8 @@
 """A conductor's keeper thread: the chores that keep the cluster repaired and tidy.
 
 * Orphans reported by the cache (a run marker left without its claim) are requeued, once,
-  whichever node gets there first (after a short random delay, so nodes do not stampede).
+  whichever node gets there first (every waiting orphan at once; a node that loses the race sees
+  the task requeued and moves on).
 * Running tasks are sampled for memory and their log tails pushed to etcd about once a second,
   from their second second on.
 * The sweep, every ``--sweep`` seconds: orphans a missed event left, claims this node holds but

@@ -92,6 +92,8 @@ class Conductor:
         self.supervision.on("started", self._task_started)
         self.supervision.on("exited", self._task_exited)
         self.supervision.on_gone = self._supervisor_gone
+        self.supervision.on_error = lambda exc: threading.Thread(
+            target=self._crashed, args=("supervision", exc), name="stop", daemon=True).start()
         self.cache.on_failure = lambda exc: self._crashed("stream", exc)
         self.scheduler.cache.on_failure = lambda exc: self._crashed("schedules", exc)
         self.supervision.start()

@@ -110,6 +110,20 @@ class _Schedules(FollowHandler):
         self.items: dict[str, dict[str, Any]] = {}
         self.changed = threading.Event()
         self.on_failure: Any = None
+        self._bad: set[str] = set()
+
+    def _value(self, kv: Any) -> dict[str, Any] | None:
+        """A schedule as stored; a value Conductor did not write is skipped, said once."""
+        try:
+            value = codec.unpack(kv.value)
+            if isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("cron"), str):
+                return value
+            raise ValueError("not a schedule")
+        except Exception as exc:  # noqa: BLE001 - bad data, not our bug
+            if kv.key not in self._bad:
+                self._bad.add(kv.key)
+                log.warning("ignoring %s: not a schedule Conductor wrote (%s)", kv.key, exc)
+            return None
 
     def failed(self, exc: BaseException) -> None:
         if self.on_failure is not None:
@@ -118,7 +132,12 @@ class _Schedules(FollowHandler):
             super().failed(exc)
 
     def reset(self, kvs: list[Any], revision: int) -> None:
-        self.items = {v["name"]: v for v in (codec.unpack(kv.value) for kv in kvs)}
+        items = {}
+        for kv in kvs:
+            value = self._value(kv)
+            if value is not None:
+                items[kv.key.rsplit("/", 1)[1]] = value
+        self.items = items
         self.changed.set()
 
     def events(self, events: list[Any], revision: int) -> None:
@@ -126,7 +145,9 @@ class _Schedules(FollowHandler):
         for ev in events:
             name = ev.kv.key.rsplit("/", 1)[1]
             if ev.kind == "put":
-                items[name] = codec.unpack(ev.kv.value)
+                value = self._value(ev.kv)
+                if value is not None:
+                    items[name] = value
             else:
                 items.pop(name, None)
         self.items = items

@@ -10,6 +10,8 @@ works.
 """
 from __future__ import annotations
 
+from .exitcodes import Exit
+
 import logging
 import threading
 import time
@@ -27,7 +29,7 @@ log = logging.getLogger("conductor.session")
 
 
 class NameTaken(ConductorError):
-    exit_code = 2
+    exit_code = Exit.BAD_INPUT
 
 
 class Session:

@@ -44,6 +44,7 @@ class Supervision:
         self._closing = threading.Event()
         self._closed = threading.Event()
         self.on_gone: Callable[[], None] = lambda: None
+        self.on_error: Callable[[BaseException], None] = lambda exc: None
 
     def on(self, event: str, handler: Handler) -> None:
         """Call ``handler(*args)`` for each ``event`` (started, exited, renewed, lost, expired)."""
@@ -145,8 +146,13 @@ class Supervision:
                     self._closed.set()
                     continue
                 handler = self.handlers.get(op)
-                if handler is not None:
-                    handler(*args)  # a handler's bug is the node's: let it surface in the node's crew
+                if handler is None:
+                    continue
+                try:
+                    handler(*args)
+                except Exception as exc:  # a handler's bug is the node's: it stops, loudly
+                    log.critical("handling the supervisor's %r failed", op, exc_info=exc)
+                    self.on_error(exc)
         self._closed.set()
         if not self._closing.is_set():
             self._gone()
