@@ -419,6 +419,7 @@ class Supervisor:
             due = not self.fenced and time.monotonic() >= self.deadline
             if due:
                 self.fenced = True
+                self.deadline = float("inf")  # nothing more to wait for until a renewal comes back
         if due:
             self.kill_all("the lease was not renewed in time (self-fencing)", "fenced")
             self.send("lost", "no lease renewal in time")

@@ -29,28 +29,29 @@ def task_processes(marker: str) -> list[psutil.Process]:
 
 
 @pytest.mark.timeout(1200)
-def test_kill9_around_task_starts_never_leaves_a_task_running(shared_etcd, tmp_path: Path):
+def test_kill9_around_task_starts_never_leaves_a_task_running(shared_etcd, tmp_path: Path, nodes):
     """200 conductors, each killed with kill -9 0-60 ms after a job of 4 tasks was posted to it,
     so some die before they claim, some while they claim, some while their tasks start: once the
     node's lease is gone, no task process of it may be alive (nothing runs unfenced)."""
     rounds, at_once = int(os.environ.get("KILL_ROUNDS", "50")), 4
     survivors: list[str] = []
     for r in range(rounds):
-        nodes, clients = [], []
+        started, clients = [], []
         for i in range(at_once):
             ns = f"/kill{r}-{i}-{os.getpid()}/"
             node = Node(shared_etcd.endpoint, ns, f"k{i}", tmp_path / f"r{r}", ttl=2, slots=4).start()
-            nodes.append((node, ns))
+            started.append((node, ns))
+            nodes.append(node)  # the fixture kills whatever is left, even if this test times out
             clients.append(Client(etcd=shared_etcd.endpoint, namespace=ns, user="tester"))
-        for node, _ in nodes:
+        for node, _ in started:
             node.wait_ready()
         jobs = [{"name": "victim", "layers": [{"tasks": [{"cmd": ["sh", "-c", "sleep 60"]} for _ in range(4)]}]}
-                for _ in nodes]
-        for (node, ns), client, job in zip(nodes, clients, jobs):
+                for _ in started]
+        for (node, ns), client, job in zip(started, clients, jobs):
             client.post(job)
             time.sleep(random.uniform(0, 0.06))
             node.signal(signal.SIGKILL)
-        for (node, ns), client in zip(nodes, clients):
+        for (node, ns), client in zip(started, clients):
             node.proc.wait(10)
             wait_for(lambda: client.nodes() == [], 10, what=f"round {r}: the killed node's lease is gone")
             alive = task_processes(ns)

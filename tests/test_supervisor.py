@@ -164,3 +164,28 @@ def test_when_the_conductor_is_killed_its_tasks_die_with_it(tmp_path):
 
     wait_for(lambda: all(gone(p) for p in tasks), 10, what="every task killed")
     wait_for(lambda: gone(supervisor), 15, what="the supervisor ended")
+
+
+def test_a_fenced_supervisor_kills_at_the_deadline_then_rests(tmp_path):
+    """No renewal can succeed (no etcd): at the deadline every task is killed and "lost" is said
+    once; afterwards the supervisor waits quietly (it must not spin on a deadline in the past)."""
+    import psutil
+
+    sup = Supervision(["127.0.0.1:1"], ttl=2)
+    events: queue.Queue = queue.Queue()
+    for name in ("exited", "lost"):
+        sup.on(name, lambda *args, name=name: events.put((name, *args)))
+    sup.start()
+    try:
+        sup.lease(1234, time.monotonic())
+        sup.spawn("long#1", ["sleep", "60"], {"PATH": "/usr/bin:/bin"}, None, str(tmp_path / "l.log"), None, 5.0)
+        seen = {}
+        while len(seen) < 2:
+            event = events.get(timeout=10)
+            seen[event[0]] = event
+        _, handle, status, _, _, why = seen["exited"]
+        assert (handle, why, os.waitstatus_to_exitcode(status)) == ("long#1", "fenced", -signal.SIGKILL)
+        assert sup.pid is not None
+        assert psutil.Process(sup.pid).cpu_percent(interval=1.5) < 25, "the fenced supervisor spins"
+    finally:
+        sup.close(revoke=False)
