@@ -287,7 +287,7 @@ class Client:
             _, full, owner = self.locate(some_id)
             job = full.split(".")[0]
             prefixes = [k.job(owner, job), k.layer(owner, job + "."), k.task(owner, full if "." in full else job + "."),
-                        k.claim(job + "."), k.tally(owner, job)]
+                        k.claim(job + "."), k.tally(owner, job), k.node()]  # nodes: why a queued task waits
 
             def read() -> Any:
                 return self.show(full, tasks=tasks)
