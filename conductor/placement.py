@@ -2,7 +2,8 @@
 
 A task's ``needs`` (see docs/jobs.md) are judged against a node's facts as its node key
 ``nodes/<name>`` advertises them: ``name``, ``slots``, ``cpus``, ``memory`` (total bytes),
-``labels`` and ``containers`` (the Docker API version, or None). :func:`fits` says whether the node
+``labels`` and ``containers`` (the Docker API version, or None); a number a node does not
+advertise (``cpus`` when the OS cannot count them) is not held against it. :func:`fits` says whether the node
 could hold the task at all; what the node has *free* at a given moment (slots not taken, memory
 available) is the claim loop's own, per-claim check. :func:`why_waiting` explains, from the live
 node keys, why no node can hold a task. Nothing here reads etcd or raises.
@@ -59,22 +60,22 @@ def _container(needs: Needs, node: NodeInfo, container: bool) -> str | None:
 
 
 def _slots(needs: Needs, node: NodeInfo, container: bool) -> str | None:
-    wanted, has = needs.get("slots", 1), node.get("slots") or 0
-    if wanted > has:
+    wanted, has = needs.get("slots", 1), node.get("slots")
+    if has is not None and wanted > has:
         return f"{_name(node)} has {_slots_text(has)}, the task needs {wanted}"
     return None
 
 
 def _cpus(needs: Needs, node: NodeInfo, container: bool) -> str | None:
-    wanted, has = needs.get("cpus"), node.get("cpus") or 0
-    if wanted is not None and wanted > has:
+    wanted, has = needs.get("cpus"), node.get("cpus")
+    if wanted is not None and has is not None and wanted > has:
         return f"{_name(node)} has {_cpus_text(has)}, the task needs {_number(wanted)}"
     return None
 
 
 def _memory(needs: Needs, node: NodeInfo, container: bool) -> str | None:
-    wanted, has = needs.get("memory"), node.get("memory") or 0
-    if wanted and wanted > has:
+    wanted, has = needs.get("memory"), node.get("memory")
+    if wanted and has is not None and wanted > has:
         return f"{_name(node)} has {size_text(has)} of memory, the task needs {size_text(wanted)}"
     return None
 
