@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conductor.node")
 
 CLAIM_BATCH = 16  # most tasks claimed in one transaction (4 ops each, plus a read of each job and layer)
+UNFIT_MEMO = 200_000  # most tasks remembered as never fitting this node (then the memo starts again)
 GATHER = 0.002  # seconds to wait for more slots to free up, to claim them in one transaction
 
 
@@ -35,6 +36,9 @@ class Claimer:
         self.node = node
         self._dirs: dict[str, Path] = {}  # job -> its directory of logs, known to exist
         self._facts_cache: dict[str, Any] | None = None
+        # ready tasks this node can never hold (by the revision of their ready marker): a pick
+        # reads past them in a dict lookup, however many wait for a node that has what they need
+        self._unfit: dict[str, int] = {}
 
     def run(self) -> None:
         seen = -1
@@ -89,13 +93,19 @@ class Claimer:
         node = self.node
         free = [free_slots]
         facts = self._facts()
+        unfit = self._unfit
 
         def accept(entry: Ready) -> bool:
             task = entry.task
             if task.get("paused_at") or task["id"] in node.cache.paused:
                 return False
+            if unfit.get(entry.id) == entry.mod_revision:
+                return False
             needs = task.get("needs") or {}
             if placement.fits(needs, facts, container=bool(task.get("image"))) is not None:
+                if len(unfit) >= UNFIT_MEMO:
+                    unfit.clear()
+                unfit[entry.id] = entry.mod_revision
                 return False
             slots = needs.get("slots", 1)
             if slots > free[0]:
@@ -111,6 +121,7 @@ class Claimer:
         """This node as placement judges it: the facts its node key advertises (node._info)."""
         if self._facts_cache is None or self._facts_cache["name"] != self.node.name:
             node = self.node
+            self._unfit.clear()
             self._facts_cache = {"name": node.name, "slots": node.settings.slots, "cpus": os.cpu_count(),
                                  "memory": psutil.virtual_memory().total, "labels": node.settings.labels,
                                  "containers": node.containers}

@@ -220,3 +220,13 @@ def test_a_task_no_node_can_hold_says_why_and_runs_once_a_node_that_can_joins(
     still = _show_json(client, shared_etcd.endpoint, job)
     assert still["waiting"].startswith(memory_reason) and still["state"] == "RUNNING"
     assert _show_json(client, shared_etcd.endpoint, huge)["state"] == "QUEUED"
+
+
+def test_tasks_this_node_cannot_hold_do_not_keep_it_from_their_layer_mates(client: Client, shared_etcd, start_nodes):
+    """A layer whose first tasks need a label no node has: the plain tasks queued behind them run."""
+    start_nodes(shared_etcd.endpoint, 1, slots=2)
+    job = client.post({"name": "mixed", "layers": [{"tasks": [
+        *({"name": f"gpu{i}", "cmd": ["true"], "needs": {"labels": {"gpu": "yes"}}} for i in range(40)),
+        *({"name": f"plain{i}", "cmd": ["true"]} for i in range(4))]}]})
+    wait_for(lambda: client.counts(job)["completed"] == 4, 60, what="the plain tasks behind 40 gpu tasks ran")
+    assert client.counts(job)["queued"] == 40
