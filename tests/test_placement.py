@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from conductor import spec
+from conductor.cache import ReadyQueue
+from conductor.claims import Ready
 from conductor.client import Client
 from conductor.errors import InvalidSpec
 from conductor.placement import fits, size_text, why_waiting
@@ -106,6 +108,16 @@ def test_needs_met_only_on_different_nodes_list_each_node():
 def test_sizes_for_people():
     assert [size_text(n) for n in (512, 1536, 512 * 1024 ** 2, 1024 ** 4, 1024 ** 5)] == \
         ["512 bytes", "1.5 KiB", "512 MiB", "1 TiB", "1024 TiB"]
+
+
+def test_a_pick_reads_past_tasks_the_node_cannot_hold():
+    queue = ReadyQueue()
+    for n in range(60):
+        needs = {"labels": {"gpu": "yes"}} if n < 50 else {}
+        queue.put(Ready({"id": f"j.0.{n}", "job": "j", "layer": "j.0", "priority": 0, "needs": needs}, n + 1))
+    plain = node("n1")
+    picked = queue.pick(4, lambda e: fits(e.task["needs"], plain) is None, lambda job, layer: False)
+    assert len(picked) == 4 and all(int(e.id.rsplit(".", 1)[1]) >= 50 for e in picked)
 
 
 # ---- needs in job files -----------------------------------------------------------------------------
