@@ -136,8 +136,9 @@ class Client:
         A job or layer holds each layer's ``counts`` by state (from key counts) and a page of
         ``tasks`` tasks per layer in number order (0, the default here: every task; the CLI shows
         20). A layer's ``more`` says how many tasks follow its page and ``next`` is the task id to
-        pass as ``after`` for the next page (None on the last). Raises NotFound, Ambiguous,
-        InvalidSpec."""
+        pass as ``after`` for the next page (None on the last). A QUEUED task, a layer and a job
+        carry ``waiting``: why no live node can hold it (or some queued task of theirs), or None
+        (see placement.why_waiting). Raises NotFound, Ambiguous, InvalidSpec."""
         parsed, full, owner = self.locate(some_id)
         after_id = self.locate(after)[1] if after else None
         if parsed.kind == "job":
