@@ -32,7 +32,6 @@ MAX_ARG_BYTES = 128 * KIB  # one argv element or NAME=value with its NUL: Linux'
 MAX_EXEC_BYTES = 1 * MIB  # a task's argv and merged env (job, layer, task) as exec gets them
 MAX_TIMEOUT = 30 * 86400.0  # seconds
 MAX_MEMORY = 1024 ** 5  # bytes (1 PiB)
-MAX_CPUS = 8192  # Linux's largest NR_CPUS: no node has more
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (see lifecycle.py)
 ON_ERROR = ("fail", "continue")
@@ -262,6 +261,9 @@ def parse_needs(value: Any, field: str) -> dict[str, Any]:
     if "node" in value:
         needs["node"] = parse_node_name(value["node"], f"{field}.node")
     return needs
+
+
+MAX_CPUS = 8192  # Linux's largest NR_CPUS: no node has more (docs/jobs.md, "Limits")
 
 
 def parse_cpus(value: Any, field: str) -> int | float:
