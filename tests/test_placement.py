@@ -207,6 +207,7 @@ def test_a_task_no_node_can_hold_says_why_and_runs_once_a_node_that_can_joins(
     task = _show_json(client, shared_etcd.endpoint, huge)
     assert task["state"] == "QUEUED" and task["waiting"].startswith(memory_reason)
     assert task["waiting"].endswith(f" on {first.name}")
+    assert memory_reason in _show_text(client, shared_etcd.endpoint, huge)
     assert _show_json(client, shared_etcd.endpoint, gpu)["waiting"] == "waiting: no live node has label gpu=yes"
     assert "waiting: no live node has label gpu=yes" in _show_text(client, shared_etcd.endpoint, gpu)
 
