@@ -230,7 +230,7 @@ def _watch(client: Any, some_id: str | None, tasks: int, filters: dict[str, Any]
             return render.jobs_renderable(view)
         if view["kind"] == "job":
             return render.job_tree_renderable(view)
-        return f"{view['id']} {render.state(view['state'])} on {view.get('node') or '-'}"
+        return f"{view['id']} {render.state(view['state'])} on {view.get('node') or '-'}  {render.waiting(view)}"
 
     stop = threading.Event()
     if json:  # one JSON document per line, per change

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -155,6 +156,8 @@ def _task_line(task: dict[str, Any]) -> str:
             attempt_text(task)]
     if task.get("node"):
         bits.append(f"on {task['node']}")
+    if task.get("waiting"):
+        bits.append(waiting(task))
     if task.get("exit_code") is not None:
         bits.append(f"exit {task['exit_code']}")
     bits.append(_duration(task))
@@ -163,6 +166,11 @@ def _task_line(task: dict[str, Any]) -> str:
     if usage.get("cpu") is not None:
         bits.append(f"[dim]{usage['cpu']:.2f}s cpu[/]")
     return "  ".join(bits)
+
+
+def waiting(obj: dict[str, Any]) -> str:
+    """Why a queued task (or some queued task of a layer or job) waits, or "" when none cannot be placed."""
+    return f"[yellow]{escape(obj['waiting'])}[/]" if obj.get("waiting") else ""
 
 
 def _duration(obj: dict[str, Any]) -> str:
@@ -183,13 +191,16 @@ def job_tree_renderable(job: dict[str, Any]) -> Any:
     started_by = describe_source(job.get("source") or {})
     if started_by:
         head += f"\n[dim]started by {started_by}[/]"
+    if job.get("waiting"):
+        head += f"\n{waiting(job)}"
     tree = Tree(head)
     for layer in job["layer_list"]:
         counts = layer_counts(layer)
         branch = tree.add(f"[bold]{layer['name']}[/] {layer['id']} order {layer['order']}  "
                           f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}"
                           f"{'  ' + counts if counts else ''}"
-                          f"{'  on_error continue' if layer.get('on_error') == 'continue' else ''}  [dim]etag {layer['etag']}[/]")
+                          f"{'  on_error continue' if layer.get('on_error') == 'continue' else ''}  [dim]etag {layer['etag']}[/]"
+                          f"{'  ' + waiting(layer) if layer.get('waiting') else ''}")
         _add_tasks(branch, layer)
     return tree
 
@@ -206,6 +217,8 @@ def layer_view(layer: dict[str, Any]) -> None:
     out.print(f"[bold]layer {layer['name']}[/] {layer['id']} of job {layer['job']}  order {layer['order']}  "
               f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}  {layer_counts(layer)}  "
               f"[dim]etag {layer['etag']}, {_duration(layer)}[/]")
+    if layer.get("waiting"):
+        out.print(waiting(layer))
     tree = Tree("[dim]tasks[/]")
     _add_tasks(tree, layer)
     out.print(tree)
@@ -232,6 +245,8 @@ def task_view(task: dict[str, Any]) -> None:
         if value not in (None, "", "-"):
             table.add_row(name, str(value))
     out.print(table)
+    if task.get("waiting"):
+        out.print(waiting(task))
     out.print("[bold]history[/]" + (f" [dim]({task['records_dropped']} older records dropped)[/]"
                                       if task.get("records_dropped") else ""))
     hist = Table(box=None, pad_edge=False)

@@ -12,6 +12,7 @@ cache is exactly the stream's state at R. Two things rest on that:
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
@@ -88,21 +89,21 @@ class ReadyQueue:
         self._where.clear()
 
     def pick(self, want: int, accept: Callable[[Ready], bool], skip_groups: Callable[[str, str], bool]) -> list[Ready]:
-        """Up to ``want`` entries that ``accept`` takes, best priority first."""
+        """Up to ``want`` entries that ``accept`` takes, best priority first.
+
+        In each group a shuffled window of the first entries comes first (so racing nodes rarely
+        pick the same task); when the window cannot fill the batch the rest of the group is read in
+        order, so tasks this node cannot hold (a label it lacks) never hide the ones behind them."""
         out: list[Ready] = []
         for group in sorted(self._groups):
             if len(out) >= want:
                 break
             if skip_groups(group[1], group[2]):
                 continue
-            bag = self._groups[group]
-            window: list[Ready] = []
-            for entry in bag.values():
-                window.append(entry)
-                if len(window) >= 4 * want + 8:
-                    break
+            entries = iter(self._groups[group].values())
+            window = list(itertools.islice(entries, 4 * want + 8))
             random.shuffle(window)
-            for entry in window:
+            for entry in itertools.chain(window, entries):
                 if len(out) >= want:
                     break
                 if accept(entry):

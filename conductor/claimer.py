@@ -8,11 +8,14 @@ spawn it: the process exists only under the supervisor's fence.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import lifecycle, templates
+import psutil
+
+from . import lifecycle, placement, templates
 from .claims import Claimed, Ready
 from .containers import ContainerRun
 from .errors import ConductorError, StoreError
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conductor.node")
 
 CLAIM_BATCH = 16  # most tasks claimed in one transaction (4 ops each, plus a read of each job and layer)
+UNFIT_MEMO = 200_000  # most tasks remembered as never fitting this node (then the memo starts again)
 GATHER = 0.002  # seconds to wait for more slots to free up, to claim them in one transaction
 
 
@@ -31,6 +35,10 @@ class Claimer:
     def __init__(self, node: "Node"):
         self.node = node
         self._dirs: dict[str, Path] = {}  # job -> its directory of logs, known to exist
+        self._facts_cache: dict[str, Any] | None = None
+        # ready tasks this node can never hold (by the revision of their ready marker): a pick
+        # reads past them in a dict lookup, however many wait for a node that has what they need
+        self._unfit: dict[str, int] = {}
 
     def run(self) -> None:
         seen = -1
@@ -79,21 +87,28 @@ class Claimer:
             return cache.ready.pick(min(free, CLAIM_BATCH), self._acceptor(free), self._group_paused), seen
 
     def _acceptor(self, free_slots: int) -> Callable[[Ready], bool]:
+        """Accepts a task when this node could hold it at all (:func:`placement.fits`) and it fits
+        what is free now: the slots not yet taken by this batch, the memory available (checked,
+        not reserved: each task of a batch is checked against the same available memory)."""
         node = self.node
         free = [free_slots]
-        labels = node.settings.labels
+        facts = self._facts()
+        unfit = self._unfit
 
         def accept(entry: Ready) -> bool:
             task = entry.task
             if task.get("paused_at") or task["id"] in node.cache.paused:
                 return False
-            if task.get("image") and not node.containers:
+            if unfit.get(entry.id) == entry.mod_revision:
                 return False
             needs = task.get("needs") or {}
-            slots = needs.get("slots", 1)
-            if slots > free[0] or slots > node.settings.slots:
+            if placement.fits(needs, facts, container=bool(task.get("image"))) is not None:
+                if len(unfit) >= UNFIT_MEMO:
+                    unfit.clear()
+                unfit[entry.id] = entry.mod_revision
                 return False
-            if any(labels.get(k) != v for k, v in (needs.get("labels") or {}).items()):
+            slots = needs.get("slots", 1)
+            if slots > free[0]:
                 return False
             if needs.get("memory") and needs["memory"] > node.available_memory():
                 return False
@@ -101,6 +116,16 @@ class Claimer:
             return True
 
         return accept
+
+    def _facts(self) -> dict[str, Any]:
+        """This node as placement judges it: the facts its node key advertises (node._info)."""
+        if self._facts_cache is None or self._facts_cache["name"] != self.node.name:
+            node = self.node
+            self._unfit.clear()
+            self._facts_cache = {"name": node.name, "slots": node.settings.slots, "cpus": os.cpu_count(),
+                                 "memory": psutil.virtual_memory().total, "labels": node.settings.labels,
+                                 "containers": node.containers}
+        return self._facts_cache
 
     def _group_paused(self, job: str, layer: str) -> bool:
         return job in self.node.cache.paused or layer in self.node.cache.paused

@@ -136,8 +136,9 @@ class Client:
         A job or layer holds each layer's ``counts`` by state (from key counts) and a page of
         ``tasks`` tasks per layer in number order (0, the default here: every task; the CLI shows
         20). A layer's ``more`` says how many tasks follow its page and ``next`` is the task id to
-        pass as ``after`` for the next page (None on the last). Raises NotFound, Ambiguous,
-        InvalidSpec."""
+        pass as ``after`` for the next page (None on the last). A QUEUED task, a layer and a job
+        carry ``waiting``: why no live node can hold it (or some queued task of theirs), or None
+        (see placement.why_waiting). Raises NotFound, Ambiguous, InvalidSpec."""
         parsed, full, owner = self.locate(some_id)
         after_id = self.locate(after)[1] if after else None
         if parsed.kind == "job":
@@ -287,7 +288,7 @@ class Client:
             _, full, owner = self.locate(some_id)
             job = full.split(".")[0]
             prefixes = [k.job(owner, job), k.layer(owner, job + "."), k.task(owner, full if "." in full else job + "."),
-                        k.claim(job + "."), k.tally(owner, job)]
+                        k.claim(job + "."), k.tally(owner, job), k.node()]  # nodes: why a queued task waits
 
             def read() -> Any:
                 return self.show(full, tasks=tasks)

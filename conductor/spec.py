@@ -32,7 +32,7 @@ LAYER_FIELDS = {"name", "order", "tasks", "env", "paused", "priority", "on_error
                 "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions"}
 TASK_FIELDS = {"name", "cmd", "shell", "image", "env", "cwd", "timeout", "max_attempts", "priority",
                "needs", "paused", "max_disruptions"}
-NEEDS_FIELDS = {"slots", "labels", "memory"}
+NEEDS_FIELDS = {"slots", "labels", "memory", "cpus", "node"}
 INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -41,6 +41,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
                "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
 _LABEL = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+_NODE = re.compile(r"^[^\s/]+$")  # a node name is one segment of its key nodes/<name>
 
 
 def _scalar_text(value: Any) -> str:
@@ -224,12 +225,15 @@ def _arg_size(text: str, field: str, what: str = "") -> None:
 
 
 def parse_needs(value: Any, field: str) -> dict[str, Any]:
+    """A needs map -> its normalised form (see docs/jobs.md, "Needs"); raises InvalidSpec."""
     if not isinstance(value, dict):
-        raise InvalidSpec(field, f"must be a map with slots, labels or memory, not a {_kind(value)}")
+        raise InvalidSpec(field, f"must be a map with slots, cpus, memory, labels or node, not a {_kind(value)}")
     _unknown(value, NEEDS_FIELDS, field)
     needs: dict[str, Any] = {}
     if "slots" in value:
         needs["slots"] = _int(value["slots"], f"{field}.slots", minimum=1, maximum=4096)
+    if "cpus" in value:
+        needs["cpus"] = parse_cpus(value["cpus"], f"{field}.cpus")
     if "memory" in value:
         needs["memory"] = parse_size(value["memory"], f"{field}.memory")
     if "labels" in value:
@@ -237,7 +241,36 @@ def parse_needs(value: Any, field: str) -> dict[str, Any]:
         if not isinstance(labels, dict):
             raise InvalidSpec(f"{field}.labels", f"must be a map of label: value, not a {_kind(labels)}")
         needs["labels"] = parse_labels(labels, f"{field}.labels")
+    if "node" in value:
+        needs["node"] = parse_node_name(value["node"], f"{field}.node")
     return needs
+
+
+MAX_CPUS = 8192  # Linux's largest NR_CPUS: no node has more (docs/jobs.md, "Limits")
+
+
+def parse_cpus(value: Any, field: str) -> int | float:
+    """``2``, ``0.5`` -> CPUs a node must have (more than 0, at most MAX_CPUS); a whole number
+    stays an int."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidSpec(field, f"must be a number of CPUs like 2 or 0.5, not a {_kind(value)}")
+    number = _finite(value, field)
+    if number <= 0:
+        raise InvalidSpec(field, f"must be more than zero, not {_scalar_text(value)}")
+    if number > MAX_CPUS:
+        raise InvalidSpec(field, f"is too large: {_short(value)}, the limit is {MAX_CPUS}")
+    return int(number) if number.is_integer() else number
+
+
+def parse_node_name(value: Any, field: str) -> str:
+    """A node name as ``conductor run --name`` gives it: no '/', no whitespace (a number written
+    unquoted, ``node: 42``, is taken as its text, as for labels)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = _scalar_text(value)
+    name = _str(value, field)
+    if not _NODE.match(name) or not name.isprintable():
+        raise InvalidSpec(field, f"{_short(name)} is not a node name (no '/', spaces or control characters)")
+    return name
 
 
 def parse_labels(labels: dict[str, Any], field: str) -> dict[str, str]:

@@ -7,10 +7,11 @@ size of the job.
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
-from . import batch, codec, ids, model, states
+from . import batch, codec, ids, model, placement, states
 from .board import Board
 from .errors import InvalidSpec, NotFound
 from .keys import Keys
@@ -18,6 +19,7 @@ from .ops import KV, Get
 from .store import Store
 
 PAGE_TASKS = 20  # tasks shown per layer unless asked otherwise
+WAITING_SAMPLE = 16  # queued tasks per layer (ready markers, read by prefix) judged for a layer's waiting
 COUNT_FIELDS = ("pending", "queued", "running", "completed", "errored", "skipped", "total")
 
 
@@ -119,6 +121,8 @@ def job_tree(board: Board, job_id: str, user: str, tasks: int = PAGE_TASKS,
         layer["counts"] = layer_counts
         layer["records"] = layer.get("records", [])
     fill_pages(store, keys, user, layers, tasks, start)
+    add_waiting(store, keys, layers)
+    job["waiting"] = next((layer["waiting"] for layer in layers if layer["waiting"]), None)
     job["layer_list"] = layers
     return job
 
@@ -134,6 +138,7 @@ def layer_detail(board: Board, layer_id: str, user: str, tasks: int = PAGE_TASKS
     start = _after_number(after, layer["job"], [layer])
     layer["counts"] = job_counts(store, keys, [layer])[0]
     fill_pages(store, keys, user, [layer], tasks, start)
+    add_waiting(store, keys, [layer])
     return layer
 
 
@@ -246,6 +251,8 @@ def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
     if task["state"] == states.RUNNING and task.get("started"):
         task["elapsed"] = round(time.time() - task["started"], 1)
     task["claimed"] = bool(claim_r.kvs)
+    if task["state"] == states.QUEUED:
+        task["waiting"] = task_waiting(task, live_nodes(store, keys))
     return task
 
 
@@ -263,3 +270,62 @@ def list_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
         info["running"] = used.get(str(info.get("name")), 0)
         nodes.append(info)
     return sorted(nodes, key=lambda n: n.get("name", ""))
+
+
+# ---- why queued tasks wait ------------------------------------------------------------------------
+
+def live_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
+    """The node keys (each on its node's lease, so only live nodes have one), as their values."""
+    return [codec.unpack(kv.value) for kv in store.iter_prefix(keys.node())]
+
+
+def task_waiting(task: dict[str, Any], nodes: list[dict[str, Any]]) -> str | None:
+    """Why no live node can hold ``task`` (``waiting: ...``), or None (see placement.why_waiting)."""
+    return placement.why_waiting(task.get("needs") or {}, nodes, container=bool(task.get("image")))
+
+
+class _Judge:
+    """task_waiting, once per distinct (needs, container): a layer's tasks mostly share them."""
+
+    def __init__(self, nodes: list[dict[str, Any]]):
+        self.nodes = nodes
+        self.seen: dict[str, str | None] = {}
+
+    def __call__(self, task: dict[str, Any]) -> str | None:
+        key = json.dumps([task.get("needs") or {}, bool(task.get("image"))], sort_keys=True, default=str)
+        if key not in self.seen:
+            self.seen[key] = task_waiting(task, self.nodes)
+        return self.seen[key]
+
+
+def add_waiting(store: Store, keys: Keys, layers: list[dict[str, Any]]) -> None:
+    """Give each QUEUED task of the layers' pages its ``waiting`` (a reason or None) and each layer
+    ``waiting``: the first reason among its page's queued tasks and up to WAITING_SAMPLE of its
+    queued tasks read from their ready markers (so it costs a bounded read however big the
+    layer), or None. Reads the live node keys only when something is queued."""
+    for layer in layers:
+        layer["waiting"] = None
+    page_queued = {layer["id"]: [t for t in layer["task_list"] if t["state"] == states.QUEUED] for layer in layers}
+    judged = [layer for layer in layers if (layer.get("counts") or {}).get("queued") or page_queued[layer["id"]]]
+    if not judged:
+        return
+    judge = _Judge(live_nodes(store, keys))
+    samples = _ready_samples(store, keys, [layer["id"] for layer in judged])
+    for layer in judged:
+        for task in page_queued[layer["id"]]:
+            task["waiting"] = judge(task)
+        reasons = (judge(t) for t in (*page_queued[layer["id"]], *samples.get(layer["id"], [])))
+        layer["waiting"] = next((r for r in reasons if r), None)
+
+
+def _ready_samples(store: Store, keys: Keys, layer_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """{layer id: up to WAITING_SAMPLE of its queued tasks}, from their ready markers (which hold
+    the task value), in snapshots that fit etcd's limits."""
+    gets = [Get.prefix(keys.ready(lid + "."), limit=WAITING_SAMPLE) for lid in layer_ids]
+    found: dict[str, list[dict[str, Any]]] = {}
+    for group in batch.fit_ops(gets):
+        for response in store.read([op for op in group if isinstance(op, Get)]).responses:
+            for kv in response.kvs:
+                task = codec.unpack(kv.value)
+                found.setdefault(str(task.get("layer")), []).append(task)
+    return found
