@@ -18,6 +18,7 @@ MAX_ARG_BYTES = 128 * KIB  # one argv element or NAME=value with its NUL: Linux'
 MAX_EXEC_BYTES = 1 * MIB  # a task's argv and merged env (job, layer, task) as exec gets them
 MAX_TIMEOUT = 30 * 86400.0  # seconds
 MAX_MEMORY = 1024 ** 5  # bytes (1 PiB)
+MAX_CPUS = 8192  # Linux's largest NR_CPUS: no node has more
 
 
 def human_bytes(n: int) -> str:

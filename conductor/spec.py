@@ -16,7 +16,7 @@ from typing import Any
 from .errors import InvalidSpec
 from .limits import (  # noqa: F401 - the caps are spec's public names too
     ALIAS_FACTOR, KIB, MAX_ALIAS_NODES, MAX_ARG_BYTES, MAX_DEPTH, MAX_DIGITS, MAX_EXEC_BYTES, MAX_FILE_BYTES,
-    MAX_JOB_BYTES, MAX_MEMORY, MAX_TASKS, MAX_TIMEOUT, MAX_VALUE_BYTES, MIB)
+    MAX_CPUS, MAX_JOB_BYTES, MAX_MEMORY, MAX_TASKS, MAX_TIMEOUT, MAX_VALUE_BYTES, MIB)
 from .limits import human_bytes as _bytes
 
 MAX_NAME = 200
@@ -246,7 +246,6 @@ def parse_needs(value: Any, field: str) -> dict[str, Any]:
     return needs
 
 
-MAX_CPUS = 8192  # Linux's largest NR_CPUS: no node has more (docs/jobs.md, "Limits")
 
 
 def parse_cpus(value: Any, field: str) -> int | float:

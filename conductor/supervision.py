@@ -123,6 +123,10 @@ class Supervision:
 
     def _ping(self) -> None:
         name_this_thread()
+        try:  # this thread alone, where allowed: the supervisor renews the lease only while it hears us
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -5)
+        except (OSError, AttributeError):
+            pass
         while not self._closing.wait(self.heartbeat / 5):
             try:
                 self._send(("ping",))
