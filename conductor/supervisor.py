@@ -218,15 +218,20 @@ class Supervisor:
         except (BlockingIOError, OSError):
             pass
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        """Send what is queued; False when the conductor's end is closed (it died)."""
         with self.lock:
             if not self.out:
-                return
+                return True
             try:
                 sent = self.sock.send(self.out)
             except (BlockingIOError, InterruptedError):
-                return
+                return True
+            except OSError:  # EPIPE, ECONNRESET: the conductor is gone
+                self.out.clear()
+                return False
             del self.out[:sent]
+            return True
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -247,11 +252,9 @@ class Supervisor:
                 except (BlockingIOError, OSError):
                     pass
             self._reap()
-            if self.sock in readable and not self._receive():
+            if (self.sock in readable and not self._receive()) or (writable and not self._flush()):
                 self._conductor_gone()
                 return
-            if writable:
-                self._flush()
             self._due_timers()
             self._check_deadline()
             if self.closing and not self.tasks:
@@ -555,9 +558,14 @@ def main() -> None:
     sup.inbox = buffer
     sup.renewer = Renewer(sup)
     sup.renewer.start()
-    for message in messages[1:]:
-        sup.handle(message)
-    sup.run()
+    try:
+        for message in messages[1:]:
+            sup.handle(message)
+        sup.run()
+    except BaseException as exc:  # the fence's own failure: nothing it started may outlive it
+        _say(f"failed ({exc!r}); killing every task before leaving")
+        sup._conductor_gone()
+        raise
 
 
 if __name__ == "__main__":

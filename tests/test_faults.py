@@ -92,7 +92,7 @@ def test_soak_kill9_every_few_seconds_loses_nothing_and_fails_over_in_time(clien
         assert client.wait(j, timeout=120)["state"] == "COMPLETED"
         counts = client.counts(j)
         assert (counts["completed"], counts["errored"]) == (100, 0), counts
-    worst = 0.0
+    worst, timed = 0.0, 0
     for j in jobs:
         for t in range(100):
             task = client.task(f"{j}.0.{t}")
@@ -101,8 +101,10 @@ def test_soak_kill9_every_few_seconds_loses_nothing_and_fails_over_in_time(clien
             for r in records:
                 if r["state"] == "QUEUED" and "lost" in r["reason"]:
                     lost = r["reason"].split("node ", 1)[1].split(" ", 1)[0]
-                    killed_at = max(at for at, name in kills if name == lost and at <= r["at"] + 0.5)
-                    worst = max(worst, r["at"] - killed_at)
+                    killed = [at for at, name in kills if name == lost and at <= r["at"] + 0.5]
+                    if killed:  # a node that fenced itself (not killed here) is the load test's business
+                        worst, timed = max(worst, r["at"] - max(killed)), timed + 1
+    assert timed > 0, "some task must have been orphaned by a kill"
     assert worst <= ttl + 2, f"an orphan waited {worst:.2f}s to be queued again (TTL {ttl})"
 
 

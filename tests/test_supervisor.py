@@ -189,3 +189,45 @@ def test_a_fenced_supervisor_kills_at_the_deadline_then_rests(tmp_path):
         assert psutil.Process(sup.pid).cpu_percent(interval=1.5) < 10, "the fenced supervisor spins"
     finally:
         sup.close(revoke=False)
+
+
+DYING = textwrap.dedent("""
+    import os, sys
+    from conductor.supervision import Supervision
+    sup = Supervision(["127.0.0.1:1"], ttl=10)
+    sup.start()
+    bulk = "x" * 60_000  # 40 requests of 60 KB: more than one read takes, so some wait unread
+    for i in range(40):
+        sup.spawn(f"t{i}#1", ["sleep", "120"], {"PATH": "/usr/bin:/bin", "MARK": sys.argv[1], "BULK": bulk},
+                  None, f"{sys.argv[2]}.{i}.log", None, 1.0)
+    print(sup.pid, flush=True)
+    os._exit(0)  # gone while the supervisor is still starting them and reporting on them
+""")
+
+
+def test_a_conductor_dying_while_its_tasks_start_leaves_none_running(tmp_path):
+    """The supervisor's reports go to a closed socket: that is the conductor's death, not the
+    supervisor's (it must not crash and leave its tasks to init)."""
+    import psutil
+
+    mark = f"dying-{os.getpid()}-{time.monotonic_ns()}"
+    proc = subprocess.run([sys.executable, "-c", DYING, mark, str(tmp_path / "t")], capture_output=True, text=True,
+                          timeout=30)
+    supervisor = int(proc.stdout.split()[0])
+
+    def marked() -> list[int]:
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("MARK") == mark:
+                    found.append(p.pid)
+            except psutil.Error:
+                continue
+        return found
+
+    wait_for(lambda: not psutil.pid_exists(supervisor) or psutil.Process(supervisor).status() == "zombie", 20,
+             what="the supervisor ended")
+    left = marked()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "tasks outlived their supervisor"
