@@ -25,7 +25,7 @@ from .claims import Claimed, Outcome
 from .lifecycle import Cause
 from .errors import StoreError
 from .executor import Run
-from .ops import Put, absent, created_at
+from .ops import Compare, Delete, Put, absent, created_at
 
 if TYPE_CHECKING:
     from .parts import Node
@@ -218,8 +218,13 @@ class Keeper:
                 pass
 
     def _lead(self, role: str) -> bool:
+        """Take (or keep) a cluster-wide role. A node whose clock is skewed gives it up, so that
+        another node runs the chores (retention among them) instead of nobody."""
         key = self.node.keys.leader(role)
         lease = self.node.session.lease
+        if self.node.clock.skewed:
+            self.node.store.txn([Compare(key, "lease", "==", lease)], [Delete(key)])
+            return False
         res = self.node.store.txn([absent(key)], [Put(key, codec.pack({"node": self.node.name, "at": time.time()}), lease)])
         if res.succeeded:
             return True
