@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from . import batch, codec, footprint, ids, layerplan, model, partial, states
 from .batch import Item, fit, fits, op_size
@@ -32,7 +32,7 @@ from .errors import NotFound, Refused, StoreError
 from .keys import Keys
 from .model import Value
 from .ops import KV, Compare, Delete, Get, Op, Put, absent, mod_is, range_empty
-from .store import MAX_REQUEST_BYTES, MAX_TXN_OPS, Store
+from .store import Store
 
 log = logging.getLogger("conductor.board")
 
@@ -41,11 +41,6 @@ SETTLE_LIMITS = (48, 24, 12, 6, 3, 1)  # layers moved per settle txn, tried in t
 MAX_TRIES = 50
 
 _SettleTxn = tuple[list[Compare], list[Op], set[int]]  # compares, ops, the started layers queued inline
-
-
-def chunked(ops: list[Op], max_ops: int = MAX_TXN_OPS - 4, max_bytes: int = MAX_REQUEST_BYTES) -> Iterable[list[Op]]:
-    """Split ops into groups under etcd's op-count and request-size limits (see batch.fit_ops)."""
-    return batch.fit_ops(ops, max_ops=max_ops, budget=max_bytes)
 
 
 class Board:
@@ -440,16 +435,14 @@ class Board:
     def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, layerplan.LayerCounts]:
         """(ready, claimed or orphaned, errored) per layer, read as one snapshot per 30 layers."""
         k = self.keys
-        ops: list[Get] = []
-        for lid in layer_ids:
-            ops += [Get.count(k.ready(lid + ".")), Get.count(k.claim(lid + ".")), Get.count(k.run(lid + ".")),
-                    Get.count(k.tally(user, job_id, states.ERRORED, lid + "."))]
+        items = [Item([Get.count(k.ready(lid + ".")), Get.count(k.claim(lid + ".")), Get.count(k.run(lid + ".")),
+                       Get.count(k.tally(user, job_id, states.ERRORED, lid + "."))], tag=lid) for lid in layer_ids]
         out: dict[str, layerplan.LayerCounts] = {}
-        for start in range(0, len(ops), 120):  # four reads per layer, under etcd's 128 per txn
-            res = self.store.read(ops[start:start + 120])
-            for j in range(0, len(res.responses), 4):
-                ready, claimed, running, errored = (r.count for r in res.responses[j:j + 4])
-                out[layer_ids[(start + j) // 4]] = layerplan.LayerCounts(ready, max(claimed, running), errored)
+        for group in fit(items):  # a layer's four counts always in the same snapshot
+            res = self.store.read([op for op in group.ops if isinstance(op, Get)])
+            for n, lid in enumerate(group.tags):
+                ready, claimed, running, errored = (r.count for r in res.responses[4 * n:4 * n + 4])
+                out[str(lid)] = layerplan.LayerCounts(ready, max(claimed, running), errored)
         return out
 
 

@@ -28,7 +28,6 @@ from .ops import KV, Compare, Delete, Op, Put, created_at, mod_is
 log = logging.getLogger("conductor.control")
 
 MAX_TRIES = 30
-CHUNK = 40  # tasks changed per transaction in a change that covers many
 
 
 @dataclass(frozen=True)
