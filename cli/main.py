@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -286,6 +287,10 @@ security.secure_all(app)  # --cacert, --cert, --key, --user, --password-file on 
 
 
 def main() -> None:
+    # gRPC's C core prints a refused TLS handshake on stderr, in several lines; the error we raise
+    # says it in one. Set before grpc is first imported (the client is imported lazily, by the
+    # command). GRPC_VERBOSITY=ERROR in the environment brings them back.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         app()
     except ConductorError as exc:

@@ -139,7 +139,11 @@ def probe_tls(host: str, port: int, creds: Credentials, timeout: float = PROBE_T
     except ssl.SSLCertVerificationError as exc:
         return f"certificate verify failed: {exc.verify_message}"
     except ssl.SSLError as exc:
-        return str(exc.reason or exc)
+        reason = str(exc.reason or exc)
+        if "ALERT" in reason:  # etcd sent an alert: it refused us, most often our certificate
+            return f"etcd refused the handshake ({reason}): does it want a client certificate (--cert, --key) " \
+                   "signed by a CA it trusts?"
+        return reason
     except (OSError, http.client.HTTPException):
         return None
     finally:

@@ -247,6 +247,9 @@ class Store:
             if self._authed and self._token != stale:
                 return self._token
             creds = self.credentials
+            if stale:  # once per renewal, however many threads met the refused token
+                log.info("etcd refused the auth token (expired, or etcd restarted); authenticating again as %s",
+                         creds.user)
             try:
                 password = creds.read_password()
             except InvalidSpec as exc:  # a password file being replaced: the caller retries later
@@ -283,7 +286,6 @@ class Store:
             creds = self.credentials
             if not (creds.auth or creds.ask_password()):
                 raise
-            log.info("etcd refused the auth token; authenticating again as %s", creds.user)
             return attempt(self._authenticate(token))
 
     @staticmethod
