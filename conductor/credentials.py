@@ -106,6 +106,13 @@ class Credentials:
             context.load_cert_chain(self.cert, self.key or None)
         return context
 
+    def task_env(self) -> dict[str, str]:
+        """What a task's ``conductor`` commands need to reach etcd over TLS as the node does: the
+        TLS files (absolute: tasks run elsewhere). Never the password: a task is not the node's
+        etcd user."""
+        names = {"CONDUCTOR_CACERT": self.cacert, "CONDUCTOR_CERT": self.cert, "CONDUCTOR_KEY": self.key}
+        return {name: os.path.abspath(path) for name, path in names.items() if path}
+
     def config(self) -> dict[str, Any]:
         """As a plain dict (for the supervisor process); no prompt."""
         out = asdict(self)
