@@ -224,6 +224,18 @@ def test_wrong_password_and_missing_permission_are_one_clear_line(auth_etcd: Etc
     secret.write_text("alice-pw\n")
     fine = conductor_cli("show", *common, "--user", "alice", "--password-file", str(secret), timeout=30)
     assert fine.returncode == 0, fine.stderr
+    node = conductor_cli("run", *common, "--user", "alice:not-her-password", "--data-dir", str(tmp_path / "n"),
+                         timeout=60)
+    _one_clear_line(node, auth_etcd.endpoint, "alice", "wrong user name or password")
+    asked: list[str] = []  # on a terminal, --user NAME without a password: asked when etcd wants one
+
+    def prompt(name: str) -> str:
+        asked.append(name)
+        return "alice-pw"
+
+    creds = Credentials(user="alice", prompt=prompt)
+    with Client(etcd=auth_etcd.endpoint, namespace=NS, credentials=creds) as client:
+        assert client.jobs() == [] and asked == ["alice"]
 
 
 def test_conductor_carries_on_through_token_expiry_password_change_and_restart(
