@@ -272,7 +272,8 @@ def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - fo
     source: dict[str, Any] = {"kind": "file", "path": file}  # as Client.post records it
     if meta["inputs"]:
         source["inputs"] = templates.recorded_inputs(meta, sample)
-    spec.check_stored(normalised, user or default_user(), source, meta)  # Board.post's size checks
+    owner = user.partition(":")[0] if user else default_user()  # NAME[:PASSWORD], as the etcd commands take
+    spec.check_stored(normalised, owner, source, meta)  # Board.post's size checks
     if json:
         render.print_json(normalised)
     else:

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conductor.client import Client
+from conductor.clock import Clock
+from conductor.clockwatch import etcd_offset
 from conductor.credentials import Credentials, wants_tls
 from conductor.errors import InvalidSpec
 from harness import EtcdServer, Node, TlsFiles, conductor_cli, wait_for
@@ -161,6 +163,10 @@ def test_job_runs_end_to_end_over_tls(tls_etcd: EtcdServer, certs: tuple[TlsFile
     listed = conductor_cli("nodes", "--json", "--etcd", tls_etcd.endpoint, "--namespace", namespace, env=env)
     assert listed.returncode == 0 and node.name in listed.stdout, listed.stderr
     assert "Traceback" not in node.log()
+    # the node's clock reads etcd's Date header over https, with the same CA and client certificate
+    tls = Credentials(cacert=files.ca, cert=files.client_cert, key=files.client_key).ssl_context()
+    assert etcd_offset("127.0.0.1", tls_etcd.client_port, Clock(), tls=tls) is not None
+    assert etcd_offset("127.0.0.1", tls_etcd.client_port, Clock()) is None  # plain http gets nothing
 
 
 def test_wrong_ca_is_one_clear_line(tls_etcd: EtcdServer, certs: tuple[TlsFiles, str]) -> None:
