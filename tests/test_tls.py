@@ -158,8 +158,10 @@ def test_job_runs_end_to_end_over_tls(tls_etcd: EtcdServer, certs: tuple[TlsFile
     posted = conductor_cli("post", str(job), "--wait", "--json", *common)
     assert posted.returncode == 0, posted.stderr
     assert '"COMPLETED"' in posted.stdout
-    # the environment variables work as the options do, with a bare host:port
-    env = {"CONDUCTOR_CACERT": files.ca, "CONDUCTOR_CERT": files.client_cert, "CONDUCTOR_KEY": files.client_key}
+    # the environment variables work as the options do, with a bare host:port; a password for an
+    # etcd whose auth is off is not an error (as with etcdctl)
+    env = {"CONDUCTOR_CACERT": files.ca, "CONDUCTOR_CERT": files.client_cert, "CONDUCTOR_KEY": files.client_key,
+           "CONDUCTOR_USER": "alice", "CONDUCTOR_PASSWORD": "unused"}
     listed = conductor_cli("nodes", "--json", "--etcd", tls_etcd.endpoint, "--namespace", namespace, env=env)
     assert listed.returncode == 0 and node.name in listed.stdout, listed.stderr
     assert "Traceback" not in node.log()
