@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -13,7 +14,7 @@ from conductor import __version__
 from conductor.errors import ConductorError, InvalidSpec
 from conductor.spec import parse_duration, parse_labels
 
-from . import render
+from . import render, security
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode="rich",
@@ -27,14 +28,17 @@ Namespace = Annotated[Optional[str], typer.Option(
     "--namespace", envvar="CONDUCTOR_NAMESPACE", show_envvar=True,
     help="Key prefix of this cluster in etcd. Default: /conductor/.")]
 User = Annotated[Optional[str], typer.Option(
-    "--user", envvar="CONDUCTOR_USER", show_envvar=True, help="Whose jobs. Default: your login name.")]
+    "--user", envvar="CONDUCTOR_USER", show_envvar=True,
+    help="Whose jobs. Default: your login name. With a password (NAME:PASSWORD, --password-file, "
+         "CONDUCTOR_PASSWORD, or asked on a terminal when etcd wants one) also the etcd user.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _client(etcd: list[str] | None, namespace: str | None, user: str | None = None) -> Any:
     from conductor.client import Client  # imports the etcd client: only when a command needs it
 
-    return Client(etcd=_endpoints(etcd), namespace=namespace, user=user)
+    creds = security.credentials(user)
+    return Client(etcd=_endpoints(etcd), namespace=namespace, user=creds.user or None, credentials=creds)
 
 
 def _endpoints(etcd: list[str] | None) -> list[str] | None:
@@ -126,6 +130,8 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
                              f"{local.endpoint}, data in {local.data_dir}; it stops with this conductor")
         endpoints = [f"127.0.0.1:{local_port}"]
     settings.etcd = endpoints
+    settings.credentials = security.credentials()
+    settings.credentials.ask_password()  # now, on a terminal: the supervisor process needs it too
     try:
         status = Conductor(settings).run_forever()
     finally:
@@ -269,7 +275,8 @@ def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - fo
     source: dict[str, Any] = {"kind": "file", "path": file}  # as Client.post records it
     if meta["inputs"]:
         source["inputs"] = templates.recorded_inputs(meta, sample)
-    spec.check_stored(normalised, user or default_user(), source, meta)  # Board.post's size checks
+    owner = user.partition(":")[0] if user else default_user()  # NAME[:PASSWORD], as the etcd commands take
+    spec.check_stored(normalised, owner, source, meta)  # Board.post's size checks
     if json:
         render.print_json(normalised)
     else:
@@ -280,8 +287,14 @@ def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - fo
 from . import automation as _automation  # noqa: E402,F401 - registers template, send, schedule
 from . import control as _control  # noqa: E402,F401 - registers the steering commands
 
+security.secure_all(app)  # --cacert, --cert, --key, --user, --password-file on every etcd command
+
 
 def main() -> None:
+    # gRPC's C core prints a refused TLS handshake on stderr, in several lines; the error we raise
+    # says it in one. Set before grpc is first imported (the client is imported lazily, by the
+    # command). GRPC_VERBOSITY=ERROR in the environment brings them back.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         app()
     except ConductorError as exc:

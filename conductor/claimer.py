@@ -161,7 +161,7 @@ class Claimer:
         task = c.task
         log.info("task %s %s RUNNING on %s (%s)", task["id"], task["name"], node.name, lifecycle.attempt_text(task))
         extra = {"CONDUCTOR_ETCD": node.store.describe(), "CONDUCTOR_NAMESPACE": node.keys.namespace,
-                 "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": node.name}
+                 "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": node.name, **node.store.credentials.task_env()}
         env = task_env(c, extra)
         try:
             argv, env, secrets = self._secrets(c, env)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from . import codec, ids, logs, messages, resolve, retention, schedules, spec, states, templates, views
 from .board import Board
 from .control import Control, Result, Target
+from .credentials import Credentials
 from .errors import AuthFailed, ConductorError, InvalidSpec, NotFound, PermissionDenied, WaitTimeout
 from .keys import Keys
 from .ops import KV, Event
@@ -25,13 +26,19 @@ from .store import Store
 
 
 class Client:
+    """``credentials``: TLS files and an etcd user; default: from ``CONDUCTOR_CACERT``, ``_CERT``,
+    ``_KEY``, ``_USER``, ``_PASSWORD``, ``_PASSWORD_FILE``. With a password, the etcd user is also
+    the Conductor user (whose jobs) unless ``user`` is given."""
+
     def __init__(self, etcd: str | list[str] | None = None, namespace: str | None = None,
-                 user: str | None = None, timeout: float = 5.0, store: Store | None = None):
+                 user: str | None = None, timeout: float = 5.0, store: Store | None = None,
+                 credentials: Credentials | None = None):
         endpoints = etcd or default_etcd() or [LOCAL_ETCD]
-        self.store = store or Store(endpoints, timeout=timeout)
+        creds = credentials if credentials is not None else Credentials.from_env()
+        self.store = store or Store(endpoints, timeout=timeout, credentials=creds)
         self.store.space.announce = False  # a refused write's error already says what to do
         self.keys = Keys(namespace or default_namespace())
-        self.user = user or default_user()
+        self.user = user or (creds.user if creds.auth else "") or default_user()
         self.board = Board(self.store, self.keys)
 
     def close(self) -> None:

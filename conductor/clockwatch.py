@@ -6,8 +6,8 @@
   drops the samples of nodes that are gone; a delete drops that node's sample.
 * etcd: the ``Date`` header of a GET of each endpoint's ``/version`` (etcd serves HTTP on its
   client port), at start and then every :data:`ETCD_EVERY` seconds, from a thread of its own. It
-  uses the store's scheme (plain http today) with a short timeout; an endpoint that does not answer
-  drops its sample.
+  uses the store's scheme (https with the store's CA and client certificate when TLS is on) with a
+  short timeout; an endpoint that does not answer drops its sample.
 
 When the judgement changes (skewed, recovered) ``on_change`` is called, so the node key shows it at
 once rather than at the next refresh.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import ssl
 import threading
 from typing import Callable
 
@@ -33,9 +34,12 @@ ETCD_EVERY = 30.0  # seconds between reads of etcd's clock
 HTTP_TIMEOUT = 2.0
 
 
-def etcd_offset(host: str, port: int, clock: Clock, timeout: float = HTTP_TIMEOUT) -> float | None:
-    """etcd's clock at host:port minus this node's, from its ``Date`` header; None if unreadable."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+def etcd_offset(host: str, port: int, clock: Clock, timeout: float = HTTP_TIMEOUT,
+                tls: ssl.SSLContext | None = None) -> float | None:
+    """etcd's clock at host:port minus this node's, from its ``Date`` header; None if unreadable.
+    ``tls``: read it over https with this context."""
+    conn = (http.client.HTTPSConnection(host, port, timeout=timeout, context=tls) if tls
+            else http.client.HTTPConnection(host, port, timeout=timeout))
     try:
         sent = clock.local()
         conn.request("GET", "/version")
@@ -79,8 +83,13 @@ class ClockWatch(FollowHandler):
 
     def poll_etcd(self, announce: bool = True) -> None:
         changed = False
+        try:
+            tls = self.store.credentials.ssl_context() if self.store.tls else None
+        except (OSError, ssl.SSLError) as exc:  # unreadable files: the store says so, more clearly
+            log.debug("cannot read etcd's clock over TLS: %s", exc)
+            return
         for host, port in self.store.endpoints:
-            changed |= self.clock.etcd_seen(f"{host}:{port}", etcd_offset(host, port, self.clock))
+            changed |= self.clock.etcd_seen(f"{host}:{port}", etcd_offset(host, port, self.clock, tls=tls))
         if changed and announce:
             self._changed()
 

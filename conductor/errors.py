@@ -47,6 +47,13 @@ class AuthFailed(StoreError):
     exit_code = Exit.AUTH_FAILED
 
 
+class TlsFailed(StoreError):
+    """The TLS handshake with etcd failed: its certificate is not signed by the CA we trust (or not
+    for that address), it refused our client certificate, or it does not speak TLS at all."""
+
+    exit_code = Exit.TLS_FAILED
+
+
 class RequestRefused(StoreError):
     """etcd refused a request as malformed: too large, too many operations, a key twice in one
     transaction. Retrying the same request cannot help."""

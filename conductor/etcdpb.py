@@ -55,6 +55,8 @@ AlarmRequest = _message("etcdserverpb.AlarmRequest")  # action GET / ACTIVATE / 
 AlarmResponse = _message("etcdserverpb.AlarmResponse")
 DefragmentRequest = _message("etcdserverpb.DefragmentRequest")
 DefragmentResponse = _message("etcdserverpb.DefragmentResponse")
+AuthenticateRequest = _message("etcdserverpb.AuthenticateRequest")  # name, password -> token
+AuthenticateResponse = _message("etcdserverpb.AuthenticateResponse")
 ALARM_NAMES = {v.number: v.name for v in _pool.FindEnumTypeByName("etcdserverpb.AlarmType").values}
 ALARM_NOSPACE = next(n for n, name in ALARM_NAMES.items() if name == "NOSPACE")
 
@@ -73,6 +75,7 @@ _METHODS = {
     "Status": ("Maintenance/Status", "unary", StatusRequest, StatusResponse),
     "Alarm": ("Maintenance/Alarm", "unary", AlarmRequest, AlarmResponse),
     "Defragment": ("Maintenance/Defragment", "unary", DefragmentRequest, DefragmentResponse),
+    "Authenticate": ("Auth/Authenticate", "unary", AuthenticateRequest, AuthenticateResponse),
 }
 
 
@@ -98,3 +101,4 @@ class Stub:
     Status: Any
     Alarm: Any
     Defragment: Any
+    Authenticate: Any

@@ -18,5 +18,6 @@ class Exit(IntEnum):
     PERMISSION_DENIED = 10
     AUTH_FAILED = 11
     REQUEST_REFUSED = 12  # etcd refused a request as malformed
+    TLS_FAILED = 13  # the TLS handshake with etcd failed
     INTERNAL = 70  # a node thread died of a bug (EX_SOFTWARE); the node stopped, its tasks were killed
     SUPERVISOR_LOST = 71  # the node's supervisor process died; the node killed its tasks and stopped

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .credentials import Credentials
 from .keys import DEFAULT_NAMESPACE
 
 LOCAL_ETCD = "127.0.0.1:2379"
@@ -21,8 +22,8 @@ def default_data_dir() -> Path:
 
 
 def default_user() -> str:
-    if os.environ.get("CONDUCTOR_USER"):
-        return os.environ["CONDUCTOR_USER"]
+    if os.environ.get("CONDUCTOR_USER"):  # NAME or NAME:PASSWORD (the etcd user's, see credentials)
+        return os.environ["CONDUCTOR_USER"].partition(":")[0]
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -56,6 +57,7 @@ class NodeSettings:
     result_cap: int = 64 * 1024
     tail_cap: int = 8 * 1024
     etcd_timeout: float = 5.0
+    credentials: Credentials = field(default_factory=Credentials)  # TLS files and etcd user
     cwd: str = field(default_factory=os.getcwd)
     docker_host: str = ""  # Docker API for container tasks; "" = $DOCKER_HOST or a local socket
     keep: float = 7 * 86400.0  # finished jobs (and local task logs) are removed after this long

@@ -12,6 +12,13 @@ alarm refuses writes (RESOURCE_EXHAUSTED), :class:`LeaseLost` when a lease call 
 lease that has expired (NOT_FOUND), :class:`PermissionDenied`, :class:`AuthFailed`,
 :class:`RequestRefused` for a request etcd will never take (INVALID_ARGUMENT: too large, too many
 operations, a key twice in one transaction), and :class:`StoreError` for anything else.
+
+Security (:class:`~conductor.credentials.Credentials`): an ``https://`` endpoint, or TLS files with
+a bare host:port, makes the channel TLS (:class:`TlsFailed` when etcd's certificate or ours is
+refused, found by a handshake of our own when the first call cannot reach etcd). With a password,
+the store authenticates as the etcd user and sends the token as ``token`` metadata on every call
+and stream; when etcd says the token is invalid (expired, or etcd restarted) it authenticates again,
+once, and repeats the call: a request refused for its token was not applied, so writes repeat too.
 """
 from __future__ import annotations
 
@@ -21,13 +28,14 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import grpc
 
 from . import etcdpb as etcdrpc
-from .errors import (AuthFailed, LeaseLost, NoSpace, PermissionDenied, RequestRefused, StoreError,
-                     StoreUnavailable)
+from .credentials import Credentials, probe_tls, wants_tls
+from .errors import (AuthFailed, InvalidSpec, LeaseLost, NoSpace, PermissionDenied, RequestRefused, StoreError,
+                     StoreUnavailable, TlsFailed)
 from .batch import MAX_TXN_OPS, op_size
 from .batch import REQUEST_BUDGET as MAX_REQUEST_BYTES
 from .keys import prefix_end
@@ -37,6 +45,7 @@ if TYPE_CHECKING:
     from .follow import Follower, FollowHandler
 
 log = logging.getLogger("conductor.store")
+T = TypeVar("T")
 
 DEFAULT_PORT = 2379
 RETRY_WINDOW = 2.0  # seconds a read is retried through a passing unavailability
@@ -95,13 +104,20 @@ _LEASE_NAMED = ("lease", "put", "transaction")  # calls where NOT_FOUND means "n
 _BY_CODE: dict[Any, tuple[type[StoreError], str]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: (NoSpace, "etcd is out of space (NOSPACE alarm): {what} refused; "
                                          + NOSPACE_HINT + " [etcd: {detail}]"),
-    grpc.StatusCode.PERMISSION_DENIED: (PermissionDenied, "etcd denied {what}: {detail}"),
-    grpc.StatusCode.UNAUTHENTICATED: (AuthFailed, "etcd did not accept the credentials for {what}: {detail}"),
+    grpc.StatusCode.PERMISSION_DENIED: (PermissionDenied, "etcd at {where} denied {what}{who}: {detail}"),
+    grpc.StatusCode.UNAUTHENTICATED: (AuthFailed, "etcd at {where} did not accept the credentials{who} for "
+                                      "{what}: {detail}"),
     grpc.StatusCode.INVALID_ARGUMENT: (RequestRefused, "etcd refused {what} as invalid: {detail}"),
 }
 
 
-def _translate(exc: grpc.RpcError, what: str) -> StoreError:
+# etcd answers a call without a token, when its auth is on, with INVALID_ARGUMENT and this text
+# (rpctypes.ErrGRPCUserEmpty): the one case told apart by text, since the code is shared with
+# requests that are too large
+_NO_USER = "etcdserver: user name is empty"
+
+
+def _translate(exc: grpc.RpcError, what: str, where: str = "", user: str = "") -> StoreError:
     """The error of the rooted tree for a failed call, by its gRPC status code; the code's name is
     kept in the error's ``code`` attribute for the few callers that tell cases apart."""
     code = exc.code() if hasattr(exc, "code") else None
@@ -111,9 +127,12 @@ def _translate(exc: grpc.RpcError, what: str) -> StoreError:
         error = StoreUnavailable(f"etcd unavailable during {what}: {detail}")
     elif code == grpc.StatusCode.NOT_FOUND and what.startswith(_LEASE_NAMED):
         error = LeaseLost(f"{what}: {detail}")
+    elif code == grpc.StatusCode.INVALID_ARGUMENT and detail == _NO_USER:
+        error = AuthFailed(f"etcd at {where} requires a user: give --user NAME with a password "
+                           "(--password-file, CONDUCTOR_PASSWORD, or NAME:PASSWORD)")
     elif code in _BY_CODE:
         cls, text = _BY_CODE[code]
-        error = cls(text.format(what=what, detail=detail))
+        error = cls(text.format(what=what, detail=detail, where=where, who=f" (user {user})" if user else ""))
     else:
         error = StoreError(f"etcd refused {what}: {detail}")
     error.code = code.name if code is not None else ""  # type: ignore[attr-defined]
@@ -155,13 +174,22 @@ def _kv(kv: Any) -> KV:
 
 
 class Store:
-    """A connection to one etcd cluster (one or several endpoints, with failover)."""
+    """A connection to one etcd cluster (one or several endpoints, with failover), in plaintext or
+    TLS, as an etcd user or none (``credentials``). Raises InvalidSpec for unreadable TLS files or
+    mixed schemes; nothing is sent until the first call."""
 
-    def __init__(self, endpoints: str | Sequence[str], timeout: float = 5.0):
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = 5.0,
+                 credentials: Credentials | None = None):
         self.endpoints = parse_endpoints(endpoints)
         if not self.endpoints:
             raise StoreError("no etcd endpoint given")
         self.timeout = timeout
+        self.credentials = credentials or Credentials()
+        self.tls = wants_tls(endpoints, self.credentials)
+        self._token = ""  # etcd's auth token, sent as "token" metadata; "" = none
+        self._authed = False  # authenticated once (or learned that etcd's auth is off)
+        self._auth_lock = threading.Lock()
+        self._reached = False  # a call has succeeded: TLS works, no need to diagnose it
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", 256 * 1024 * 1024),
             ("grpc.max_send_message_length", 16 * 1024 * 1024),
@@ -174,7 +202,10 @@ class Store:
         ]
         if len(self.endpoints) > 1:
             options.append(("grpc.lb_policy_name", "round_robin"))
-        self.channel = grpc.insecure_channel(_target(self.endpoints), options=options)
+            if self.tls:  # the target is a list of addresses: check certificates for the first name
+                options.append(("grpc.ssl_target_name_override", self.endpoints[0][0]))
+        self._options = options
+        self.channel = self._channel(_target(self.endpoints), options)
         self._kv = self._lease = self._watch = self._maint = etcdrpc.Stub(self.channel)
         self._closed = False
         self.space = SpaceWatch()
@@ -190,7 +221,87 @@ class Store:
         self.close()
 
     def describe(self) -> str:
-        return ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        """The endpoints as given to others (tasks' ``CONDUCTOR_ETCD``): ``https://`` when TLS."""
+        scheme = "https://" if self.tls else ""
+        return ",".join(f"{scheme}{h}:{p}" for h, p in self.endpoints)
+
+    def _channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
+        if not self.tls:
+            return grpc.insecure_channel(target, options=options)
+        root, key, cert = self.credentials.tls_files()
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(root, key, cert), options=options)
+
+    # ---- authentication ----------------------------------------------------------------------
+
+    def _token_now(self) -> str:
+        """The token to send; authenticates the first time when a password was given."""
+        if self.credentials.auth and not self._authed:
+            return self._authenticate(self._token)
+        return self._token
+
+    def _authenticate(self, stale: str) -> str:
+        """Get a new token unless another thread already replaced ``stale``. Raises AuthFailed for
+        a wrong user or password, StoreUnavailable when etcd cannot be reached. When etcd's auth
+        is off the token stays empty (as etcdctl does)."""
+        with self._auth_lock:
+            if self._authed and self._token != stale:
+                return self._token
+            creds = self.credentials
+            if stale:  # once per renewal, however many threads met the refused token
+                log.info("etcd refused the auth token (expired, or etcd restarted); authenticating again as %s",
+                         creds.user)
+            try:
+                password = creds.read_password()
+            except InvalidSpec as exc:  # a password file being replaced: the caller retries later
+                raise AuthFailed(f"etcd user {creds.user!r}: {exc}") from None
+            request = etcdrpc.AuthenticateRequest(name=creds.user, password=password)
+            try:
+                self._token = self._kv.Authenticate(request, timeout=self.timeout).token
+            except grpc.RpcError as exc:
+                self._token = ""
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:  # not "auth is not enabled"
+                    raise self._auth_error(exc) from None
+            except ValueError as exc:  # a closed channel
+                raise StoreUnavailable(f"etcd unavailable during authentication: {exc}") from None
+            self._authed = True
+            return self._token
+
+    def _auth_error(self, exc: grpc.RpcError) -> StoreError:
+        if exc.code() in _UNAVAILABLE:
+            error = _translate(exc, "authentication", self.describe())
+            return self._diagnosed(error) if isinstance(error, StoreUnavailable) else error
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:  # etcd's ErrGRPCAuthFailed
+            return AuthFailed(f"etcd at {self.describe()} refused user {self.credentials.user!r}: "
+                              "wrong user name or password")
+        return _translate(exc, "authentication", self.describe(), self.credentials.user)
+
+    def _authed_call(self, attempt: Callable[[str], T]) -> T:
+        """``attempt(token)``; when etcd refuses the token (expired, etcd restarted, or none sent
+        to an etcd that wants one), authenticate again (asking for the password on a terminal if
+        none was given) and attempt once more."""
+        token = self._token_now()
+        try:
+            return attempt(token)
+        except AuthFailed:
+            creds = self.credentials
+            if not (creds.auth or creds.ask_password()):
+                raise
+            return attempt(self._authenticate(token))
+
+    @staticmethod
+    def _metadata(token: str) -> tuple[tuple[str, str], ...] | None:
+        return (("token", token),) if token else None
+
+    def _diagnosed(self, error: StoreUnavailable) -> StoreError:
+        """Before any call succeeded, an unreachable TLS etcd may be a refused certificate: a
+        handshake of our own says so (gRPC's status only says 'unavailable')."""
+        if not self.tls or self._reached:
+            return error
+        for host, port in self.endpoints:
+            reason = probe_tls(host, port, self.credentials)
+            if reason:
+                return TlsFailed(f"TLS with etcd at {host}:{port} failed: {reason}")
+        return error
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -198,22 +309,31 @@ class Store:
               idempotent: bool = False, grows: bool = False) -> Any:
         """One request. A read that meets a passing unavailability (a leader election, a member
         going away) is retried until the timeout; a write is not, since it may have been applied.
-        ``grows``: a write that etcd's NOSPACE alarm refuses, so its success means the alarm is gone."""
+        ``grows``: a write that etcd's NOSPACE alarm refuses, so its success means the alarm is gone.
+        A refused token is renewed and the request sent again (see :meth:`_authed_call`)."""
+        return self._authed_call(lambda token: self._attempt(fn, request, what, timeout, idempotent, grows,
+                                                             token))
+
+    def _attempt(self, fn: Callable[..., Any], request: Any, what: str, timeout: float | None,
+                 idempotent: bool, grows: bool, token: str) -> Any:
         budget = timeout or self.timeout
         retry_until = time.monotonic() + min(RETRY_WINDOW, budget)  # elections settle in a second or two
         delay = 0.05
         while True:
             try:
-                resp = fn(request, timeout=budget)
+                resp = fn(request, timeout=budget, metadata=self._metadata(token))
+                self._reached = True
                 if grows:
                     self.space.accepted()
                 return resp
             except grpc.RpcError as exc:
-                error = _translate(exc, what)
+                error = _translate(exc, what, self.describe(), self.credentials.user)
             except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
                 raise StoreUnavailable(f"etcd unavailable during {what}: {exc}") from None
             if isinstance(error, NoSpace):
                 self.space.refused()
+            if isinstance(error, StoreUnavailable) and not self._reached:
+                error = self._diagnosed(error)
             if not (idempotent and isinstance(error, StoreUnavailable)) or self._closed \
                     or time.monotonic() + delay >= retry_until:
                 raise error
@@ -308,14 +428,18 @@ class Store:
 
     def keepalive(self, lease_id: int, timeout: float | None = None) -> int:
         """Refresh a lease once; returns its new TTL, 0 when it has already expired."""
+        return self._authed_call(lambda token: self._keepalive(lease_id, timeout, token))
+
+    def _keepalive(self, lease_id: int, timeout: float | None, token: str) -> int:
         try:
             stream = self._lease.LeaseKeepAlive(iter([etcdrpc.LeaseKeepAliveRequest(ID=lease_id)]),
-                                                timeout=timeout or self.timeout)
+                                                timeout=timeout or self.timeout, metadata=self._metadata(token))
             for resp in stream:
+                self._reached = True
                 return resp.TTL
             return 0
         except grpc.RpcError as exc:
-            raise _translate(exc, "lease keepalive") from None
+            raise _translate(exc, "lease keepalive", self.describe(), self.credentials.user) from None
         except ValueError as exc:
             raise StoreUnavailable(f"etcd unavailable during lease keepalive: {exc}") from None
 
@@ -336,7 +460,10 @@ class Store:
     # ---- maintenance -------------------------------------------------------------------------
 
     def revision(self) -> int:
-        return self.range("\0", limit=1, keys_only=True).revision
+        """etcd's current revision, from the member's status: an etcd user whose role covers only
+        the namespace may not range over other keys, but may ask for the status."""
+        resp = self._call(self._maint.Status, etcdrpc.StatusRequest(), "status", idempotent=True)
+        return resp.header.revision
 
     def status(self) -> dict[str, Any]:
         resp = self._call(self._maint.Status, etcdrpc.StatusRequest(), "status", idempotent=True)
@@ -375,7 +502,7 @@ class Store:
         Returns the endpoints done; the first failure raises."""
         done = []
         for host, port in self.endpoints:
-            channel = grpc.insecure_channel(f"{host}:{port}")
+            channel = self._channel(f"{host}:{port}", [])
             try:
                 self._call(etcdrpc.Stub(channel).Defragment, etcdrpc.DefragmentRequest(),
                            f"defragment of {host}:{port}", timeout)
@@ -423,7 +550,8 @@ class WatchStream:
             while requests.get() is not None:
                 pass
 
-        self._call = store._watch.Watch(request_iter())
+        self._call = store._watch.Watch(request_iter(), metadata=store._metadata(store._token_now()))
+        self._where, self._user = store.describe(), store.credentials.user
 
     def __iter__(self) -> Iterator[WatchBatch]:
         try:
@@ -434,7 +562,7 @@ class WatchStream:
                 events = [Event("put" if ev.type == 0 else "delete", _kv(ev.kv)) for ev in resp.events]
                 yield WatchBatch(events, resp.header.revision, created=resp.created)
         except grpc.RpcError as exc:
-            raise _translate(exc, "watch") from None
+            raise _translate(exc, "watch", self._where, self._user) from None
 
     def cancel(self) -> None:
         self._requests.put(None)

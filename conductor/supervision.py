@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from .supervisor import become_subreaper, descendants, frame, unframe
 from .threadname import name_this_thread
@@ -32,8 +32,11 @@ class SupervisorGone(Exception):
 
 
 class Supervision:
-    def __init__(self, endpoints: list[str], ttl: int, timeout: float = 5.0, docker_host: str = ""):
-        self.config = {"endpoints": list(endpoints), "ttl": ttl, "timeout": timeout, "docker_host": docker_host}
+    def __init__(self, endpoints: list[str], ttl: int, timeout: float = 5.0, docker_host: str = "",
+                 credentials: dict[str, Any] | None = None):
+        # sent over the socket pair, never on a command line: it may hold the etcd password
+        self.config = {"endpoints": list(endpoints), "ttl": ttl, "timeout": timeout, "docker_host": docker_host,
+                       "credentials": credentials or {}}
         margin = max(0.5, ttl / 4)
         self.heartbeat = max(0.5, (ttl - margin) * 2 / 3)
         self.config["heartbeat"] = self.heartbeat

@@ -483,9 +483,11 @@ class Renewer(threading.Thread):
 
     def _store(self) -> Any:
         if self.store is None:
+            from .credentials import Credentials
             from .store import Store
 
-            self.store = Store(self.sup.config["endpoints"], timeout=float(self.sup.config.get("timeout", 5.0)))
+            self.store = Store(self.sup.config["endpoints"], timeout=float(self.sup.config.get("timeout", 5.0)),
+                               credentials=Credentials.from_config(self.sup.config.get("credentials")))
         return self.store
 
     def run(self) -> None:

@@ -9,9 +9,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -44,12 +46,33 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
                          (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
+@dataclass
+class TlsFiles:
+    """PEM files for an etcd served over TLS that wants client certificates (tests/test_tls.py makes them)."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+    def etcd_args(self) -> list[str]:
+        return ["--cert-file", self.server_cert, "--key-file", self.server_key, "--trusted-ca-file", self.ca,
+                "--client-cert-auth"]
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
 class EtcdServer:
-    """One etcd member (or a single-member cluster) on free ports."""
+    """One etcd member (or a single-member cluster) on free ports; over TLS on its client port
+    (https://, client certificates required) with ``tls``."""
 
     def __init__(self, data_dir: Path, name: str = "e0", client_port: int | None = None,
                  peer_port: int | None = None, cluster: str | None = None, state: str = "new",
-                 extra: list[str] | None = None):
+                 extra: list[str] | None = None, tls: TlsFiles | None = None):
         self.data_dir = data_dir
         self.name = name
         self.client_port = client_port or free_port()
@@ -57,15 +80,20 @@ class EtcdServer:
         self.cluster = cluster or f"{name}=http://127.0.0.1:{self.peer_port}"
         self.state = state
         self.extra = list(extra or [])  # more etcd flags, e.g. ["--quota-backend-bytes", "8388608"]
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
 
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
     def start(self, wait: bool = True) -> "EtcdServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = self.url
         peer = f"http://127.0.0.1:{self.peer_port}"
         log = open(self.data_dir.parent / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(
@@ -73,7 +101,7 @@ class EtcdServer:
              "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", self.cluster, "--initial-cluster-state", self.state,
              "--initial-cluster-token", "conductor-test", "--heartbeat-interval", "50", "--election-timeout", "500",
-             *self.extra],
+             *(self.tls.etcd_args() if self.tls else []), *self.extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         if wait:
@@ -85,7 +113,8 @@ class EtcdServer:
 
         def healthy() -> bool:
             assert self.proc is not None and self.proc.poll() is None, f"etcd {self.name} exited"
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as resp:
+            context = self.tls.context() if self.tls else None
+            with urllib.request.urlopen(f"{self.url}/health", timeout=1, context=context) as resp:
                 return b'"true"' in resp.read()
 
         wait_for(healthy, timeout, 0.1, f"etcd {self.name} healthy")
