@@ -7,7 +7,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from . import render
-from .main import Etcd, Json, Namespace, User, _client, app, parse_params
+from .common import Etcd, Json, Namespace, User, _client, app, parse_params
 
 template_app = typer.Typer(no_args_is_help=True, help="Store and list templates (job files with inputs).")
 schedule_app = typer.Typer(no_args_is_help=True, help="Cron rules that post a template, once per tick.")

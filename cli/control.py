@@ -12,7 +12,7 @@ import typer
 from conductor.errors import InvalidSpec
 
 from . import render
-from .main import Etcd, Json, Namespace, User, _client, app
+from .common import Etcd, Json, Namespace, User, _client, app
 
 Ids = Annotated[list[str], typer.Argument(metavar="ID...", help="Job, layer or task ids (mixed); ID@ETAG "
                                           "refuses the change if the object moved on from that etag.")]
