@@ -520,7 +520,9 @@ class Renewer(threading.Thread):
 
         sent = time.monotonic()
         try:
-            left = self._store().keepalive(lease, timeout=max(0.5, min(period, deadline - sent)))
+            # wait for an answer as long as it can still move the deadline: on a loaded machine a
+            # slow answer is still a renewal (the deadline counts from when it was sent)
+            left = self._store().keepalive(lease, timeout=min(max(0.5, deadline - sent), self.sup.ttl))
         except StoreError:
             return False
         if left > 0:
