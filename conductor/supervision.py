@@ -18,6 +18,8 @@ import sys
 import threading
 from typing import Any, Callable
 
+from .errors import ConductorError
+from .exitcodes import Exit
 from .supervisor import become_subreaper, descendants, frame, unframe
 from .threadname import name_this_thread
 
@@ -27,8 +29,10 @@ Handler = Callable[..., None]
 KEEP_PIDS: set[int] = set()  # children of this process that are not tasks (a local etcd): never killed
 
 
-class SupervisorGone(Exception):
-    """The supervisor process died while the conductor still needed it."""
+class SupervisorGone(ConductorError):
+    """The supervisor process died (or never started) while the conductor still needed it."""
+
+    exit_code = Exit.SUPERVISOR_LOST
 
 
 class Supervision:
@@ -46,6 +50,7 @@ class Supervision:
         self._send_lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = threading.Event()
+        self._ready = threading.Event()
         self.on_gone: Callable[[], None] = lambda: None
         self.on_error: Callable[[BaseException], None] = lambda exc: None
 
@@ -66,6 +71,8 @@ class Supervision:
         self._send(("hello", self.config))
         threading.Thread(target=self._read, name="supervision", daemon=True).start()
         threading.Thread(target=self._ping, name="heartbeat", daemon=True).start()
+        if not self._ready.wait(60):  # its renewer is set up: a lease given to it now is renewed in time
+            raise SupervisorGone("the supervisor process did not start within 60 s")
 
     @property
     def pid(self) -> int | None:
@@ -152,6 +159,9 @@ class Supervision:
                 if op == "closed":
                     self._closed.set()
                     continue
+                if op == "ready":
+                    self._ready.set()
+                    continue
                 handler = self.handlers.get(op)
                 if handler is None:
                     continue
@@ -161,6 +171,7 @@ class Supervision:
                     log.critical("handling the supervisor's %r failed", op, exc_info=exc)
                     self.on_error(exc)
         self._closed.set()
+        self._ready.set()  # whoever waits for it learns of the death from the next request
         if not self._closing.is_set():
             self._gone()
 

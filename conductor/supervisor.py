@@ -496,6 +496,10 @@ class Renewer(threading.Thread):
         except (OSError, AttributeError):
             pass
         sup = self.sup
+        try:  # gRPC loaded and a channel made before any lease is ours to keep: the first renewal is not late
+            self._store()
+        finally:
+            sup.send("ready")
         period = sup.ttl / 3.0
         failing = False
         while not sup.closing:
