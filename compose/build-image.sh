@@ -58,7 +58,8 @@ print("\n".join(project["project"]["dependencies"] + project["build-system"]["re
 PY
 echo "build-image: downloading the Python packages into $wheels" >&2
 "$python" -m pip download --quiet --disable-pip-version-check --dest "$wheels" --only-binary=:all: \
-  --implementation cp --python-version 3.11 "${platforms[@]}" -r "$wheels/requirements.txt"
+  --implementation cp --python-version 3.11 "${platforms[@]}" -r "$wheels/requirements.txt" \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 # A context of its own: what the image installs, from the source directory (which may be another
 # checkout, e.g. a branch under test) and this directory's scripts; never a .venv or .git.

@@ -26,6 +26,7 @@ from conductor.credentials import Credentials
 from harness import ROOT, free_port, wait_for
 
 COMPOSE_FILE = ROOT / "compose" / "compose.yaml"
+JOB = ROOT / "compose" / "example.yaml"  # the one compose/README.md posts: 8 tasks of 3 s, then one
 TTL = 4  # the conductors' lease TTL: how soon the stopped conductor's tasks are taken over
 
 # This machine's hard limits are below podman's default ulimits, and it has no syslog: containers
@@ -129,17 +130,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.down()
 
 
-JOB = {
-    "name": "compose",
-    "layers": [
-        {"name": "work", "order": 0,
-         "tasks": [{"name": f"w{i}", "cmd": ["sh", "-c", f"sleep 3; echo w{i} on $CONDUCTOR_NODE"]} for i in range(8)]},
-        {"name": "gather", "order": 1,
-         "tasks": [{"name": "gather", "shell": True, "cmd": "echo done > $CONDUCTOR_RESULT"}]},
-    ],
-}
-
-
 def _published_only_on_loopback(cluster: Cluster) -> None:
     for name in (cluster.container(s) for s in ("etcd1", "etcd2", "etcd3", "conductor")):
         done = cluster.run("podman", "inspect", "--format", "{{json .HostConfig.PortBindings}}", name)
@@ -166,6 +156,8 @@ def test_job_completes_with_an_etcd_member_and_a_conductor_stopped(cluster: Clus
         final = client.wait(job, timeout=180)
         assert final["state"] == "COMPLETED", final
         assert client.result(f"{job}.1.0") == b"done\n"
+        for i in range(8):  # every task's own result: each ran to its end somewhere
+            assert (client.result(f"{job}.0.{i}") or b"").startswith(f"w{i} ran on ".encode())
     assert not cluster.running(cluster.container("etcd2")), "the stopped etcd member came back"
     assert not cluster.running(cluster.container("conductor", 1)), "the stopped conductor came back"
     assert cluster.running(cluster.container("conductor", 2))
