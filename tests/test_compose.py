@@ -1,6 +1,7 @@
 """The compose cluster (compose/compose.yaml) brought up with podman-compose: three etcd members
 with client and peer TLS and two conductors, a job posted from the host over TLS with a client
-certificate, one etcd member and one conductor stopped while it runs, and the job completing.
+certificate, one etcd member and one conductor stopped while it runs, and the job completing; then
+a conductor outside compose (on the host) joining and running a task.
 
 The image is built by compose/build-image.sh (a Debian rootfs by mmdebstrap, then the Containerfile;
 both cached), which takes minutes the first time: CI runs this file as its own step, after the
@@ -23,11 +24,12 @@ import pytest
 
 from conductor.client import Client
 from conductor.credentials import Credentials
-from harness import ROOT, free_port, wait_for
+from harness import ROOT, Node, free_port, wait_for
 
 COMPOSE_FILE = ROOT / "compose" / "compose.yaml"
 JOB = ROOT / "compose" / "example.yaml"  # the one compose/README.md posts: 8 tasks of 3 s, then one
 TTL = 4  # the conductors' lease TTL: how soon the stopped conductor's tasks are taken over
+NAMESPACE = "/conductor/"  # the compose conductors' (the default)
 
 # This machine's hard limits are below podman's default ulimits, and it has no syslog: containers
 # get limits it can grant and podman logs its events to a file. The network stays podman's bridge.
@@ -114,7 +116,14 @@ class Cluster:
         """A client on the host, through the one published etcd port, with the host's certificate."""
         creds = Credentials(cacert=str(self.certs / "ca.pem"), cert=str(self.certs / "host.pem"),
                             key=str(self.certs / "host-key.pem"))
-        return Client(etcd=f"127.0.0.1:{self.port}", credentials=creds, user="compose-test")
+        return Client(etcd=f"127.0.0.1:{self.port}", namespace=NAMESPACE, credentials=creds, user="compose-test")
+
+    def outside_node(self, base: Path) -> Node:
+        """A conductor on the host, not in compose, joining as compose/README.md says: the published
+        port and the TLS options (with the host's certificate)."""
+        tls = ["--cacert", str(self.certs / "ca.pem"), "--cert", str(self.certs / "host.pem"),
+               "--key", str(self.certs / "host-key.pem")]
+        return Node(f"127.0.0.1:{self.port}", NAMESPACE, "outside", base, ttl=10, extra=[*tls, "--labels", "where=outside"])
 
 
 @pytest.fixture
@@ -139,7 +148,8 @@ def _published_only_on_loopback(cluster: Cluster) -> None:
 
 
 @pytest.mark.timeout(1800)
-def test_job_completes_with_an_etcd_member_and_a_conductor_stopped(cluster: Cluster) -> None:
+def test_job_completes_with_an_etcd_member_and_a_conductor_stopped(cluster: Cluster, nodes: list[Node],
+                                                                    tmp_path: Path) -> None:
     cluster.up(conductors=2)
     _published_only_on_loopback(cluster)
     wait_for(lambda: (cluster.certs / "host.pem").exists(), timeout=60, what="the certs service")
@@ -158,6 +168,14 @@ def test_job_completes_with_an_etcd_member_and_a_conductor_stopped(cluster: Clus
         assert client.result(f"{job}.1.0") == b"done\n"
         for i in range(8):  # every task's own result: each ran to its end somewhere
             assert (client.result(f"{job}.0.{i}") or b"").startswith(f"w{i} ran on ".encode())
+        # a machine outside compose joins and runs the task that only it may run
+        nodes.append(cluster.outside_node(tmp_path / "nodes").start())
+        nodes[-1].wait_ready(timeout=60)
+        only_outside = client.post({"name": "outside", "layers": [{"name": "l", "tasks": [
+            {"name": "t", "needs": {"labels": {"where": "outside"}}, "shell": True,
+             "cmd": "echo $CONDUCTOR_NODE > $CONDUCTOR_RESULT"}]}]})
+        assert client.wait(only_outside, timeout=60)["state"] == "COMPLETED"
+        assert client.result(f"{only_outside}.0.0") == b"outside\n"
     assert not cluster.running(cluster.container("etcd2")), "the stopped etcd member came back"
     assert not cluster.running(cluster.container("conductor", 1)), "the stopped conductor came back"
     assert cluster.running(cluster.container("conductor", 2))
