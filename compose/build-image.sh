@@ -35,7 +35,7 @@ if [ "${1:-}" = "--rebase" ] || ! podman image exists "$base"; then
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     bookworm "$work/rootfs.tar" "$mirror"
-  podman import --change 'CMD ["/bin/bash"]' "$work/rootfs.tar" "$base" >/dev/null
+  podman import --quiet --change 'CMD ["/bin/bash"]' "$work/rootfs.tar" "$base" >/dev/null
   rm -rf "$work"
   echo "build-image: base image $base" >&2
 fi

@@ -28,7 +28,7 @@ from harness import ROOT, Node, free_port, wait_for
 
 COMPOSE_FILE = ROOT / "compose" / "compose.yaml"
 JOB = ROOT / "compose" / "example.yaml"  # the one compose/README.md posts: 8 tasks of 3 s, then one
-TTL = 4  # the conductors' lease TTL: how soon the stopped conductor's tasks are taken over
+TTL = 6  # the conductors' lease TTL: how soon the stopped conductor's tasks are taken over
 NAMESPACE = "/conductor/"  # the compose conductors' (the default)
 
 # This machine's hard limits are below podman's default ulimits, and it has no syslog: containers
