@@ -10,6 +10,7 @@ needs. CONDUCTOR_SOURCE, if set, is the checkout the image installs (default: th
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -100,6 +101,15 @@ class Cluster:
         return "\n".join(f"--- {name}\n" + self.run("podman", "logs", "--tail", "30", name).stderr[-3000:]
                          for name in names)
 
+    @contextlib.contextmanager
+    def diagnosed(self) -> Iterator[None]:
+        """On a failure, print every container's last lines (pytest shows them with the failure)."""
+        try:
+            yield
+        except BaseException:
+            print(self.logs())
+            raise
+
     def down(self) -> None:
         """``down -v`` (--remove-orphans: podman-compose's down knows one conductor, not the scaled
         ones), then whatever is left of the project, so that a failed run leaves nothing behind."""
@@ -132,9 +142,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c.build()
     try:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
     finally:
         c.down()
 
@@ -147,35 +154,45 @@ def _published_only_on_loopback(cluster: Cluster) -> None:
                 assert binding["HostIp"] == "127.0.0.1", f"{name} publishes {binding} beyond loopback"
 
 
+def _job_survives_stops(cluster: Cluster, client: Client) -> None:
+    """Post the example; once both conductors run tasks, stop etcd2 and conductor 1; it completes."""
+    job = client.post(JOB)
+    # both conductors busy, so the one stopped has tasks to hand back (or to lose with its lease)
+    wait_for(lambda: all(n["running"] for n in client.nodes()), timeout=60, interval=0.2,
+             what="tasks running on both conductors")
+    # etcd1 is the host's way in; the conductors reach all three
+    for name in (cluster.container("etcd2"), cluster.container("conductor", 1)):
+        cluster.stop(name)
+    wait_for(lambda: len(client.nodes()) == 1, timeout=60, interval=0.5, what="the stopped conductor gone")
+    final = client.wait(job, timeout=180)
+    assert final["state"] == "COMPLETED", final
+    assert client.result(f"{job}.1.0") == b"done\n"
+    for i in range(8):  # every task's own result: each ran to its end somewhere
+        assert (client.result(f"{job}.0.{i}") or b"").startswith(f"w{i} ran on ".encode())
+
+
+def _outside_conductor_joins(cluster: Cluster, client: Client, nodes: list[Node], base: Path) -> None:
+    """A conductor on the host joins as compose/README.md says and runs a task only it may run."""
+    nodes.append(cluster.outside_node(base).start())
+    nodes[-1].wait_ready(timeout=60)
+    job = client.post({"name": "outside", "layers": [{"name": "l", "tasks": [
+        {"name": "t", "needs": {"labels": {"where": "outside"}}, "shell": True,
+         "cmd": "echo $CONDUCTOR_NODE > $CONDUCTOR_RESULT"}]}]})
+    assert client.wait(job, timeout=60)["state"] == "COMPLETED"
+    assert client.result(f"{job}.0.0") == b"outside\n"
+
+
 @pytest.mark.timeout(1800)
 def test_job_completes_with_an_etcd_member_and_a_conductor_stopped(cluster: Cluster, nodes: list[Node],
                                                                     tmp_path: Path) -> None:
-    cluster.up(conductors=2)
-    _published_only_on_loopback(cluster)
-    wait_for(lambda: (cluster.certs / "host.pem").exists(), timeout=60, what="the certs service")
-    with cluster.client() as client:
-        wait_for(lambda: len(client.nodes()) == 2, timeout=120, interval=0.5, what="two conductors joined over TLS")
-        job = client.post(JOB)
-        # both conductors busy, so the one stopped has tasks to hand back (or to lose with its lease)
-        wait_for(lambda: all(n["running"] for n in client.nodes()), timeout=60, interval=0.2,
-                 what="tasks running on both conductors")
-        # etcd1 is the host's way in; the conductors reach all three
-        for name in (cluster.container("etcd2"), cluster.container("conductor", 1)):
-            cluster.stop(name)
-        wait_for(lambda: len(client.nodes()) == 1, timeout=60, interval=0.5, what="the stopped conductor gone")
-        final = client.wait(job, timeout=180)
-        assert final["state"] == "COMPLETED", final
-        assert client.result(f"{job}.1.0") == b"done\n"
-        for i in range(8):  # every task's own result: each ran to its end somewhere
-            assert (client.result(f"{job}.0.{i}") or b"").startswith(f"w{i} ran on ".encode())
-        # a machine outside compose joins and runs the task that only it may run
-        nodes.append(cluster.outside_node(tmp_path / "nodes").start())
-        nodes[-1].wait_ready(timeout=60)
-        only_outside = client.post({"name": "outside", "layers": [{"name": "l", "tasks": [
-            {"name": "t", "needs": {"labels": {"where": "outside"}}, "shell": True,
-             "cmd": "echo $CONDUCTOR_NODE > $CONDUCTOR_RESULT"}]}]})
-        assert client.wait(only_outside, timeout=60)["state"] == "COMPLETED"
-        assert client.result(f"{only_outside}.0.0") == b"outside\n"
-    assert not cluster.running(cluster.container("etcd2")), "the stopped etcd member came back"
-    assert not cluster.running(cluster.container("conductor", 1)), "the stopped conductor came back"
-    assert cluster.running(cluster.container("conductor", 2))
+    with cluster.diagnosed():
+        cluster.up(conductors=2)
+        _published_only_on_loopback(cluster)
+        wait_for(lambda: (cluster.certs / "host.pem").exists(), timeout=60, what="the certs service")
+        with cluster.client() as client:
+            wait_for(lambda: len(client.nodes()) == 2, timeout=120, interval=0.5, what="two conductors joined over TLS")
+            _job_survives_stops(cluster, client)
+            _outside_conductor_joins(cluster, client, nodes, tmp_path / "nodes")
+        assert not cluster.running(cluster.container("etcd2")), "the stopped etcd member came back"
+        assert not cluster.running(cluster.container("conductor", 1)), "the stopped conductor came back"
+        assert cluster.running(cluster.container("conductor", 2))
