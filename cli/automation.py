@@ -1,10 +1,11 @@
 """Commands for work started by parameters, messages and the clock: template, send, schedule."""
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+
+from conductor import ticks
 
 from . import render
 from .common import Etcd, Json, Namespace, User, _client, app, parse_params
@@ -94,11 +95,14 @@ def schedule_add(name: str, cron: Annotated[str, typer.Option(help="5 fields, or
                  catch_up: Annotated[int, typer.Option(min=0, help="Missed ticks (no conductor running) to fire "
                                                               "once each; older ones are skipped.")] = 0,
                  replace: Annotated[bool, typer.Option(help="Replace a schedule of the same name.")] = False,
+                 tz: Annotated[str, typer.Option(help="Time zone the rule is read in (IANA name, e.g. "
+                                                      "Europe/Paris); DST handled, see docs/templates.md.")] = "UTC",
                  etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
     """Add a schedule; every tick posts the template once across the cluster."""
     with _client(etcd, namespace, user) as client:
-        stored = client.add_schedule(name, cron, template, parse_params(param), overlap, catch_up, replace)
-        render.print_json(stored) if json else print(f"schedule {name} added: {stored['cron']} -> {template}")
+        stored = client.add_schedule(name, cron, template, parse_params(param), overlap, catch_up, replace, tz)
+        render.print_json(stored) if json else print(f"schedule {name} added: {stored['cron']} {stored['tz']} "
+                                                     f"-> {template}")
 
 
 @schedule_app.command("list")
@@ -110,8 +114,31 @@ def schedule_list(etcd: Etcd = None, namespace: Namespace = None, json: Json = F
 
 def _schedule_line(s: dict[str, Any]) -> str:
     when = ("paused" if s.get("paused") else "never fires" if s.get("next") is None
-            else "next " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["next"])))
-    return f"{s['name']}  {s['cron']}  -> {s['template']}  {when}  overlap {s['overlap']}, catch-up {s['catch_up']}"
+            else "next " + ticks.local(s["next"], s["tz"]))
+    return (f"{s['name']}  {s['cron']} {s['tz']}  -> {s['template']}  {when}  overlap {s['overlap']}, "
+            f"catch-up {s['catch_up']}")
+
+
+@schedule_app.command("show")
+def schedule_show(name: str,
+                  fires: Annotated[int, typer.Option(min=1, help="How many of the last fire records to list.")] = 20,
+                  etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
+    """Show a schedule and its last fire records (posted, skipped, missed), times in its zone."""
+    with _client(etcd, namespace) as client:
+        found = client.schedule(name, fires)
+        if json:
+            render.print_json(found)
+            return
+        print(_schedule_line(found))
+        print("\n".join(_fire_line(f, found["tz"]) for f in found["fires"]) if found["fires"] else "no ticks yet")
+
+
+def _fire_line(fire: dict[str, Any], tz: str) -> str:
+    """One fire record: when, what happened, and the job (or, for missed ticks, which ones)."""
+    if fire.get("state") == "missed":
+        return (f"{ticks.local(fire['tick'], tz)}  missed {fire.get('count', 1)} tick(s) from "
+                f"{ticks.local(fire.get('from', fire['tick']), tz)}, beyond catch-up")
+    return f"{ticks.local(fire['tick'], tz)}  {fire.get('state')}  job {fire.get('job', '-')}"
 
 
 @schedule_app.command("pause")

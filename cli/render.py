@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from conductor import ticks
 from conductor.lifecycle import attempt_text
 
 # Piped output (``conductor show | grep``) must keep whole lines: rich would wrap at 80 columns
@@ -107,8 +108,9 @@ def describe_source(source: dict[str, Any]) -> str:
     if kind == "file":
         bits.append(f"file {source.get('path')}")
     elif kind == "schedule":
-        tick = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(source.get("tick", 0)))
-        bits.append(f"schedule {source.get('schedule')} ({source.get('cron')}), tick {tick}")
+        tz = source.get("tz") or "UTC"  # in the schedule's zone, as its rule reads (UTC before zones existed)
+        bits.append(f"schedule {source.get('schedule')} ({source.get('cron')} {tz}), "
+                    f"tick {ticks.local(source.get('tick', 0), tz)}")
     elif kind == "message":
         bits.append(f"message {source.get('message')}" + (f" from job {source['job']}" if source.get("job") else ""))
     elif kind == "join":

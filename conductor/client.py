@@ -96,11 +96,17 @@ class Client:
         return messages.send(self.board, message, params or {}, self.user, {"by": self.user})
 
     def add_schedule(self, name: str, cron: str, template: str, params: dict[str, str] | None = None,
-                     overlap: str = "allow", catch_up: int = 0, replace: bool = False) -> dict[str, Any]:
-        return schedules.add(self.board, name, cron, template, params or {}, self.user, overlap, catch_up, replace)
+                     overlap: str = "allow", catch_up: int = 0, replace: bool = False,
+                     tz: str = "UTC") -> dict[str, Any]:
+        return schedules.add(self.board, name, cron, template, params or {}, self.user, overlap, catch_up, replace,
+                             tz)
 
     def schedules(self) -> list[dict[str, Any]]:
         return schedules.listing(self.board)
+
+    def schedule(self, name: str, fires: int = 20) -> dict[str, Any]:
+        """A schedule with its last ``fires`` fire records (posted, skipped, missed), newest first."""
+        return schedules.show(self.board, name, fires)
 
     def pause_schedule(self, name: str, paused: bool = True) -> None:
         schedules.set_paused(self.board, name, paused)

@@ -83,7 +83,9 @@ class Scheduler:
         warning without a traceback, and tried again every RETRY_BROKEN seconds, or at once when
         it changes (the cache gives a changed one a new value). Store errors go up to the loop."""
         try:
-            for tick in schedules.due(self.board, schedule, now):
+            due = schedules.due(self.board, schedule, now)
+            schedules.record_missed(self.board, schedule, due.missed, self.name)  # before the fires: keys ascend
+            for tick in due.fire:
                 schedules.fire(self.board, schedule, tick, self.name)
             at = schedules.next_fire(schedule, now)
         except StoreError:

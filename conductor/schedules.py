@@ -9,17 +9,22 @@ and posting is finished by the sweeper with the same id: posted once, whatever h
 Overlap policy, when the previous run of the schedule is still active: ``allow`` posts anyway,
 ``forbid`` skips the tick, ``replace`` kills the previous run first. Catch-up: ticks missed while
 no conductor ran are fired once each, the most recent ``catch_up`` of them; older ones are skipped.
-Cron expressions have 5 fields, or 6 with seconds last (croniter's convention).
+Cron expressions have 5 fields, or 6 with seconds last (croniter's convention), read on the wall
+clock of the schedule's zone (``tz``, UTC by default; DST is handled in :mod:`conductor.ticks`).
+
+Every tick leaves a record under ``fires/<schedule>/<tick>``: posted, skipped (by the overlap
+policy, or because the template no longer fits) or, for ticks passed over beyond ``catch_up``,
+one ``missed`` record for the run of them, keyed by the last (``from`` and ``count`` say the rest).
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from croniter import CroniterError, croniter
 
-from . import codec, messages, model, states, templates
+from . import codec, messages, model, states, templates, ticks
 from .board import Board
 from .errors import InvalidSpec, NotFound, Refused
 from .ops import Put, absent, mod_is
@@ -45,8 +50,10 @@ def validate_cron(expr: str) -> str:
 
 
 def add(board: Board, name: str, cron: str, template: str, params: dict[str, str], by: str,
-        overlap: str = "allow", catch_up: int = 0, replace: bool = False) -> dict[str, Any]:
-    """Store a schedule after checking the cron rule, the template and the parameters."""
+        overlap: str = "allow", catch_up: int = 0, replace: bool = False, tz: str = ticks.UTC) -> dict[str, Any]:
+    """Store a schedule after checking the name, policy, cron rule, zone, template and parameters
+    (InvalidSpec naming the option, NotFound for the template; nothing written then). One
+    transaction, refused (Refused) if the name is in use and ``replace`` is not given."""
     if not name or "/" in name:
         raise InvalidSpec("name", "a schedule needs a name (no '/')")
     if overlap not in OVERLAP:
@@ -54,14 +61,15 @@ def add(board: Board, name: str, cron: str, template: str, params: dict[str, str
     if catch_up < 0:
         raise InvalidSpec("--catch-up", "must not be negative")
     cron = validate_cron(cron)
+    tz = ticks.validate_tz(tz)
     stored = messages.get_template(board, template)
     templates.instantiate(stored["data"], params, f"template {template}: ")
     value = {"name": name, "cron": cron, "template": template, "params": params, "overlap": overlap,
-             "catch_up": catch_up, "paused": False, "by": by, "created": model.now()}
+             "catch_up": catch_up, "tz": tz, "paused": False, "by": by, "created": model.now()}
     key = board.keys.schedule(name)
     if not board.store.txn([] if replace else [absent(key)], [Put(key, codec.pack(value))]).succeeded:
         raise Refused(f"a schedule named {name!r} exists; remove it first or add --replace")
-    log.info("schedule %s added: %s -> template %s", name, cron, template)
+    log.info("schedule %s added: %s (%s) -> template %s", name, cron, tz, template)
     return value
 
 
@@ -87,28 +95,26 @@ def remove(board: Board, name: str) -> None:
     board.store.delete_prefix(board.keys.fire(name))
 
 
-def next_ticks(cron: str, after: float, until: float, limit: int = MAX_TICKS) -> list[float]:
-    """Tick times in (after, until]."""
-    it = croniter(cron, after)
-    out: list[float] = []
-    while len(out) < limit:
-        t = it.get_next(float)
-        if t > until:
-            break
-        out.append(t)
-    return out
+def zone_of(schedule: dict[str, Any]) -> str:
+    """The schedule's time zone (schedules stored before zones existed were evaluated in UTC)."""
+    return str(schedule.get("tz") or ticks.UTC)
 
 
-def next_fire(schedule: dict[str, Any], now: float | None = None) -> float:
+def next_ticks(schedule: dict[str, Any], after: float, until: float, limit: int = MAX_TICKS) -> list[float]:
+    """The schedule's tick instants in (after, until], the earliest ``limit`` of them."""
+    return ticks.ticks(schedule["cron"], zone_of(schedule), after, until, limit)
+
+
+def next_fire(schedule: dict[str, Any], now: float) -> float:
     """The next tick after ``now``; raises croniter's ValueError for a rule that never fires
     (stored before add refused such rules), which :func:`listing` shows as ``never``."""
-    return croniter(schedule["cron"], now or time.time()).get_next(float)
+    return ticks.next_tick(schedule["cron"], zone_of(schedule), now)
 
 
 def next_fire_or_none(schedule: dict[str, Any], now: float | None = None) -> float | None:
     try:
-        return next_fire(schedule, now)
-    except (CroniterError, ValueError, OverflowError, KeyError, TypeError):
+        return next_fire(schedule, time.time() if now is None else now)
+    except (CroniterError, ValueError, OverflowError, KeyError, TypeError, InvalidSpec):
         return None
 
 
@@ -124,17 +130,43 @@ def _end(prefix: str) -> str:
     return prefix_end(prefix)
 
 
-def due(board: Board, schedule: dict[str, Any], now: float) -> list[float]:
+class Due(NamedTuple):
+    """What to do with a schedule now: ticks passed over for good, and ticks to fire, oldest first."""
+
+    missed: list[float]
+    fire: list[float]
+
+
+def due(board: Board, schedule: dict[str, Any], now: float) -> Due:
     """Ticks this schedule should fire now: the current one (at most GRACE seconds old) and up to
     ``catch_up`` missed ones (older: nobody fired them in time, while no conductor ran or while it
-    was paused). Never a tick from before the schedule was created."""
+    was paused); the missed ones beyond those are passed over (see :func:`record_missed`). Never a
+    tick from before the schedule was created."""
     last = last_fired(board, schedule["name"])
     start = max(last or 0.0, schedule["created"])
-    ticks = next_ticks(schedule["cron"], start, now)
-    current = [t for t in ticks if now - t <= GRACE]
-    missed = [t for t in ticks if now - t > GRACE]
+    found = next_ticks(schedule, start, now)
+    current = [t for t in found if now - t <= GRACE]
+    missed = [t for t in found if now - t > GRACE]
     keep = int(schedule.get("catch_up", 0))
-    return (missed[-keep:] if keep else []) + current
+    cut = max(0, len(missed) - keep)
+    return Due(missed[:cut], missed[cut:] + current)
+
+
+def record_missed(board: Board, schedule: dict[str, Any], missed: list[float], node: str) -> bool:
+    """Record a run of ticks passed over as one ``missed`` fire record, keyed by its last tick (one
+    key whatever the run's length, so it always fits a transaction). Created only if absent, in one
+    transaction, like a fire: returns False if another node recorded it first."""
+    if not missed:
+        return False
+    key = board.keys.fire(schedule["name"], missed[-1])
+    record = {"state": "missed", "tick": missed[-1], "from": missed[0], "count": len(missed), "node": node,
+              "at": time.time()}
+    if not board.store.txn([absent(key)], [Put(key, codec.pack(record))]).succeeded:
+        return False
+    log.info("schedule %s: %d tick(s) missed, %s to %s, beyond catch-up %s", schedule["name"], len(missed),
+             ticks.local(missed[0], zone_of(schedule)), ticks.local(missed[-1], zone_of(schedule)),
+             schedule.get("catch_up", 0))
+    return True
 
 
 def fire(board: Board, schedule: dict[str, Any], tick: float, node: str) -> str | None:
@@ -164,14 +196,14 @@ def complete(board: Board, schedule: dict[str, Any], tick: float, claim: dict[st
             outcome = f"posted, replacing run {previous[1]}"
         try:
             stored = messages.get_template(board, schedule["template"])
-            source = {"kind": "schedule", "schedule": name, "tick": tick, "cron": schedule["cron"]}
+            source = {"kind": "schedule", "schedule": name, "tick": tick, "cron": schedule["cron"],
+                      "tz": zone_of(schedule)}
             messages.post_template(board, stored, schedule.get("params", {}), schedule.get("by", "scheduler"),
                                    source, claim["job"])
         except (NotFound, InvalidSpec) as exc:  # the template went away or no longer takes the params
             outcome = f"skipped: {exc}"
     board.store.put(key, codec.pack({**claim, "state": outcome, "done": time.time()}))
-    log.info("schedule %s tick %s: %s (job %s)", name, time.strftime("%H:%M:%S", time.localtime(tick)),
-             outcome, claim["job"])
+    log.info("schedule %s tick %s: %s (job %s)", name, ticks.local(tick, zone_of(schedule)), outcome, claim["job"])
     return outcome
 
 
@@ -210,13 +242,38 @@ def unfinished(board: Board, older_than: float = 5.0) -> list[tuple[dict[str, An
     return out
 
 
-def listing(board: Board) -> list[dict[str, Any]]:
+def listing(board: Board, now: float | None = None) -> list[dict[str, Any]]:
+    """Every schedule as stored, with its zone, ``etag``, ``next`` and ``last`` tick."""
+    return [_described(board, kv, now) for kv in board.store.iter_prefix(board.keys.schedule())]
+
+
+def _described(board: Board, kv: Any, now: float | None) -> dict[str, Any]:
+    value = codec.unpack(kv.value)
+    value["tz"] = zone_of(value)
+    value["etag"] = kv.mod_revision
+    value["next"] = None if value.get("paused") else next_fire_or_none(value, now)
+    value["never"] = not value.get("paused") and value["next"] is None
+    value["last"] = last_fired(board, value["name"])
+    return value
+
+
+def fires(board: Board, name: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The schedule's last ``limit`` fire records, newest first: each has ``tick`` and ``state``
+    (``firing``, ``posted...``, ``skipped: ...`` or ``missed``, the last with ``from`` and ``count``)."""
+    prefix = board.keys.fire(name)
+    res = board.store.range(prefix, _end(prefix), limit=max(0, limit), descending=True)
     out = []
-    for kv in board.store.iter_prefix(board.keys.schedule()):
-        value = codec.unpack(kv.value)
-        value["etag"] = kv.mod_revision
-        value["next"] = None if value.get("paused") else next_fire_or_none(value)
-        value["never"] = not value.get("paused") and value["next"] is None
-        value["last"] = last_fired(board, value["name"])
-        out.append(value)
+    for kv in res.kvs:
+        record = codec.unpack(kv.value)
+        record.setdefault("tick", float(kv.key.rsplit("/", 1)[1]))
+        out.append(record)
     return out
+
+
+def show(board: Board, name: str, limit: int = 20, now: float | None = None) -> dict[str, Any]:
+    """A schedule as :func:`listing` gives it, with its last ``limit`` fire records under ``fires``;
+    raises NotFound."""
+    _, kv = get(board, name)
+    value = _described(board, kv, now)
+    value["fires"] = fires(board, name, limit)
+    return value
