@@ -303,7 +303,7 @@ def test_a_cron_rule_that_never_fires(shared_etcd, namespace, client, start_node
         "paused": False, "by": "tester", "created": time.time()}))
     run = conductor_cli("schedule", "list", *common)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
-    assert "feb30  0 0 30 2 *  -> t  never fires" in run.stdout
+    assert "feb30  0 0 30 2 * UTC  -> t  never fires" in run.stdout
     node = start_nodes(shared_etcd.endpoint, 1)[0]
     wait_for(lambda: client.store.count(client.keys.fire("every-second")) >= 4, timeout=30,
              what="the good schedule fires while the broken one is stored")
