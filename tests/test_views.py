@@ -203,7 +203,7 @@ def test_a_secret_in_a_layer_env_is_filled_at_run_time_masked_and_removed_by_gc(
 
 
 READ_COMMANDS = [["show"], ["nodes"], ["check"], ["logs"], ["env", "get"], ["result", "get"], ["template", "list"],
-                 ["template", "show"], ["schedule", "list"]]
+                 ["template", "show"], ["schedule", "list"], ["schedule", "show"]]
 
 
 @pytest.mark.parametrize("command", READ_COMMANDS, ids=[" ".join(c) for c in READ_COMMANDS])
