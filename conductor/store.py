@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 import grpc
 
@@ -149,15 +149,45 @@ class SpaceWatch:
             log.warning("etcd takes writes again (NOSPACE alarm cleared); carrying on")
 
 
+def _member(m: Any) -> dict[str, Any]:
+    return {"id": m.ID, "name": m.name, "peer_urls": list(m.peerURLs), "client_urls": list(m.clientURLs),
+            "learner": bool(m.isLearner)}
+
+
 def _kv(kv: Any) -> KV:
     return KV(kv.key.decode("utf-8", "replace"), kv.value, kv.create_revision, kv.mod_revision,
               kv.version, kv.lease)
 
 
-class Store:
-    """A connection to one etcd cluster (one or several endpoints, with failover)."""
+class TLSFiles(NamedTuple):
+    """Client TLS for etcd: PEM file paths of the CA to trust and of this client's certificate and
+    key. ``server_name``: the name the server certificates are checked against instead of the
+    dialled host (needed when dialling several members at once; a laptop cluster's members all
+    carry :data:`conductor.pki.CLUSTER_NAME`). Plain paths, so it travels to the supervisor."""
 
-    def __init__(self, endpoints: str | Sequence[str], timeout: float = 5.0):
+    ca: str
+    cert: str
+    key: str
+    server_name: str = ""
+
+
+def _credentials(tls: TLSFiles) -> Any:
+    def read(path: str, what: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise StoreError(f"etcd TLS {what} {path}: {exc.strerror}") from None
+
+    return grpc.ssl_channel_credentials(read(tls.ca, "CA"), read(tls.key, "key"), read(tls.cert, "certificate"))
+
+
+class Store:
+    """A connection to one etcd cluster (one or several endpoints, with failover).
+
+    ``tls``: talk TLS with a client certificate (:class:`TLSFiles`); ``None`` for plain gRPC."""
+
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = 5.0, tls: TLSFiles | Sequence[str] | None = None):
         self.endpoints = parse_endpoints(endpoints)
         if not self.endpoints:
             raise StoreError("no etcd endpoint given")
@@ -174,10 +204,19 @@ class Store:
         ]
         if len(self.endpoints) > 1:
             options.append(("grpc.lb_policy_name", "round_robin"))
-        self.channel = grpc.insecure_channel(_target(self.endpoints), options=options)
+        self.tls = TLSFiles(*tls) if tls else None
+        self.channel = self._open_channel(_target(self.endpoints), options)
         self._kv = self._lease = self._watch = self._maint = etcdrpc.Stub(self.channel)
         self._closed = False
         self.space = SpaceWatch()
+
+    def _open_channel(self, target: str, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+        if self.tls is None:
+            return grpc.insecure_channel(target, options=options)
+        options = list(options or [])
+        if self.tls.server_name:
+            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+        return grpc.secure_channel(target, _credentials(self.tls), options=options)
 
     def close(self) -> None:
         self._closed = True
@@ -375,7 +414,7 @@ class Store:
         Returns the endpoints done; the first failure raises."""
         done = []
         for host, port in self.endpoints:
-            channel = grpc.insecure_channel(f"{host}:{port}")
+            channel = self._open_channel(f"{host}:{port}")
             try:
                 self._call(etcdrpc.Stub(channel).Defragment, etcdrpc.DefragmentRequest(),
                            f"defragment of {host}:{port}", timeout)
@@ -383,6 +422,46 @@ class Store:
                 channel.close()
             done.append(f"{host}:{port}")
         return done
+
+    # ---- membership (etcd's Cluster service) ------------------------------------------------------
+
+    def members(self) -> list[dict[str, Any]]:
+        """etcd's members: id, name, peer_urls, client_urls, learner (a started member that has not
+        published its name yet has name "" and no client URLs)."""
+        resp = self._call(self._maint.MemberList, etcdrpc.MemberListRequest(), "member list", idempotent=True)
+        return [_member(m) for m in resp.members]
+
+    def member_add(self, peer_urls: list[str], learner: bool = True) -> dict[str, Any]:
+        """Add a member (a learner by default: it votes only once promoted, so adding it cannot cost
+        the cluster its quorum); returns the new member. Not retried: it may have been applied."""
+        req = etcdrpc.MemberAddRequest(peerURLs=peer_urls, isLearner=learner)
+        return _member(self._call(self._maint.MemberAdd, req, "member add").member)
+
+    def member_promote(self, member_id: int) -> None:
+        """Make a learner a voting member. etcd refuses (FAILED_PRECONDITION, as StoreError) while the
+        learner has not caught up with the leader's log: retry."""
+        self._call(self._maint.MemberPromote, etcdrpc.MemberPromoteRequest(ID=member_id), "member promote")
+
+    def member_remove(self, member_id: int) -> None:
+        """Remove a member; one already gone (NOT_FOUND) is not an error."""
+        try:
+            self._call(self._maint.MemberRemove, etcdrpc.MemberRemoveRequest(ID=member_id), "member remove")
+        except StoreError as exc:
+            if getattr(exc, "code", "") != "NOT_FOUND":
+                raise
+
+    def endpoint_status(self, endpoint: str, timeout: float = 2.0) -> dict[str, Any]:
+        """The Status of one member (``host:port``), asked directly rather than through the
+        balanced channel: leader, raft_index, revision, member. Raises StoreUnavailable if it does
+        not answer."""
+        channel = self._open_channel(endpoint)
+        try:
+            resp = self._call(etcdrpc.Stub(channel).Status, etcdrpc.StatusRequest(), f"status of {endpoint}",
+                              timeout)
+        finally:
+            channel.close()
+        return {"version": resp.version, "db_size": resp.dbSize, "leader": resp.leader,
+                "raft_index": resp.raftIndex, "revision": resp.header.revision, "member": resp.header.member_id}
 
     # ---- watches -----------------------------------------------------------------------------
 
@@ -513,5 +592,5 @@ def _txn_result(resp: Any, revision: int) -> TxnResult:
     return TxnResult(resp.succeeded, revision, out)
 
 
-__all__ = ["Store", "SpaceWatch", "WatchStream", "WatchBatch", "MAX_TXN_OPS", "MAX_REQUEST_BYTES", "op_size",
+__all__ = ["Store", "TLSFiles", "SpaceWatch", "WatchStream", "WatchBatch", "MAX_TXN_OPS", "MAX_REQUEST_BYTES", "op_size",
            "parse_endpoints"]

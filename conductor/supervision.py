@@ -32,8 +32,10 @@ class SupervisorGone(Exception):
 
 
 class Supervision:
-    def __init__(self, endpoints: list[str], ttl: int, timeout: float = 5.0, docker_host: str = ""):
-        self.config = {"endpoints": list(endpoints), "ttl": ttl, "timeout": timeout, "docker_host": docker_host}
+    def __init__(self, endpoints: list[str], ttl: int, timeout: float = 5.0, docker_host: str = "",
+                 tls: tuple[str, ...] | None = None):
+        self.config = {"endpoints": list(endpoints), "ttl": ttl, "timeout": timeout, "docker_host": docker_host,
+                       "tls": tuple(tls) if tls else None}
         margin = max(0.5, ttl / 4)
         self.heartbeat = max(0.5, (ttl - margin) * 2 / 3)
         self.config["heartbeat"] = self.heartbeat

@@ -481,7 +481,8 @@ class Renewer(threading.Thread):
         if self.store is None:
             from .store import Store
 
-            self.store = Store(self.sup.config["endpoints"], timeout=float(self.sup.config.get("timeout", 5.0)))
+            self.store = Store(self.sup.config["endpoints"], timeout=float(self.sup.config.get("timeout", 5.0)),
+                               tls=self.sup.config.get("tls"))
         return self.store
 
     def run(self) -> None:

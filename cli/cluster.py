@@ -1,0 +1,126 @@
+"""Commands of a laptop cluster: ``run --cluster`` (its body), ``join``, ``leave``, ``members``, ``token``.
+See docs/cluster.md."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from conductor.spec import parse_duration
+
+from . import render
+from .main import Json, Namespace, app, run
+
+DataDir = Annotated[Optional[Path], typer.Option(help="This machine's data directory (its cluster is under "
+                                                 "cluster/). Default: $CONDUCTOR_DATA, else ~/.local/share/conductor.")]
+Advertise = Annotated[str, typer.Option(help="This machine's address, reachable by the other machines. Default: "
+                                        "the address of the default route.")]
+
+
+def _say(line: str) -> None:
+    # plain stderr, never wrapped: the join command is copied from here
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _dir(data_dir: Path | None) -> Any:
+    from conductor.clusterdir import ClusterDir
+    from conductor.settings import default_data_dir
+
+    return ClusterDir((data_dir or default_data_dir()).resolve())
+
+
+def run_cluster(settings: Any, advertise: str, client_port: int) -> int:
+    """The body of ``conductor run --cluster``: found the cluster here on first start, else start
+    this machine's member with the data it has; then run the conductor on it."""
+    from conductor import cluster
+    from conductor.errors import InvalidSpec
+    from conductor.keys import Keys
+    from conductor.node import Conductor
+
+    cdir = _dir(settings.data_dir)
+    if cdir.exists():
+        state = cdir.load()
+        if advertise and cluster.check_address(advertise) != state.advertise:
+            raise InvalidSpec("--advertise", f"this member was created with {state.advertise}; a member's "
+                                             "address cannot change (leave and join again)")
+    else:
+        address = cluster.check_address(advertise) if advertise else cluster.detect_address()
+        state = cluster.found(cdir, settings.node_name(), address, client_port)
+        _say(f"created cluster {state.cluster_id}: CA and certificates in {cdir.root}")
+    with cluster.ClusterRun(cdir, state, Keys(settings.namespace), say=_say) as member:
+        settings.etcd = member.endpoints()
+        settings.etcd_tls = tuple(member.tls)
+        return Conductor(settings).run_forever()
+
+
+@app.command()
+def join(token: Annotated[str, typer.Argument(help="The join token printed by `conductor run --cluster` or "
+                                                   "`conductor token` on a machine of the cluster.")],
+         advertise: Advertise = "", data_dir: DataDir = None, namespace: Namespace = None,
+         name: Annotated[str, typer.Option(help="This machine's name (node and etcd member). Default: host name.")] = "",
+         slots: Annotated[Optional[int], typer.Option(min=1, help="Tasks at once. Default: CPU count.")] = None,
+         labels: Annotated[Optional[list[str]], typer.Option("--labels", help="k=v labels, as for run.")] = None,
+         ttl: Annotated[int, typer.Option(min=2, help="Lease TTL in seconds.")] = 10,
+         verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
+         local_port: Annotated[int, typer.Option(hidden=True, help="etcd client port (tests).")] = 2379) -> None:
+    """Join a laptop cluster: prove the token, get certificates, become an etcd member and a conductor.
+    Runs until stopped, like `conductor run --cluster` (which restarts this machine later)."""
+    import socket
+
+    from conductor import cluster
+
+    cdir = _dir(data_dir)
+    address = cluster.check_address(advertise) if advertise else cluster.detect_address()
+    member = name or socket.gethostname().split(".")[0]
+    state = cluster.join(cdir, token, member, address, local_port)
+    _say(f"joined cluster {state.cluster_id} as {member} ({address}); starting its etcd member and conductor")
+    run(namespace=namespace, name=name, slots=slots, labels=labels, ttl=ttl, data_dir=cdir.root.parent,
+        verbose=verbose, local_port=local_port, cluster=True, advertise=address)
+
+
+@app.command()
+def leave(data_dir: DataDir = None) -> None:
+    """Take this machine out of its cluster: its conductor hands its tasks back, its etcd member is
+    removed, and its cluster data is deleted."""
+    from conductor import cluster
+
+    print(cluster.leave(_dir(data_dir)))
+
+
+@app.command()
+def members(data_dir: DataDir = None, json: Json = False) -> None:
+    """List the cluster's etcd members: address, health, leader, learner, raft lag."""
+    from conductor import cluster, members as membership
+
+    cdir = _dir(data_dir)
+    state = cdir.load()
+    with cluster.access(cdir, state, [state.local_endpoint(), *state.peers]) as store:
+        rows = membership.health(store)
+    if json:
+        render.print_json([{**r, "id": f"{r['id']:x}"} for r in rows])
+        return
+    for r in rows:
+        role = "leader" if r["leader"] else ("learner" if r["learner"] else "follower")
+        status = "healthy" if r["healthy"] else f"UNHEALTHY {r['error']}".strip()
+        lag = "-" if r["lag"] is None else str(r["lag"])
+        print(f"{r['id']:016x}  {r['name'] or '(not started)':<16} {', '.join(r['client_urls']) or '-':<28} "
+              f"{role:<8} {status:<10} lag {lag}")
+
+
+@app.command()
+def token(data_dir: DataDir = None, namespace: Namespace = None,
+          ttl: Annotated[str, typer.Option(help="How long the token is valid, e.g. 24h, 30m.")] = "24h") -> None:
+    """Print a new join token (and the command that uses it) for this machine's join endpoint."""
+    from conductor import cluster
+    from conductor.keys import Keys
+    from conductor.settings import default_namespace
+
+    seconds = parse_duration(ttl, "--ttl")
+    cdir = _dir(data_dir)
+    state = cdir.load()
+    with cluster.access(cdir, state, [state.local_endpoint(), *state.peers]) as store:
+        issued = cluster.new_token(store, Keys(namespace or default_namespace()), cdir, state, seconds)
+    print(f"conductor join {issued}")
