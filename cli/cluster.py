@@ -11,7 +11,7 @@ import typer
 from conductor.spec import parse_duration
 
 from . import render
-from .main import Json, Namespace, app, run
+from .main import Json, Namespace, app
 
 DataDir = Annotated[Optional[Path], typer.Option(help="This machine's data directory (its cluster is under "
                                                  "cluster/). Default: $CONDUCTOR_DATA, else ~/.local/share/conductor.")]
@@ -56,29 +56,31 @@ def run_cluster(settings: Any, advertise: str, client_port: int) -> int:
         return Conductor(settings).run_forever()
 
 
-@app.command()
-def join(token: Annotated[str, typer.Argument(help="The join token printed by `conductor run --cluster` or "
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def join(ctx: typer.Context,
+         token: Annotated[str, typer.Argument(help="The join token printed by `conductor run --cluster` or "
                                                    "`conductor token` on a machine of the cluster.")],
-         advertise: Advertise = "", data_dir: DataDir = None, namespace: Namespace = None,
+         advertise: Advertise = "", data_dir: DataDir = None,
          name: Annotated[str, typer.Option(help="This machine's name (node and etcd member). Default: host name.")] = "",
-         slots: Annotated[Optional[int], typer.Option(min=1, help="Tasks at once. Default: CPU count.")] = None,
-         labels: Annotated[Optional[list[str]], typer.Option("--labels", help="k=v labels, as for run.")] = None,
-         ttl: Annotated[int, typer.Option(min=2, help="Lease TTL in seconds.")] = 10,
-         verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
          local_port: Annotated[int, typer.Option(hidden=True, help="etcd client port (tests).")] = 2379) -> None:
-    """Join a laptop cluster: prove the token, get certificates, become an etcd member and a conductor.
-    Runs until stopped, like `conductor run --cluster` (which restarts this machine later)."""
+    """Join a laptop cluster: prove the token, get certificates, become an etcd member, then run as
+    `conductor run --cluster` does (every other option is one of run's: --slots, --labels, --ttl...)."""
     import socket
+
+    from typer.main import get_command
 
     from conductor import cluster
 
     cdir = _dir(data_dir)
     address = cluster.check_address(advertise) if advertise else cluster.detect_address()
     member = name or socket.gethostname().split(".")[0]
+    run_args = ["--cluster", "--advertise", address, "--data-dir", str(cdir.root.parent), "--name", member,
+                "--local-port", str(local_port), *ctx.args]
+    command = get_command(app).commands["run"]  # type: ignore[attr-defined]
+    command.make_context("run", list(run_args))  # a bad option of run's fails here, before joining
     state = cluster.join(cdir, token, member, address, local_port)
     _say(f"joined cluster {state.cluster_id} as {member} ({address}); starting its etcd member and conductor")
-    run(namespace=namespace, name=name, slots=slots, labels=labels, ttl=ttl, data_dir=cdir.root.parent,
-        verbose=verbose, local_port=local_port, cluster=True, advertise=address)
+    command.main(run_args, prog_name="conductor join", standalone_mode=False)
 
 
 @app.command()

@@ -199,21 +199,30 @@ def forget(cdir: ClusterDir) -> None:
     shutil.rmtree(cdir.root, ignore_errors=True)
 
 
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def leave(cdir: ClusterDir, timeout: float = 120.0) -> str:
     """Take this machine out of its cluster. With a running ``conductor run --cluster``: ask it (a
     ``leaving`` file and SIGTERM, so it hands its tasks back first), wait until it is gone. Without
-    one: remove the member through the others. Returns what was done; StoreError if it failed."""
+    one (or if it stopped without removing its member): remove the member through the others.
+    Returns what was done; StoreError if it failed (the cluster directory is then kept)."""
     state = cdir.load()
     pid = cdir.run_pid()
     if pid is not None:
         cdir.write_cert("leaving", b"")
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and psutil.pid_exists(pid) and cdir.exists():
+        while time.monotonic() < deadline and _running(pid) and cdir.exists():
             time.sleep(0.2)
-        if cdir.exists():
+        if not cdir.exists():  # it removed its member and forgot the cluster; it exits in a moment
+            return f"member {state.name} handed its tasks back and left cluster {state.cluster_id}"
+        if _running(pid):
             raise StoreError(f"the conductor (pid {pid}) did not leave within {timeout:.0f}s; see its log")
-        return f"member {state.name} handed its tasks back and left cluster {state.cluster_id}"
     with access(cdir, state, state.peers or None) as store:
         me = next((m for m in store.members() if state.peer_url() in m["peer_urls"]), None)
         if me is not None:

@@ -93,13 +93,16 @@ class Joins:
         probe = ClusterState(self.state.cluster_id, name, address, port, port + 1, port + 2)
         with self._lock:
             current = self._make_room(name, probe.peer_url())
-            added = self.store.member_add([probe.peer_url()], learner=True)
+            added = self._add(probe.peer_url())
         log.info("join: %s (%s) added to etcd as learner %x", name, address, added["id"])
         return {"ca": ca.decode(), "ca_key": ca_key.decode(), "member_cert": member_cert.decode(),
                 "client_cert": client_cert.decode(), "cluster_id": self.state.cluster_id, "member_id": added["id"],
                 "initial_cluster": ",".join(filter(None, [members.initial_cluster(current),
                                                           f"{name}={probe.peer_url()}"])),
                 "peers": members.client_endpoints(current), "namespace": self.keys.namespace}
+
+    def _add(self, peer_url: str) -> dict[str, Any]:
+        return members.patiently(lambda: self.store.member_add([peer_url], learner=True))
 
     def _make_room(self, name: str, peer_url: str) -> list[dict[str, Any]]:
         """The members, after removing a learner of this address that never started (a join that

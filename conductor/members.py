@@ -8,12 +8,28 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from .errors import StoreError, StoreUnavailable
 from .store import Store
 
 log = logging.getLogger("conductor.members")
+T = TypeVar("T")
+RECONFIG_PATIENCE = 30.0
+
+
+def patiently(change: Callable[[], T], patience: float = RECONFIG_PATIENCE) -> T:
+    """Run a membership change, waiting out etcd's refusals while a member joined or came back
+    less than a few seconds ago ("unhealthy cluster", UNAVAILABLE: its strict reconfiguration
+    check) or while a leader is elected. Raises the last StoreUnavailable after ``patience``."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return change()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def endpoint_of(url: str) -> str:
@@ -85,4 +101,4 @@ def remove(store: Store, member_id: int) -> None:
     if [m["id"] for m in voters] == [member_id]:
         raise StoreError("this is the cluster's only voting member: it cannot leave (stop it instead, "
                          "or let another machine join first)")
-    store.member_remove(member_id)
+    patiently(lambda: store.member_remove(member_id))

@@ -90,7 +90,8 @@ class Lab:
     def conductor(self, i: int, args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         return self.spawn(i, [sys.executable, "-m", "conductor", *args], log, env)
 
-    def cli(self, i: int, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def cli(self, i: int, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run the real ``conductor`` command line on machine ``i``."""
         return subprocess.run([*self.prefix(i), sys.executable, "-m", "conductor", *args], capture_output=True,
                               text=True, env={**os.environ, **(env or {})}, timeout=timeout)
