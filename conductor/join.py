@@ -102,7 +102,9 @@ class Joins:
                 "peers": members.client_endpoints(current), "namespace": self.keys.namespace}
 
     def _add(self, peer_url: str) -> dict[str, Any]:
-        return members.patiently(lambda: self.store.member_add([peer_url], learner=True))
+        # right after a removal (of a learner that never started) etcd 3.4 may answer an add with
+        # NOT_FOUND ("member not found") once; the same add a second later is taken
+        return members.patiently(lambda: self.store.member_add([peer_url], learner=True), also=("NOT_FOUND",))
 
     def _make_room(self, name: str, peer_url: str) -> list[dict[str, Any]]:
         """The members, after removing a learner of this address that never started (a join that

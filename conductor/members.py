@@ -18,16 +18,18 @@ T = TypeVar("T")
 RECONFIG_PATIENCE = 30.0
 
 
-def patiently(change: Callable[[], T], patience: float = RECONFIG_PATIENCE) -> T:
+def patiently(change: Callable[[], T], patience: float = RECONFIG_PATIENCE, also: tuple[str, ...] = ()) -> T:
     """Run a membership change, waiting out etcd's refusals while a member joined or came back
     less than a few seconds ago ("unhealthy cluster", UNAVAILABLE: its strict reconfiguration
-    check) or while a leader is elected. Raises the last StoreUnavailable after ``patience``."""
+    check) or while a leader is elected; ``also``: more gRPC status names to wait out. Raises the
+    last error after ``patience``."""
     deadline = time.monotonic() + patience
     while True:
         try:
             return change()
-        except StoreUnavailable:
-            if time.monotonic() > deadline:
+        except StoreError as exc:
+            passing = isinstance(exc, StoreUnavailable) or getattr(exc, "code", "") in also
+            if not passing or time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
 
