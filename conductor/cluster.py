@@ -24,7 +24,7 @@ import psutil
 
 from . import jointoken, members, pki
 from .clusterdir import CLIENT_PORT, ClusterDir, ClusterState
-from .errors import InvalidSpec, StoreError
+from .errors import InvalidSpec, StoreError, StoreUnavailable
 from .join import Joins, JoinServer, request_join
 from .keys import Keys
 from .memberetcd import MemberEtcd
@@ -133,22 +133,30 @@ class ClusterRun:
     def __enter__(self) -> "ClusterRun":
         self.cdir.path("leaving").unlink(missing_ok=True)
         self.etcd.start()
+        stop: list[int] = []
+        # until the node installs its own handlers, a signal must still stop this machine's etcd
+        previous = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self._settle()
+            self._settle(lambda: bool(stop))
         except BaseException:
             self.etcd.stop()
             raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return self
 
-    def _settle(self) -> None:
+    def _settle(self, stopped: Callable[[], bool]) -> None:
         if not self.state.promoted:
             with access(self.cdir, self.state, self.state.peers) as peers:
-                if not members.promote_when_caught_up(peers, self.state.member_id):
+                if not members.promote_when_caught_up(peers, self.state.member_id, stop=stopped):
                     raise StoreError("this machine's etcd member did not catch up with the cluster in time "
                                      f"to be promoted from learner; see {self.cdir.path('etcd.log')}")
             self.state.promoted = True
             self.cdir.save(self.state)
         self.store = access(self.cdir, self.state, timeout=10.0)
+        self._wait_for_quorum(stopped)
         me = next((m for m in self.store.members() if self.state.peer_url() in m["peer_urls"]), None)
         if me is None:
             raise StoreError("this machine is no longer a member of its cluster (removed by `conductor leave`?); "
@@ -159,9 +167,33 @@ class ClusterRun:
         self.server = JoinServer(Joins(self.cdir, self.state, self.store, self.keys))
         self.server.start()
         self.cdir.write_cert("run.pid", str(os.getpid()).encode())
-        token = new_token(self.store, self.keys, self.cdir, self.state)
+        try:
+            token = new_token(self.store, self.keys, self.cdir, self.state)
+        except StoreError as exc:
+            self.say(f"cluster {self.state.cluster_id}: member {self.state.name} at {self.state.advertise}; "
+                     f"no join token now ({exc}); `conductor token` prints one")
+            return
         self.say(f"cluster {self.state.cluster_id}: member {self.state.name} at {self.state.advertise}; "
                  f"to add a machine run there (valid 24h): conductor join {token}")
+
+    def _wait_for_quorum(self, stopped: Callable[[], bool]) -> None:
+        """Wait until this member serves linearizable reads, i.e. a quorum of the cluster is up (a
+        whole cluster restarting: the first machine back waits for the others). A signal stops
+        the wait (StoreUnavailable)."""
+        assert self.store is not None
+        said = 0.0
+        while True:
+            try:
+                self.store.revision()  # a linearizable read: answered only with a leader and a quorum
+                return
+            except StoreError as exc:
+                if stopped():
+                    raise StoreUnavailable("stopped while waiting for a quorum of the cluster") from None
+                if time.monotonic() - said > 10:
+                    said = time.monotonic()
+                    self.say(f"waiting for a quorum of cluster {self.state.cluster_id}'s members "
+                             f"(start the others with `conductor run --cluster`): {exc}")
+            time.sleep(0.5)
 
     def endpoints(self) -> list[str]:
         """This member first, then the other started members (requests fail over between them)."""
