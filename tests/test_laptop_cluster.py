@@ -126,7 +126,10 @@ def test_a_laptop_cluster_grows_by_join_survives_a_lost_machine_and_shrinks_by_l
         assert task_nodes(view) <= {"m2", "m3"}  # type: ignore[arg-type]
         assert healthy_voters(m2) == ["m2", "m3"]
 
-        # restarted, it rejoins with the data it has (no token, no new member)
+        # restarted, it rejoins with the data it has (no token, no new member); first its old
+        # node key must be gone with its lease, or the name m1 is still taken
+        wait_for(lambda: "m1" not in [n["name"] for n in m2.json("nodes")], 60, 0.5,  # type: ignore[attr-defined]
+                 "m1's old lease expired")
         m1.start("run", "--cluster")
         wait_for(lambda: healthy_voters(m2) == ["m1", "m2", "m3"], 60, 0.5, "m1 back as a voting member")
 
