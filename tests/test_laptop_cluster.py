@@ -112,6 +112,10 @@ def test_a_laptop_cluster_grows_by_join_survives_a_lost_machine_and_shrinks_by_l
         m2.start("join", token)
         m3.start("join", token)
         assert healthy_voters(m1) == ["m1", "m2", "m3"]
+        table = m3.cli("members").stdout
+        assert table.count("healthy") == 3 and table.count("leader") == 1, table
+        printed = m2.cli("token", "--ttl", "1h").stdout  # any machine serves joins
+        assert re.fullmatch(rf"conductor join [0-9a-f.]+@{re.escape(lab.address(1))}:2381\n", printed), printed
 
         # a job runs across all three: six tasks, one slot per machine
         sleepy = {"cmd": ["sleep", "2"]}
