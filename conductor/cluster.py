@@ -166,7 +166,7 @@ class ClusterRun:
         self.cdir.save(self.state)
         self.server = JoinServer(Joins(self.cdir, self.state, self.store, self.keys))
         self.server.start()
-        self.cdir.write_cert("run.pid", str(os.getpid()).encode())
+        self.cdir.write_file("run.pid", str(os.getpid()).encode())
         try:
             token = new_token(self.store, self.keys, self.cdir, self.state)
         except StoreError as exc:
@@ -246,7 +246,7 @@ def leave(cdir: ClusterDir, timeout: float = 120.0) -> str:
     state = cdir.load()
     pid = cdir.run_pid()
     if pid is not None:
-        cdir.write_cert("leaving", b"")
+        cdir.write_file("leaving", b"")
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _running(pid) and cdir.exists():

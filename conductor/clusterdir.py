@@ -84,6 +84,10 @@ class ClusterDir:
     def write_cert(self, name: str, data: bytes) -> None:
         write_private(self.path(name), data)  # certificates are not secret, but nobody else needs them
 
+    def write_file(self, name: str, data: bytes) -> None:
+        """run.pid, leaving: small markers, written atomically like the rest."""
+        write_private(self.path(name), data)
+
     def read(self, name: str) -> bytes:
         return self.path(name).read_bytes()
 
