@@ -34,9 +34,15 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 def _client(etcd: list[str] | None, namespace: str | None, user: str | None = None) -> Any:
     from conductor.client import Client  # imports the etcd client: only when a command needs it
+    from conductor.cluster import local_store
+    from conductor.settings import default_data_dir, default_etcd
 
     creds = security.credentials(user)
-    return Client(etcd=_endpoints(etcd), namespace=namespace, user=creds.user or None, credentials=creds)
+    # on a machine of a laptop cluster, with no --etcd and no TLS options: its own member, with its
+    # client certificate
+    store = None if etcd or default_etcd() or creds.tls else local_store(default_data_dir())
+    return Client(etcd=_endpoints(etcd), namespace=namespace, user=creds.user or None, credentials=creds,
+                  store=store)
 
 
 def _endpoints(etcd: list[str] | None) -> list[str] | None:

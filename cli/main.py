@@ -40,7 +40,12 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
         verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
         local_port: Annotated[int, typer.Option(hidden=True, help="Port of the local etcd (tests).")] = 2379,
         clock_skew: Annotated[float, typer.Option(hidden=True, help="Seconds added to this node's wall clock "
-                                                  "(tests of skewed clocks).")] = 0.0) -> None:
+                                                  "(tests of skewed clocks).")] = 0.0,
+        cluster: Annotated[bool, typer.Option("--cluster", help="Be a machine of a laptop cluster: run an etcd "
+                                              "member here with TLS (the first start creates the cluster and "
+                                              "prints a join command). See docs/cluster.md.")] = False,
+        advertise: Annotated[str, typer.Option(help="With --cluster: this machine's address for the other "
+                                               "machines. Default: the address of the default route.")] = "") -> None:
     """Join the cluster and run tasks until stopped (SIGTERM hands tasks back; twice stops now)."""
     from conductor.localetcd import LocalEtcd, port_open
     from conductor.node import Conductor
@@ -66,6 +71,12 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
                 raise InvalidSpec("--labels", f"{pair!r} is not k=v")
             label_map[key.strip()] = value.strip()
     settings.labels = parse_labels(label_map, "--labels")
+    if cluster:
+        if etcd:
+            raise InvalidSpec("--cluster", "runs its own etcd member: do not give --etcd with it")
+        from .cluster import run_cluster
+
+        raise typer.Exit(run_cluster(settings, advertise, local_port))
     local = None
     endpoints = _endpoints(etcd)
     if not endpoints:
@@ -234,6 +245,7 @@ def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - fo
 
 from . import automation as _automation  # noqa: E402,F401 - registers template, send, schedule
 from . import control as _control  # noqa: E402,F401 - registers the steering commands
+from . import cluster as _cluster  # noqa: E402,F401 - registers join, leave, members, token
 
 security.secure_all(app)  # --cacert, --cert, --key, --user, --password-file on every etcd command
 

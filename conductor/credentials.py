@@ -29,6 +29,7 @@ class Credentials:
     user: str = ""  # etcd user name (etcd auth is used only with a password or a password file)
     password: str = ""
     password_file: str = ""
+    server_name: str = ""  # check etcd's certificates for this name instead of the dialled host
     prompt: PasswordPrompt | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -123,10 +124,10 @@ class Credentials:
     def from_config(cls, config: dict[str, Any] | None) -> "Credentials":
         given = {k: str(v) for k, v in (config or {}).items() if k in _FIELDS}
         return cls(given.get("cacert", ""), given.get("cert", ""), given.get("key", ""), given.get("user", ""),
-                   given.get("password", ""), given.get("password_file", ""))
+                   given.get("password", ""), given.get("password_file", ""), given.get("server_name", ""))
 
 
-_FIELDS = ("cacert", "cert", "key", "user", "password", "password_file")
+_FIELDS = ("cacert", "cert", "key", "user", "password", "password_file", "server_name")
 PROBE_TIMEOUT = 2.0
 
 

@@ -13,13 +13,41 @@ import base64
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from .etcdpb_data import FILES
 
+
+def _with_learners(serialized: bytes) -> bytes:
+    """rpc.proto as copied from python-etcd3 0.12 predates etcd 3.4's learners: add what 3.4's own
+    rpc.proto has (same names and field numbers, so the wire format is etcd's): ``Member.isLearner``
+    (5), ``MemberAddRequest.isLearner`` (2) and the MemberPromote messages."""
+    fdp = descriptor_pb2.FileDescriptorProto.FromString(serialized)
+    types = {m.name: m for m in fdp.message_type}
+    boolean = descriptor_pb2.FieldDescriptorProto.TYPE_BOOL
+    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    for message, number in (("Member", 5), ("MemberAddRequest", 2)):
+        if not any(f.name == "isLearner" for f in types[message].field):
+            types[message].field.add(name="isLearner", number=number, type=boolean, label=optional,
+                                     json_name="isLearner")
+    if "MemberPromoteRequest" not in types:
+        request = fdp.message_type.add(name="MemberPromoteRequest")
+        request.field.add(name="ID", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
+                          label=optional, json_name="ID")
+        response = fdp.message_type.add(name="MemberPromoteResponse")
+        message_type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+        response.field.add(name="header", number=1, type=message_type, label=optional,
+                           type_name=".etcdserverpb.ResponseHeader", json_name="header")
+        response.field.add(name="members", number=2, type=message_type,
+                           label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
+                           type_name=".etcdserverpb.Member", json_name="members")
+    return fdp.SerializeToString()
+
+
 _pool = descriptor_pool.DescriptorPool()
 for _name in ("kv.proto", "auth.proto", "rpc.proto"):
-    _pool.AddSerializedFile(base64.b64decode("".join(FILES[_name])))
+    _data = base64.b64decode("".join(FILES[_name]))
+    _pool.AddSerializedFile(_with_learners(_data) if _name == "rpc.proto" else _data)
 
 
 def _message(name: str) -> Any:
@@ -57,6 +85,14 @@ DefragmentRequest = _message("etcdserverpb.DefragmentRequest")
 DefragmentResponse = _message("etcdserverpb.DefragmentResponse")
 AuthenticateRequest = _message("etcdserverpb.AuthenticateRequest")  # name, password -> token
 AuthenticateResponse = _message("etcdserverpb.AuthenticateResponse")
+MemberAddRequest = _message("etcdserverpb.MemberAddRequest")
+MemberAddResponse = _message("etcdserverpb.MemberAddResponse")
+MemberRemoveRequest = _message("etcdserverpb.MemberRemoveRequest")
+MemberRemoveResponse = _message("etcdserverpb.MemberRemoveResponse")
+MemberListRequest = _message("etcdserverpb.MemberListRequest")
+MemberListResponse = _message("etcdserverpb.MemberListResponse")
+MemberPromoteRequest = _message("etcdserverpb.MemberPromoteRequest")
+MemberPromoteResponse = _message("etcdserverpb.MemberPromoteResponse")
 ALARM_NAMES = {v.number: v.name for v in _pool.FindEnumTypeByName("etcdserverpb.AlarmType").values}
 ALARM_NOSPACE = next(n for n, name in ALARM_NAMES.items() if name == "NOSPACE")
 
@@ -76,6 +112,10 @@ _METHODS = {
     "Alarm": ("Maintenance/Alarm", "unary", AlarmRequest, AlarmResponse),
     "Defragment": ("Maintenance/Defragment", "unary", DefragmentRequest, DefragmentResponse),
     "Authenticate": ("Auth/Authenticate", "unary", AuthenticateRequest, AuthenticateResponse),
+    "MemberAdd": ("Cluster/MemberAdd", "unary", MemberAddRequest, MemberAddResponse),
+    "MemberRemove": ("Cluster/MemberRemove", "unary", MemberRemoveRequest, MemberRemoveResponse),
+    "MemberList": ("Cluster/MemberList", "unary", MemberListRequest, MemberListResponse),
+    "MemberPromote": ("Cluster/MemberPromote", "unary", MemberPromoteRequest, MemberPromoteResponse),
 }
 
 
@@ -102,3 +142,7 @@ class Stub:
     Alarm: Any
     Defragment: Any
     Authenticate: Any
+    MemberAdd: Any
+    MemberRemove: Any
+    MemberList: Any
+    MemberPromote: Any

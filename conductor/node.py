@@ -47,7 +47,7 @@ from .runtable import RunTable
 from .scheduler import Scheduler
 from .session import NameTaken, Session
 from .settings import NodeSettings
-from .store import Store
+from .store import Store, TLSFiles
 from .supervision import Supervision
 
 log = logging.getLogger("conductor.node")
@@ -57,14 +57,15 @@ class Conductor:
     def __init__(self, settings: NodeSettings, store: Store | None = None):
         self.settings = settings
         settings.data_dir = settings.data_dir.resolve()
-        self.store = store or Store(settings.etcd, timeout=settings.etcd_timeout, credentials=settings.credentials)
+        credentials = TLSFiles(*settings.etcd_tls).credentials() if settings.etcd_tls else settings.credentials
+        self.store = store or Store(settings.etcd, timeout=settings.etcd_timeout, credentials=credentials)
         self.keys = Keys(settings.namespace)
         self.board = Board(self.store, self.keys)
         self.name = settings.node_name()
         self.docker_host = settings.docker_host or default_docker_host()
         self.containers: str | None = None  # the Docker API version when container tasks can run here
         self.supervision = Supervision(settings.etcd, settings.ttl, settings.etcd_timeout, self.docker_host,
-                                       settings.credentials.config())
+                                       credentials.config())
         self.table = RunTable(settings.slots)
         self.cache = Cache(self.keys, on_orphan=self._orphan_seen, on_kill=self.stop_requested)
         self.limits = Limits(settings.result_cap, settings.tail_cap, settings.grace)

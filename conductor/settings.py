@@ -64,6 +64,7 @@ class NodeSettings:
     gc_every: float = 3600.0  # how often the sweeper removes old jobs and compacts etcd
     partial_grace: float = 600.0  # the keys of a post that never finished are removed after this long
     clock_skew: float = 0.0  # added to this node's wall clock, conductor.clock.Clock (tests of skewed clocks)
+    etcd_tls: tuple[str, ...] | None = None  # conductor.store.TLSFiles: (ca, cert, key, server name)
 
     def node_name(self) -> str:
         return self.name or socket.gethostname().split(".")[0]

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 import grpc
 
@@ -168,18 +168,42 @@ class SpaceWatch:
             log.warning("etcd takes writes again (NOSPACE alarm cleared); carrying on")
 
 
+def _member(m: Any) -> dict[str, Any]:
+    return {"id": m.ID, "name": m.name, "peer_urls": list(m.peerURLs), "client_urls": list(m.clientURLs),
+            "learner": bool(m.isLearner)}
+
+
 def _kv(kv: Any) -> KV:
     return KV(kv.key.decode("utf-8", "replace"), kv.value, kv.create_revision, kv.mod_revision,
               kv.version, kv.lease)
 
 
+class TLSFiles(NamedTuple):
+    """Client TLS for etcd: PEM file paths of the CA to trust and of this client's certificate and
+    key. ``server_name``: the name the server certificates are checked against instead of the
+    dialled host (needed when dialling several members at once; a laptop cluster's members all
+    carry :data:`conductor.pki.CLUSTER_NAME`). Plain paths, so it travels to the supervisor."""
+
+    ca: str
+    cert: str
+    key: str
+    server_name: str = ""
+
+
+    def credentials(self) -> Credentials:
+        return Credentials(cacert=self.ca, cert=self.cert, key=self.key, server_name=self.server_name)
+
+
 class Store:
     """A connection to one etcd cluster (one or several endpoints, with failover), in plaintext or
-    TLS, as an etcd user or none (``credentials``). Raises InvalidSpec for unreadable TLS files or
-    mixed schemes; nothing is sent until the first call."""
+    TLS, as an etcd user or none (``credentials``; ``tls``, a :class:`TLSFiles`, is the same given
+    as files alone). Raises InvalidSpec for unreadable TLS files or mixed schemes; nothing is sent
+    until the first call."""
 
     def __init__(self, endpoints: str | Sequence[str], timeout: float = 5.0,
-                 credentials: Credentials | None = None):
+                 credentials: Credentials | None = None, tls: TLSFiles | Sequence[str] | None = None):
+        if tls:
+            credentials = TLSFiles(*tls).credentials()
         self.endpoints = parse_endpoints(endpoints)
         if not self.endpoints:
             raise StoreError("no etcd endpoint given")
@@ -202,8 +226,10 @@ class Store:
         ]
         if len(self.endpoints) > 1:
             options.append(("grpc.lb_policy_name", "round_robin"))
-            if self.tls:  # the target is a list of addresses: check certificates for the first name
-                options.append(("grpc.ssl_target_name_override", self.endpoints[0][0]))
+            if self.tls:  # the target is a list of addresses: check certificates for one name
+                options.append(("grpc.ssl_target_name_override", self.credentials.server_name or self.endpoints[0][0]))
+        elif self.tls and self.credentials.server_name:
+            options.append(("grpc.ssl_target_name_override", self.credentials.server_name))
         self._options = options
         self.channel = self._channel(_target(self.endpoints), options)
         self._kv = self._lease = self._watch = self._maint = etcdrpc.Stub(self.channel)
@@ -224,6 +250,12 @@ class Store:
         """The endpoints as given to others (tasks' ``CONDUCTOR_ETCD``): ``https://`` when TLS."""
         scheme = "https://" if self.tls else ""
         return ",".join(f"{scheme}{h}:{p}" for h, p in self.endpoints)
+
+    def _name_override(self) -> list[tuple[str, Any]]:
+        """Channel options for one member dialled alone, when certificates carry another name."""
+        if self.tls and self.credentials.server_name:
+            return [("grpc.ssl_target_name_override", self.credentials.server_name)]
+        return []
 
     def _channel(self, target: str, options: list[tuple[str, Any]]) -> grpc.Channel:
         if not self.tls:
@@ -502,7 +534,7 @@ class Store:
         Returns the endpoints done; the first failure raises."""
         done = []
         for host, port in self.endpoints:
-            channel = self._channel(f"{host}:{port}", [])
+            channel = self._channel(f"{host}:{port}", self._name_override())
             try:
                 self._call(etcdrpc.Stub(channel).Defragment, etcdrpc.DefragmentRequest(),
                            f"defragment of {host}:{port}", timeout)
@@ -510,6 +542,46 @@ class Store:
                 channel.close()
             done.append(f"{host}:{port}")
         return done
+
+    # ---- membership (etcd's Cluster service) ------------------------------------------------------
+
+    def members(self) -> list[dict[str, Any]]:
+        """etcd's members: id, name, peer_urls, client_urls, learner (a started member that has not
+        published its name yet has name "" and no client URLs)."""
+        resp = self._call(self._maint.MemberList, etcdrpc.MemberListRequest(), "member list", idempotent=True)
+        return [_member(m) for m in resp.members]
+
+    def member_add(self, peer_urls: list[str], learner: bool = True) -> dict[str, Any]:
+        """Add a member (a learner by default: it votes only once promoted, so adding it cannot cost
+        the cluster its quorum); returns the new member. Not retried: it may have been applied."""
+        req = etcdrpc.MemberAddRequest(peerURLs=peer_urls, isLearner=learner)
+        return _member(self._call(self._maint.MemberAdd, req, "member add").member)
+
+    def member_promote(self, member_id: int) -> None:
+        """Make a learner a voting member. etcd refuses (FAILED_PRECONDITION, as StoreError) while the
+        learner has not caught up with the leader's log: retry."""
+        self._call(self._maint.MemberPromote, etcdrpc.MemberPromoteRequest(ID=member_id), "member promote")
+
+    def member_remove(self, member_id: int) -> None:
+        """Remove a member; one already gone (NOT_FOUND) is not an error."""
+        try:
+            self._call(self._maint.MemberRemove, etcdrpc.MemberRemoveRequest(ID=member_id), "member remove")
+        except StoreError as exc:
+            if getattr(exc, "code", "") != "NOT_FOUND":
+                raise
+
+    def endpoint_status(self, endpoint: str, timeout: float = 2.0) -> dict[str, Any]:
+        """The Status of one member (``host:port``), asked directly rather than through the
+        balanced channel: leader, raft_index, revision, member. Raises StoreUnavailable if it does
+        not answer."""
+        channel = self._channel(endpoint, self._name_override())
+        try:
+            resp = self._call(etcdrpc.Stub(channel).Status, etcdrpc.StatusRequest(), f"status of {endpoint}",
+                              timeout)
+        finally:
+            channel.close()
+        return {"version": resp.version, "db_size": resp.dbSize, "leader": resp.leader,
+                "raft_index": resp.raftIndex, "revision": resp.header.revision, "member": resp.header.member_id}
 
     # ---- watches -----------------------------------------------------------------------------
 
@@ -641,5 +713,5 @@ def _txn_result(resp: Any, revision: int) -> TxnResult:
     return TxnResult(resp.succeeded, revision, out)
 
 
-__all__ = ["Store", "SpaceWatch", "WatchStream", "WatchBatch", "MAX_TXN_OPS", "MAX_REQUEST_BYTES", "op_size",
+__all__ = ["Store", "TLSFiles", "SpaceWatch", "WatchStream", "WatchBatch", "MAX_TXN_OPS", "MAX_REQUEST_BYTES", "op_size",
            "parse_endpoints"]
