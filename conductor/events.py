@@ -145,7 +145,9 @@ def select(keys: Keys, events: Iterable[Event], wanted: Filter) -> list[Record]:
 
 def line(record: Record) -> str:
     """The readable one-line form (``--json`` prints the record itself)."""
-    moved = f"{record['from']} -> {record['state']}" if record.get("from") else record["state"]
+    moved = record["state"]
+    if record.get("from") and record["from"] != record["state"]:  # equal: a record without a move (a pause)
+        moved = f"{record['from']} -> {moved}"
     where = f" on {record['node']}" if record.get("node") and record["kind"] != "node" else ""
     why = f": {record['reason']}" if record.get("reason") else ""
     return f"{record['rev']:>8} {record['kind']:<5} {record['id']} {moved}{where}{why}"

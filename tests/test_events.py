@@ -227,3 +227,28 @@ def test_a_compacted_since_is_said_in_one_line(etcd):
     lines = [t for t in run.stderr.splitlines() if t.startswith("error")]
     assert len(lines) == 1 and "revision 1 is compacted" in lines[0], run.stderr
     assert run.stdout == ""
+
+
+def test_the_python_follower_rides_out_an_etcd_restart(etcd):
+    """etcd restarted under a follower: it watches again from the revision after the last it
+    delivered, so the job posted after the restart shows up and nothing before it repeats."""
+    from conductor.client import Client
+
+    got: list[dict[str, Any]] = []
+    stop = threading.Event()
+    with Client(etcd=etcd.endpoint, namespace="/r/", user="tester") as c:
+        began = threading.Event()
+        follower = threading.Thread(target=c.events, args=(got.extend,),
+                                    kwargs={"stop": stop, "started": lambda rev: began.set()}, daemon=True)
+        follower.start()
+        assert began.wait(10)
+        before = c.post({"name": "a", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
+        wait_for(lambda: any(r["id"] == before for r in got), 10, what="the first job was seen")
+        etcd.restart()
+        after = c.post({"name": "b", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
+        wait_for(lambda: any(r["id"] == after and r["kind"] == "job" for r in got), 30, what="seen after the restart")
+        stop.set()
+        follower.join(10)
+        assert not follower.is_alive()
+    keys = [(r["rev"], r["id"], r["state"], r["reason"]) for r in got]
+    assert len(keys) == len(set(keys)) and [k[0] for k in keys] == sorted(k[0] for k in keys)
