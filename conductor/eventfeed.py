@@ -4,10 +4,10 @@ Unlike :mod:`conductor.follow` this never lists: it watches the whole namespace 
 (``since``, or the current revision + 1), so etcd replays every write from there in the order it
 applied them, and one stream keeps jobs, layers, tasks, nodes and fires in one order. Keys that
 make no transition (logs, claims, the queue) are dropped here, on the client. When the watch
-breaks (etcd restarted, the connection dropped) it is opened again from the revision after the last
-one delivered, after a growing, jittered backoff (0.1 s to 2 s): nothing is skipped and nothing
-repeated. A start revision etcd has compacted away raises :class:`HistoryCompacted`, never a
-silent jump.
+breaks (etcd restarted, the connection dropped: StoreUnavailable) it is opened again from the
+revision after the last one delivered, after a growing, jittered backoff (0.1 s to 2 s): nothing is
+skipped and nothing repeated. A start revision etcd has compacted away raises
+:class:`HistoryCompacted`, never a silent jump; other store errors (permission, TLS) are raised.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import threading
 from typing import Any, Callable
 
 from . import events
-from .errors import HistoryCompacted, StoreError
+from .errors import HistoryCompacted, StoreUnavailable
 from .keys import Keys
 from .ops import Event
 from .store import Store
@@ -50,7 +50,8 @@ class EventFeed:
             stream.cancel()
 
     def run(self) -> None:
-        """Follow until stopped. Raises HistoryCompacted; etcd being away is waited out."""
+        """Follow until stopped. Raises HistoryCompacted, and any StoreError but StoreUnavailable
+        (etcd being away is waited out)."""
         if not self.next_revision:
             self.next_revision = self.store.revision() + 1  # nothing old: from now on
         if self.started is not None:
@@ -60,7 +61,7 @@ class EventFeed:
             try:
                 self._watch()
                 delay = 0.1
-            except StoreError as exc:
+            except StoreUnavailable as exc:  # others (permission, TLS, auth) cannot pass by waiting: raised
                 if self._stopped.is_set():
                     return
                 log.info("the events watch broke (%s); watching again from revision %d", exc, self.next_revision)
