@@ -323,7 +323,7 @@ class Client:
         revision followed before the watch opens. Raises HistoryCompacted when ``since``
         is older than etcd's history, InvalidSpec, NotFound or Ambiguous for an id."""
         if since is not None and since < 1:
-            raise InvalidSpec("--since", f"{since} is not a revision (revisions start at 1)")
+            raise InvalidSpec("since", f"{since} is not a revision (revisions start at 1)")
         wanted = eventlog.Filter(user=None if all_users else self.user, ids=[self._event_id(i) for i in ids])
         feed = EventFeed(self.store, self.keys, wanted, deliver, since, started)
         if stop is None:
