@@ -1,7 +1,7 @@
 """What every command shares: the app, the options that reach etcd, and the client they make.
 
-Commands live in main.py (run, post, show, nodes, check), control.py and automation.py; each imports
-this, none imports another, so the command modules form no circle.
+Commands live in main.py (run, post, show, nodes, check), control.py, automation.py and events.py;
+each imports this, none imports another, so the command modules form no circle.
 """
 from __future__ import annotations
 

@@ -246,6 +246,7 @@ def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - fo
 from . import automation as _automation  # noqa: E402,F401 - registers template, send, schedule
 from . import control as _control  # noqa: E402,F401 - registers the steering commands
 from . import cluster as _cluster  # noqa: E402,F401 - registers join, leave, members, token
+from . import events as _events  # noqa: E402,F401 - registers events
 
 security.secure_all(app)  # --cacert, --cert, --key, --user, --password-file on every etcd command
 

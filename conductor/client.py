@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import codec, ids, logs, messages, resolve, retention, schedules, spec, states, templates, views
+from . import events as eventlog
 from .board import Board
 from .control import Control, Result, Target
 from .credentials import Credentials
@@ -21,6 +22,7 @@ from .errors import AuthFailed, ConductorError, InvalidSpec, NotFound, Permissio
 from .keys import Keys
 from .ops import KV, Event
 from .settings import LOCAL_ETCD, default_etcd, default_namespace, default_user
+from .eventfeed import EventFeed
 from .follow import FollowHandler
 from .store import Store
 
@@ -315,6 +317,48 @@ class Client:
         finally:
             for f in followers:
                 f.stop()
+
+    def events(self, deliver: Callable[[list[dict[str, Any]]], None], *, since: int | None = None,
+               ids: list[str] | tuple[str, ...] = (), all_users: bool = False,
+               stop: threading.Event | None = None, started: Callable[[int], None] | None = None) -> None:
+        """Call ``deliver(records)`` with the transition records (see :mod:`conductor.events`) of
+        each etcd revision, in order, until ``stop`` is set. From ``since`` (a revision: etcd
+        replays its log from there, nothing is listed), else from now on. ``ids`` (job, layer or
+        task ids, resolved as ``show`` does) keep those objects; otherwise the caller's jobs and
+        every node and fire (everyone's with ``all_users``). ``started(revision)`` is told the first
+        revision followed before the watch opens. Raises HistoryCompacted when ``since``
+        is older than etcd's history, InvalidSpec, NotFound or Ambiguous for an id."""
+        if since is not None and since < 1:
+            raise InvalidSpec("since", f"{since} is not a revision (revisions start at 1)")
+        wanted = eventlog.Filter(user=None if all_users else self.user, ids=[self._event_id(i) for i in ids])
+        feed = EventFeed(self.store, self.keys, wanted, deliver, since, started)
+        if stop is None:
+            feed.run()
+            return
+        done = threading.Event()
+
+        def stopper() -> None:  # the feed blocks in its watch: stopping it cancels the watch
+            while not done.is_set():
+                if stop.wait(0.2):
+                    feed.stop()
+                    return
+
+        threading.Thread(target=stopper, name="events-stop", daemon=True).start()
+        try:
+            feed.run()
+        finally:
+            done.set()
+
+    def _event_id(self, some_id: str) -> str:
+        """A full id for an events filter: as ``show`` resolves it, or as typed when it is a full
+        id of a job that is gone (a replay from an old revision may follow a removed job)."""
+        try:
+            return self.locate(some_id)[1]
+        except NotFound:
+            parsed = ids.parse_id(some_id)  # raises InvalidSpec naming the id
+            if len(parsed.job) != ids.JOB_ID_LEN:
+                raise
+            return some_id.strip()
 
     def wait(self, job_id: str, *, timeout: float | None = None,
              on_progress: Callable[[dict[str, Any], dict[str, int]], None] | None = None) -> dict[str, Any]:

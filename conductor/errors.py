@@ -116,3 +116,15 @@ class EtcdMissing(ConductorError):
     """No etcd endpoint was given, none answers locally, and no etcd binary is installed."""
 
     exit_code = Exit.NO_ETCD
+
+
+class HistoryCompacted(ConductorError):
+    """A watch from a revision etcd has compacted away: the history asked for is gone."""
+
+    exit_code = Exit.NOT_FOUND
+
+    def __init__(self, since: int, oldest: int):
+        self.since = since
+        self.oldest = oldest
+        super().__init__(f"revision {since} is compacted: etcd keeps history from revision {oldest} on; "
+                         f"start again with --since {oldest} (transitions before it are lost) or without --since")

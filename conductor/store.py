@@ -593,9 +593,10 @@ class Store:
         follower.start()
         return follower
 
-    def watch(self, prefix: str, start_revision: int) -> "WatchStream":
-        """Open a watch on ``prefix`` from ``start_revision``; iterate it for :class:`WatchBatch`."""
-        return WatchStream(self, prefix, start_revision)
+    def watch(self, prefix: str, start_revision: int, prev_kv: bool = False) -> "WatchStream":
+        """Open a watch on ``prefix`` from ``start_revision``; iterate it for :class:`WatchBatch`.
+        With ``prev_kv`` each event carries the key as it was before (``Event.prev``)."""
+        return WatchStream(self, prefix, start_revision, prev_kv)
 
 
 @dataclass
@@ -606,15 +607,16 @@ class WatchBatch:
     revision: int
     created: bool = False
     broken: str | None = None  # "compacted" or "canceled": list again
+    compact_revision: int = 0  # when compacted: the oldest revision etcd still has
 
 
 class WatchStream:
     """One open etcd watch. Iterating yields batches until it ends; a failure raises StoreUnavailable."""
 
-    def __init__(self, store: Store, prefix: str, start_revision: int):
+    def __init__(self, store: Store, prefix: str, start_revision: int, prev_kv: bool = False):
         self._requests: "queue.Queue[Any]" = queue.Queue()
         create = etcdrpc.WatchCreateRequest(key=prefix.encode(), range_end=prefix_end(prefix).encode("latin-1"),
-                                            start_revision=start_revision)
+                                            start_revision=start_revision, prev_kv=prev_kv)
         requests = self._requests
 
         def request_iter() -> Iterator[Any]:
@@ -629,9 +631,11 @@ class WatchStream:
         try:
             for resp in self._call:
                 if resp.compact_revision or resp.canceled:
-                    yield WatchBatch([], resp.header.revision, broken="compacted" if resp.compact_revision else "canceled")
+                    yield WatchBatch([], resp.header.revision, broken="compacted" if resp.compact_revision else "canceled",
+                                     compact_revision=resp.compact_revision)
                     return
-                events = [Event("put" if ev.type == 0 else "delete", _kv(ev.kv)) for ev in resp.events]
+                events = [Event("put" if ev.type == 0 else "delete", _kv(ev.kv),
+                                _kv(ev.prev_kv) if ev.HasField("prev_kv") else None) for ev in resp.events]
                 yield WatchBatch(events, resp.header.revision, created=resp.created)
         except grpc.RpcError as exc:
             raise _translate(exc, "watch", self._where, self._user) from None

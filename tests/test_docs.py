@@ -1,11 +1,16 @@
-"""The docs' tables of keys and transitions must match the code, in both directions.
+"""The docs' tables of keys and transitions must match the code, in both directions, and their
+examples must run.
 
-No etcd needed: these tests read docs/keyspace.md and docs/states.md and compare their tables
-with ``conductor.keys.LAYOUT`` and the transition dicts of ``conductor.states``.
+The table tests need no etcd: they read docs/keyspace.md and docs/states.md and compare their
+tables with ``conductor.keys.LAYOUT`` and the transition dicts of ``conductor.states``. The
+keyspace's decoding example runs against a real etcd with a real job in it.
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +157,17 @@ def test_readme_job_example_is_examples_hello_yaml():
     match = re.search(r"^```yaml\n(.*?)^```$", readme, re.S | re.M)
     assert match, "README.md has no yaml block"
     assert match.group(1) == (root / "examples" / "hello.yaml").read_text()
+
+
+def test_keyspace_decoding_example_runs(client, shared_etcd):
+    """The ten-line script in docs/keyspace.md reads a real job's state with etcdctl and msgpack."""
+    text = (DOCS / "keyspace.md").read_text()
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```$", text, re.S | re.M) if "jobstates.py" in b]
+    assert len(blocks) == 1, "docs/keyspace.md must hold the jobstates.py example once"
+    assert len([line for line in blocks[0].splitlines() if line.strip()]) <= 12, "the example stays short"
+    job = client.post({"name": "decoded", "paused": True, "layers": [{"tasks": [{"cmd": ["true"]}]}]})
+    env = {**os.environ, "NS": client.keys.namespace, "ETCDCTL_ENDPOINTS": shared_etcd.endpoint, "ETCDCTL_API": "3"}
+    run = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True, text=True, env=env, timeout=30)
+    assert run.returncode == 0, run.stderr
+    stored = client.job(job)
+    assert run.stdout.splitlines() == [f"{job} {stored['state']} {stored['records'][-1]['reason']}"]
