@@ -57,28 +57,44 @@ class LocalEtcd:
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"{self.name}={peer}", "--auto-compaction-mode", "periodic",
                 "--auto-compaction-retention", "1h"]
-        logfile = open(self.data_dir / "etcd.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        logfile.close()
-        from .supervision import KEEP_PIDS
-
-        KEEP_PIDS.add(self.proc.pid)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise EtcdMissing(f"the local etcd exited at once (status {self.proc.returncode}); "
-                                  f"see {self.data_dir / 'etcd.log'}")
-            if port_open("127.0.0.1", self.port):
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise EtcdMissing(f"the local etcd did not answer within {wait:.0f}s; see {self.data_dir / 'etcd.log'}")
+        log_path = self.data_dir / "etcd.log"
+        self.proc = start_etcd(args, log_path)
+        wait_listening(self.proc, self.port, wait, "the local etcd", log_path)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
+
+
+def start_etcd(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start an etcd child in a session of its own, logging to ``log_path``; never a task to kill."""
+    with open(log_path, "ab") as logfile:
+        proc = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    from .supervision import KEEP_PIDS
+
+    KEEP_PIDS.add(proc.pid)
+    return proc
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, wait: float, what: str, log_path: Path) -> None:
+    """Until ``port`` on loopback answers; raises EtcdMissing (and stops it) if etcd exits or is late."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EtcdMissing(f"{what} exited at once (status {proc.returncode}); see {log_path}")
+        if port_open("127.0.0.1", port):
+            return
+        time.sleep(0.1)
+    stop_process(proc)
+    raise EtcdMissing(f"{what} did not answer within {wait:.0f}s; see {log_path}")
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

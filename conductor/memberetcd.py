@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 from .clusterdir import ClusterDir, ClusterState
 from .errors import EtcdMissing
-from .localetcd import INSTALL_HINT, port_open
+from .localetcd import INSTALL_HINT, start_etcd, stop_process, wait_listening
 
 
 def etcd_args(binary: str, cdir: ClusterDir, state: ClusterState) -> list[str]:
@@ -45,28 +44,8 @@ class MemberEtcd:
         if not binary:
             raise EtcdMissing(f"a cluster member needs the etcd binary: {INSTALL_HINT}")
         log_path = self.cdir.path("etcd.log")
-        with open(log_path, "ab") as logfile:
-            self.proc = subprocess.Popen(etcd_args(binary, self.cdir, self.state), stdout=logfile,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        from .supervision import KEEP_PIDS
-
-        KEEP_PIDS.add(self.proc.pid)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise EtcdMissing(f"this machine's etcd member exited at once (status {self.proc.returncode}); "
-                                  f"see {log_path}")
-            if port_open("127.0.0.1", self.state.client_port):
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise EtcdMissing(f"this machine's etcd member did not open its port within {wait:.0f}s; see {log_path}")
+        self.proc = start_etcd(etcd_args(binary, self.cdir, self.state), log_path)
+        wait_listening(self.proc, self.state.client_port, wait, "this machine's etcd member", log_path)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
