@@ -21,11 +21,13 @@ Params = Annotated[Optional[list[str]], typer.Option("-p", "--param", help="key=
 @template_app.command("add")
 def template_add(file: Annotated[str, typer.Argument(help="Job file with inputs (YAML or JSON; - for stdin).")],
                  replace: Annotated[bool, typer.Option(help="Replace a template of the same name.")] = False,
+                 shared: Annotated[bool, typer.Option(
+                     "--shared", help="Publish it for every user, read-only to them (admins).")] = False,
                  etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
-    """Check and store a template; its name is the file's name field."""
+    """Check and store a template as yours (or, --shared, for everyone); its name is the file's name field."""
     with _client(etcd, namespace, user) as client:
-        stored = client.add_template(file, replace=replace)
-        render.print_json(stored) if json else print(f"template {stored['name']} stored")
+        stored = client.add_template(file, replace=replace, shared=shared)
+        render.print_json(stored) if json else print(f"template {stored['name']} {'published' if shared else 'stored'}")
 
 
 @template_app.command("list")
@@ -39,7 +41,7 @@ def _template_line(t: dict[str, Any]) -> str:
     inputs = ", ".join(n + ("*" if s["required"] else "") + (" (secret)" if s["secret"] else "")
                        for n, s in t["meta"]["inputs"].items()) or "-"
     extra = "".join(f"  {k}: {', '.join(t['meta'][k])}" for k in ("triggers", "after") if t["meta"][k])
-    return f"{t['name']}  inputs: {inputs}{extra}"
+    return f"{t['name']}{'  (shared)' if t.get('shared') else ''}  inputs: {inputs}{extra}"
 
 
 def _listing(found: list[dict[str, Any]], json: bool, empty: str, line: Callable[[dict[str, Any]], str]) -> None:
@@ -65,10 +67,12 @@ def template_show(name: str, etcd: Etcd = None, namespace: Namespace = None, jso
 
 
 @template_app.command("rm")
-def template_rm(name: str, etcd: Etcd = None, namespace: Namespace = None) -> None:
+def template_rm(name: str, shared: Annotated[bool, typer.Option(
+                    "--shared", help="Remove the published template of that name (admins).")] = False,
+                etcd: Etcd = None, namespace: Namespace = None) -> None:
     """Remove a template (jobs already posted from it stay)."""
     with _client(etcd, namespace) as client:
-        client.remove_template(name)
+        client.remove_template(name, shared=shared)
         print(f"template {name} removed")
 
 

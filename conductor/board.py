@@ -26,9 +26,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import batch, codec, footprint, ids, layerplan, model, partial, states
+from . import batch, codec, footprint, ids, layerplan, model, owners, partial, seal, states
 from .batch import Item, fit, fits, op_size
-from .errors import NotFound, Refused, StoreError
+from .errors import Refused, StoreError
 from .keys import Keys
 from .model import Value
 from .ops import KV, Compare, Delete, Get, Op, Put, absent, mod_is, range_empty
@@ -52,20 +52,21 @@ class Board:
 
     # ---- lookups -----------------------------------------------------------------------------
 
-    def owner(self, job_id: str) -> str:
-        """The user who owns a job; raises NotFound."""
-        kv = self.store.get(self.keys.index(job_id))
-        if kv is None:
-            raise NotFound(f"no job {job_id}")
-        return codec.unpack(kv.value)["user"]
+    def owner(self, job_id: str, first: str | None = None) -> str:
+        """The user who owns a job; raises NotFound. Tries ``first`` (most often the caller's own
+        user), then every account Conductor knows (``accounts/``): a read only nodes and admins
+        may make, since the owner is in the key's path and nowhere else."""
+        return owners.find(self.store, self.keys, job_id, first)
 
-    def resolve_job(self, text: str, user: str | None = None) -> str:
-        """A job id from a full id, a unique prefix or suffix of one, or (with ``user``) the name
-        of that user's newest job of that name; see :mod:`conductor.resolve`. Raises NotFound,
-        Ambiguous (naming up to five matching ids)."""
+    def resolve_job(self, text: str, user: str, others: bool = True) -> tuple[str, str]:
+        """(job id, owner) from a full id, a unique prefix or suffix of one, or the name of
+        ``user``'s newest job of that name; ``user``'s jobs first, then (``others``) every
+        account's. See :mod:`conductor.resolve`. Raises NotFound, Ambiguous (naming up to five
+        matching ids), PermissionDenied when only another user's jobs could match."""
         from . import resolve
 
-        return resolve.resolve_job(self.store, self.keys, text, user)
+        return resolve.resolve_job(self.store, self.keys, text, user,
+                                   (lambda: owners.users(self.store, self.keys)) if others else None)
 
     def load(self, key: str) -> tuple[Value, KV] | None:
         kv = self.store.get(key)
@@ -81,7 +82,7 @@ class Board:
         With ``job_id`` given and already posted, nothing is written (posting is idempotent).
         Raises InvalidSpec (nothing written) for a job over the stored-size caps, and StoreError
         when a chunk of a big job could not be written (what it wrote is removed first)."""
-        if job_id and self.store.get(self.keys.index(job_id)) is not None:
+        if job_id and self.store.get(self.keys.job(user, job_id)) is not None:
             return job_id
         given = job_id is not None
         job_id = job_id or ids.new_job_id()
@@ -143,11 +144,11 @@ class Board:
         wrote (best effort; the sweeper's ``partial.collect`` finishes the job) and raises StoreError."""
         k, user, job_id = self.keys, job["user"], job["id"]
         exists = [absent(k.job(user, job_id))]
-        marker = Put(k.pending(job_id), codec.pack({"user": user, "at": model.now()}))
-        head = self._head_ops(job, layers, secrets) + [Delete(k.pending(job_id))]
+        marker = Put(k.pending(user, job_id), codec.pack({"user": user, "at": model.now()}))
+        head = self._head_ops(job, layers, secrets) + [Delete(k.pending(user, job_id))]
         items = [Item(self._task_ops([[task]], ready=False), tag=task["id"]) for lt in tasks for task in lt]
         if not fits(head, exists):  # many layers: they go first too, invisible without the job key
-            head = self._head_ops(job, None, secrets) + [Delete(k.pending(job_id))]
+            head = self._head_ops(job, None, secrets) + [Delete(k.pending(user, job_id))]
             items += [Item(self._layer_ops([layer])) for layer in layers]
         revs: dict[str, int] = {}
         try:
@@ -173,32 +174,34 @@ class Board:
         ops: list[Op] = []
         for layer_tasks in tasks:
             for task in layer_tasks:
-                data = codec.pack(task)
-                ops.append(Put(self.keys.task(task["user"], task["id"]), data))
+                data, user = codec.pack(task), task["user"]
+                ops.append(Put(self.keys.task(user, task["id"]), data))
                 if ready and task["state"] == states.QUEUED:
-                    ops.append(Put(self.keys.ready(task["id"]), data))
+                    ops.append(Put(self.keys.ready(user, task["id"]), data))
                 if task.get("paused_at"):
-                    ops.append(Put(self.keys.paused(task["id"]), b""))
+                    ops.append(Put(self.keys.paused(user, task["id"]), b""))
         return ops
 
     def _layer_ops(self, layers: list[Value]) -> list[Op]:
         k = self.keys
         ops: list[Op] = [Put(k.layer(layer["user"], layer["id"]), codec.pack(layer)) for layer in layers]
-        return ops + [Put(k.paused(layer["id"]), b"") for layer in layers if layer.get("paused_at")]
+        return ops + [Put(k.paused(layer["user"], layer["id"]), b"") for layer in layers if layer.get("paused_at")]
 
     def _head_ops(self, job: Value, layers: list[Value] | None = None,
                   secrets: dict[str, str] | None = None) -> list[Op]:
-        """The job key and its index, active marker, pause marker and secrets; with ``layers``,
-        the layers too. Written in one transaction, the job key last: the job appears whole."""
+        """The job key and its active marker, pause marker and sealed secrets (and the owner's
+        account the first time a user posts without etcd auth); with ``layers``, the layers too.
+        Written in one transaction, the job key last: the job appears whole."""
         k, user = self.keys, job["user"]
         ops: list[Op] = self._layer_ops(layers) if layers else []
         if job.get("paused_at"):
-            ops.append(Put(k.paused(job["id"]), b""))
+            ops.append(Put(k.paused(user, job["id"]), b""))
         if secrets:
-            ops.append(Put(k.secrets(user, job["id"]), codec.pack(secrets)))
-        ops.append(Put(k.index(job["id"]), codec.pack({"user": user})))
+            sealed = seal.seal_inputs(self.store, self.keys, secrets, user, job["id"])
+            ops.append(Put(k.secrets(user, job["id"]), codec.pack(sealed)))
+        ops += owners.register_ops(self.store, self.keys, user)
         if job["state"] in (states.PENDING, states.RUNNING):
-            ops.append(Put(k.active(job["id"]), codec.pack({"user": user})))
+            ops.append(Put(k.active(user, job["id"]), codec.pack({"user": user})))
         ops.append(Put(k.job(user, job["id"]), codec.pack(job)))  # last: the job appears whole
         return ops
 
@@ -244,7 +247,7 @@ class Board:
         the staged tasks whose batch was never committed (their writer died or was refused)."""
         k, layer_id = self.keys, layer["id"]
         kvs, _ = self.store.scan(k.task(user, layer_id + "."))
-        marked = {kv.key[len(k.ready()):] for kv in self.store.scan(k.ready(layer_id + "."), keys_only=True)[0]}
+        marked = {k.last(kv.key) for kv in self.store.scan(k.ready(user, layer_id + "."), keys_only=True)[0]}
         values = [(codec.unpack(kv.value), kv) for kv in kvs]
         garbage = [Delete(kv.key) for v, kv in values if not model.committed(v, layer)]
         for group in batch.fit_ops(garbage):
@@ -265,9 +268,9 @@ class Board:
         key = k.task(user, task["id"])
         if task["state"] == states.PENDING:
             data = codec.pack(model.move(_own_copy(task), states.QUEUED, "its layer started", node))
-            return batch.Item([Put(key, data), Put(k.ready(task["id"]), data)], [mod_is(key, rev)])
-        ready = Put(k.ready(task["id"]), codec.pack({**task, "task_rev": rev}))
-        return batch.Item([ready], [mod_is(key, rev), absent(k.ready(task["id"]))])
+            return batch.Item([Put(key, data), Put(k.ready(user, task["id"]), data)], [mod_is(key, rev)])
+        ready = Put(k.ready(user, task["id"]), codec.pack({**task, "task_rev": rev}))
+        return batch.Item([ready], [mod_is(key, rev), absent(k.ready(user, task["id"]))])
 
     # ---- moving layers on ----------------------------------------------------------------------
 
@@ -354,8 +357,8 @@ class Board:
         compare = [mod_is(snap.job_kv.key, snap.job_kv.mod_revision)]
         for i in p.drained:
             lid = p.layers[i]["id"]
-            compare += [range_empty(k.ready(lid + ".")), range_empty(k.claim(lid + ".")),
-                        range_empty(k.run(lid + "."))]
+            compare += [range_empty(k.ready(user, lid + ".")), range_empty(k.claim(user, lid + ".")),
+                        range_empty(k.run(user, lid + "."))]
         layer_keys = {i: k.layer(user, layer["id"]) for i, layer in p.layers.items()}
         compare += [mod_is(key, snap.layer_kvs[key].mod_revision) for key in layer_keys.values()]
         tail = self._messages(p) + self._active_ops(user, p) + [Put(snap.job_kv.key, codec.pack(p.job))]
@@ -403,7 +406,7 @@ class Board:
         return batch.Item(ops, compare)
 
     def _active_ops(self, user: str, p: layerplan.Plan) -> list[Op]:
-        key = self.keys.active(p.job["id"])
+        key = self.keys.active(user, p.job["id"])
         if p.active == "delete":
             return [Delete(key)]
         return [Put(key, codec.pack({"user": user}))] if p.active == "put" else []
@@ -418,7 +421,7 @@ class Board:
         if p.messages:
             from . import messages
 
-            messages.deliver(self, p.job["id"] + "/")
+            messages.deliver(self, user, p.job["id"] + "/")
         for t in p.started:
             if t.index not in inlined:
                 self.enqueue(user, p.layers[t.index]["id"], node=node)
@@ -435,7 +438,8 @@ class Board:
     def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, layerplan.LayerCounts]:
         """(ready, claimed or orphaned, errored) per layer, read as one snapshot per 30 layers."""
         k = self.keys
-        items = [Item([Get.count(k.ready(lid + ".")), Get.count(k.claim(lid + ".")), Get.count(k.run(lid + ".")),
+        items = [Item([Get.count(k.ready(user, lid + ".")), Get.count(k.claim(user, lid + ".")),
+                       Get.count(k.run(user, lid + ".")),
                        Get.count(k.tally(user, job_id, states.ERRORED, lid + "."))], tag=lid) for lid in layer_ids]
         out: dict[str, layerplan.LayerCounts] = {}
         for group in fit(items):  # a layer's four counts always in the same snapshot

@@ -1,5 +1,8 @@
 """A node's live copy of the ``q/`` stream: ready tasks, claims, run markers, pause markers.
 
+Keys are ``q/<kind>/<user>/<id>``; the owner is taken from the path (what etcd's access control
+checked), and a ready marker whose value names another owner is ignored.
+
 Fed by one list-then-watch (:meth:`Store.follow`), so after handling the events of revision R the
 cache is exactly the stream's state at R. Two things rest on that:
 
@@ -38,6 +41,13 @@ class ClaimInfo:
     node: str
     lease: int
     create_revision: int
+    user: str = ""
+
+
+def owned(user: str, some_id: str) -> str:
+    """How the cache names a pause marker or kill request: ``<user>/<id>``, since only the key's
+    path says whose it is (a user may write any id under their own prefix, never under another's)."""
+    return f"{user}/{some_id}"
 
 
 class ReadyQueue:
@@ -51,8 +61,8 @@ class ReadyQueue:
     """
 
     def __init__(self) -> None:
-        self._groups: dict[tuple[int, str, str], OrderedDict[str, Ready]] = {}
-        self._where: dict[str, tuple[int, str, str]] = {}
+        self._groups: dict[tuple[int, str, str, str], OrderedDict[str, Ready]] = {}
+        self._where: dict[str, tuple[int, str, str, str]] = {}
 
     def __len__(self) -> int:
         return len(self._where)
@@ -63,7 +73,7 @@ class ReadyQueue:
     def put(self, entry: Ready) -> None:
         self.remove(entry.id)
         task = entry.task
-        group = (-int(task.get("priority", 0)), task["job"], task["layer"])
+        group = (-int(task.get("priority", 0)), task["job"], task["layer"], task["user"])
         bag = self._groups.setdefault(group, OrderedDict())
         bag[entry.id] = entry
         if task.get("attempts"):  # queued again (retry, orphan, hand-back): it was queued before the rest
@@ -88,7 +98,8 @@ class ReadyQueue:
         self._groups.clear()
         self._where.clear()
 
-    def pick(self, want: int, accept: Callable[[Ready], bool], skip_groups: Callable[[str, str], bool]) -> list[Ready]:
+    def pick(self, want: int, accept: Callable[[Ready], bool],
+             skip_groups: Callable[[str, str, str], bool]) -> list[Ready]:
         """Up to ``want`` entries that ``accept`` takes, best priority first.
 
         In each group a shuffled window of the first entries comes first (so racing nodes rarely
@@ -98,7 +109,7 @@ class ReadyQueue:
         for group in sorted(self._groups):
             if len(out) >= want:
                 break
-            if skip_groups(group[1], group[2]):
+            if skip_groups(group[3], group[1], group[2]):  # (user, job, layer)
                 continue
             entries = iter(self._groups[group].values())
             window = list(itertools.islice(entries, 4 * want + 8))
@@ -115,21 +126,22 @@ class ReadyQueue:
 
 
 class Cache(FollowHandler):
-    def __init__(self, keys: Keys, on_orphan: Callable[[str, int], None] | None = None,
-                 on_kill: Callable[[str, dict], None] | None = None):
+    def __init__(self, keys: Keys, on_orphan: Callable[[str, str, int], None] | None = None,
+                 on_kill: Callable[[str, str, dict], None] | None = None):
         self.keys = keys
-        self.on_orphan = on_orphan or (lambda task, lease: None)
-        self.on_kill = on_kill or (lambda task, request: None)
+        self.on_orphan = on_orphan or (lambda user, task, lease: None)
+        self.on_kill = on_kill or (lambda user, task, request: None)
         self.on_failure: Callable[[BaseException], None] = lambda exc: log.error("stream failed", exc_info=exc)
         self.cond = threading.Condition()
         self.ready = ReadyQueue()
         self.claims: dict[str, ClaimInfo] = {}
         self.runs: dict[str, int] = {}  # task -> lease of its run marker
-        self.paused: set[str] = set()
+        self.run_users: dict[str, str] = {}  # task -> owner, from its run marker's key
+        self.paused: set[str] = set()  # owned(user, id) of every pause marker
         self.ready_by_layer: Counter[str] = Counter()
         self.claims_by_layer: Counter[str] = Counter()
         self.runs_by_layer: Counter[str] = Counter()
-        self.kills: dict[str, dict] = {}  # task -> kill request
+        self.kills: dict[str, dict] = {}  # owned(user, task) -> kill request
         self.revision = 0
         self.is_synced = False
         self.changes = 0  # bumped on every change a claim loop may care about
@@ -143,6 +155,7 @@ class Cache(FollowHandler):
             self.ready.clear()
             self.claims.clear()
             self.runs.clear()
+            self.run_users.clear()
             self.paused.clear()
             self.ready_by_layer.clear()
             self.claims_by_layer.clear()
@@ -153,12 +166,11 @@ class Cache(FollowHandler):
             self.revision = revision
             self.is_synced = True
             self.changes += 1
-            orphans = [(t, lease) for t, lease in self.runs.items()
-                       if t not in self.claims or self.claims[t].lease != lease]
+            orphans = self._orphans()
             self.cond.notify_all()
         log.debug("stream listed at revision %d: %d ready, %d claimed", revision, len(self.ready), len(self.claims))
-        for task, lease in orphans:
-            self.on_orphan(task, lease)
+        for user, task, lease in orphans:
+            self.on_orphan(user, task, lease)
 
     def events(self, events: list[Event], revision: int) -> None:
         lost: list[tuple[str, int]] = []
@@ -172,10 +184,10 @@ class Cache(FollowHandler):
                         lost.append(gone)
             self.revision = max(self.revision, revision)
             self.changes += 1
-            orphans = [(t, lease) for t, lease in lost if self.runs.get(t) == lease]
+            orphans = [(self.run_users.get(t, ""), t, lease) for t, lease in lost if self.runs.get(t) == lease]
             self.cond.notify_all()
-        for task, lease in orphans:
-            self.on_orphan(task, lease)
+        for user, task, lease in orphans:
+            self.on_orphan(user, task, lease)
 
     def synced(self, flag: bool) -> None:
         with self.cond:
@@ -185,33 +197,30 @@ class Cache(FollowHandler):
 
     # ---- applying events ---------------------------------------------------------------------------
 
-    def _split(self, key: str) -> tuple[str, str]:
-        rest = key[len(self._prefix):]
-        kind, _, name = rest.partition("/")
-        return kind, name
-
     def _apply_put(self, kv: KV) -> None:
         """Apply a put. A value that is not what Conductor writes (a user's etcdctl, say) is
         skipped and said once per key: the stream is everybody's, a node must not fall over it."""
-        kind, name = self._split(kv.key)
+        kind, user, name = self.keys.split_stream(kv.key)
         try:
             value = codec.unpack(kv.value) if kv.value else {}
-            self._put(kind, name, kv, value)
+            self._put(kind, user, name, kv, value)
         except Exception as exc:  # noqa: BLE001 - bad data, not a bug of ours
             if kv.key not in self._bad:
                 self._bad.add(kv.key)
                 log.warning("ignoring %s: not a value Conductor wrote (%s)", kv.key, exc)
 
-    def _put(self, kind: str, name: str, kv: KV, value: dict) -> None:
+    def _put(self, kind: str, user: str, name: str, kv: KV, value: dict) -> None:
         if kind == "ready":
             if value.get("id") != name or not isinstance(value.get("job"), str) \
                     or not isinstance(value.get("layer"), str) or not isinstance(value.get("priority", 0), int):
                 raise ValueError("a ready marker must hold its task")
+            if value.get("user") != user:  # the path is what etcd's access control checked
+                raise ValueError(f"a ready marker under {user!r} names another owner")
             if name not in self.ready:
                 self.ready_by_layer[layer_of(name)] += 1
             self.ready.put(Ready(value, kv.mod_revision))
         elif kind == "claims":
-            info = ClaimInfo(str(value.get("node", "?")), kv.lease, kv.create_revision)
+            info = ClaimInfo(str(value.get("node", "?")), kv.lease, kv.create_revision, user)
             if name not in self.claims:
                 self.claims_by_layer[layer_of(name)] += 1
             self.claims[name] = info
@@ -220,15 +229,16 @@ class Cache(FollowHandler):
             if name not in self.runs:
                 self.runs_by_layer[layer_of(name)] += 1
             self.runs[name] = lease
+            self.run_users[name] = user
         elif kind == "paused":
-            self.paused.add(name)
+            self.paused.add(owned(user, name))
         elif kind == "kills":
-            self.kills[name] = value
-            self.on_kill(name, value)
+            self.kills[owned(user, name)] = value
+            self.on_kill(user, name, value)
 
     def _apply_delete(self, key: str) -> tuple[str, int] | None:
         """Apply a delete; for a deleted claim return (task, lease) to check for an orphan."""
-        kind, name = self._split(key)
+        kind, user, name = self.keys.split_stream(key)
         if kind == "ready":
             if self.ready.remove(name) is not None:
                 self._dec(self.ready_by_layer, layer_of(name))
@@ -239,11 +249,12 @@ class Cache(FollowHandler):
                 return name, info.lease
         elif kind == "runs":
             if self.runs.pop(name, None) is not None:
+                self.run_users.pop(name, None)
                 self._dec(self.runs_by_layer, layer_of(name))
         elif kind == "paused":
-            self.paused.discard(name)
+            self.paused.discard(owned(user, name))
         elif kind == "kills":
-            self.kills.pop(name, None)
+            self.kills.pop(owned(user, name), None)
         return None
 
     @staticmethod
@@ -280,10 +291,22 @@ class Cache(FollowHandler):
         with self.cond:
             return any(c.get(layer_id, 0) > 0 for c in (self.ready_by_layer, self.claims_by_layer, self.runs_by_layer))
 
-    def orphans(self) -> list[tuple[str, int]]:
+    def _orphans(self) -> list[tuple[str, str, int]]:
+        return [(self.run_users.get(t, ""), t, lease) for t, lease in self.runs.items()
+                if t not in self.claims or self.claims[t].lease != lease]
+
+    def orphans(self) -> list[tuple[str, str, int]]:
+        """(user, task, lease) of every run marker without a claim of its lease."""
         with self.cond:
-            return [(t, lease) for t, lease in self.runs.items()
-                    if t not in self.claims or self.claims[t].lease != lease]
+            return self._orphans()
+
+    def is_paused(self, user: str, some_id: str) -> bool:
+        return owned(user, some_id) in self.paused
+
+    def kill_of(self, user: str, task_id: str) -> dict | None:
+        """The kill or skip request for a task, if its owner wrote one."""
+        with self.cond:
+            return self.kills.get(owned(user, task_id))
 
     def claims_of(self, node: str) -> int:
         with self.cond:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from . import lifecycle, placement, templates
+from . import lifecycle, placement, seal, templates
 from .claims import Claimed, Ready
 from .containers import ContainerRun
 from .errors import ConductorError, StoreError
@@ -97,7 +97,7 @@ class Claimer:
 
         def accept(entry: Ready) -> bool:
             task = entry.task
-            if task.get("paused_at") or task["id"] in node.cache.paused:
+            if task.get("paused_at") or node.cache.is_paused(task["user"], task["id"]):
                 return False
             if unfit.get(entry.id) == entry.mod_revision:
                 return False
@@ -117,6 +117,9 @@ class Claimer:
 
         return accept
 
+    def _group_paused(self, user: str, job: str, layer: str) -> bool:
+        return self.node.cache.is_paused(user, job) or self.node.cache.is_paused(user, layer)
+
     def _facts(self) -> dict[str, Any]:
         """This node as placement judges it: the facts its node key advertises (node._info)."""
         if self._facts_cache is None or self._facts_cache["name"] != self.node.name:
@@ -126,9 +129,6 @@ class Claimer:
                                  "memory": psutil.virtual_memory().total, "labels": node.settings.labels,
                                  "containers": node.containers}
         return self._facts_cache
-
-    def _group_paused(self, job: str, layer: str) -> bool:
-        return job in self.node.cache.paused or layer in self.node.cache.paused
 
     # ---- starting ----------------------------------------------------------------------------------
 
@@ -152,7 +152,7 @@ class Claimer:
         if not c.job.get("has_secrets"):
             return None, env, {}
         found = self.node.board.load(self.node.keys.secrets(task["user"], task["job"]))
-        secrets = {k: v for k, v in (found[0] if found else {}).items() if k != "v"}
+        secrets = seal.open_inputs(self.node.store, self.node.keys, found[0], task["user"], task["job"]) if found else {}
         argv, env = templates.fill_secrets(argv_of(task), env, secrets)
         return argv, env, secrets
 
@@ -181,6 +181,6 @@ class Claimer:
         run.start()
         if node.stopping.is_set() and not node.settings.drain:  # claimed as the first SIGTERM came
             run.kill("the node is shutting down", hand_back=True, grace=node.settings.shutdown_grace)
-        request = node.cache.kills.get(c.id)
+        request = node.cache.kill_of(task["user"], c.id)
         if request:  # a user asked to stop it before this node had started it
-            node.stop_requested(c.id, request)
+            node.stop_requested(task["user"], c.id, request)

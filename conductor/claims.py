@@ -112,21 +112,21 @@ class Claims:
             task.pop("task_rev", None)
             user = task["user"]
             running.append(task)
-            compare += [mod_is(k.ready(task["id"]), entry.mod_revision),
-                        mod_is(k.task(user, task["id"]), task_rev), absent(k.claim(task["id"]))]
+            compare += [mod_is(k.ready(user, task["id"]), entry.mod_revision),
+                        mod_is(k.task(user, task["id"]), task_rev), absent(k.claim(user, task["id"]))]
             claim = {"node": node, "lease": lease_hex(lease), "attempt": task["attempts"], "user": user, "at": at}
-            ops += [Delete(k.ready(task["id"])),
-                    Put(k.claim(task["id"]), codec.pack(claim), lease=lease),
-                    Put(k.run(task["id"]), codec.pack({"node": node, "user": user, "lease": lease_hex(lease)})),
+            ops += [Delete(k.ready(user, task["id"])),
+                    Put(k.claim(user, task["id"]), codec.pack(claim), lease=lease),
+                    Put(k.run(user, task["id"]), codec.pack({"node": node, "user": user, "lease": lease_hex(lease)})),
                     Put(k.task(user, task["id"]), codec.pack(task))]
             jobs[task["job"]] = user
             layers[task["layer"]] = user
         reads: list[Op] = []
         reads += [Get(k.job(u, j)) for j, u in jobs.items()] + [Get(k.layer(u, lid)) for lid, u in layers.items()]
-        compare += [absent(k.paused(j)) for j in jobs] + [absent(k.paused(lid)) for lid in layers]
+        compare += [absent(k.paused(u, i)) for i, u in (*jobs.items(), *layers.items())]
         check: list[Op] = []
-        check += [Get(k.ready(e.id), keys_only=True) for e in batch]
-        check += [Get(k.paused(j), keys_only=True) for j in jobs] + [Get(k.paused(lid), keys_only=True) for lid in layers]
+        check += [Get(k.ready(e.task["user"], e.id), keys_only=True) for e in batch]
+        check += [Get(k.paused(u, i), keys_only=True) for i, u in (*jobs.items(), *layers.items())]
         res = self.store.txn(compare, ops + reads, check)
         if not res.succeeded:
             return [], self._stale(batch, list(jobs), list(layers), res.responses)
@@ -192,7 +192,7 @@ class Claims:
         task, task_rev = claimed.task, claimed.task_rev
         for _ in range(20):
             compare, ops, finished = self._finish_txn(claimed, task, outcome, task_rev)
-            res = self.store.txn(compare, ops, [Get(k.claim(claimed.id)), Get(k.task(user, claimed.id))])
+            res = self.store.txn(compare, ops, [Get(k.claim(user, claimed.id)), Get(k.task(user, claimed.id))])
             if res.succeeded:
                 finished.revision = res.revision
                 return finished
@@ -215,8 +215,10 @@ class Claims:
         decision = lifecycle.decide(current, o, node, model.now())
         task = decision.task
         user, tid = task["user"], task["id"]
-        compare = [created_at(k.claim(tid), claimed.claim_rev), mod_is(k.task(user, tid), task_rev or claimed.task_rev)]
-        ops: list[Op] = [Delete(k.claim(tid)), Delete(k.run(tid)), Delete(k.kill(tid))] + decision_ops(k, decision)
+        compare = [created_at(k.claim(user, tid), claimed.claim_rev),
+                   mod_is(k.task(user, tid), task_rev or claimed.task_rev)]
+        ops: list[Op] = [Delete(k.claim(user, tid)), Delete(k.run(user, tid)), Delete(k.kill(user, tid))]
+        ops += decision_ops(k, decision)
         if o.result is not None:
             ops.append(Put(k.result(user, tid), codec.pack({"data": o.result, "attempt": task["attempts"],
                                                              "node": node, "at": task["ended"]})))
@@ -229,25 +231,25 @@ class Claims:
 
     # ---- recovery ------------------------------------------------------------------------------
 
-    def recover(self, task_id: str, lease: int) -> str | None:
+    def recover(self, user: str, task_id: str, lease: int) -> str | None:
         """End the run of a task whose node's lease expired while it held the task, as
         :func:`lifecycle.decide_lost` says (requeued as a disruption, ended as a pending kill or
         skip request asked, or ERRORED with no disruption left), once, whichever node gets there
         first (one guarded transaction). Returns the task's new state, or None when there was
         nothing to do."""
         k = self.keys
-        marker_key = k.run(task_id)
+        marker_key = k.run(user, task_id)
         for _ in range(20):
             marker = self.store.get(marker_key)
             if marker is None or int(codec.unpack(marker.value).get("lease", "0"), 16) != lease:
                 return None
             found = codec.unpack(marker.value)
-            snap = self.store.read([Get(k.claim(task_id)), Get(k.task(found.get("user", ""), task_id)),
-                                    Get(k.kill(task_id))])
+            snap = self.store.read([Get(k.claim(user, task_id)), Get(k.task(user, task_id)),
+                                    Get(k.kill(user, task_id))])
             claim_r, task_r, stop_r = snap.responses
             if claim_r.kvs and claim_r.kvs[0].lease == lease:
                 return None  # its node is alive: not an orphan
-            guard = [mod_is(marker_key, marker.mod_revision), absent(k.claim(task_id))]
+            guard = [mod_is(marker_key, marker.mod_revision), absent(k.claim(user, task_id))]
             if not task_r.kvs:
                 self.store.txn(guard, [Delete(marker_key)])
                 return None
@@ -256,10 +258,10 @@ class Claims:
             decision = lifecycle.decide_lost(codec.unpack(task_kv.value), found.get("node", "?"),
                                              codec.unpack(stop.value) if stop else None, self.node, model.now())
             guard += [mod_is(task_kv.key, task_kv.mod_revision),
-                      mod_is(k.kill(task_id), stop.mod_revision) if stop else absent(k.kill(task_id))]
+                      mod_is(k.kill(user, task_id), stop.mod_revision) if stop else absent(k.kill(user, task_id))]
             ops: list[Op] = [Delete(marker_key)]
             if decision.changed:
-                ops += [Delete(k.kill(task_id))] + decision_ops(k, decision)
+                ops += [Delete(k.kill(user, task_id))] + decision_ops(k, decision)
             if self.store.txn(guard, ops).succeeded:
                 if not decision.changed:
                     return None
@@ -267,21 +269,21 @@ class Claims:
                 return decision.state
         return None
 
-    def orphans(self) -> list[tuple[str, int]]:
-        """(task, lease) of every run marker without a live claim of that lease."""
+    def orphans(self) -> list[tuple[str, str, int]]:
+        """(user, task, lease) of every run marker without a live claim of that lease."""
         k = self.keys
-        snap = self.store.read([Get.prefix(k.run()), Get.prefix(k.claim(), keys_only=True)])
-        claimed = {kv.key[len(k.claim()):]: kv.lease for kv in snap.responses[1].kvs}
+        snap = self.store.read([Get.prefix(k.q("runs")), Get.prefix(k.q("claims"), keys_only=True)])
+        claimed = {k.split_stream(kv.key)[1:]: kv.lease for kv in snap.responses[1].kvs}
         out = []
         for kv in snap.responses[0].kvs:
-            task_id = kv.key[len(k.run()):]
+            _, user, task_id = k.split_stream(kv.key)
             lease = int(codec.unpack(kv.value).get("lease", "0"), 16)
-            if claimed.get(task_id) != lease:
-                out.append((task_id, lease))
+            if claimed.get((user, task_id)) != lease:
+                out.append((user, task_id, lease))
         return out
 
-    def present_claim(self, task_id: str, claim_rev: int) -> bool:
-        kv = self.store.get(self.keys.claim(task_id))
+    def present_claim(self, user: str, task_id: str, claim_rev: int) -> bool:
+        kv = self.store.get(self.keys.claim(user, task_id))
         return kv is not None and kv.create_revision == claim_rev
 
 
@@ -293,9 +295,9 @@ def decision_ops(k: Keys, decision: lifecycle.Decision) -> list[Op]:
     data = codec.pack(task)
     ops: list[Op] = [Put(k.task(user, tid), data)]
     if decision.ready:
-        ops.append(Put(k.ready(tid), data))
+        ops.append(Put(k.ready(user, tid), data))
     if decision.unready:
-        ops.append(Delete(k.ready(tid)))
+        ops.append(Delete(k.ready(user, tid)))
     if decision.untally:
         ops.append(Delete(k.tally(user, task["job"], decision.untally, tid)))
     if decision.tally:

@@ -29,18 +29,23 @@ from .store import Store
 
 class Client:
     """``credentials``: TLS files and an etcd user; default: from ``CONDUCTOR_CACERT``, ``_CERT``,
-    ``_KEY``, ``_USER``, ``_PASSWORD``, ``_PASSWORD_FILE``. With a password, the etcd user is also
-    the Conductor user (whose jobs) unless ``user`` is given."""
+    ``_KEY``, ``_USER``, ``_PASSWORD``, ``_PASSWORD_FILE``.
+
+    Who you are: with etcd auth (a password), the etcd user the credentials name, always (etcd's
+    access control then decides what you may read and change). Without it (a laptop on its own),
+    ``user``, else the etcd user name given, else ``CONDUCTOR_USER`` or the login name."""
 
     def __init__(self, etcd: str | list[str] | None = None, namespace: str | None = None,
                  user: str | None = None, timeout: float = 5.0, store: Store | None = None,
                  credentials: Credentials | None = None):
         endpoints = etcd or default_etcd() or [LOCAL_ETCD]
-        creds = credentials if credentials is not None else Credentials.from_env()
+        creds = credentials if credentials is not None else store.credentials if store else Credentials.from_env()
         self.store = store or Store(endpoints, timeout=timeout, credentials=creds)
         self.store.space.announce = False  # a refused write's error already says what to do
         self.keys = Keys(namespace or default_namespace())
-        self.user = user or (creds.user if creds.auth else "") or default_user()
+        if creds.auth and user and user != creds.user:
+            raise InvalidSpec("user", f"with etcd credentials you act as {creds.user!r}, not {user!r}")
+        self.user = creds.user if creds.auth else (user or creds.user or default_user())
         self.board = Board(self.store, self.keys)
 
     def close(self) -> None:
@@ -74,21 +79,24 @@ class Client:
 
     # ---- templates, messages, schedules --------------------------------------------------------
 
-    def add_template(self, template: str | Path | dict[str, Any], replace: bool = False) -> dict[str, Any]:
+    def add_template(self, template: str | Path | dict[str, Any], replace: bool = False,
+                     shared: bool = False) -> dict[str, Any]:
+        """Store a template as yours, or (``shared``, admins only) publish it for every user."""
         data = spec.load_file(str(template)) if isinstance(template, (str, Path)) else template
-        return messages.add_template(self.board, data, self.user, replace)
+        return messages.add_template(self.board, data, self.user, replace, shared)
 
     def templates(self) -> list[dict[str, Any]]:
-        return messages.list_templates(self.board)
+        """Your templates and the published ones (``shared: true``)."""
+        return messages.list_templates(self.board, self.user)
 
     def template(self, name: str) -> dict[str, Any]:
-        return messages.get_template(self.board, name)
+        return messages.get_template(self.board, name, self.user)
 
-    def remove_template(self, name: str) -> None:
-        messages.remove_template(self.board, name)
+    def remove_template(self, name: str, shared: bool = False) -> None:
+        messages.remove_template(self.board, name, self.user, shared)
 
     def post_template(self, name: str, params: dict[str, str] | None = None, paused: bool = False) -> str:
-        template = messages.get_template(self.board, name)
+        template = messages.get_template(self.board, name, self.user)
         data = template["data"] if not paused else {**template["data"], "paused": True}
         return messages.post_template(self.board, {**template, "data": data}, params or {}, self.user,
                                       {"kind": "template"})
@@ -104,17 +112,17 @@ class Client:
                              tz)
 
     def schedules(self) -> list[dict[str, Any]]:
-        return schedules.listing(self.board)
+        return schedules.listing(self.board, self.user)
 
     def schedule(self, name: str, fires: int = 20) -> dict[str, Any]:
         """A schedule with its last ``fires`` fire records (posted, skipped, missed), newest first."""
-        return schedules.show(self.board, name, fires)
+        return schedules.show(self.board, self.user, name, fires)
 
     def pause_schedule(self, name: str, paused: bool = True) -> None:
-        schedules.set_paused(self.board, name, paused)
+        schedules.set_paused(self.board, self.user, name, paused)
 
     def remove_schedule(self, name: str) -> None:
-        schedules.remove(self.board, name)
+        schedules.remove(self.board, self.user, name)
 
     # ---- resolving ids -------------------------------------------------------------------------
 
@@ -125,16 +133,27 @@ class Client:
         readings = resolve.split_id(some_id)
         if not readings:
             raise InvalidSpec("id", f"{some_id!r} is not a job, layer or task id or a job name")
-        first_error: NotFound | InvalidSpec | None = None
+        first_error: NotFound | InvalidSpec | PermissionDenied | None = None
         for head, rest in readings:  # "v1.2" may be job v1's layer 2 or the job named v1.2
             try:
-                job = self.board.resolve_job(head, self.user)
+                job, owner = self.board.resolve_job(head, self.user)
+            except PermissionDenied:  # not among ours, and we may not look among the others'
+                first_error = first_error or self._not_yours(head, some_id)
+                continue
             except (NotFound, InvalidSpec) as exc:
                 first_error = first_error or exc
                 continue
             full = job + rest
-            return ids.parse_id(full), full, self.board.owner(job)
+            return ids.parse_id(full), full, owner
         raise first_error or NotFound(f"no job {some_id}")
+
+    def _not_yours(self, head: str, some_id: str) -> NotFound | PermissionDenied:
+        """What to say of an id that is not among the caller's jobs, when etcd does not let the
+        caller look among other users' (etcd auth on, not an admin)."""
+        if len(head) == ids.JOB_ID_LEN:
+            return PermissionDenied(f"permission denied: {some_id} is not one of your jobs (user {self.user}); "
+                                    "only its owner and admins may see or change another user's job")
+        return NotFound(f"no job {head} among your jobs (user {self.user})")
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -294,8 +313,8 @@ class Client:
         k = self.keys
         if some_id is None:
             user = filters.get("user") or self.user
-            prefixes = ([k.user(user)] if not filters.get("all_users") else [k.index(), k.active(), k.paused()])
-            prefixes.append(k.claim())
+            prefixes = ([k.user(user), k.claim(user)] if not filters.get("all_users")
+                        else [k.active(), k.q("paused"), k.q("claims")])
 
             def read() -> Any:
                 return self.jobs(**filters)
@@ -303,7 +322,9 @@ class Client:
             _, full, owner = self.locate(some_id)
             job = full.split(".")[0]
             prefixes = [k.job(owner, job), k.layer(owner, job + "."), k.task(owner, full if "." in full else job + "."),
-                        k.claim(job + "."), k.tally(owner, job), k.node()]  # nodes: why a queued task waits
+                        k.claim(owner, job + "."), k.tally(owner, job)]
+            if views.live_nodes(self.store, k) is not None:  # nodes: why a queued task waits (admins, no auth)
+                prefixes.append(k.node())
 
             def read() -> Any:
                 return self.show(full, tasks=tasks)
@@ -331,7 +352,9 @@ class Client:
         if since is not None and since < 1:
             raise InvalidSpec("since", f"{since} is not a revision (revisions start at 1)")
         wanted = eventlog.Filter(user=None if all_users else self.user, ids=[self._event_id(i) for i in ids])
-        feed = EventFeed(self.store, self.keys, wanted, deliver, since, started)
+        # under etcd auth a user may watch only their own prefix (no nodes, no fires); admins ask all_users
+        own = self.store.credentials.auth and not all_users
+        feed = EventFeed(self.store, self.keys, wanted, deliver, since, started, self.keys.user(self.user) if own else None)
         if stop is None:
             feed.run()
             return
@@ -369,7 +392,7 @@ class Client:
         watch = _JobWatch()
         followers = [self.store.follow(self.keys.job(owner, full), watch.job_handler(), name="wait-job"),
                      self.store.follow(self.keys.tally(owner, full), watch.tally_handler(), name="wait-tally"),
-                     self.store.follow(self.keys.claim(full + "."), watch.claim_handler(), name="wait-claims")]
+                     self.store.follow(self.keys.claim(owner, full + "."), watch.claim_handler(), name="wait-claims")]
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             with watch.cond:

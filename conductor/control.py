@@ -98,10 +98,10 @@ class Control:
             model.add_record(value, value["state"], f"{word} by {self.by}")
             data = codec.pack(value)
             ops: list[Op] = [Put(kv.key, data)]
-            ops.append(Put(self.keys.paused(t.id), codec.pack({"by": self.by, "at": model.now()})) if paused
-                       else Delete(self.keys.paused(t.id)))
+            ops.append(Put(self.keys.paused(t.user, t.id), codec.pack({"by": self.by, "at": model.now()})) if paused
+                       else Delete(self.keys.paused(t.user, t.id)))
             if t.kind == "task" and value["state"] == states.QUEUED:
-                ops.append(Put(self.keys.ready(t.id), data))  # a queued task's ready marker is its copy
+                ops.append(Put(self.keys.ready(t.user, t.id), data))  # a queued task's ready marker is its copy
             res = self.store.txn([mod_is(kv.key, kv.mod_revision)], ops)
             return Result(t.id, word, res.revision) if res.succeeded else None
 
@@ -163,11 +163,11 @@ class Control:
 
     def _request_stop(self, t: Target, kv: KV, action: str, grace: float) -> Result | None:
         k = self.keys
-        claim = self.store.get(k.claim(t.id))
+        claim = self.store.get(k.claim(t.user, t.id))
         request = {"action": action, "by": self.by, "grace": grace, "at": model.now()}
         # with no claim its node was just lost: whoever recovers the task honours the request
         guard = [created_at(claim.key, claim.create_revision)] if claim else []
-        res = self.store.txn(guard + [mod_is(kv.key, kv.mod_revision)], [Put(k.kill(t.id), codec.pack(request))])
+        res = self.store.txn(guard + [mod_is(kv.key, kv.mod_revision)], [Put(k.kill(t.user, t.id), codec.pack(request))])
         return Result(t.id, f"{'kill' if action == 'kill' else 'skip'} requested", kv.mod_revision) \
             if res.succeeded else None
 
@@ -213,7 +213,7 @@ class Control:
         if job["state"] in (states.COMPLETED, states.ERRORED):
             model.move(job, states.RUNNING, f"task {t.id} was retried by {self.by}")
             job["ended"] = None
-            ops.append(Put(k.active(job["id"]), codec.pack({"user": t.user})))
+            ops.append(Put(k.active(t.user, job["id"]), codec.pack({"user": t.user})))
         for s in job["layers"]:
             if s["id"] == layer["id"]:
                 s["state"] = layer["state"]
@@ -262,7 +262,7 @@ class Control:
             data = codec.pack(value)
             ops: list[Op] = [Put(kv.key, data)]
             if t.kind == "task" and value["state"] == states.QUEUED:
-                ops.append(Put(self.keys.ready(t.id), data))
+                ops.append(Put(self.keys.ready(t.user, t.id), data))
             res = self.store.txn([mod_is(kv.key, kv.mod_revision)], ops)
             return Result(t.id, "env set", res.revision) if res.succeeded else None
 
@@ -329,7 +329,7 @@ class Stager:
             ids_out.append(task["id"])
             ops: list[Op] = [Put(k.task(self.user, task["id"]), codec.pack(task))]
             if task.get("paused_at"):
-                ops.append(Put(k.paused(task["id"]), b""))
+                ops.append(Put(k.paused(task["user"], task["id"]), b""))
             items.append(batch.Item(ops))
         guard_bytes = batch.Item((), guard).size
         for group in batch.fit(items, reserve_compare=len(guard), reserve_bytes=guard_bytes):

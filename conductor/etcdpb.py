@@ -96,6 +96,17 @@ MemberPromoteResponse = _message("etcdserverpb.MemberPromoteResponse")
 ALARM_NAMES = {v.number: v.name for v in _pool.FindEnumTypeByName("etcdserverpb.AlarmType").values}
 ALARM_NOSPACE = next(n for n, name in ALARM_NAMES.items() if name == "NOSPACE")
 
+AUTH_CALLS = {  # Conductor's name: (etcd method, request message); every one answers with a header
+    "AuthEnable": "AuthEnableRequest", "AuthDisable": "AuthDisableRequest", "UserAdd": "AuthUserAddRequest",
+    "UserDelete": "AuthUserDeleteRequest", "UserChangePassword": "AuthUserChangePasswordRequest",
+    "UserGrantRole": "AuthUserGrantRoleRequest", "UserList": "AuthUserListRequest", "UserGet": "AuthUserGetRequest",
+    "RoleAdd": "AuthRoleAddRequest", "RoleDelete": "AuthRoleDeleteRequest",
+    "RoleGrantPermission": "AuthRoleGrantPermissionRequest",
+}
+AUTH_MESSAGES = {name: (_message("etcdserverpb." + req), _message("etcdserverpb." + req.replace("Request", "Response")))
+                 for name, req in AUTH_CALLS.items()}
+Permission = _message("authpb.Permission")  # permType READ 0, WRITE 1, READWRITE 2; key; range_end
+
 _METHODS = {
     # attribute: (service/method, kind, request, response)
     "Range": ("KV/Range", "unary", RangeRequest, RangeResponse),
@@ -116,6 +127,7 @@ _METHODS = {
     "MemberRemove": ("Cluster/MemberRemove", "unary", MemberRemoveRequest, MemberRemoveResponse),
     "MemberList": ("Cluster/MemberList", "unary", MemberListRequest, MemberListResponse),
     "MemberPromote": ("Cluster/MemberPromote", "unary", MemberPromoteRequest, MemberPromoteResponse),
+    **{name: (f"Auth/{name}", "unary", req, resp) for name, (req, resp) in AUTH_MESSAGES.items()},
 }
 
 
@@ -146,3 +158,14 @@ class Stub:
     MemberRemove: Any
     MemberList: Any
     MemberPromote: Any
+    AuthEnable: Any
+    AuthDisable: Any
+    UserAdd: Any
+    UserDelete: Any
+    UserChangePassword: Any
+    UserGrantRole: Any
+    UserList: Any
+    UserGet: Any
+    RoleAdd: Any
+    RoleDelete: Any
+    RoleGrantPermission: Any

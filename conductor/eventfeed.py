@@ -32,9 +32,11 @@ class EventFeed:
     order, until :meth:`stop`. ``next_revision`` is where a restart would resume."""
 
     def __init__(self, store: Store, keys: Keys, wanted: events.Filter, deliver: Deliver,
-                 since: int | None = None, started: Callable[[int], None] | None = None):
+                 since: int | None = None, started: Callable[[int], None] | None = None,
+                 prefix: str | None = None):
         self.store = store
         self.keys = keys
+        self.prefix = prefix or keys.namespace  # a user under etcd auth may watch only their own
         self.wanted = wanted
         self.deliver = deliver
         self.next_revision = since if since is not None else 0
@@ -70,7 +72,7 @@ class EventFeed:
             delay = min(delay * 2, 2.0)
 
     def _watch(self) -> None:
-        self._stream = self.store.watch(self.keys.namespace, self.next_revision, prev_kv=True)
+        self._stream = self.store.watch(self.prefix, self.next_revision, prev_kv=True)
         if self._stopped.is_set():
             self._stream.cancel()
             return

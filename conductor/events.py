@@ -16,7 +16,7 @@ saw everything up to ``rev`` resumes with ``--since rev + 1``. What makes a reco
   born PENDING with an empty history) is one record with ``from`` null; a delete (the job was
   removed) is one record with state ``removed``.
 - nodes (``nodes/<name>``, rewritten every few seconds): ``joined`` on creation, ``left`` on delete.
-- fires (``fires/<schedule>/<tick>``): one record whenever the fire's ``state`` changes
+- fires (``fires/<user>/<schedule>/<tick>``): one record whenever the fire's ``state`` changes
   (``firing``, then ``posted`` or ``skipped: ...``); a fire's removal by retention is not one.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ def classify(keys: Keys, key: str) -> tuple[str, str | None, str] | None:
         return _USER_KINDS[parts[2]], parts[1], parts[3]
     if len(parts) == 2 and parts[0] == "nodes" and parts[1]:
         return "node", None, parts[1]
-    if len(parts) == 3 and parts[0] == "fires" and parts[2]:
-        return "fire", None, f"{parts[1]}/{parts[2]}"
+    if len(parts) == 4 and parts[0] == "fires" and parts[3]:
+        return "fire", parts[1], f"{parts[2]}/{parts[3]}"
     return None
 
 

@@ -112,7 +112,8 @@ class Run:
         self.env["CONDUCTOR_SPAWN"] = self.spawn_path
         self.started = now()
         self.supervision.spawn(self.handle, self.argv or argv_of(self.claimed.task), self.env, self.cwd,
-                               self.log_path, self.claimed.task.get("timeout"), self.limits.grace)
+                               self.log_path, self.claimed.task.get("timeout"), self.limits.grace,
+                               [v for v in self.secrets.values() if v])
 
     def on_started(self, pid: int) -> None:
         self.pid = pid

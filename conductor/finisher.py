@@ -64,7 +64,8 @@ class Finisher:
 
     def commit(self, items: list[tuple[Run, Outcome]]) -> None:
         node = self.node
-        items = [(run, lifecycle.with_kill_request(outcome, node.cache.kills.get(run.id))) for run, outcome in items]
+        items = [(run, lifecycle.with_kill_request(outcome, node.cache.kill_of(run.claimed.task["user"], run.id)))
+                 for run, outcome in items]
         items = [(run, self._prepare_spawn(run, outcome) if outcome.ok else outcome) for run, outcome in items]
         backoff = 0.1
         while True:

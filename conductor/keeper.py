@@ -38,12 +38,12 @@ class Keeper:
         self.node = node
         self._gc_at = 0.0
         self._logs_at = 0.0
-        self._orphans: queue.Queue[tuple[str, int]] = queue.Queue()
+        self._orphans: queue.Queue[tuple[str, str, int]] = queue.Queue()
         self._chore_errors: dict[str, str] = {}
 
-    def orphan(self, task_id: str, lease: int) -> None:
+    def orphan(self, user: str, task_id: str, lease: int) -> None:
         """The stream saw a run marker left without its claim (called from the stream thread)."""
-        self._orphans.put((task_id, lease))
+        self._orphans.put((user, task_id, lease))
 
     def _push_log(self, run: Run) -> None:
         """Keep a running task's log tail in etcd fresh (``conductor logs -f`` follows it)."""
@@ -62,7 +62,7 @@ class Keeper:
         value = {"data": tail, "size": size, "truncated": size > node.limits.tail_cap, "attempt": task["attempts"],
                  "node": node.name, "path": run.log_path, "at": time.time(), "running": True}
         try:  # fenced like a finish: a node that lost the claim writes nothing
-            node.store.txn([created_at(node.keys.claim(run.id), run.claimed.claim_rev)],
+            node.store.txn([created_at(node.keys.claim(task["user"], run.id), run.claimed.claim_rev)],
                            [Put(node.keys.log(task["user"], run.id), codec.pack(value))])
             run.pushed = pushed
         except StoreError:
@@ -85,9 +85,9 @@ class Keeper:
                 waiting.append(self._orphans.get_nowait())
             except queue.Empty:
                 break
-        for task_id, lease in waiting:
+        for user, task_id, lease in waiting:
             try:
-                self._recover(task_id, lease)
+                self._recover(user, task_id, lease)
             except StoreError as exc:
                 log.debug("orphan recovery of %s deferred to the sweep: %s", task_id, exc)
 
@@ -111,24 +111,23 @@ class Keeper:
             self.node.session.refresh_info()
         return sweep_at, facts_at
 
-    def _recover(self, task_id: str, lease: int) -> None:
+    def _recover(self, user: str, task_id: str, lease: int) -> None:
         with self.node.cache.cond:
             still = self.node.cache.runs.get(task_id) == lease and (
                 task_id not in self.node.cache.claims or self.node.cache.claims[task_id].lease != lease)
         if not still and self.node.cache.is_synced:
             return
-        state = self.node.claims.recover(task_id, lease)
+        state = self.node.claims.recover(user, task_id, lease)
         if state in states.FINAL:
-            job = task_id.split(".", 1)[0]
-            self.node.finisher.settle(job, self.node.board.owner(job))
+            self.node.finisher.settle(task_id.split(".", 1)[0], user)
 
     def sweep(self) -> None:
         """The safety net: orphans this node's watch may have missed, and (on one node, the
         sweeper) every active job settled again. Cost: keys of running tasks, plus one read per
         active job on one node."""
         orphans = self.node.cache.orphans() if self.node.cache.is_synced else self.node.claims.orphans()
-        for task_id, lease in orphans:
-            self._recover(task_id, lease)
+        for user, task_id, lease in orphans:
+            self._recover(user, task_id, lease)
         self._release_strays()
         for job, user in self.node.table.take_settles():
             self.node.finisher.settle(job, user)
@@ -162,7 +161,7 @@ class Keeper:
             log.warning("job %s: removed the keys of a post that never finished", job)
 
     def _deliver_messages(self) -> None:
-        messages.deliver(self.node.board)  # messages whose sender died before delivering them
+        messages.deliver_all(self.node.board)  # messages whose sender died before delivering them
 
     def _finish_fires(self) -> None:
         for schedule, tick, fired in schedules.unfinished(self.node.board):
@@ -170,9 +169,9 @@ class Keeper:
 
     def _settle_active(self) -> None:
         """Settle every active job again, finishing any queueing that was cut short."""
-        for kv in self.node.store.iter_prefix(self.node.keys.active()):
-            job = kv.key.rsplit("/", 1)[1]
-            self.node.board.settle(job, codec.unpack(kv.value).get("user"), node=self.node.name, repair=True)
+        for kv in self.node.store.iter_prefix(self.node.keys.active(), keys_only=True):
+            user, job = self.node.keys.strip(kv.key).split("/")[1:3]
+            self.node.board.settle(job, user, node=self.node.name, repair=True)
 
     def _release_strays(self) -> None:
         """Hand back claims on this node's lease that it is not running: a claim whose reply was
@@ -182,10 +181,7 @@ class Keeper:
             held = [(t, c) for t, c in self.node.cache.claims.items() if c.lease == lease]
         strays = [(t, c) for t, c in held if not self.node.table.holds(t)]
         for task_id, info in strays:
-            found = self.node.board.load(self.node.keys.run(task_id))
-            if found is None:
-                continue
-            user = found[0].get("user", "")
+            user = info.user
             task = self.node.board.load(self.node.keys.task(user, task_id))
             if task is None or task[0]["state"] != states.RUNNING or task[0].get("node") != self.node.name:
                 continue
@@ -193,7 +189,7 @@ class Keeper:
                 continue
             claimed = Claimed(task[0], task[1].mod_revision, info.create_revision, lease)
             outcome = lifecycle.with_kill_request(Outcome(Cause.HANDED_BACK, "the claim's reply was lost; never started"),
-                                                  self.node.cache.kills.get(task_id))
+                                                  self.node.cache.kill_of(user, task_id))
             committed, _ = self.node.claims.finish([(claimed, outcome)])
             if committed:
                 log.warning("task %s: handed back a claim this node held but never started", task_id)

@@ -4,6 +4,11 @@ All keys live under a namespace (default ``/conductor/``). ``docs/keyspace.md`` 
 table for other tools; a test checks the two agree. The ``q/`` prefix holds what every node
 watches in one stream: ready markers, claims, run markers and pause markers, so that the events of
 one revision (a claim deleted together with its run marker, say) arrive together.
+
+Everything a user owns lives under a prefix of its own (``users/<user>/``, ``q/<kind>/<user>/``,
+``active/<user>/``...), so etcd's role-based access control can grant each user exactly their
+prefixes (:mod:`conductor.roles` builds the grants from this table). Whoever reads a key takes the
+owner from the key's path, never from its value: the path is what etcd checked.
 """
 from __future__ import annotations
 
@@ -14,28 +19,31 @@ DEFAULT_NAMESPACE = "/conductor/"
 # name -> (pattern, lease-bound?, what it holds). The docs' table is checked against this.
 LAYOUT: dict[str, tuple[str, bool, str]] = {
     "node": ("nodes/<node>", True, "node info: host, pid, version, labels, slots, facts"),
-    "ready": ("q/ready/<task>", False, "exists while the task may be claimed; value = the task"),
-    "claim": ("q/claims/<task>", True, "who runs the task now; create_revision = fencing token"),
-    "run": ("q/runs/<task>", False, "durable twin of a claim (value names the lease): without its claim = orphan"),
-    "kill": ("q/kills/<task>", False, "a request to stop a running task (kill or skip), for its node"),
-    "paused": ("q/paused/<id>", False, "exists while a job, layer or task is paused"),
+    "ready": ("q/ready/<user>/<task>", False, "exists while the task may be claimed; value = the task"),
+    "claim": ("q/claims/<user>/<task>", True, "who runs the task now; create_revision = fencing token"),
+    "run": ("q/runs/<user>/<task>", False, "durable twin of a claim (value names the lease): without its claim = orphan"),
+    "kill": ("q/kills/<user>/<task>", False, "a request to stop a running task (kill or skip), for its node"),
+    "paused": ("q/paused/<user>/<id>", False, "exists while a job, layer or task is paused"),
     "job": ("users/<user>/jobs/<job>", False, "job spec + state"),
     "layer": ("users/<user>/layers/<layer>", False, "layer spec + state"),
     "task": ("users/<user>/tasks/<task>", False, "task spec + state + history"),
     "result": ("users/<user>/results/<task>", False, "result bytes (capped)"),
     "log": ("users/<user>/logs/<task>", False, "log tail of the latest attempt (capped)"),
     "tally": ("users/<user>/tally/<job>/<state>/<task>", False, "one per finished task, by state"),
-    "index": ("index/<job>", False, "which user owns a job"),
-    "active": ("active/<job>", False, "exists while a job is not finished"),
-    "pending": ("pending/<job>", False, "a big job being posted in chunks; its head deletes it (value: user, at)"),
+    "secrets": ("users/<user>/secrets/<job>", False, "a job's secret inputs, sealed with the cluster's public key"),
+    "template": ("templates/<user>/<name>", False, "a user's stored template: a job file with inputs and triggers"),
+    "shared_template": ("public/templates/<name>", False, "a template an admin published for every user (read-only to users)"),
+    "schedule": ("schedules/<user>/<name>", False, "a user's cron rule that posts one of their templates"),
+    "fire": ("fires/<user>/<schedule>/<tick>", False, "one per tick: the first node to create it fires it"),
+    "active": ("active/<user>/<job>", False, "exists while a job is not finished"),
+    "pending": ("pending/<user>/<job>", False, "a big job being posted in chunks; its head deletes it (value: user, at)"),
+    "outbox": ("outbox/<user>/<job>/<entry>", False, "a message to send, written when a job or layer ends"),
+    "join": ("joins/<user>/<template>/<key>", False, "the messages a join template has received this round"),
+    "account": ("accounts/<user>", False, "a user Conductor knows: name, admin or not, since when"),
+    "seal_public": ("public/seal", False, "the cluster's public key that secret inputs are sealed with"),
+    "seal_private": ("cluster/seal", False, "the cluster's private key that opens sealed secrets (node account only)"),
     "leader": ("leaders/<role>", True, "which node does a cluster-wide chore"),
     "meta": ("meta/<name>", False, "cluster bookkeeping (the last compaction)"),
-    "secrets": ("users/<user>/secrets/<job>", False, "a job's secret inputs; read only by the node running it"),
-    "template": ("templates/<name>", False, "a stored template: a job file with inputs and triggers"),
-    "schedule": ("schedules/<name>", False, "a cron rule that posts a template"),
-    "fire": ("fires/<schedule>/<tick>", False, "one per tick: the first node to create it fires it"),
-    "outbox": ("outbox/<job>/<entry>", False, "a message to send, written when a job or layer ends"),
-    "join": ("joins/<template>/<key>", False, "the messages a join template has received this round"),
     "cluster_token": ("cluster/tokens/<id>", True, "a join token of a laptop cluster: its secret's SHA-256, expiry"),
 }
 
@@ -68,30 +76,12 @@ class Keys:
     def _k(self, rest: str) -> str:
         return self.namespace + rest
 
-    # ---- cluster -------------------------------------------------------------------------
+    # ---- cluster (nodes and admins only) --------------------------------------------------
     def node(self, name: str = "") -> str:
         return self._k(f"nodes/{name}")
 
     def leader(self, role: str) -> str:
         return self._k(f"leaders/{role}")
-
-    def secrets(self, user: str, job: str) -> str:
-        return self._k(f"users/{user}/secrets/{job}")
-
-    def template(self, name: str = "") -> str:
-        return self._k(f"templates/{name}")
-
-    def schedule(self, name: str = "") -> str:
-        return self._k(f"schedules/{name}")
-
-    def fire(self, schedule: str, tick: float | None = None) -> str:
-        return self._k(f"fires/{schedule}/" + ("" if tick is None else f"{int(tick):012d}"))
-
-    def outbox(self, rest: str = "") -> str:
-        return self._k(f"outbox/{rest}")
-
-    def join(self, template: str, key: str = "") -> str:
-        return self._k(f"joins/{template}/{key}")
 
     def cluster_token(self, token_id: str = "") -> str:
         return self._k(f"cluster/tokens/{token_id}")
@@ -99,37 +89,72 @@ class Keys:
     def meta(self, name: str) -> str:
         return self._k(f"meta/{name}")
 
-    def index(self, job: str = "") -> str:
-        return self._k(f"index/{job}")
+    def account(self, user: str = "") -> str:
+        return self._k(f"accounts/{user}")
 
-    def active(self, job: str = "") -> str:
-        return self._k(f"active/{job}")
+    def seal_public(self) -> str:
+        return self._k("public/seal")
 
-    def pending(self, job: str = "") -> str:
-        return self._k(f"pending/{job}")
+    def seal_private(self) -> str:
+        return self._k("cluster/seal")
 
-    # ---- the watched stream ----------------------------------------------------------------
+    def public(self) -> str:
+        return self._k("public/")
+
+    # ---- a user's automation (one prefix per user under each kind) ------------------------
+    def template(self, user: str, name: str = "") -> str:
+        return self._k(f"templates/{user}/{name}")
+
+    def shared_template(self, name: str = "") -> str:
+        return self._k(f"public/templates/{name}")
+
+    def schedule(self, user: str = "", name: str = "") -> str:
+        """``schedules/<user>/<name>``; without a user, the prefix of every user's schedules."""
+        return self._k(f"schedules/{user}/{name}" if user else "schedules/")
+
+    def fire(self, user: str, schedule: str, tick: float | None = None) -> str:
+        return self._k(f"fires/{user}/{schedule}/" + ("" if tick is None else f"{int(tick):012d}"))
+
+    def outbox(self, user: str = "", rest: str = "") -> str:
+        """``outbox/<user>/<rest>``; without a user, the prefix of every user's outbox."""
+        return self._k(f"outbox/{user}/{rest}" if user else "outbox/")
+
+    def join(self, user: str, template: str, key: str = "") -> str:
+        return self._k(f"joins/{user}/{template}/{key}")
+
+    def active(self, user: str = "", job: str = "") -> str:
+        """``active/<user>/<job>``; without a user, the prefix of every user's active jobs."""
+        return self._k(f"active/{user}/{job}" if user else "active/")
+
+    def pending(self, user: str = "", job: str = "") -> str:
+        return self._k(f"pending/{user}/{job}" if user else "pending/")
+
+    # ---- the watched stream: q/<kind>/<user>/<id> -----------------------------------------------
     def stream(self) -> str:
         return self._k("q/")
 
-    def ready(self, task: str = "") -> str:
-        return self._k(f"q/ready/{task}")
+    def ready(self, user: str, task: str = "") -> str:
+        return self._k(f"q/ready/{user}/{task}")
 
-    def claim(self, task: str = "") -> str:
-        return self._k(f"q/claims/{task}")
+    def claim(self, user: str, task: str = "") -> str:
+        return self._k(f"q/claims/{user}/{task}")
 
-    def run(self, task: str = "") -> str:
-        return self._k(f"q/runs/{task}")
+    def run(self, user: str, task: str = "") -> str:
+        return self._k(f"q/runs/{user}/{task}")
 
-    def kill(self, task: str = "") -> str:
-        return self._k(f"q/kills/{task}")
+    def kill(self, user: str, task: str = "") -> str:
+        return self._k(f"q/kills/{user}/{task}")
 
-    def paused(self, some_id: str = "") -> str:
-        return self._k(f"q/paused/{some_id}")
+    def paused(self, user: str, some_id: str = "") -> str:
+        return self._k(f"q/paused/{user}/{some_id}")
+
+    def q(self, kind: str) -> str:
+        """``q/<kind>/``: one kind of the stream for every user (``claims``, ``runs``...; nodes and admins)."""
+        return self._k(f"q/{kind}/")
 
     # ---- a user's objects ------------------------------------------------------------------
-    def user(self, user: str) -> str:
-        return self._k(f"users/{user}/")
+    def user(self, user: str = "") -> str:
+        return self._k(f"users/{user}/" if user else "users/")
 
     def job(self, user: str, job: str = "") -> str:
         return self._k(f"users/{user}/jobs/{job}")
@@ -146,6 +171,9 @@ class Keys:
     def log(self, user: str, task: str = "") -> str:
         return self._k(f"users/{user}/logs/{task}")
 
+    def secrets(self, user: str, job: str) -> str:
+        return self._k(f"users/{user}/secrets/{job}")
+
     def tally(self, user: str, job: str, state: str = "", task: str = "") -> str:
         if not state:
             return self._k(f"users/{user}/tally/{job}/")
@@ -155,3 +183,13 @@ class Keys:
     def strip(self, key: str) -> str:
         """The key without the namespace."""
         return key[len(self.namespace):] if key.startswith(self.namespace) else key
+
+    def split_stream(self, key: str) -> tuple[str, str, str]:
+        """``q/<kind>/<user>/<id>`` -> (kind, user, id); empty parts for a key of another shape."""
+        kind, _, rest = self.strip(key)[2:].partition("/")
+        user, _, name = rest.partition("/")
+        return kind, user, name
+
+    def last(self, key: str) -> str:
+        """The part of a key after its last ``/`` (a job, task or schedule name)."""
+        return key.rsplit("/", 1)[1]

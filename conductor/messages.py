@@ -1,13 +1,17 @@
 """Stored templates, and the messages that post them: ``send``, chains, joins.
 
-* ``send MESSAGE`` posts one job for every template whose ``triggers`` list the message. Every
-  template is instantiated (and so checked) before the first job is written.
+* Templates are a user's own (``templates/<user>/<name>``) or published by an admin for everyone
+  (``public/templates/<name>``, read-only to users). A user's own template hides a published one
+  of the same name.
+* ``send MESSAGE`` posts one job for every template of the sender (own or published) whose
+  ``triggers`` list the message, as the sender. Every template is instantiated (and so checked)
+  before the first job is written.
 * A job or layer may list ``on_success`` / ``on_failure`` messages. The transaction that ends it
-  also writes them to ``outbox/<job>/<n>``; whoever ran that transaction delivers them, and the
+  also writes them to ``outbox/<user>/<job>/<n>``; whoever ran that transaction delivers them, and the
   sweeper delivers any left behind. Delivery is idempotent: a job posted for a message gets an id
   derived from the message's id and the template, so delivering twice posts nothing new.
 * A template with ``after: [a, b, c]`` is a join: each arriving message is recorded under
-  ``joins/<template>/<key>`` (the key is the parameters the template takes); the job is posted
+  ``joins/<user>/<template>/<key>`` (the key is the parameters the template takes); the job is posted
   once, when all of them have arrived, and never if one parent failed (it sends no success).
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 from . import codec, ids, model, templates
 from .seams import Poster as Board
 from .errors import InvalidSpec, NotFound, Refused
-from .ops import Delete, Put, absent, mod_is
+from .ops import Delete, Get, Put, absent, mod_is
 
 log = logging.getLogger("conductor.messages")
 
@@ -28,43 +32,53 @@ log = logging.getLogger("conductor.messages")
 # ---- stored templates ------------------------------------------------------------------------
 
 
-def add_template(board: Board, data: dict[str, Any], by: str, replace: bool = False) -> dict[str, Any]:
-    """Validate and store a template (a job file with inputs); refuses a name in use unless replace."""
+def add_template(board: Board, data: dict[str, Any], by: str, replace: bool = False,
+                 shared: bool = False) -> dict[str, Any]:
+    """Validate and store a template (a job file with inputs) as ``by``'s own, or published for
+    every user with ``shared`` (admins only: etcd refuses others with PermissionDenied); refuses a
+    name in use unless replace."""
     meta, _ = templates.split(data)
     defaults = {n: s.get("default", "x") for n, s in meta["inputs"].items()}
     templates.instantiate(data, {n: v for n, v in defaults.items() if n in meta["inputs"]})  # checks every field
     name = data.get("name")
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise InvalidSpec("name", "a template needs a name (no '/')")
-    value = {"name": name, "data": data, "meta": meta, "by": by, "at": model.now()}
-    key = board.keys.template(name)
+    value = {"name": name, "data": data, "meta": meta, "by": by, "at": model.now(), "shared": shared}
+    key = board.keys.shared_template(name) if shared else board.keys.template(by, name)
     compare = [] if replace else [absent(key)]
     if not board.store.txn(compare, [Put(key, codec.pack(value))]).succeeded:
         raise Refused(f"a template named {name!r} exists; remove it first or add --replace")
-    log.info("template %s stored by %s", name, by)
+    log.info("template %s %s by %s", name, "published" if shared else "stored", by)
     return value
 
 
-def get_template(board: Board, name: str) -> dict[str, Any]:
-    kv = board.store.get(board.keys.template(name))
-    if kv is None:
+def get_template(board: Board, name: str, user: str) -> dict[str, Any]:
+    """``user``'s template of that name, else the published one. Raises NotFound."""
+    res = board.store.read([Get(board.keys.template(user, name)), Get(board.keys.shared_template(name))])
+    kvs = res.responses[0].kvs or res.responses[1].kvs
+    if not kvs:
         raise NotFound(f"no template {name!r}")
-    value = codec.unpack(kv.value)
-    value["etag"] = kv.mod_revision
+    value = codec.unpack(kvs[0].value)
+    value["etag"] = kvs[0].mod_revision
     return value
 
 
-def list_templates(board: Board) -> list[dict[str, Any]]:
-    return [codec.unpack(kv.value) for kv in board.store.iter_prefix(board.keys.template())]
+def list_templates(board: Board, user: str) -> list[dict[str, Any]]:
+    """``user``'s own templates and the published ones (an own one hides a published namesake)."""
+    own = {v["name"]: v for v in (codec.unpack(kv.value) for kv in board.store.iter_prefix(board.keys.template(user)))}
+    shared = [codec.unpack(kv.value) for kv in board.store.iter_prefix(board.keys.shared_template())]
+    return sorted([*own.values(), *(s for s in shared if s["name"] not in own)], key=lambda t: t["name"])
 
 
-def remove_template(board: Board, name: str) -> None:
-    users = [codec.unpack(kv.value) for kv in board.store.iter_prefix(board.keys.schedule())]
-    using = sorted(s["name"] for s in users if s.get("template") == name)
-    if using:
+def remove_template(board: Board, name: str, user: str, shared: bool = False) -> None:
+    """Remove ``user``'s template (or, with ``shared``, the published one: admins only)."""
+    schedules = [codec.unpack(kv.value) for kv in board.store.iter_prefix(board.keys.schedule(user))]
+    using = sorted(s["name"] for s in schedules if s.get("template") == name)
+    if using and not shared:
         raise Refused(f"template {name!r} is used by schedule(s) {', '.join(using)}; remove those first")
-    if board.store.delete(board.keys.template(name)) == 0:
-        raise NotFound(f"no template {name!r}")
+    key = board.keys.shared_template(name) if shared else board.keys.template(user, name)
+    if board.store.delete(key) == 0:
+        raise NotFound(f"no {'published ' if shared else ''}template {name!r}")
 
 
 def post_template(board: Board, template: dict[str, Any], params: dict[str, str], user: str,
@@ -93,7 +107,7 @@ def send(board: Board, message: str, params: dict[str, str], user: str, origin: 
     template is checked before anything is written."""
     message_id = message_id or ids.new_job_id()
     at = ids.job_id_time(message_id)  # ids of messages are job-style ids: they carry their time
-    every = list_templates(board)
+    every = list_templates(board, user)
     triggered = [t for t in every if message in t["meta"]["triggers"]]
     joining = [t for t in every if message in t["meta"]["after"]]
     if strict:
@@ -126,7 +140,7 @@ def _join(board: Board, template: dict[str, Any], message: str, params: dict[str
           origin: dict[str, Any], at: float) -> str | None:
     mine = _only(params, template)
     key_text = "&".join(f"{k}={v}" for k, v in sorted(mine.items()))
-    key = board.keys.join(template["name"], hashlib.sha256(key_text.encode()).hexdigest()[:20])
+    key = board.keys.join(user, template["name"], hashlib.sha256(key_text.encode()).hexdigest()[:20])
     needed = set(template["meta"]["after"])
     for _ in range(30):
         kv = board.store.get(key)
@@ -160,17 +174,28 @@ def outbox_ops(board: Board, job: dict[str, Any], messages: list[str], outcome: 
                  "params": {k: v for k, v in ((job.get("source") or {}).get("inputs") or {}).items()
                             if v != templates.MASK},
                  "id": derived_id(f"{job['id']}/{what}/{outcome}/{n}/{message}", time.time())}
-        ops.append(Put(board.keys.outbox(f"{job['id']}/{what}-{n}-{outcome}"), codec.pack(entry)))
+        ops.append(Put(board.keys.outbox(job["user"], f"{job['id']}/{what}-{n}-{outcome}"), codec.pack(entry)))
     return ops
 
 
-def deliver(board: Board, prefix: str = "") -> int:
-    """Send every message waiting in the outbox (under ``prefix``); returns how many."""
+def deliver_all(board: Board) -> int:
+    """Send every user's waiting messages (the sweeper: nodes only); returns how many."""
+    return _deliver(board, board.keys.outbox())
+
+
+def deliver(board: Board, user: str, prefix: str = "") -> int:
+    """Send ``user``'s messages waiting in the outbox (under ``prefix``); returns how many."""
+    return _deliver(board, board.keys.outbox(user, prefix))
+
+
+def _deliver(board: Board, prefix: str) -> int:
+    """Each message is sent as the user whose outbox holds it (the key's path, never the value)."""
     count = 0
-    for kv in board.store.iter_prefix(board.keys.outbox(prefix)):
+    for kv in board.store.iter_prefix(prefix):
         entry = codec.unpack(kv.value)
+        user = board.keys.strip(kv.key).split("/")[1]
         try:
-            send(board, entry["message"], entry.get("params", {}), entry["user"],
+            send(board, entry["message"], entry.get("params", {}), user,
                  {"job": entry["job"], "parent_outcome": entry["outcome"]}, entry["id"], strict=False)
         except Exception:  # noqa: BLE001 - one bad message must not block the others
             log.exception("delivering message %s from job %s failed", entry.get("message"), entry.get("job"))

@@ -239,18 +239,19 @@ class Conductor:
             return
         run.on_exited(status, cpu, ended, why)
 
-    def stop_requested(self, task_id: str, request: dict[str, Any]) -> None:
-        """A user asked to kill or skip a task: if it runs here, stop it (the finish says why)."""
+    def stop_requested(self, user: str, task_id: str, request: dict[str, Any]) -> None:
+        """A user asked to kill or skip a task: if it runs here and is theirs, stop it (the
+        finish says why). The owner is the kill request's path, which only they can write."""
         run = self.table.get(task_id)
-        if run is None:
+        if run is None or run.claimed.task.get("user") != user:
             return
         action = "skip" if request.get("action") == "skip" else "kill"
         verb = "skipped" if action == "skip" else "killed"
         log.info("task %s: %s by %s; stopping it", task_id, verb, request.get("by", "?"))
         run.kill(f"{verb} by {request.get('by', '?')}", grace=float(request.get("grace", 10.0)), stop=action)
 
-    def _orphan_seen(self, task_id: str, lease: int) -> None:
-        self.keeper.orphan(task_id, lease)
+    def _orphan_seen(self, user: str, task_id: str, lease: int) -> None:
+        self.keeper.orphan(user, task_id, lease)
 
     def _session_lost(self) -> None:
         # the supervisor has killed every task already; their outcomes say why

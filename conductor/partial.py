@@ -28,7 +28,8 @@ def job_key_ops(board: "Board", user: str, job_id: str) -> list[Op]:
     markers (job ids have a fixed length, so ``<job>`` as a prefix names only this job's ids)."""
     k = board.keys
     return [Delete.prefix(k.task(user, job_id + ".")), Delete.prefix(k.layer(user, job_id + ".")),
-            Delete.prefix(k.paused(job_id)), Delete.prefix(k.ready(job_id + ".")), Delete(k.pending(job_id))]
+            Delete.prefix(k.paused(user, job_id)), Delete.prefix(k.ready(user, job_id + ".")),
+            Delete(k.pending(user, job_id))]
 
 
 def remove(board: "Board", user: str, job_id: str) -> bool:
@@ -51,9 +52,8 @@ def collect(board: "Board", grace: float = GRACE) -> list[str]:
     removed: list[str] = []
     now = time.time()
     for kv in board.store.iter_prefix(board.keys.pending()):
-        job_id = kv.key.rsplit("/", 1)[1]
+        user, job_id = board.keys.strip(kv.key).split("/")[1:3]
         marker = codec.unpack(kv.value)
-        user = marker.get("user")
         born = max(float(marker.get("at") or 0), _id_time(job_id))  # the later: never too early
         if not isinstance(user, str) or now - born < grace:
             continue

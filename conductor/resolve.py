@@ -3,6 +3,7 @@
 Job ids are 10 characters of posting time then 6 random ones, so ids posted seconds apart share
 their first 8: a prefix needs about 10 typed characters, while a few of the random last ones
 (``4xq2z``) are usually unique. A job's name names the newest of the caller's jobs with it.
+Only jobs the caller may see are looked at: their own, then (nodes and admins) every account's.
 
 Resolution order: a full id; else every job whose id starts or ends with the text (only when the
 text could be part of an id); else the caller's newest job of that name. More than one id
@@ -11,7 +12,7 @@ Only reads are made; nothing here writes.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import codec, ids
 from .errors import Ambiguous, InvalidSpec, NotFound
@@ -19,7 +20,7 @@ from .keys import Keys, prefix_end
 from .store import Store
 
 SHOWN = 5  # ids named in an Ambiguous message
-PAGE = 1000  # index keys (keys only) per range read while scanning
+PAGE = 1000  # job keys (keys only) per range read while scanning
 NAME_PAGE = 100  # job values per range read while looking for a name (values can be large)
 
 
@@ -47,45 +48,53 @@ def could_be_id(text: str) -> bool:
         return False
 
 
-def resolve_job(store: Store, keys: Keys, text: str, user: str | None = None) -> str:
-    """The id of the job ``text`` names (see the module docstring). Raises Ambiguous; NotFound
-    when nothing matches, or InvalidSpec when ``text`` could not even be part of an id."""
-    found = by_id(store, keys, text) if could_be_id(text) else None
-    if found is None and user is not None:
-        found = newest_named(store, keys, user, text)
+def resolve_job(store: Store, keys: Keys, text: str, user: str,
+                others: Callable[[], list[str]] | None = None) -> tuple[str, str]:
+    """(job id, owner) of the job ``text`` names (see the module docstring), looked for among
+    ``user``'s jobs first, then among the jobs of ``others()`` (the other accounts, for nodes and
+    admins; it may raise PermissionDenied). Raises Ambiguous; NotFound when nothing matches, or
+    InvalidSpec when ``text`` could not even be part of an id."""
+    idlike = could_be_id(text)
+    found = by_id(store, keys, text, [user]) if idlike else None
+    if found is None:
+        named = newest_named(store, keys, user, text)
+        found = (named, user) if named else None
+    if found is None and idlike and others is not None:
+        found = by_id(store, keys, text, [u for u in others() if u != user])
     if found is not None:
         return found
-    if not could_be_id(text):  # bad input rather than a missing job: it cannot be part of any id
-        raise InvalidSpec("id", f"{text!r} is not a job, layer or task id" +
-                          (", nor the name of one of your jobs" if user is not None else ""))
-    raise NotFound(f"no job {text}" + (" (no job id starts or ends with it, and none of your jobs has that name)"
-                                       if user is not None else ""))
+    if not idlike:  # bad input rather than a missing job: it cannot be part of any id
+        raise InvalidSpec("id", f"{text!r} is not a job, layer or task id, nor the name of one of your jobs")
+    raise NotFound(f"no job {text} (no job id starts or ends with it, and none of your jobs has that name)")
 
 
-def by_id(store: Store, keys: Keys, text: str) -> str | None:
-    """The one job whose id is, starts with or ends with ``text``; None if none. Raises Ambiguous."""
-    if len(text) == ids.JOB_ID_LEN and store.get(keys.index(text)) is not None:
-        return text
-    matches = id_matches(store, keys, text)
+def by_id(store: Store, keys: Keys, text: str, users: list[str]) -> tuple[str, str] | None:
+    """(job, owner) of the one job of ``users`` whose id is, starts with or ends with ``text``;
+    None if none. Raises Ambiguous."""
+    if len(text) == ids.JOB_ID_LEN:
+        for user in users:
+            if store.get(keys.job(user, text)) is not None:
+                return text, user
+    matches = sorted({m for user in users for m in id_matches(store, keys, text, user)}, reverse=True)
     if len(matches) > 1:
-        shown = ", ".join(matches[:SHOWN]) + (", ..." if len(matches) > SHOWN else "")
+        shown = ", ".join(job for job, _ in matches[:SHOWN]) + (", ..." if len(matches) > SHOWN else "")
         raise Ambiguous(f"{text} matches more than one job ({shown}); give more of the id")
     return matches[0] if matches else None
 
 
-def id_matches(store: Store, keys: Keys, text: str) -> list[str]:
-    """Ids of every job whose id starts or ends with ``text``, newest first.
+def id_matches(store: Store, keys: Keys, text: str, user: str) -> list[tuple[str, str]]:
+    """(job, owner) of every job of ``user`` whose id starts or ends with ``text``.
 
     A prefix is one range read; a suffix needs every job id, read as keys only in pages."""
-    found = {kv.key.rsplit("/", 1)[1] for kv in store.range(keys.index(text), prefix_end(keys.index(text)),
-                                                              limit=SHOWN + 1, keys_only=True).kvs}
-    found |= {job for job in _index_ids(store, keys) if job.endswith(text)}
-    return sorted(found, reverse=True)
+    start = keys.job(user, text)
+    found = {keys.last(kv.key) for kv in store.range(start, prefix_end(start), limit=SHOWN + 1, keys_only=True).kvs}
+    found |= {job for job in _job_ids(store, keys, user) if job.endswith(text)}
+    return [(job, user) for job in found]
 
 
-def _index_ids(store: Store, keys: Keys) -> Iterator[str]:
-    for kv in store.iter_prefix(keys.index(), page=PAGE, keys_only=True):
-        yield kv.key.rsplit("/", 1)[1]
+def _job_ids(store: Store, keys: Keys, user: str) -> Iterator[str]:
+    for kv in store.iter_prefix(keys.job(user), page=PAGE, keys_only=True):
+        yield keys.last(kv.key)
 
 
 def newest_named(store: Store, keys: Keys, user: str, name: str) -> str | None:

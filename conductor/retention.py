@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from . import codec, states
+from . import codec, owners, states
 from .board import Board
 from .clock import Clock, ended_in_future
 from .errors import NoSpace
@@ -34,19 +34,17 @@ def is_old(job: dict[str, Any], keep: float, now: float) -> bool:
     return now - ended >= keep and not ended_in_future(ended, now)
 
 
-def old_jobs(board: Board, keep: float, now: float | None = None) -> list[tuple[str, str, dict[str, Any]]]:
-    """(user, job id, job) of every job finished more than ``keep`` seconds before ``now``."""
+def old_jobs(board: Board, keep: float, now: float | None = None,
+             users: list[str] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(user, job id, job) of every job of ``users`` (default: every account, which only nodes
+    and admins may list) finished more than ``keep`` seconds before ``now``."""
     now = now or time.time()
     out = []
-    for kv in board.store.iter_prefix(board.keys.index()):
-        job_id = kv.key.rsplit("/", 1)[1]
-        user = codec.unpack(kv.value).get("user", "")
-        found = board.load(board.keys.job(user, job_id))
-        if found is None:
-            continue
-        job, _ = found
-        if is_old(job, keep, now):
-            out.append((user, job_id, job))
+    for user in users if users is not None else owners.users(board.store, board.keys):
+        for kv in board.store.iter_prefix(board.keys.job(user)):
+            job = codec.unpack(kv.value)
+            if is_old(job, keep, now):
+                out.append((user, board.keys.last(kv.key), job))
     return out
 
 
@@ -62,8 +60,8 @@ def remove_job(board: Board, user: str, job_id: str) -> bool:
     dot = job_id + "."
     ops = [Delete.prefix(k.task(user, dot)), Delete.prefix(k.layer(user, dot)),
            Delete.prefix(k.result(user, dot)), Delete.prefix(k.log(user, dot)), Delete.prefix(k.tally(user, job_id)),
-           Delete.prefix(k.paused(job_id)), Delete.prefix(k.kill(dot)), Delete.prefix(k.ready(dot)),
-           Delete(k.secrets(user, job_id)), Delete(k.active(job_id)), Delete(k.index(job_id)), Delete(kv.key)]
+           Delete.prefix(k.paused(user, job_id)), Delete.prefix(k.kill(user, dot)), Delete.prefix(k.ready(user, dot)),
+           Delete(k.secrets(user, job_id)), Delete(k.active(user, job_id)), Delete(kv.key)]
     return board.store.txn([mod_is(kv.key, kv.mod_revision)], ops).succeeded
 
 

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any
 
-from . import codec, schedules
+from . import schedules
 from .board import Board
 from .clock import Clock
 from .errors import StoreError
@@ -32,7 +32,7 @@ class Scheduler:
         self.name = name
         self.stopping = stopping
         self.clock = clock  # judged by the node's ClockWatch: unjudged or skewed fires nothing
-        self.cache = _Schedules()
+        self.cache = _Schedules(board)
         self.follower: Any = None
         self.broken: dict[str, tuple[dict[str, Any], float]] = {}  # name -> (value that failed, retry at)
 
@@ -108,17 +108,22 @@ class Scheduler:
 class _Schedules(FollowHandler):
     """The schedules of the cluster, followed by a watch; ``changed`` wakes the scheduler."""
 
-    def __init__(self) -> None:
-        self.items: dict[str, dict[str, Any]] = {}
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self.items: dict[str, dict[str, Any]] = {}  # "<user>/<name>" -> the schedule, "user" from the key
         self.changed = threading.Event()
         self.on_failure: Any = None
         self._bad: set[str] = set()
 
+    def _name(self, key: str) -> str:
+        return self.board.keys.strip(key).split("/", 1)[1]
+
     def _value(self, kv: Any) -> dict[str, Any] | None:
-        """A schedule as stored; a value Conductor did not write is skipped, said once."""
+        """A schedule as stored, its owner from the key; a value Conductor did not write is
+        skipped, said once."""
         try:
-            value = codec.unpack(kv.value)
-            if isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("cron"), str):
+            value = schedules.owned(self.board, kv)
+            if isinstance(value.get("name"), str) and isinstance(value.get("cron"), str):
                 return value
             raise ValueError("not a schedule")
         except Exception as exc:  # noqa: BLE001 - bad data, not our bug
@@ -138,14 +143,14 @@ class _Schedules(FollowHandler):
         for kv in kvs:
             value = self._value(kv)
             if value is not None:
-                items[kv.key.rsplit("/", 1)[1]] = value
+                items[self._name(kv.key)] = value
         self.items = items
         self.changed.set()
 
     def events(self, events: list[Any], revision: int) -> None:
         items = dict(self.items)
         for ev in events:
-            name = ev.kv.key.rsplit("/", 1)[1]
+            name = self._name(ev.kv.key)
             if ev.kind == "put":
                 value = self._value(ev.kv)
                 if value is not None:

@@ -62,37 +62,46 @@ def add(board: Board, name: str, cron: str, template: str, params: dict[str, str
         raise InvalidSpec("--catch-up", "must not be negative")
     cron = validate_cron(cron)
     tz = ticks.validate_tz(tz)
-    stored = messages.get_template(board, template)
+    stored = messages.get_template(board, template, by)
     templates.instantiate(stored["data"], params, f"template {template}: ")
     value = {"name": name, "cron": cron, "template": template, "params": params, "overlap": overlap,
              "catch_up": catch_up, "tz": tz, "paused": False, "by": by, "created": model.now()}
-    key = board.keys.schedule(name)
+    key = board.keys.schedule(by, name)
     if not board.store.txn([] if replace else [absent(key)], [Put(key, codec.pack(value))]).succeeded:
         raise Refused(f"a schedule named {name!r} exists; remove it first or add --replace")
     log.info("schedule %s added: %s (%s) -> template %s", name, cron, tz, template)
     return value
 
 
-def get(board: Board, name: str) -> tuple[dict[str, Any], Any]:
-    kv = board.store.get(board.keys.schedule(name))
+def owned(board: Board, kv: Any) -> dict[str, Any]:
+    """A stored schedule with ``user`` set from its key's path (``schedules/<user>/<name>``): the
+    owner every job it posts belongs to, whatever the value says."""
+    value = codec.unpack(kv.value)
+    value["user"] = board.keys.strip(kv.key).split("/")[1]
+    return value
+
+
+def get(board: Board, user: str, name: str) -> tuple[dict[str, Any], Any]:
+    kv = board.store.get(board.keys.schedule(user, name))
     if kv is None:
         raise NotFound(f"no schedule {name!r}")
-    return codec.unpack(kv.value), kv
+    return owned(board, kv), kv
 
 
-def set_paused(board: Board, name: str, paused: bool) -> None:
+def set_paused(board: Board, user: str, name: str, paused: bool) -> None:
     for _ in range(20):
-        value, kv = get(board, name)
+        value, kv = get(board, user, name)
+        value.pop("user", None)
         value["paused"] = paused
         if board.store.txn([mod_is(kv.key, kv.mod_revision)], [Put(kv.key, codec.pack(value))]).succeeded:
             return
 
 
-def remove(board: Board, name: str) -> None:
+def remove(board: Board, user: str, name: str) -> None:
     """Remove a schedule and its fire keys (a schedule added again under the name starts afresh)."""
-    if board.store.delete(board.keys.schedule(name)) == 0:
+    if board.store.delete(board.keys.schedule(user, name)) == 0:
         raise NotFound(f"no schedule {name!r}")
-    board.store.delete_prefix(board.keys.fire(name))
+    board.store.delete_prefix(board.keys.fire(user, name))
 
 
 def zone_of(schedule: dict[str, Any]) -> str:
@@ -118,9 +127,9 @@ def next_fire_or_none(schedule: dict[str, Any], now: float | None = None) -> flo
         return None
 
 
-def last_fired(board: Board, name: str) -> float | None:
-    res = board.store.range(board.keys.fire(name), _end(board.keys.fire(name)), limit=1, keys_only=True,
-                            descending=True)
+def last_fired(board: Board, user: str, name: str) -> float | None:
+    prefix = board.keys.fire(user, name)
+    res = board.store.range(prefix, _end(prefix), limit=1, keys_only=True, descending=True)
     return float(res.kvs[0].key.rsplit("/", 1)[1]) if res.kvs else None
 
 
@@ -142,7 +151,7 @@ def due(board: Board, schedule: dict[str, Any], now: float) -> Due:
     ``catch_up`` missed ones (older: nobody fired them in time, while no conductor ran or while it
     was paused); the missed ones beyond those are passed over (see :func:`record_missed`). Never a
     tick from before the schedule was created."""
-    last = last_fired(board, schedule["name"])
+    last = last_fired(board, schedule["user"], schedule["name"])
     start = max(last or 0.0, schedule["created"])
     found = next_ticks(schedule, start, now)
     current = [t for t in found if now - t <= GRACE]
@@ -158,7 +167,7 @@ def record_missed(board: Board, schedule: dict[str, Any], missed: list[float], n
     transaction, like a fire: returns False if another node recorded it first."""
     if not missed:
         return False
-    key = board.keys.fire(schedule["name"], missed[-1])
+    key = board.keys.fire(schedule["user"], schedule["name"], missed[-1])
     record = {"state": "missed", "tick": missed[-1], "from": missed[0], "count": len(missed), "node": node,
               "at": time.time()}
     if not board.store.txn([absent(key)], [Put(key, codec.pack(record))]).succeeded:
@@ -172,7 +181,7 @@ def record_missed(board: Board, schedule: dict[str, Any], missed: list[float], n
 def fire(board: Board, schedule: dict[str, Any], tick: float, node: str) -> str | None:
     """Fire one tick if this node is first to; returns what it did, or None if another node has."""
     name = schedule["name"]
-    key = board.keys.fire(name, tick)
+    key = board.keys.fire(schedule["user"], name, tick)
     job_id = messages.derived_id(f"schedule/{name}/{int(tick)}", tick)
     claim = {"state": "firing", "job": job_id, "node": node, "at": time.time(), "tick": tick}
     if not board.store.txn([absent(key)], [Put(key, codec.pack(claim))]).succeeded:
@@ -182,10 +191,10 @@ def fire(board: Board, schedule: dict[str, Any], tick: float, node: str) -> str 
 
 def complete(board: Board, schedule: dict[str, Any], tick: float, claim: dict[str, Any]) -> str:
     """Post (or skip) the job of a tick this node won; idempotent, so the sweeper can redo it."""
-    name = schedule["name"]
-    key = board.keys.fire(name, tick)
+    name, user = schedule["name"], schedule["user"]
+    key = board.keys.fire(user, name, tick)
     outcome = "posted"
-    previous = _previous_run(board, name, tick)
+    previous = _previous_run(board, user, name, tick)
     if previous and schedule.get("overlap") == "forbid":
         outcome = f"skipped: run {previous[1]} of the previous tick is still {previous[2]}"
     else:
@@ -195,11 +204,10 @@ def complete(board: Board, schedule: dict[str, Any], tick: float, claim: dict[st
             Control(board, by=f"schedule {name}").stop(Target("job", previous[1], previous[0]), "kill", grace=5.0)
             outcome = f"posted, replacing run {previous[1]}"
         try:
-            stored = messages.get_template(board, schedule["template"])
+            stored = messages.get_template(board, schedule["template"], user)
             source = {"kind": "schedule", "schedule": name, "tick": tick, "cron": schedule["cron"],
                       "tz": zone_of(schedule)}
-            messages.post_template(board, stored, schedule.get("params", {}), schedule.get("by", "scheduler"),
-                                   source, claim["job"])
+            messages.post_template(board, stored, schedule.get("params", {}), user, source, claim["job"])
         except (NotFound, InvalidSpec) as exc:  # the template went away or no longer takes the params
             outcome = f"skipped: {exc}"
     board.store.put(key, codec.pack({**claim, "state": outcome, "done": time.time()}))
@@ -207,17 +215,14 @@ def complete(board: Board, schedule: dict[str, Any], tick: float, claim: dict[st
     return outcome
 
 
-def _previous_run(board: Board, name: str, tick: float) -> tuple[str, str, str] | None:
-    """(user, job, state) of the schedule's most recent run before ``tick``, if still active."""
-    prefix = board.keys.fire(name)
-    res = board.store.range(prefix, board.keys.fire(name, tick), limit=5, descending=True)
+def _previous_run(board: Board, user: str, name: str, tick: float) -> tuple[str, str, str] | None:
+    """(user, job, state) of the schedule's most recent run before ``tick``, if still active (a
+    schedule's jobs are its owner's)."""
+    prefix = board.keys.fire(user, name)
+    res = board.store.range(prefix, board.keys.fire(user, name, tick), limit=5, descending=True)
     for kv in res.kvs:
         fired = codec.unpack(kv.value)
         if not str(fired.get("state", "")).startswith("posted") and fired.get("state") != "firing":
-            continue
-        try:
-            user = board.owner(fired["job"])
-        except NotFound:
             continue
         found = board.load(board.keys.job(user, fired["job"]))
         if found and found[0]["state"] in (states.PENDING, states.RUNNING):
@@ -230,37 +235,37 @@ def unfinished(board: Board, older_than: float = 5.0) -> list[tuple[dict[str, An
     """Fires left ``firing`` by a node that died before posting (for the sweeper)."""
     out = []
     now = time.time()
-    for kv in board.store.iter_prefix(board.keys.fire("")[:-1]):
+    for kv in board.store.iter_prefix(board.keys.namespace + "fires/"):
         fired = codec.unpack(kv.value)
         if fired.get("state") == "firing" and now - fired.get("at", now) > older_than:
-            name = kv.key[len(board.keys.fire("")[:-1]):].split("/")[0]
+            user, name = board.keys.strip(kv.key).split("/")[1:3]
             try:
-                schedule, _ = get(board, name)
+                schedule, _ = get(board, user, name)
             except NotFound:
                 continue
             out.append((schedule, fired["tick"], fired))
     return out
 
 
-def listing(board: Board, now: float | None = None) -> list[dict[str, Any]]:
-    """Every schedule as stored, with its zone, ``etag``, ``next`` and ``last`` tick."""
-    return [_described(board, kv, now) for kv in board.store.iter_prefix(board.keys.schedule())]
+def listing(board: Board, user: str, now: float | None = None) -> list[dict[str, Any]]:
+    """Every schedule of ``user`` as stored, with its zone, ``etag``, ``next`` and ``last`` tick."""
+    return [_described(board, kv, now) for kv in board.store.iter_prefix(board.keys.schedule(user))]
 
 
 def _described(board: Board, kv: Any, now: float | None) -> dict[str, Any]:
-    value = codec.unpack(kv.value)
+    value = owned(board, kv)
     value["tz"] = zone_of(value)
     value["etag"] = kv.mod_revision
     value["next"] = None if value.get("paused") else next_fire_or_none(value, now)
     value["never"] = not value.get("paused") and value["next"] is None
-    value["last"] = last_fired(board, value["name"])
+    value["last"] = last_fired(board, value["user"], value["name"])
     return value
 
 
-def fires(board: Board, name: str, limit: int = 20) -> list[dict[str, Any]]:
+def fires(board: Board, user: str, name: str, limit: int = 20) -> list[dict[str, Any]]:
     """The schedule's last ``limit`` fire records, newest first: each has ``tick`` and ``state``
     (``firing``, ``posted...``, ``skipped: ...`` or ``missed``, the last with ``from`` and ``count``)."""
-    prefix = board.keys.fire(name)
+    prefix = board.keys.fire(user, name)
     res = board.store.range(prefix, _end(prefix), limit=max(0, limit), descending=True)
     out = []
     for kv in res.kvs:
@@ -270,10 +275,10 @@ def fires(board: Board, name: str, limit: int = 20) -> list[dict[str, Any]]:
     return out
 
 
-def show(board: Board, name: str, limit: int = 20, now: float | None = None) -> dict[str, Any]:
+def show(board: Board, user: str, name: str, limit: int = 20, now: float | None = None) -> dict[str, Any]:
     """A schedule as :func:`listing` gives it, with its last ``limit`` fire records under ``fires``;
     raises NotFound."""
-    _, kv = get(board, name)
+    _, kv = get(board, user, name)
     value = _described(board, kv, now)
-    value["fires"] = fires(board, name, limit)
+    value["fires"] = fires(board, user, name, limit)
     return value

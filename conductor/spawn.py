@@ -63,6 +63,6 @@ def stage(board: Board, claimed: Claimed, data: bytes, node: str) -> Stager:
              for i, item in enumerate(items)]
     stager = Stager(board, task["user"], target["id"], token=f"spawn-{task['id']}-{task['attempts']}")
     if specs:
-        guard = [created_at(board.keys.claim(task["id"]), claimed.claim_rev)]
+        guard = [created_at(board.keys.claim(task["user"], task["id"]), claimed.claim_rev)]
         stager.stage(specs, guard)
     return stager

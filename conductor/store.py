@@ -543,6 +543,19 @@ class Store:
             done.append(f"{host}:{port}")
         return done
 
+    # ---- users and roles (etcd's Auth service; root only, except as etcd says) ---------------------
+
+    def auth_call(self, method: str, what: str, **fields: Any) -> Any:
+        """One call of etcd's Auth service by Conductor's name for it (``UserAdd``, ``RoleAdd``,
+        ``RoleGrantPermission``... see ``etcdpb.AUTH_CALLS``), fields as keyword arguments;
+        ``perm=(type, key, range_end)`` builds the permission. Not retried. Raises PermissionDenied
+        (not root), AuthFailed, and StoreError with etcd's words (a user that exists...)."""
+        request_cls = etcdrpc.AUTH_MESSAGES[method][0]
+        if "perm" in fields:
+            kind, key, end = fields.pop("perm")
+            fields["perm"] = etcdrpc.Permission(permType=kind, key=key.encode(), range_end=end.encode())
+        return self._call(getattr(self._maint, method), request_cls(**fields), what)
+
     # ---- membership (etcd's Cluster service) ------------------------------------------------------
 
     def members(self) -> list[dict[str, Any]]:

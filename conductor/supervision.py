@@ -113,10 +113,11 @@ class Supervision:
         self._send(("lease", lease_id, sent))
 
     def spawn(self, handle: str, argv: list[str], env: dict[str, str], cwd: str | None, log_path: str,
-              timeout: float | None, grace: float) -> None:
+              timeout: float | None, grace: float, secrets: list[str] | None = None) -> None:
         """Start a task; ``started``/``exited`` events follow (``exited`` with why ``start_failed:...``
-        when it could not start). ``timeout`` kills it (SIGTERM, SIGKILL after ``grace``)."""
-        self._send(("spawn", handle, argv, env, cwd, log_path, timeout, grace))
+        when it could not start). ``timeout`` kills it (SIGTERM, SIGKILL after ``grace``). Its output
+        goes through :class:`conductor.masking.Masker` when it has ``secrets``."""
+        self._send(("spawn", handle, argv, env, cwd, log_path, timeout, grace, secrets or None))
 
     def kill(self, handle: str, why: str, grace: float) -> None:
         """SIGTERM to the task's group and descendants now, SIGKILL after ``grace`` seconds."""

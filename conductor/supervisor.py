@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .masking import Masker
+
 _HEADER = struct.Struct(">I")
 PR_SET_CHILD_SUBREAPER = 36
 # a task starts with every signal at its default action, even those the conductor ignores or
@@ -91,9 +93,9 @@ def seal_inherited_fds() -> None:
                 pass
 
 
-def spawn(argv: list[str], env: dict[str, str], cwd: str | None, log_path: str) -> int:
+def spawn(argv: list[str], env: dict[str, str], cwd: str | None, log_path: str, out_fd: int | None = None) -> int:
     """Start ``argv`` as the leader of a new session, stdin from /dev/null, stdout and stderr to
-    ``log_path`` (created or truncated). The executable is looked up on the task's own PATH; a
+    ``log_path`` (created or truncated), or to ``out_fd`` (a masking pipe). The executable is looked up on the task's own PATH; a
     missing one raises FileNotFoundError naming it. Returns the pid (= its process group)."""
     if not _sealed:
         seal_inherited_fds()
@@ -105,9 +107,9 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str | None, log_path: str) 
         path = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
         if path is None:
             raise FileNotFoundError(2, "No such file or directory", argv[0])
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-                   (os.POSIX_SPAWN_DUP2, 1, 2)]
+        stdout = ((os.POSIX_SPAWN_DUP2, out_fd, 1) if out_fd is not None
+                  else (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), stdout, (os.POSIX_SPAWN_DUP2, 1, 2)]
         return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True, setsigmask=(),
                               setsigdef=DEFAULT_SIGNALS)
     finally:
@@ -174,6 +176,7 @@ class Task:
     handle: str
     pid: int
     why: str | None = None  # why we signalled it first: "timeout", "fenced", or the conductor's word
+    masker: Masker | None = None  # copies its output to its log with secrets masked
 
 
 class Supervisor:
@@ -304,19 +307,24 @@ class Supervisor:
     # ---- tasks -----------------------------------------------------------------------------------
 
     def _spawn(self, handle: str, argv: list[str], env: dict[str, str], cwd: str | None, log_path: str,
-               timeout: float | None, grace: float) -> None:
+               timeout: float | None, grace: float, secrets: list[str] | None = None) -> None:
         if self.fenced or self.closing:
             self.send("exited", handle, None, 0.0, time.time(), "fenced")
             return
+        masker = Masker(secrets, log_path) if secrets else None
         try:
-            pid = spawn(argv, env, cwd, log_path)
+            pid = spawn(argv, env, cwd, log_path, masker.write_fd if masker else None)
         except (OSError, ValueError) as exc:
+            if masker is not None:
+                masker.started()
             reason = getattr(exc, "strerror", None) or str(exc)
             if isinstance(exc, OSError) and exc.filename:
                 reason += f": {exc.filename}"
             self.send("exited", handle, None, 0.0, time.time(), f"start_failed:{reason}")
             return
-        self.tasks[pid] = Task(handle, pid)
+        if masker is not None:
+            masker.started()
+        self.tasks[pid] = Task(handle, pid, masker=masker)
         self.handles[handle] = pid
         self.send("started", handle, pid, time.time())
         if timeout:
@@ -363,6 +371,8 @@ class Supervisor:
                 os.killpg(pid, signal.SIGKILL)  # whatever is left of its group
             except (ProcessLookupError, PermissionError):
                 pass
+            if task.masker is not None:
+                task.masker.finish()  # the log holds all the task wrote before the conductor reads it
             self.send("exited", task.handle, status, usage.ru_utime + usage.ru_stime, time.time(), task.why)
 
     def kill_all(self, why: str, tag: str) -> None:

@@ -11,9 +11,9 @@ import json
 import time
 from typing import Any
 
-from . import batch, codec, ids, model, placement, states
+from . import batch, codec, ids, model, owners, placement, states
 from .board import Board
-from .errors import InvalidSpec, NotFound
+from .errors import InvalidSpec, NotFound, PermissionDenied
 from .keys import Keys
 from .ops import KV, Get
 from .store import Store
@@ -42,7 +42,7 @@ def job_counts(store: Store, keys: Keys, jobs: list[dict[str, Any]]) -> list[dic
     ops: list[Get] = []
     for job in jobs:
         user, jid, prefix = job["user"], job.get("job", job["id"]), job["id"] + "."
-        ops += [Get.count(keys.ready(prefix)), Get.count(keys.claim(prefix))]
+        ops += [Get.count(keys.ready(user, prefix)), Get.count(keys.claim(user, prefix))]
         ops += [Get.count(keys.tally(user, jid, s, prefix)) for s in (states.COMPLETED, states.ERRORED, states.SKIPPED)]
     results: list[int] = []
     for group in batch.fit_ops(ops):  # each group one snapshot; groups in order
@@ -71,8 +71,7 @@ def list_jobs(board: Board, *, user: str | None = None, all_users: bool = False,
     """Jobs newest first, filtered, with progress counts."""
     store, keys = board.store, board.keys
     if all_users:
-        index = store.scan(keys.index(), keys_only=False)[0]
-        users = sorted({codec.unpack(kv.value)["user"] for kv in index})
+        users = owners.users(store, keys)  # admins and nodes only: etcd refuses others
     else:
         users = [user or ""]
     found: list[dict[str, Any]] = []
@@ -231,7 +230,7 @@ def _read_tasks(store: Store, keys: Keys, user: str, wanted: list[tuple[str, int
 def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
     store, keys = board.store, board.keys
     snap = store.read([Get(keys.task(user, task_id)), Get(keys.result(user, task_id)), Get(keys.log(user, task_id)),
-                       Get(keys.claim(task_id))])
+                       Get(keys.claim(user, task_id))])
     task_r, result_r, log_r, claim_r = snap.responses
     if not task_r.kvs:
         raise NotFound(f"no task {task_id}")
@@ -258,7 +257,7 @@ def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
 
 def list_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
     """Live nodes with their facts and the slots their claims use now."""
-    snap = store.read([Get.prefix(keys.node()), Get.prefix(keys.claim())])
+    snap = store.read([Get.prefix(keys.node()), Get.prefix(keys.q("claims"))])
     used: dict[str, int] = {}
     for kv in snap.responses[1].kvs:
         node = str(codec.unpack(kv.value).get("node"))
@@ -274,20 +273,27 @@ def list_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
 
 # ---- why queued tasks wait ------------------------------------------------------------------------
 
-def live_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
-    """The node keys (each on its node's lease, so only live nodes have one), as their values."""
-    return [codec.unpack(kv.value) for kv in store.iter_prefix(keys.node())]
+def live_nodes(store: Store, keys: Keys) -> list[dict[str, Any]] | None:
+    """The node keys (each on its node's lease, so only live nodes have one), as their values;
+    None for a user who may not see nodes (etcd auth on, not an admin)."""
+    try:
+        return [codec.unpack(kv.value) for kv in store.iter_prefix(keys.node())]
+    except PermissionDenied:
+        return None
 
 
-def task_waiting(task: dict[str, Any], nodes: list[dict[str, Any]]) -> str | None:
-    """Why no live node can hold ``task`` (``waiting: ...``), or None (see placement.why_waiting)."""
+def task_waiting(task: dict[str, Any], nodes: list[dict[str, Any]] | None) -> str | None:
+    """Why no live node can hold ``task`` (``waiting: ...``), or None (see placement.why_waiting);
+    None too when the nodes cannot be seen."""
+    if nodes is None:
+        return None
     return placement.why_waiting(task.get("needs") or {}, nodes, container=bool(task.get("image")))
 
 
 class _Judge:
     """task_waiting, once per distinct (needs, container): a layer's tasks mostly share them."""
 
-    def __init__(self, nodes: list[dict[str, Any]]):
+    def __init__(self, nodes: list[dict[str, Any]] | None):
         self.nodes = nodes
         self.seen: dict[str, str | None] = {}
 
@@ -310,7 +316,7 @@ def add_waiting(store: Store, keys: Keys, layers: list[dict[str, Any]]) -> None:
     if not judged:
         return
     judge = _Judge(live_nodes(store, keys))
-    samples = _ready_samples(store, keys, [layer["id"] for layer in judged])
+    samples = _ready_samples(store, keys, [(layer["user"], layer["id"]) for layer in judged])
     for layer in judged:
         for task in page_queued[layer["id"]]:
             task["waiting"] = judge(task)
@@ -318,10 +324,10 @@ def add_waiting(store: Store, keys: Keys, layers: list[dict[str, Any]]) -> None:
         layer["waiting"] = next((r for r in reasons if r), None)
 
 
-def _ready_samples(store: Store, keys: Keys, layer_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+def _ready_samples(store: Store, keys: Keys, layer_ids: list[tuple[str, str]]) -> dict[str, list[dict[str, Any]]]:
     """{layer id: up to WAITING_SAMPLE of its queued tasks}, from their ready markers (which hold
     the task value), in snapshots that fit etcd's limits."""
-    gets = [Get.prefix(keys.ready(lid + "."), limit=WAITING_SAMPLE) for lid in layer_ids]
+    gets = [Get.prefix(keys.ready(user, lid + "."), limit=WAITING_SAMPLE) for user, lid in layer_ids]
     found: dict[str, list[dict[str, Any]]] = {}
     for group in batch.fit_ops(gets):
         for response in store.read([op for op in group if isinstance(op, Get)]).responses:

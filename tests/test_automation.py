@@ -48,7 +48,7 @@ def test_schedule_fires_once_per_tick_across_three_skewed_conductors_through_a_r
     assert set(counts.values()) == {1}, f"a tick fired more than once: {counts}"
     assert all(b - a == 2 for a, b in zip(ticks, ticks[1:])), f"a tick was missed: {ticks}"
     assert ticks[0] - start < 3
-    fires = client.store.scan(client.keys.fire("every2"))[0]
+    fires = client.store.scan(client.keys.fire(client.user, "every2"))[0]
     assert len(fires) == len(ticks), "one fire key per tick (the node whose clock runs ahead wins them)"
 
 
@@ -58,7 +58,7 @@ def test_forbid_skips_ticks_while_the_previous_run_is_active(client, shared_etcd
     client.add_schedule("slowly", EVERY_2S, "slow", overlap="forbid")
     time.sleep(11)
     client.pause_schedule("slowly")
-    fires = [codec.unpack(kv.value) for kv in client.store.scan(client.keys.fire("slowly"))[0]]
+    fires = [codec.unpack(kv.value) for kv in client.store.scan(client.keys.fire(client.user, "slowly"))[0]]
     states = [f["state"] for f in fires]
     skipped = [s for s in states if s.startswith("skipped")]
     posted = [s for s in states if s == "posted"]
@@ -73,7 +73,7 @@ def test_forbid_skips_ticks_while_the_previous_run_is_active(client, shared_etcd
 def test_catch_up_fires_missed_ticks_once_each(client, shared_etcd, start_nodes):
     client.add_template(template("catch"))
     client.add_schedule("missed", EVERY_2S, "catch", catch_up=10)
-    created = client.store.get(client.keys.schedule("missed"))
+    created = client.store.get(client.keys.schedule(client.user, "missed"))
     time.sleep(7)  # no conductor runs: three or four ticks are missed
     start_nodes(shared_etcd.endpoint, 2)
     time.sleep(2)
@@ -226,7 +226,7 @@ def test_a_secret_never_appears_in_stored_records_or_cli_output(client, shared_e
     outputs = [conductor_cli(*args, *common) for args in (
         ["show"], ["show", "--json"], ["show", job], ["show", job, "--json"], ["show", f"{job}.0.0"],
         ["show", f"{job}.0.0", "--json"], ["logs", f"{job}.0.0"], ["result", "get", f"{job}.0.0"])]
-    outputs.append(conductor_cli("template", "show", "uses-secret", *common[:4]))
+    outputs.append(conductor_cli("template", "show", "uses-secret", *common))
     for run in outputs:
         assert run.returncode == 0, run.stderr
         assert secret not in run.stdout + run.stderr
@@ -255,7 +255,7 @@ def test_docs_examples_run(client, shared_etcd, start_nodes, tmp_path):
     run = conductor_cli("schedule", "add", "nightly", "--cron", "0 2 * * *", "--template", "report", "-p",
                         "day=today", *common)
     assert run.returncode == 0, run.stderr
-    listing = json.loads(conductor_cli("schedule", "list", "--json", *common[:4]).stdout)
+    listing = json.loads(conductor_cli("schedule", "list", "--json", *common).stdout)
     assert listing[0]["name"] == "nightly" and listing[0]["next"] > time.time()
 
 

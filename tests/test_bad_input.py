@@ -228,11 +228,11 @@ def test_a_job_bigger_than_one_request_is_posted_whole(shared_etcd, namespace, t
     assert client.store.count(client.keys.pending()) == 0, "the head deleted the pending marker"
     job = codec.unpack(client.store.get(client.keys.job(user, job_id)).value)
     assert job["state"] == "RUNNING" and [s["tasks"] for s in job["layers"]] == [120, 1]
-    assert client.store.count(client.keys.ready(job_id + ".0.")) == 120, "its first layer is queued"
+    assert client.store.count(client.keys.ready(user, job_id + ".0.")) == 120, "its first layer is queued"
 
 
 def _owner(client: Any, job_id: str) -> str:
-    return codec.unpack(client.store.get(client.keys.index(job_id)).value)["user"]
+    return client.board.owner(job_id)
 
 
 class _Failing(Board):
@@ -280,7 +280,7 @@ def test_a_post_that_dies_half_way_is_collected_and_a_whole_job_is_not(client):
 
 def test_collect_drops_a_stale_marker_of_a_job_that_exists(client):
     job_id = client.board.post(spec.validate_job(_bulky(5, 10)), "tester")
-    marker = client.keys.pending(job_id)
+    marker = client.keys.pending("tester", job_id)
     client.store.put(marker, codec.pack({"user": "tester", "at": time.time() - 3600}))
     before = len(_job_keys(client, job_id))
     assert partial.collect(client.board, grace=0) == []
@@ -290,7 +290,7 @@ def test_collect_drops_a_stale_marker_of_a_job_that_exists(client):
 # ---- cron rules that never fire ------------------------------------------------------------------
 
 def test_a_cron_rule_that_never_fires(shared_etcd, namespace, client, start_nodes):
-    common = ["--etcd", shared_etcd.endpoint, "--namespace", namespace]
+    common = ["--etcd", shared_etcd.endpoint, "--namespace", namespace, "--user", "tester"]
     run = conductor_cli("schedule", "add", "feb30", "--cron", "0 0 30 2 *", "--template", "t", *common)
     assert run.returncode == 2 and "Traceback" not in run.stderr and len(run.stderr.splitlines()) == 1, run.stderr
     assert "--cron: '0 0 30 2 *' never fires" in run.stderr
@@ -298,14 +298,14 @@ def test_a_cron_rule_that_never_fires(shared_etcd, namespace, client, start_node
     # one stored before add refused such rules: listed as never, warned about once, others still fire
     client.add_template({"name": "t", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
     client.add_schedule("every-second", "* * * * * *", "t")
-    client.store.put(client.keys.schedule("feb30"), codec.pack({
+    client.store.put(client.keys.schedule(client.user, "feb30"), codec.pack({
         "name": "feb30", "cron": "0 0 30 2 *", "template": "t", "params": {}, "overlap": "allow", "catch_up": 0,
         "paused": False, "by": "tester", "created": time.time()}))
     run = conductor_cli("schedule", "list", *common)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     assert "feb30  0 0 30 2 * UTC  -> t  never fires" in run.stdout
     node = start_nodes(shared_etcd.endpoint, 1)[0]
-    wait_for(lambda: client.store.count(client.keys.fire("every-second")) >= 4, timeout=30,
+    wait_for(lambda: client.store.count(client.keys.fire(client.user, "every-second")) >= 4, timeout=30,
              what="the good schedule fires while the broken one is stored")
     log = node.log()
     assert "Traceback" not in log
@@ -345,7 +345,7 @@ def test_kill9_of_a_real_post_mid_way_is_collected(shared_etcd, namespace, tmp_p
     job_id = first.key.rsplit("/", 1)[1].split(".")[0]
     if client.store.get(client.keys.job("tester", job_id)) is not None:
         pytest.skip("the post finished before it could be killed")
-    assert client.store.get(client.keys.pending(job_id)) is not None, "a dead post leaves its marker"
+    assert client.store.get(client.keys.pending("tester", job_id)) is not None, "a dead post leaves its marker"
     assert partial.collect(client.board, grace=0) == [job_id]
     assert client.store.count(client.keys.namespace) == 0
 

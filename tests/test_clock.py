@@ -92,7 +92,7 @@ def _nodes_json(endpoint: str, namespace: str) -> dict[str, dict]:
 
 
 def _fires(client, schedule: str) -> list[dict]:
-    return [codec.unpack(kv.value) for kv in client.store.scan(client.keys.fire(schedule))[0]]
+    return [codec.unpack(kv.value) for kv in client.store.scan(client.keys.fire(client.user, schedule))[0]]
 
 
 def test_a_node_8_days_ahead_removes_no_recent_job_and_fires_nothing(client, shared_etcd, start_nodes):

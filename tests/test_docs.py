@@ -171,3 +171,29 @@ def test_keyspace_decoding_example_runs(client, shared_etcd):
     assert run.returncode == 0, run.stderr
     stored = client.job(job)
     assert run.stdout.splitlines() == [f"{job} {stored['state']} {stored['records'][-1]['reason']}"]
+
+
+# ---- who may read and write (docs/keyspace.md, conductor.roles) ---------------------------------
+
+ROLES_HEADER = ["kind", "user", "node", "admin"]
+
+
+def documented_user_access() -> dict[str, str]:
+    """The roles table of docs/keyspace.md as ``conductor.roles.USER_ACCESS`` spells it."""
+    tables = _tables((DOCS / "keyspace.md").read_text(encoding="utf-8"), ROLES_HEADER)
+    assert len(tables) == 1, "docs/keyspace.md must hold exactly one | kind | user | node | admin | table"
+    spelled = {"read, write": "rw", "read": "r", "none": ""}
+    out = {}
+    for kind, user, node, admin in tables[0][1]:
+        assert (node, admin) == ("read, write", "read, write"), f"{kind}: nodes and admins read and write everything"
+        assert user in spelled, f"{kind}: user access must be one of {sorted(spelled)}, not {user!r}"
+        out[_code(kind)] = spelled[user]
+    return out
+
+
+def test_roles_table_matches_code() -> None:
+    from conductor import roles
+
+    documented = documented_user_access()
+    assert set(documented) == set(keys.LAYOUT), "the roles table lists every key kind, once"
+    assert documented == {k: roles.USER_ACCESS.get(k, "") for k in keys.LAYOUT}

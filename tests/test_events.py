@@ -79,10 +79,10 @@ def test_creation_deletion_nodes_and_fires() -> None:
     assert transitions(K, Event("put", kv("nodes/n1", node, 5, 2), kv("nodes/n1", node, 4))) == []
     assert [r["state"] for r in transitions(K, Event("delete", kv("nodes/n1", None, 6)))] == ["left"]
     firing = {"state": "firing", "job": JOB, "node": "n1", "at": 1.0, "tick": 60}
-    [fired] = transitions(K, Event("put", kv("fires/s/000000000060", firing, 7)))
+    [fired] = transitions(K, Event("put", kv("fires/ann/s/000000000060", firing, 7)))
     assert (fired["kind"], fired["id"], fired["state"], fired["job"]) == ("fire", "s/000000000060", "firing", JOB)
-    done = Event("put", kv("fires/s/000000000060", {**firing, "state": "posted", "done": 2.0}, 8, 2),
-                 kv("fires/s/000000000060", firing, 7))
+    done = Event("put", kv("fires/ann/s/000000000060", {**firing, "state": "posted", "done": 2.0}, 8, 2),
+                 kv("fires/ann/s/000000000060", firing, 7))
     assert [(r["from"], r["state"], r["at"]) for r in transitions(K, done)] == [("firing", "posted", 2.0)]
     for other in ("q/claims/x", f"users/ann/logs/{JOB}.0.0", "index/x", "nodes/", f"users/ann/tally/{JOB}/C/x"):
         assert transitions(K, Event("put", kv(other, {"a": 1}, 9))) == []

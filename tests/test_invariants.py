@@ -18,7 +18,7 @@ from harness import wait_for
 
 
 def ready_entries(store: Store, keys: Keys) -> list[Ready]:
-    return [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.ready())[0]]
+    return [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
 
 
 def one_task_job(board: Board, **task) -> str:
@@ -41,8 +41,8 @@ def test_fenced_finish_commits_nothing_once_the_claim_is_gone(client: Client):
     assert store.count(keys.tally("u", job)) == 0
     # someone else may now recover it, exactly once
     other = Claims(store, keys, "node-b")
-    assert other.recover(held.id, lease) == states.QUEUED
-    assert other.recover(held.id, lease) is None
+    assert other.recover("u", held.id, lease) == states.QUEUED
+    assert other.recover("u", held.id, lease) is None
     [again], _ = other.claim(ready_entries(store, keys), store.grant(5))
     assert again.task["attempts"] == 2
 
@@ -83,7 +83,7 @@ def test_a_big_job_is_never_seen_half_written(client: Client):
     assert len(task_revs) == n + 1, "every task was written before the job appeared"
     assert len({r for r in task_revs.values()}) > 1, "the job was split into several transactions"
     assert client.job(job)["tasks"] == n + 1
-    assert store.count(keys.ready(job + ".0.")) == n, "its first layer was queued after"
+    assert store.count(keys.ready(client.user, job + ".0.")) == n, "its first layer was queued after"
 
 
 def test_bounded_storage_result_cap_log_tail_and_records(client: Client, shared_etcd, start_nodes):
@@ -131,8 +131,8 @@ def test_orphans_are_found_from_run_markers(client: Client):
     [held], _ = claims.claim(ready_entries(store, keys), lease)
     assert claims.orphans() == []
     store.revoke(lease)
-    assert claims.orphans() == [(held.id, lease)]
-    assert Claims(store, keys, "rescuer").recover(held.id, lease) == states.QUEUED, "a lost node is no failure"
+    assert claims.orphans() == [("u", held.id, lease)]
+    assert Claims(store, keys, "rescuer").recover("u", held.id, lease) == states.QUEUED, "a lost node is no failure"
     assert claims.orphans() == []
     task = codec.unpack(store.get(keys.task("u", held.id)).value)
     assert "node gone was lost" in task["records"][-1]["reason"]
@@ -166,7 +166,7 @@ def test_values_keep_unknown_fields(client: Client):
     value = codec.unpack(kv.value)
     value["from_the_future"] = {"x": 1}
     data = codec.pack(value)
-    store.txn([], [Put(key, data), Put(keys.ready(f"{job}.0.0"), data)])
+    store.txn([], [Put(key, data), Put(keys.ready("u", f"{job}.0.0"), data)])
     claims, lease = Claims(store, keys, "n"), store.grant(10)
     [held], _ = claims.claim(ready_entries(store, keys), lease)
     claims.finish([(held, Outcome(Cause.EXIT, "exit 0", 0))])
@@ -205,7 +205,7 @@ def test_an_orphaned_task_keeps_its_layer_open(client: Client):
     store.revoke(lease)  # claim gone, run marker left: an orphan
     assert board.settle(job, "u") is False
     assert ready_entries(store, keys) == [], "the next layer did not start"
-    assert Claims(store, keys, "rescuer").recover(held.id, lease) == states.QUEUED
+    assert Claims(store, keys, "rescuer").recover("u", held.id, lease) == states.QUEUED
     [again], _ = claims.claim(ready_entries(store, keys), store.grant(5))
     claims.finish([(again, Outcome(Cause.EXIT, "exit 0", 0))])
     assert board.settle(job, "u")

@@ -78,13 +78,13 @@ def test_a_full_etcd_is_said_once_shown_refused_and_recovered(small_etcd, namesp
         assert shown.returncode == 0 and "etcd alarm: NOSPACE" in shown.stdout, shown.stdout + shown.stderr
         listed = conductor_cli("show", *common)
         assert listed.returncode == 0 and "etcd alarm: NOSPACE" in listed.stderr
-        jobs_before = client.store.count(client.keys.index())
+        jobs_before = client.store.count(client.keys.job(client.user))
         refused = '{"name": "refused", "layers": [{"tasks": [{"cmd": ["true"]}]}]}'
         post = conductor_cli("post", *common, "-", input=refused)
         assert post.returncode == NoSpace.exit_code, post.stderr
         assert post.stderr.startswith("error: etcd is out of space (NOSPACE alarm)") and "Traceback" not in post.stderr
         assert "conductor gc" in post.stderr, "the error says how to recover"
-        assert client.store.count(client.keys.index()) == jobs_before, "nothing was written"
+        assert client.store.count(client.keys.job(client.user)) == jobs_before, "nothing was written"
 
         filler.delete_prefix("/filler/")
         recover = conductor_cli("gc", *common, "--compact", "--defrag", "--disarm")

@@ -124,12 +124,12 @@ def test_the_sweeper_repairs_a_missed_settle_and_a_missed_orphan(client: Client,
     store, keys = client.store, client.keys
     job = client.post({"name": "unsettled", "layers": [{"tasks": [{"cmd": ["true"]}]}, {"tasks": [{"cmd": ["true"]}]}]})
     claims = Claims(store, keys, "ghost")
-    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.ready())[0]]
+    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
     got, _ = claims.claim(ready, store.grant(30))
     claims.finish([(c, Outcome(Cause.EXIT, "exit 0", 0)) for c in got])  # finished, never settled
     orphan = client.post({"name": "orphaned", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
     lease = store.grant(2)
-    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.ready())[0]]
+    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
     claims.claim(ready, lease)
     store.revoke(lease)  # its "node" is gone before any conductor watched
     assert client.job(job)["state"] == "RUNNING" and client.task(f"{orphan}.0.0")["state"] == "RUNNING"
@@ -169,7 +169,7 @@ def test_a_node_cut_off_from_etcd_kills_its_task_before_its_lease_can_expire(etc
 def test_values_written_by_users_never_crash_a_node(client: Client, shared_etcd, start_nodes, unused):
     """Garbage in the watched prefix (a user with etcdctl) is not a node's bug: it is skipped."""
     node = start_nodes(shared_etcd.endpoint, 1)[0]
-    client.store.txn([], [Put(client.keys.ready("not-a-task"), b"\xc1garbage")])
+    client.store.txn([], [Put(client.keys.ready(client.user, "not-a-task"), b"\xc1garbage")])
     job = client.post({"name": "after", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
     assert client.wait(job, timeout=30)["state"] == "COMPLETED"
     assert node.alive()

@@ -20,14 +20,14 @@ def bulky(count: int) -> list[dict[str, Any]]:
 
 
 def ready_ids(client: Client) -> list[str]:
-    return sorted(kv.key.rsplit("/", 1)[1] for kv in client.store.scan(client.keys.ready(), keys_only=True)[0])
+    return sorted(kv.key.rsplit("/", 1)[1] for kv in client.store.scan(client.keys.q("ready"), keys_only=True)[0])
 
 
 def finish_ready(client: Client, ok: bool = True) -> None:
     """Claim and finish every ready task as one node would (real claims, real fenced finishes)."""
     store, keys = client.store, client.keys
     claims = Claims(store, keys, "n")
-    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.ready())[0]]
+    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
     for start in range(0, len(ready), 16):
         got, _ = claims.claim(ready[start:start + 16], store.grant(30))
         claims.finish([(c, Outcome(Cause.EXIT, "exit 0" if ok else "exit 1", 0 if ok else 1)) for c in got])
@@ -64,7 +64,7 @@ def test_uncommitted_staged_tasks_are_deleted_not_queued_by_the_settle(client: C
     assert ready_ids(client) == [f"{job}.1.0", f"{job}.1.1"]
     assert client.store.get(client.keys.task(client.user, orphan)) is None, "the uncommitted task is deleted"
     layer_kv = client.store.get(client.keys.layer(client.user, f"{job}.1"))
-    ready_kv = client.store.get(client.keys.ready(f"{job}.1.0"))
+    ready_kv = client.store.get(client.keys.ready(client.user, f"{job}.1.0"))
     assert codec.unpack(layer_kv.value)["enqueued"] and ready_kv.mod_revision == layer_kv.mod_revision, \
         "the layer was started and queued by one settle transaction (inline)"
     finish_ready(client)

@@ -122,11 +122,11 @@ def test_a_real_conductor_fires_a_rule_read_in_a_zone_and_records_missed_ticks(c
     jobs = [j for j in client.jobs(limit=0) if (j.get("source") or {}).get("schedule") == "k"]
     assert sorted(j["source"]["tick"] for j in jobs) == sorted(f["tick"] for f in posted), "one job per posted tick"
     assert {j["source"]["tz"] for j in jobs} == {"Asia/Kolkata"}
-    shown = conductor_cli("schedule", "show", "k", *common[:4])
+    shown = conductor_cli("schedule", "show", "k", *common, "--user", client.user)
     assert shown.returncode == 0, shown.stderr
     assert "* * * * * */2 Asia/Kolkata" in shown.stdout and " IST  posted  job " in shown.stdout
     assert f"missed {missed[0]['count']} tick(s) from {ticks.local(missed[0]['from'], 'Asia/Kolkata')}" in shown.stdout
-    as_json = json.loads(conductor_cli("schedule", "show", "k", "--fires", "2", "--json", *common[:4]).stdout)
+    as_json = json.loads(conductor_cli("schedule", "show", "k", "--fires", "2", "--json", *common, "--user", client.user).stdout)
     assert as_json["tz"] == "Asia/Kolkata" and len(as_json["fires"]) == 2
-    stored = codec.unpack(client.store.get(client.keys.schedule("k")).value)
+    stored = codec.unpack(client.store.get(client.keys.schedule(client.user, "k")).value)
     assert stored["tz"] == "Asia/Kolkata"
