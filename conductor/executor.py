@@ -114,6 +114,12 @@ class Run:
         self.supervision.spawn(self.handle, self.argv or argv_of(self.claimed.task), self.env, self.cwd,
                                self.log_path, self.claimed.task.get("timeout"), self.limits.grace)
 
+    def finish_unstarted(self, outcome: Outcome) -> None:
+        """Hand on an outcome reached without starting the process (a cache hit, taskcache.py):
+        its log and result are what the caller wrote to this run's files."""
+        self.started = outcome.started or now()
+        self._finish(outcome)
+
     def on_started(self, pid: int) -> None:
         self.pid = pid
 

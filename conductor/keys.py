@@ -36,6 +36,7 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "fire": ("fires/<schedule>/<tick>", False, "one per tick: the first node to create it fires it"),
     "outbox": ("outbox/<job>/<entry>", False, "a message to send, written when a job or layer ends"),
     "join": ("joins/<template>/<key>", False, "the messages a join template has received this round"),
+    "memo": ("memo/<user>/<key>", False, "a cached task result: which run, when, its TTL and result (taskcache.py)"),
     "cluster_token": ("cluster/tokens/<id>", True, "a join token of a laptop cluster: its secret's SHA-256, expiry"),
 }
 
@@ -92,6 +93,9 @@ class Keys:
 
     def join(self, template: str, key: str = "") -> str:
         return self._k(f"joins/{template}/{key}")
+
+    def memo(self, user: str = "", key: str = "") -> str:
+        return self._k(f"memo/{user}/{key}" if user else "memo/")
 
     def cluster_token(self, token_id: str = "") -> str:
         return self._k(f"cluster/tokens/{token_id}")
