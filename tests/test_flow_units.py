@@ -188,3 +188,9 @@ def test_the_plan_starts_compensation_when_the_job_fails_and_keeps_it_active():
     assert p.job["compensation"]["state"] == states.ERRORED and p.job["state"] == states.ERRORED
     assert p.active == "delete"
     assert p.job["records"][-1]["reason"] == "compensation ERRORED: 1 compensation layer(s) errored"
+
+
+@pytest.mark.parametrize("page, example", [("caching.md", "cache.yaml"), ("compensation.md", "compensate.yaml")])
+def test_the_docs_show_the_examples_the_tests_post(page, example):
+    text = (ROOT / "docs" / "flow" / page).read_text()
+    assert "```yaml\n" + (ROOT / "examples" / "flow" / example).read_text() + "```" in text
