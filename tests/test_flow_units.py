@@ -194,3 +194,15 @@ def test_the_plan_starts_compensation_when_the_job_fails_and_keeps_it_active():
 def test_the_docs_show_the_examples_the_tests_post(page, example):
     text = (ROOT / "docs" / "flow" / page).read_text()
     assert "```yaml\n" + (ROOT / "examples" / "flow" / example).read_text() + "```" in text
+
+
+def test_template_inputs_fill_compensation_layers_and_reach_cache_keys_through_env():
+    from conductor import templates
+
+    job, _, _ = templates.instantiate({
+        "name": "t", "inputs": ["commit"], "env": {"COMMIT": "{commit}"},
+        "layers": [{"name": "a", "cache": {"key": "build-{COMMIT}", "ttl": "1d"}, "tasks": [{"cmd": ["make"]}]}],
+        "compensate": [{"for": "a", "tasks": [{"cmd": ["undo", "{commit}"]}]}]}, {"commit": "abc"})
+    assert job["compensate"][0]["tasks"][0]["cmd"] == ["undo", "abc"]
+    task = job["layers"][0]["tasks"][0]
+    assert taskcache.fill(task["cache"]["key"], job["env"]) == "build-abc"
