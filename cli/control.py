@@ -66,9 +66,11 @@ def kill(ids: Ids, grace: Grace = 10.0, etag: Etag = None, etcd: Etcd = None, na
 
 @app.command()
 def retry(ids: Ids, etag: Etag = None, etcd: Etcd = None, namespace: Namespace = None, user: User = None,
-          json: Json = False) -> None:
+          json: Json = False,
+          no_cache: Annotated[bool, typer.Option("--no-cache", help="Run them even when a cached result of "
+                                                 "their cache key exists.")] = False) -> None:
     """Run ERRORED (or killed) tasks again, whatever their attempt count."""
-    _act("retry", ids, etag, etcd, namespace, user, json)
+    _act("retry", ids, etag, etcd, namespace, user, json, no_cache=no_cache)
 
 
 @app.command()

@@ -107,12 +107,14 @@ def post(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - for
          param: Annotated[Optional[list[str]], typer.Option("-p", "--param", help="key=value for an input of "
                                                              "the file or template; repeat.")] = None,
          template: Annotated[bool, typer.Option("--template", help="FILE names a stored template.")] = False,
+         no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every task even when a cached result "
+                                                "of its cache key exists.")] = False,
          etcd: Etcd = None, namespace: Namespace = None, user: User = None, json: Json = False) -> None:
     """Post a job of ordered layers of tasks (or from a template); prints its id."""
     params = parse_params(param)
     with _client(etcd, namespace, user) as client:
-        job_id = (client.post_template(file, params, paused=paused) if template
-                  else client.post(file, paused=paused, params=params))
+        job_id = (client.post_template(file, params, paused=paused, no_cache=no_cache) if template
+                  else client.post(file, paused=paused, params=params, no_cache=no_cache))
         if not wait:
             render.print_json({"id": job_id}) if json else print(job_id)
             return

@@ -195,10 +195,15 @@ def job_tree_renderable(job: dict[str, Any]) -> Any:
         head += f"\n[dim]started by {started_by}[/]"
     if job.get("waiting"):
         head += f"\n{waiting(job)}"
+    comp = job.get("compensation")
+    if comp:  # docs/flow/compensation.md: its own state beside the job's
+        head += f"\ncompensation {state(comp['state'])}: {comp.get('reason', '')}"
     tree = Tree(head)
     for layer in job["layer_list"]:
         counts = layer_counts(layer)
-        branch = tree.add(f"[bold]{layer['name']}[/] {layer['id']} order {layer['order']}  "
+        where = (f"compensates {layer.get('compensates') or 'the job'}" if layer.get("compensation")
+                 else f"order {layer['order']}")
+        branch = tree.add(f"[bold]{layer['name']}[/] {layer['id']} {where}  "
                           f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}"
                           f"{'  ' + counts if counts else ''}"
                           f"{'  on_error continue' if layer.get('on_error') == 'continue' else ''}  [dim]etag {layer['etag']}[/]"

@@ -418,6 +418,9 @@ class Board:
             log.info("layer %s %s %s", layer["id"], layer["name"], t.state)
         if p.job_reason:
             log.info("job %s %s %s", p.job["id"], p.job["name"], p.job["state"])
+        if p.compensation:  # compensation.py: its state beside the job's
+            log.info("job %s %s compensation %s: %s", p.job["id"], p.job["name"], p.compensation,
+                     p.job["compensation"]["reason"])
         if p.messages:
             from . import messages
 

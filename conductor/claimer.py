@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from . import lifecycle, placement, seal, templates
+from . import compensation, lifecycle, placement, seal, taskcache, templates
 from .claims import Claimed, Ready
 from .containers import ContainerRun
 from .errors import ConductorError, StoreError
 from .executor import Run, argv_of, task_env
+from .lifecycle import Cause, Outcome
 
 if TYPE_CHECKING:
     from .parts import Node
@@ -145,6 +146,41 @@ class Claimer:
     def forget_dir(self, job: str) -> None:
         self._dirs.pop(job, None)
 
+    def _from_cache(self, c: Claimed) -> bool:
+        """Complete a claimed task from a cached run's result instead of running it (taskcache.py):
+        its log says so, its result is the cached bytes, and its finish is the ordinary fenced one.
+        False (the task runs) when there is no hit, or etcd cannot tell now: the cache only saves work."""
+        node, task = self.node, c.task
+        try:
+            hit = taskcache.lookup(node.store, node.keys, task, c.job, c.layer, time.time())
+        except StoreError as exc:
+            log.warning("task %s: cache not readable (%s); running it", task["id"], exc)
+            return False
+        if hit is None:
+            return False
+        log.info("task %s %s cache hit on %s: %s", task["id"], task["name"], node.name, hit.reason)
+        scratch = f"{self._job_dir(task['job'])}/{task['id']}.{task['attempts']}"
+        run = Run(c, {}, scratch, None, node.supervision, node.limits, node.finisher.run_done)
+        with open(run.log_path, "w") as f:
+            f.write(f"conductor: not run: {hit.reason}\n")
+        if hit.result is not None:
+            with open(run.result_path, "wb") as f:
+                f.write(hit.result)
+        node.table.add(run)
+        at = round(time.time(), 3)
+        run.finish_unstarted(Outcome(Cause.EXIT, hit.reason, 0, at, at, {"cpu": 0.0, "max_rss": None, "wall": 0.0},
+                                     cached=hit.task))
+        return True
+
+    def _failure_env(self, c: Claimed) -> dict[str, str]:
+        """CONDUCTOR_FAILED_* for a compensation task (one read of the job's errored tallies)."""
+        try:
+            failed = compensation.find_failed(self.node.store, self.node.keys, c.job)
+        except StoreError as exc:
+            log.warning("task %s: cannot read which task failed (%s)", c.id, exc)
+            failed = None
+        return compensation.failure_env(c.layer, failed, c.job)
+
     def _secrets(self, c: Claimed, env: dict[str, str]) -> tuple[list[str] | None, dict[str, str], dict[str, str]]:
         """(argv, env, secrets) with the job's secret inputs filled in, only in this process.
         Raises ConductorError when they cannot be (the task then cannot start)."""
@@ -159,9 +195,13 @@ class Claimer:
     def start(self, c: Claimed) -> None:
         node = self.node
         task = c.task
+        if task.get("cache") and self._from_cache(c):  # taskcache.py: a hit never starts the command
+            return
         log.info("task %s %s RUNNING on %s (%s)", task["id"], task["name"], node.name, lifecycle.attempt_text(task))
         extra = {"CONDUCTOR_ETCD": node.store.describe(), "CONDUCTOR_NAMESPACE": node.keys.namespace,
                  "CONDUCTOR_USER": task["user"], "CONDUCTOR_NODE": node.name, **node.store.credentials.task_env()}
+        if c.layer.get("compensation"):  # compensation.py: which task failed, and why
+            extra.update(self._failure_env(c))
         env = task_env(c, extra)
         try:
             argv, env, secrets = self._secrets(c, env)

@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, cast
 
-from . import codec, lifecycle, model
+from . import codec, lifecycle, model, taskcache
 from .batch import Group, Item, fit
 from .errors import ConductorError
 from .keys import Keys, lease_hex
@@ -226,6 +226,7 @@ class Claims:
             ops.append(Put(k.log(user, tid), codec.pack({
                 "data": o.log_tail, "size": o.log_size, "truncated": o.log_truncated,
                 "attempt": task["attempts"], "node": node, "path": o.log_path, "at": task["ended"]})))
+        ops += taskcache.memo_ops(k, task, claimed.job, claimed.layer, decision.state, o.result, node, bool(o.cached))
         extra = o.extra if isinstance(o.extra, Extra) else Extra()
         return compare + list(extra.compare), ops + list(extra.ops), Finished(claimed, task, decision.state)
 

@@ -65,10 +65,12 @@ class Client:
         return templates.instantiate(data, params or {})[0]
 
     def post(self, job: str | Path | dict[str, Any], *, paused: bool = False,
-             params: dict[str, str] | None = None) -> str:
+             params: dict[str, str] | None = None, no_cache: bool = False) -> str:
         """Validate and post a job (a file with inputs takes ``params``); returns its id. Nothing is
-        written if anything is wrong with it."""
+        written if anything is wrong with it. ``no_cache``: no task of it takes a cached result."""
         data = spec.load_file(str(job)) if isinstance(job, (str, Path)) else job
+        if no_cache:
+            data = {**data, "no_cache": True}
         normalised, meta, secrets = templates.instantiate(data, params or {})
         if paused:
             normalised["paused"] = True
@@ -95,9 +97,12 @@ class Client:
     def remove_template(self, name: str, shared: bool = False) -> None:
         messages.remove_template(self.board, name, self.user, shared)
 
-    def post_template(self, name: str, params: dict[str, str] | None = None, paused: bool = False) -> str:
+    def post_template(self, name: str, params: dict[str, str] | None = None, paused: bool = False,
+                      no_cache: bool = False) -> str:
         template = messages.get_template(self.board, name, self.user)
         data = template["data"] if not paused else {**template["data"], "paused": True}
+        if no_cache:
+            data = {**data, "no_cache": True}
         return messages.post_template(self.board, {**template, "data": data}, params or {}, self.user,
                                       {"kind": "template"})
 
@@ -254,9 +259,10 @@ class Client:
         """Mark tasks SKIPPED (done, for the layers after); running ones are killed first."""
         return [self._control().stop(self.target(i, etag), "skip", grace) for i in ids]
 
-    def retry(self, *ids: str, etag: int | None = None) -> list[Result]:
-        """Run ERRORED tasks again, whatever their attempt count."""
-        return [self._control().retry(self.target(i, etag)) for i in ids]
+    def retry(self, *ids: str, etag: int | None = None, no_cache: bool = False) -> list[Result]:
+        """Run ERRORED tasks again, whatever their attempt count; ``no_cache``: run them even when a
+        cached result of their key exists (docs/flow/caching.md)."""
+        return [self._control().retry(self.target(i, etag), no_cache=no_cache) for i in ids]
 
     def add_tasks(self, layer_id: str, tasks: list[dict[str, Any]], etag: int | None = None) -> list[str]:
         """Add tasks to a layer that has not started; returns their ids."""

@@ -131,8 +131,11 @@ class Control:
         return result
 
     def _layer_ids(self, user: str, job_id: str) -> list[str]:
-        return [kv.key.rsplit("/", 1)[1] for kv in self.store.iter_prefix(self.keys.layer(user, job_id + "."),
-                                                                            keys_only=True)]
+        """The job's own layers: not its compensation layers, which run after a kill (compensation.py)."""
+        found = self.board.load(self.keys.job(user, job_id))
+        own = {s["id"] for s in found[0]["layers"]} if found else None
+        return [lid for kv in self.store.iter_prefix(self.keys.layer(user, job_id + "."), keys_only=True)
+                if own is None or (lid := kv.key.rsplit("/", 1)[1]) in own]
 
     def _flag(self, t: Target, action: str) -> Result | None:
         """Mark a layer or job killed or skipped: its outcome, whatever its tasks do now."""
@@ -173,27 +176,30 @@ class Control:
 
     # ---- retry -------------------------------------------------------------------------------
 
-    def retry(self, t: Target) -> Result:
+    def retry(self, t: Target, no_cache: bool = False) -> Result:
         """Run ERRORED tasks again whatever their attempt count (a task id: whatever its state,
-        unless it is running). Each retried task gets ``max_attempts`` more executions."""
+        unless it is running). Each retried task gets ``max_attempts`` more executions. With
+        ``no_cache`` the retried tasks take no cached result (taskcache.py). A job's retry leaves
+        its compensation tasks alone (compensation.py)."""
         if t.kind == "task":
-            result = self._retrying(t, lambda: self._retry_task(t, t.etag, explicit=True))
+            result = self._retrying(t, lambda: self._retry_task(t, t.etag, explicit=True, no_cache=no_cache))
         else:
             _, kv = self._loaded(t)
             result = Result(t.id, "retried", kv.mod_revision)
             prefix = self.keys.task(t.user, t.id + ".")
             count = 0
             for task_kv in self.store.iter_prefix(prefix):
-                if codec.unpack(task_kv.value)["state"] != states.ERRORED:
+                value = codec.unpack(task_kv.value)
+                if value["state"] != states.ERRORED or value.get("compensation"):
                     continue
                 task = Target("task", task_kv.key.rsplit("/", 1)[1], t.user)
-                self._retrying(task, functools.partial(self._retry_task, task, None, False))
+                self._retrying(task, functools.partial(self._retry_task, task, None, False, no_cache))
                 count += 1
             result.done = f"retried {count} errored task(s)"
         self._settle(t.id.split(".")[0], t.user)
         return result
 
-    def _retry_task(self, t: Target, etag: int | None, explicit: bool) -> Result | None:
+    def _retry_task(self, t: Target, etag: int | None, explicit: bool, no_cache: bool = False) -> Result | None:
         """Run one task again with fresh budgets (lifecycle.decide_retry), sending its layer and
         job back to RUNNING: one transaction over the three. Raises Refused for a RUNNING task."""
         k = self.keys
@@ -203,6 +209,9 @@ class Control:
         decision = lifecycle.decide_retry(task, self.by, layer["state"], model.now(), explicit)
         if not decision.changed:
             return Result(t.id, decision.done, kv.mod_revision)
+        decision.task.pop("no_cache", None)  # taskcache.py: a --no-cache retry bypasses the cache once
+        if no_cache:
+            decision.task["no_cache"] = True
         ops = decision_ops(self.keys, decision)
         for flag in ("killed_at", "skipped_at"):
             layer.pop(flag, None)

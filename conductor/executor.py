@@ -115,6 +115,12 @@ class Run:
                                self.log_path, self.claimed.task.get("timeout"), self.limits.grace,
                                [v for v in self.secrets.values() if v])
 
+    def finish_unstarted(self, outcome: Outcome) -> None:
+        """Hand on an outcome reached without starting the process (a cache hit, taskcache.py):
+        its log and result are what the caller wrote to this run's files."""
+        self.started = outcome.started or now()
+        self._finish(outcome)
+
     def on_started(self, pid: int) -> None:
         self.pid = pid
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import codec, model
+from . import codec, compensation, model
 from .errors import InvalidSpec
 from .model import Value
 from .limits import MAX_JOB_BYTES, MAX_VALUE_BYTES
@@ -22,7 +22,25 @@ def build(spec: dict[str, Any], user: str, job_id: str,
     tasks = [[model.new_task(layer, n, tspec) for n, tspec in enumerate(lspec["tasks"])]
              for layer, lspec in zip(layers, spec["layers"])]
     job["layers"] = [model.layer_summary(layer) for layer in layers]
+    if spec.get("no_cache"):  # conductor/taskcache.py: no task of this job takes a cached result
+        job["no_cache"] = True
+    if spec.get("compensate"):
+        _compensation(job, layers, tasks, spec["compensate"])
     return job, layers, tasks
+
+
+def _compensation(job: Value, layers: list[Value], tasks: list[list[Value]], specs: list[dict[str, Any]]) -> None:
+    """Append the compensation layers (conductor/compensation.py) after the job's own: layer values
+    like the others, but kept out of the job's ``layers`` (so no order waits for them) and listed
+    in its ``compensation`` instead."""
+    first = len(layers)
+    for j, cspec in enumerate(specs):
+        layer = model.new_layer(job, first + j, cspec)
+        layer.update(compensation=True, compensates=cspec.get("for"))
+        layers.append(layer)
+        tasks.append([{**model.new_task(layer, n, tspec), "compensation": True}
+                      for n, tspec in enumerate(cspec["tasks"])])
+    job["compensation"] = compensation.armed(layers[first:])
 
 
 def check(job: Value, layers: list[Value], tasks: list[list[Value]]) -> None:

@@ -20,7 +20,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from . import codec, lifecycle, messages, partial, retention, schedules, states, templates
+from . import codec, lifecycle, messages, partial, retention, schedules, states, taskcache, templates
 from .claims import Claimed, Outcome
 from .lifecycle import Cause
 from .errors import StoreError
@@ -38,6 +38,7 @@ class Keeper:
         self.node = node
         self._gc_at = 0.0
         self._logs_at = 0.0
+        self._memo_at = 0.0
         self._orphans: queue.Queue[tuple[str, str, int]] = queue.Queue()
         self._chore_errors: dict[str, str] = {}
 
@@ -136,7 +137,7 @@ class Keeper:
             return
         # each chore on its own: one that fails must not keep the others from running
         for chore in (self._retention, self._deliver_messages, self._finish_fires, self._settle_active,
-                      self._collect_partial_posts):
+                      self._collect_partial_posts, self._expire_cache):
             try:
                 chore()
                 self._chore_errors.pop(chore.__name__, None)
@@ -152,6 +153,14 @@ class Keeper:
             if retention.sweep(self.node.board, self.node.settings.keep, self.node.settings.gc_every,
                                self.node.clock):  # a skewed clock: try again at the next sweep
                 self._gc_at = time.monotonic() + self.node.settings.gc_every
+
+    def _expire_cache(self) -> None:
+        """Remove cache entries whose TTL has passed (hourly: it reads every entry; taskcache.py)."""
+        now = self.node.clock.chore_time()
+        if time.monotonic() < self._memo_at or now is None:
+            return  # a skewed clock would remove entries that still count
+        self._memo_at = time.monotonic() + self.node.settings.gc_every
+        taskcache.sweep(self.node.store, self.node.keys, now)
 
     def _collect_partial_posts(self) -> None:
         """Remove what posts killed half way left behind (after a grace period)."""

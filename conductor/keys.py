@@ -44,6 +44,7 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "seal_private": ("cluster/seal", False, "the cluster's private key that opens sealed secrets (node account only)"),
     "leader": ("leaders/<role>", True, "which node does a cluster-wide chore"),
     "meta": ("meta/<name>", False, "cluster bookkeeping (the last compaction)"),
+    "memo": ("memo/<user>/<key>", False, "a cached task result: which run, when, its TTL and result (taskcache.py)"),
     "cluster_token": ("cluster/tokens/<id>", True, "a join token of a laptop cluster: its secret's SHA-256, expiry"),
 }
 
@@ -82,6 +83,9 @@ class Keys:
 
     def leader(self, role: str) -> str:
         return self._k(f"leaders/{role}")
+
+    def memo(self, user: str = "", key: str = "") -> str:
+        return self._k(f"memo/{user}/{key}" if user else "memo/")
 
     def cluster_token(self, token_id: str = "") -> str:
         return self._k(f"cluster/tokens/{token_id}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from . import model, states
+from . import compensation, model, states
 from .model import Value
 
 ACTIVE = (states.PENDING, states.RUNNING)  # a job in these states keeps its active/<job> key
@@ -65,11 +65,12 @@ class Plan:
     started: tuple[Transition, ...] = ()
     messages: tuple[Message, ...] = ()
     active: str | None = None  # "put", "delete" or None: what to do with active/<job>
+    compensation: str | None = None  # the compensation's new state, when it moved (compensation.py)
 
     @property
     def empty(self) -> bool:
         """Nothing to write: no layer moves and the job keeps its state."""
-        return not self.ended and not self.started and self.job["state"] == self.was
+        return not self.ended and not self.started and self.job["state"] == self.was and not self.compensation
 
     @property
     def drained(self) -> list[int]:
@@ -100,6 +101,7 @@ def plan(job: Value, layers: Mapping[int, Value], counts: Mapping[str, LayerCoun
     draft.sync_summaries()
     draft.start_runnable()
     draft.derive_job()
+    draft.compensate()  # compensation (issue 12): after the job's state, which it depends on
     return draft.result()
 
 
@@ -128,6 +130,8 @@ class _Draft:
     def __init__(self, job: Value, layers: Mapping[int, Value], node: str | None, now: float,
                  limit: int | None):
         self.was = job["state"]
+        self.was_compensating = compensation.busy(job)
+        self.compensation: str | None = None
         self.job = {**_own_copy(job), "layers": [dict(s) for s in job["layers"]]}
         self.layers = dict(layers)
         self.node, self.now, self.limit = node, now, limit
@@ -235,14 +239,55 @@ class _Draft:
             out += _message(self.job, state == states.COMPLETED, f"job{len(self.job.get('records', []))}")
         return out
 
+    # ---- compensation (issue 12; the rule is compensation.step) ----------------------------------
+
+    def compensate(self) -> None:
+        """Move the job's compensation on: start its next layer, or end it (compensation.py)."""
+        if not self.job.get("compensation"):
+            return
+        comp = self.job["compensation"] = {**self.job["compensation"],
+                                           "layers": [dict(c) for c in self.job["compensation"]["layers"]]}
+        while not self.full and not self.job.get("paused_at"):
+            step = compensation.step(self.job, {c["index"]: self.layers[c["index"]]["state"] for c in comp["layers"]})
+            if step is None:
+                break
+            why = step.reason if step.state == states.SKIPPED else "the layer it undoes did not complete"
+            for i in step.skip:
+                self._end_at_start(i, states.SKIPPED, f"not needed: {why}")
+            if step.queue is not None:
+                comp["queue"] = list(step.queue)
+            if step.state != comp["state"]:
+                comp.update(state=step.state, reason=step.reason)
+                self.compensation = step.state
+                model.add_record(self.job, self.job["state"], f"compensation {step.state}: {step.reason}",
+                                 self.node, self.now)
+            if step.start is None or not self._start_compensation(step.start):
+                break
+        for c in comp["layers"]:
+            c["state"] = self.layers[c["index"]]["state"]
+
+    def _start_compensation(self, i: int) -> bool:
+        """Start one compensation layer; True when it ended at once (empty or killed)."""
+        layer = self.layers[i]
+        if layer.get("killed_at") or layer.get("skipped_at") or not layer["tasks"]:
+            state = states.ERRORED if layer.get("killed_at") else states.SKIPPED if layer.get("skipped_at") \
+                else states.COMPLETED
+            self._end_at_start(i, state, "it has no tasks" if state == states.COMPLETED else "stopped by a user")
+            return True
+        reason = f"compensating for {layer['compensates']}" if layer.get("compensates") else "the job failed"
+        self._move(i, states.RUNNING, reason).update(started=self.now, enqueued=False)
+        self.started.append(Transition(i, states.RUNNING, reason))
+        return False
+
     def active(self) -> str | None:
-        if self.job["state"] not in ACTIVE:
+        if self.job["state"] not in ACTIVE and not compensation.busy(self.job):  # a compensation is settled too
             return "delete"
-        return "put" if self.was not in ACTIVE else None
+        return "put" if self.was not in ACTIVE and not self.was_compensating else None
 
     def result(self) -> Plan:
         return Plan(job=self.job, was=self.was, layers=dict(self.changed), ended=tuple(self.ended),
-                    started=tuple(self.started), messages=tuple(self.messages()), active=self.active())
+                    started=tuple(self.started), messages=tuple(self.messages()), active=self.active(),
+                    compensation=self.compensation)
 
 
 def _message(value: Value, good: bool, what: str) -> list[Message]:

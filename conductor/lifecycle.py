@@ -72,6 +72,7 @@ class Outcome:
     log_path: str | None = None
     log_truncated: bool = False
     extra: Any = None
+    cached: str | None = None  # a cache hit (taskcache.py): the task whose result it took, not run
 
     @property
     def ok(self) -> bool:

@@ -84,6 +84,8 @@ def new_task(layer: Value, number: int, spec: dict[str, Any]) -> Value:
         task["image"] = spec["image"]
     if spec.get("secrets"):
         task["secrets"] = spec["secrets"]
+    if spec.get("cache"):  # conductor/taskcache.py
+        task["cache"] = spec["cache"]
     return task
 
 

@@ -27,7 +27,7 @@ ROOT = "root"
 
 # key kind -> what a user may do with their own keys of it: "rw", "r" or "" (nothing)
 USER_ACCESS: dict[str, str] = {
-    "node": "", "leader": "", "meta": "", "cluster_token": "", "seal_private": "",
+    "node": "", "leader": "", "meta": "", "cluster_token": "", "seal_private": "", "memo": "",
     "ready": "rw", "kill": "rw", "paused": "rw", "claim": "r", "run": "r",
     "job": "rw", "layer": "rw", "task": "rw", "result": "rw", "log": "rw", "tally": "rw", "secrets": "rw",
     "template": "rw", "schedule": "rw", "fire": "rw", "active": "rw", "pending": "rw", "outbox": "rw",

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import compensation, taskcache
 from .errors import InvalidSpec
 from .limits import (  # noqa: F401 - the caps are spec's public names too
     ALIAS_FACTOR, KIB, MAX_ALIAS_NODES, MAX_ARG_BYTES, MAX_DEPTH, MAX_DIGITS, MAX_EXEC_BYTES, MAX_FILE_BYTES,
@@ -27,13 +28,13 @@ DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (s
 ON_ERROR = ("fail", "continue")
 
 JOB_FIELDS = {"name", "description", "layers", "env", "paused", "priority", "max_attempts", "timeout",
-              "cwd", "needs", "max_disruptions"}
+              "cwd", "needs", "max_disruptions", "cache", "no_cache", "compensate"}
 LAYER_FIELDS = {"name", "order", "tasks", "env", "paused", "priority", "on_error", "max_attempts",
-                "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions"}
+                "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions", "cache"}
 TASK_FIELDS = {"name", "cmd", "shell", "image", "env", "cwd", "timeout", "max_attempts", "priority",
-               "needs", "paused", "max_disruptions"}
+               "needs", "paused", "max_disruptions", "cache"}
 NEEDS_FIELDS = {"slots", "labels", "memory", "cpus", "node"}
-INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions")
+INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions", "cache")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -298,6 +299,8 @@ def _common(data: dict[str, Any], where: str, inherited: dict[str, Any]) -> dict
         out["cwd"] = _str(data["cwd"], f"{where}cwd", limit=4096)
     if "needs" in data and data["needs"] is not None:
         out["needs"] = {**out.get("needs", {}), **parse_needs(data["needs"], f"{where}needs")}
+    if "cache" in data and data["cache"] is not None:  # task caching: conductor/taskcache.py
+        out["cache"] = taskcache.parse(data["cache"], f"{where}cache")
     return out
 
 
@@ -358,6 +361,8 @@ def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int 
     out["timeout"] = merged.get("timeout")
     out["cwd"] = merged.get("cwd")
     out["needs"] = merged.get("needs", {})
+    if merged.get("cache"):
+        out["cache"] = merged["cache"]
     size = len(json.dumps(out))  # tasks added later (add-task, spawn files) are held to the cap too
     if size > MAX_VALUE_BYTES:
         raise InvalidSpec(where, f"is {_bytes(size)} as JSON; one task may be at most {_bytes(MAX_VALUE_BYTES)}")
@@ -452,8 +457,24 @@ def validate_job(data: Any) -> dict[str, Any]:
         "layers": [validate_layer(layer, f"layers[{i}]", i, defaults) for i, layer in enumerate(layers)],
     }
     _unique([layer["name"] for layer in job["layers"]], "layers", "layer")
-    check_exec(job)
+    _cache_and_compensation(job, data, defaults)
     return job
+
+
+def _cache_and_compensation(job: dict[str, Any], data: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """``no_cache`` and ``compensate`` of a job (issue 12: conductor/taskcache.py,
+    conductor/compensation.py), then the exec sizes and cache keys of every task."""
+    if _bool(data.get("no_cache", False), "no_cache"):
+        job["no_cache"] = True
+    compensate = compensation.validate(data.get("compensate"), [la["name"] for la in job["layers"]], defaults)
+    if compensate:
+        job["compensate"] = compensate
+    for field, layers in (("layers", job["layers"]), ("compensate", compensate)):
+        try:
+            check_exec({**job, "layers": layers})
+            taskcache.check_placeholders({**job, "layers": layers})
+        except InvalidSpec as exc:  # both name a field layers[i]...: say which list it is in
+            raise InvalidSpec(field + exc.field[len("layers"):], exc.reason) from None
 
 
 def _count_tasks(layers: list[Any]) -> None:

@@ -118,22 +118,27 @@ def _walk(job: dict[str, Any]) -> list[tuple[str, list[str] | dict[str, str], An
     spots: list[tuple[str, Any, Any]] = []
     for name in (job.get("env") or {}):
         spots.append((f"env.{name}", job["env"], name))
-    for li, layer in enumerate(job.get("layers") or []):
-        if not isinstance(layer, dict):
+    for field in ("layers", "compensate"):  # compensate: compensation layers (compensation.py)
+        layers = job.get(field)
+        for li, layer in enumerate(layers if isinstance(layers, list) else []):
+            if isinstance(layer, dict):
+                spots += _walk_layer(layer, f"{field}[{li}]")
+    return spots
+
+
+def _walk_layer(layer: dict[str, Any], at: str) -> list[tuple[str, Any, Any]]:
+    spots: list[tuple[str, Any, Any]] = [(f"{at}.env.{name}", layer["env"], name) for name in (layer.get("env") or {})]
+    for ti, task in enumerate(layer.get("tasks") or []):
+        if not isinstance(task, dict):
             continue
-        for name in (layer.get("env") or {}):
-            spots.append((f"layers[{li}].env.{name}", layer["env"], name))
-        for ti, task in enumerate(layer.get("tasks") or []):
-            if not isinstance(task, dict):
-                continue
-            where = f"layers[{li}].tasks[{ti}]"
-            cmd = task.get("cmd")
-            if isinstance(cmd, list):
-                spots += [(f"{where}.cmd[{i}]", cmd, i) for i in range(len(cmd))]
-            elif isinstance(cmd, str):
-                spots.append((f"{where}.cmd", task, "cmd"))
-            for name in (task.get("env") or {}):
-                spots.append((f"{where}.env.{name}", task["env"], name))
+        where = f"{at}.tasks[{ti}]"
+        cmd = task.get("cmd")
+        if isinstance(cmd, list):
+            spots += [(f"{where}.cmd[{i}]", cmd, i) for i in range(len(cmd))]
+        elif isinstance(cmd, str):
+            spots.append((f"{where}.cmd", task, "cmd"))
+        for name in (task.get("env") or {}):
+            spots.append((f"{where}.env.{name}", task["env"], name))
     return spots
 
 

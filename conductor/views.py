@@ -112,7 +112,7 @@ def job_tree(board: Board, job_id: str, user: str, tasks: int = PAGE_TASKS,
         raise NotFound(f"no job {job_id}")
     job = with_etag(codec.unpack(snap.responses[0].kvs[0].value), snap.responses[0].kvs[0])
     layers = sorted((with_etag(codec.unpack(kv.value), kv) for kv in snap.responses[1].kvs),
-                    key=lambda layer: (layer["order"], layer["index"]))
+                    key=lambda layer: (bool(layer.get("compensation")), layer["order"], layer["index"]))
     start = _after_number(after, job_id, layers)
     counts = job_counts(store, keys, [job, *layers])
     job["counts"] = counts[0]
