@@ -137,7 +137,7 @@ class Keeper:
             return
         # each chore on its own: one that fails must not keep the others from running
         for chore in (self._retention, self._deliver_messages, self._finish_fires, self._settle_active,
-                      self._collect_partial_posts):
+                      self._collect_partial_posts, self._deadlines):
             try:
                 chore()
                 self._chore_errors.pop(chore.__name__, None)
@@ -167,6 +167,10 @@ class Keeper:
     def _finish_fires(self) -> None:
         for schedule, tick, fired in schedules.unfinished(self.node.board):
             schedules.complete(self.node.board, schedule, tick, fired)
+
+    def _deadlines(self) -> None:
+        """start_within and job deadlines no node's timer ended (deadlines.py)."""
+        self.node.deadlines.sweep()
 
     def _settle_active(self) -> None:
         """Settle every active job again, finishing any queueing that was cut short."""
