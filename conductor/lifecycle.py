@@ -228,6 +228,7 @@ def _failed(task: Value, outcome: Outcome, node: str, now: float) -> Decision:
     _set_counts(task, failed, disruptions(task))
     refused = backoff.not_retried(task, outcome.exit_code if outcome.cause is Cause.EXIT else None)
     if refused:
+        task["reason"] = f"{outcome.reason}; {refused}"
         return _final(task, states.ERRORED, f"{outcome.reason} on {node}; {refused} ({text})", node, now)
     if failed < task["max_attempts"]:
         model.add_record(task, states.ERRORED, f"{outcome.reason} on {node} ({text})", node, now)
@@ -323,7 +324,7 @@ def decide_expired(task: Value, reason: str, now: float) -> Decision:
     out.pop("not_before", None)
     out.pop("task_rev", None)  # a ready marker's field, not the task's
     model.move(out, states.ERRORED, reason, None, now)
-    out["ended"] = now
+    out.update(ended=now, reason=reason)
     return Decision(out, states.ERRORED, tally=states.ERRORED, unready=True, done=reason)
 
 

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from . import batch, codec, ids, model, placement, states
+from . import backoff, batch, codec, deadlines, ids, model, placement, states
 from .board import Board
 from .errors import InvalidSpec, NotFound
 from .keys import Keys
@@ -280,8 +280,11 @@ def live_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
 
 
 def task_waiting(task: dict[str, Any], nodes: list[dict[str, Any]]) -> str | None:
-    """Why no live node can hold ``task`` (``waiting: ...``), or None (see placement.why_waiting)."""
-    return placement.why_waiting(task.get("needs") or {}, nodes, container=bool(task.get("image")))
+    """Why ``task`` waits: its retry delay (backoff.waiting), else why no live node can hold it
+    (``waiting: ...``, see placement.why_waiting), else its start_within (deadlines.waiting), or None."""
+    now = time.time()
+    return backoff.waiting(task, now) or placement.why_waiting(
+        task.get("needs") or {}, nodes, container=bool(task.get("image"))) or deadlines.waiting(task, now)
 
 
 class _Judge:
@@ -292,6 +295,8 @@ class _Judge:
         self.seen: dict[str, str | None] = {}
 
     def __call__(self, task: dict[str, Any]) -> str | None:
+        if "not_before" in task or "start_within" in task:  # a wait of its own, not shared
+            return task_waiting(task, self.nodes)
         key = json.dumps([task.get("needs") or {}, bool(task.get("image"))], sort_keys=True, default=str)
         if key not in self.seen:
             self.seen[key] = task_waiting(task, self.nodes)
