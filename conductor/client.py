@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codec, ids, logs, messages, resolve, retention, schedules, spec, states, templates, views
+from . import codec, ids, logs, loopguard, messages, resolve, retention, schedules, spec, states, templates, views
 from . import events as eventlog
 from .board import Board
 from .control import Control, Result, Target
@@ -86,6 +86,14 @@ class Client:
 
     def remove_template(self, name: str) -> None:
         messages.remove_template(self.board, name)
+
+    def loop_guards(self) -> list[dict[str, Any]]:
+        """Every loop guard record: which template's chain or posting was stopped, and why."""
+        return loopguard.records(self.board)
+
+    def resume_template(self, name: str) -> None:
+        """Clear a template's loop guard record, so messages post it again (NotFound: none)."""
+        loopguard.resume(self.board, name)
 
     def post_template(self, name: str, params: dict[str, str] | None = None, paused: bool = False) -> str:
         template = messages.get_template(self.board, name)

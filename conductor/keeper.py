@@ -20,7 +20,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from . import codec, lifecycle, messages, partial, retention, schedules, states, templates
+from . import codec, lifecycle, loopguard, messages, partial, retention, schedules, states, templates
 from .claims import Claimed, Outcome
 from .lifecycle import Cause
 from .errors import StoreError
@@ -40,6 +40,7 @@ class Keeper:
         self._logs_at = 0.0
         self._orphans: queue.Queue[tuple[str, int]] = queue.Queue()
         self._chore_errors: dict[str, str] = {}
+        self._loops = loopguard.Warner()
 
     def orphan(self, task_id: str, lease: int) -> None:
         """The stream saw a run marker left without its claim (called from the stream thread)."""
@@ -133,6 +134,7 @@ class Keeper:
         for job, user in self.node.table.take_settles():
             self.node.finisher.settle(job, user)
         self._clean_local_logs()
+        self._loops.warn(self.node.board, self.node.name)  # every node says each loop guard stop
         if not self._lead("sweeper"):
             return
         # each chore on its own: one that fails must not keep the others from running

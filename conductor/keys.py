@@ -36,6 +36,8 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "fire": ("fires/<schedule>/<tick>", False, "one per tick: the first node to create it fires it"),
     "outbox": ("outbox/<job>/<entry>", False, "a message to send, written when a job or layer ends"),
     "join": ("joins/<template>/<key>", False, "the messages a join template has received this round"),
+    "loop_stop": ("loops/stop/<template>", False, "a loop guard's record: why a message chain or template was stopped"),
+    "loop_rate": ("loops/rate/<template>", False, "jobs messages posted from a template this minute (max_rate)"),
     "cluster_token": ("cluster/tokens/<id>", True, "a join token of a laptop cluster: its secret's SHA-256, expiry"),
 }
 
@@ -92,6 +94,12 @@ class Keys:
 
     def join(self, template: str, key: str = "") -> str:
         return self._k(f"joins/{template}/{key}")
+
+    def loop_stop(self, template: str = "") -> str:
+        return self._k(f"loops/stop/{template}")
+
+    def loop_rate(self, template: str = "") -> str:
+        return self._k(f"loops/rate/{template}")
 
     def cluster_token(self, token_id: str = "") -> str:
         return self._k(f"cluster/tokens/{token_id}")
