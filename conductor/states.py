@@ -29,7 +29,8 @@ TASK_TRANSITIONS: dict[tuple[str, str], str] = {
     (QUEUED, RUNNING): "a node claimed it",
     (RUNNING, COMPLETED): "it exited 0",
     (RUNNING, ERRORED): "it failed with no attempt left, was disrupted with no disruption left, or was killed",
-    (RUNNING, QUEUED): "a failure with attempts left (after its retry delay), or a disruption (node lost, fenced, handed back) with disruptions left",
+    (RUNNING, QUEUED): "a failure with attempts left (after its retry delay), or a disruption (node lost, "
+                       "fenced, handed back) with disruptions left",
     (ERRORED, QUEUED): "retried by a user",
     (COMPLETED, QUEUED): "retried by a user",
     (SKIPPED, QUEUED): "retried by a user",
