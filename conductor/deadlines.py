@@ -152,10 +152,11 @@ class Deadlines:
 
     # ---- a job's deadline -------------------------------------------------------------------------
 
-    def pass_deadline(self, job_id: str, user: str, now: float | None = None) -> bool:
-        """Kill a job whose deadline passed: flag it ``deadline_passed`` (one compared write, so one
-        node does it), then kill it through :class:`Control`. A job flagged before whose kill was
-        cut short is killed again (idempotent). Returns whether the job was killed here."""
+    def pass_deadline(self, job_id: str, user: str, now: float | None = None, again: bool = False) -> bool:
+        """Kill a job whose deadline passed: flag it ``deadline_passed`` (one compared write, so of
+        the nodes whose timers fire one does it), then kill it through :class:`Control`. With
+        ``again`` (the sweep) a job flagged before but still active is killed again: a kill cut
+        short by a crash is finished (killing is idempotent). Returns whether it killed the job."""
         found = self.node.board.load(self.node.keys.job(user, job_id))
         if found is None:
             return False
@@ -164,6 +165,8 @@ class Deadlines:
         end = deadline_at(job)
         if job["state"] in states.FINAL or end is None or end > now:
             return False
+        if job.get("deadline_passed") and not again:
+            return False  # another node's timer flagged it and kills it
         if not job.get("deadline_passed"):
             job["deadline_passed"] = model.now()
             model.add_record(job, job["state"], f"{DEADLINE_REASON}: killing what still runs or waits")
@@ -186,4 +189,4 @@ class Deadlines:
             job_id, user = kv.key.rsplit("/", 1)[1], codec.unpack(kv.value).get("user", "")
             found = self.node.board.load(self.node.keys.job(user, job_id))
             if found and (deadline_at(found[0]) or now + 1) <= now:
-                self.pass_deadline(job_id, user, now)
+                self.pass_deadline(job_id, user, now, again=True)

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from . import codec, spec
-from .errors import InvalidSpec, NotFound
+from .errors import InvalidSpec, NotFound, Refused
 from .ops import Put, absent, mod_is
 from .seams import Poster as Board
 
@@ -125,6 +125,16 @@ def admit(board: Board, template: dict[str, Any], depth: int, origin: dict[str, 
         return stop(board, name, "rate", f"more than max_rate {rate} jobs a minute posted by messages",
                     origin, message, depth, stops=True)
     return None
+
+
+def refuse_stopped(board: Board, template: dict[str, Any]) -> None:
+    """For a user's send, checked before anything is posted: raise Refused when ``template`` is
+    stopped by its rate guard (a message's delivery only logs it, see :func:`admit`)."""
+    kv = board.store.get(stop_key_of(board, template["name"]))
+    if kv is not None and codec.unpack(kv.value).get("stopped"):
+        name = template["name"]
+        raise Refused(f"template {name} is stopped by its loop guard ({codec.unpack(kv.value).get('reason')}); "
+                      f"`conductor template resume {name}` restarts it")
 
 
 def stop_key_of(board: Board, name: str) -> str:

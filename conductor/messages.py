@@ -67,6 +67,7 @@ def remove_template(board: Board, name: str) -> None:
         raise Refused(f"template {name!r} is used by schedule(s) {', '.join(using)}; remove those first")
     if board.store.delete(board.keys.template(name)) == 0:
         raise NotFound(f"no template {name!r}")
+    board.store.txn([], [Delete(board.keys.loop_stop(name)), Delete(board.keys.loop_rate(name))])
 
 
 def post_template(board: Board, template: dict[str, Any], params: dict[str, str], user: str,
@@ -106,6 +107,7 @@ def send(board: Board, message: str, params: dict[str, str], user: str, origin: 
                 raise InvalidSpec(f"-p {name}", f"is not an input of any template triggered by {message!r}")
         for t in triggered:  # check all before writing any
             templates.instantiate(t["data"], _only(params, t), f"template {t['name']}: ")
+            loopguard.refuse_stopped(board, t)
     posted = []
     source = {"kind": "message", "message": message, "message_id": message_id, **origin, "depth": depth}
     for t in triggered:

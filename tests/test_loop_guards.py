@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conductor import loopguard, spec
-from conductor.errors import InvalidSpec, NotFound
+from conductor.errors import InvalidSpec, NotFound, Refused
 from harness import conductor_cli, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flow"
@@ -61,7 +61,9 @@ def test_a_template_over_its_rate_is_stopped_until_resumed(client, shared_etcd, 
     [record] = client.loop_guards()
     assert record["kind"] == "rate" and record["stopped"] and "max_rate 3" in record["reason"]
     assert len(from_template(client, "burst")) == 3
-    assert client.send("burst") == [], "a stopped template posts nothing"
+    with pytest.raises(Refused, match="stopped by its loop guard"):  # a user's send is told why
+        client.send("burst")
+    assert len(from_template(client, "burst")) == 3, "a stopped template posts nothing"
     client.resume_template("burst")
     assert client.loop_guards() == []
     with pytest.raises(NotFound):
