@@ -44,12 +44,19 @@ GRACE = 10.0  # seconds between SIGTERM and SIGKILL for what a deadline stops
 
 
 def queued_at(task: dict[str, Any]) -> float | None:
-    """When a task was first queued (its first QUEUED record), or None."""
-    return next((float(r["at"]) for r in task.get("records", []) if r.get("state") == states.QUEUED), None)
+    """When a task last became QUEUED from another state (its layer started, or a user retried
+    it), or None. Records that keep the state (a pause, an env change) do not restart the count."""
+    at, was = None, None
+    for r in task.get("records", []):
+        if r.get("state") == states.QUEUED and was != states.QUEUED:
+            at = float(r["at"])
+        was = r.get("state")
+    return at
 
 
 def start_by(task: dict[str, Any]) -> float | None:
-    """The instant by which a QUEUED task that never ran must start (``start_within``), or None."""
+    """The instant by which a QUEUED task that never ran must start (``start_within``, counted
+    from when it was queued), or None."""
     within = task.get("start_within")
     if not within or task.get("state") != states.QUEUED or task.get("attempts"):
         return None

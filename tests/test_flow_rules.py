@@ -63,13 +63,17 @@ def test_a_users_retry_runs_at_once():
     assert "not_before" not in d.task
 
 
-def test_start_by_counts_from_the_first_queueing_and_only_before_the_first_run():
+def test_start_by_counts_from_the_queueing_and_only_before_the_first_run():
     task = {"id": "J.0.0", "job": "J", "state": states.QUEUED, "attempts": 0, "start_within": 10.0,
             "records": [{"state": states.PENDING, "at": 1.0}, {"state": states.QUEUED, "at": 5.0}]}
     assert deadlines.start_by(task) == 15.0
     assert deadlines.start_by({**task, "attempts": 1}) is None
     d = lifecycle.decide_expired({**task, "kind": "task", "user": "u"}, "not started within 10s", 16.0)
     assert d.state == states.ERRORED and d.unready and d.tally == states.ERRORED
+    paused = {**task, "records": [*task["records"], {"state": states.QUEUED, "at": 9.0}]}
+    assert deadlines.start_by(paused) == 15.0, "a record that keeps the state (a pause) restarts nothing"
+    retried = lifecycle.decide_retry({**d.task, "state": states.ERRORED}, "me", states.RUNNING, 30.0)
+    assert deadlines.start_by(retried.task) == 40.0, "a user's retry queues it afresh"
 
 
 def test_a_deadline_is_an_instant_from_posting_or_as_given():
