@@ -123,6 +123,7 @@ def job_tree(board: Board, job_id: str, user: str, tasks: int = PAGE_TASKS,
     fill_pages(store, keys, user, layers, tasks, start)
     add_waiting(store, keys, layers)
     job["waiting"] = next((layer["waiting"] for layer in layers if layer["waiting"]), None)
+    job["deadline_at"] = deadlines.deadline_at(job)  # None without a deadline (docs/flow/deadlines.md)
     job["layer_list"] = layers
     return job
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conductor import spec
 from conductor.client import Client
-from harness import wait_for
+from harness import conductor_cli, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flow"
 SLOW_SWEEP = ["--sweep", "60"]  # so that what ends a deadline on time is a node's timer, not the sweep
@@ -44,6 +44,8 @@ def test_backoff_delays_grow_as_configured(client, shared_etcd, start_nodes):
     for gap, delay in zip(gaps, (1.0, 2.0)):  # delay 1s, backoff 2
         assert delay - 0.05 <= gap <= delay + 1.5, (gaps, task["records"])
     assert any("due in 2s" in r["reason"] for r in task["records"]), "the record says when the next try is due"
+    shown = conductor_cli("show", f"{job}.0.0", "--etcd", shared_etcd.endpoint, "--namespace", client.keys.namespace)
+    assert shown.returncode == 0 and "delay 1s x2 up to 10s; fail_on [3]" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_a_waiting_retry_holds_no_slot_and_show_says_when_it_is_due(client, shared_etcd, start_nodes, tmp_path):
@@ -104,6 +106,8 @@ def test_job_deadline_kills_what_runs_and_what_waits(client, shared_etcd, start_
     assert final["state"] == "ERRORED"
     assert final["records"][-1]["reason"] == "deadline passed", final["records"]
     assert final["ended"] - posted < 3 + 3, "killed on time by a node's timer"
+    shown = conductor_cli("show", job, "--etcd", shared_etcd.endpoint, "--namespace", client.keys.namespace)
+    assert shown.returncode == 0 and "(passed: killed)" in shown.stdout, shown.stdout + shown.stderr
     slow, send = client.task(f"{job}.0.0"), client.task(f"{job}.1.0")
     assert slow["state"] == "ERRORED" and "killed by deadline" in slow["reason"], slow["reason"]
     assert send["state"] == "ERRORED" and send["attempts"] == 0, "the waiting layer never ran"
