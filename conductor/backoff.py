@@ -20,6 +20,8 @@ import logging
 import time
 from typing import Any, Callable, Hashable
 
+from .threadname import name_this_thread
+
 log = logging.getLogger("conductor.node")
 
 JITTER_FLOOR = 0.5  # with jitter a delay is drawn from [delay * JITTER_FLOOR, delay]
@@ -113,6 +115,7 @@ class DueTimers:
             self._cond.notify()
 
     def _run(self) -> None:
+        name_this_thread()  # shown by top -H and ps -L
         while True:
             with self._cond:
                 while not self._stopped and (not self._heap or self._heap[0][0] > time.time()):

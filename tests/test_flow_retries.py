@@ -127,3 +127,12 @@ def test_min_success_completes_a_layer_below_the_share_and_errors_one_above(clie
     assert client.task(f"{ok}.1.0")["state"] == "COMPLETED", "the next layer ran"
     assert client.wait(bad, timeout=60)["state"] == "ERRORED"
     assert client.show(f"{bad}.0")["state"] == "ERRORED"
+
+
+def test_a_bad_flow_value_is_refused_by_post_naming_the_field_and_writing_nothing(client, shared_etcd, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nlayers:\n  - retry: {delay: 1s, backoff: 0}\n    tasks:\n      - cmd: [true]\n")
+    run = conductor_cli("post", str(bad), "--etcd", shared_etcd.endpoint, "--namespace", client.keys.namespace)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "layers[0].retry.backoff: must be between 1 and 100, not 0" in run.stderr, run.stderr
+    assert client.store.count(client.keys.namespace) == 0, "nothing written"
