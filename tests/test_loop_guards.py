@@ -25,7 +25,7 @@ def from_template(client, name: str) -> list[dict]:
 def test_template_add_refuses_a_loop_unless_it_says_so(client, shared_etcd):
     run = conductor_cli("template", "add", str(EXAMPLES / "self-trigger.yaml"), "--etcd", shared_etcd.endpoint,
                         "--namespace", client.keys.namespace)
-    assert run.returncode != 0 and "on_success" in run.stderr and "loops: true" in run.stderr, run.stderr
+    assert run.returncode == 2 and "on_success" in run.stderr and "loops: true" in run.stderr, run.stderr
     assert client.templates() == [], "nothing written"
     client.add_template(template("a", triggers=["go-a"], on_success=["go-b"]))
     with pytest.raises(InvalidSpec) as err:  # closes the cycle a -> b -> a through a layer's message
