@@ -66,6 +66,27 @@ def template_show(name: str, etcd: Etcd = None, namespace: Namespace = None, jso
             print(yaml.safe_dump(found["data"], sort_keys=False).rstrip())
 
 
+@template_app.command("guards")
+def template_guards(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
+    """List loop guard records: message chains and templates stopped as runaway loops."""
+    with _client(etcd, namespace) as client:
+        _listing(client.loop_guards(), json, "no loop guard has stopped anything", _guard_line)
+
+
+def _guard_line(g: dict[str, Any]) -> str:
+    what = "STOPPED (template resume to restart)" if g.get("stopped") else "chain stopped"
+    return (f"{g['template']}  {what}: {g['reason']}  (message {g['message']} from job {g.get('job') or '-'}, "
+            f"depth {g['depth']}, {render.age(g['at'])} ago)")
+
+
+@template_app.command("resume")
+def template_resume(name: str, etcd: Etcd = None, namespace: Namespace = None) -> None:
+    """Let messages post a template again after its loop guard stopped it (clears its record)."""
+    with _client(etcd, namespace) as client:
+        client.resume_template(name)
+        print(f"template {name} resumed")
+
+
 @template_app.command("rm")
 def template_rm(name: str, shared: Annotated[bool, typer.Option(
                     "--shared", help="Remove the published template of that name (admins).")] = False,

@@ -193,6 +193,9 @@ def job_tree_renderable(job: dict[str, Any]) -> Any:
     started_by = describe_source(job.get("source") or {})
     if started_by:
         head += f"\n[dim]started by {started_by}[/]"
+    if job.get("deadline_at"):
+        passed = " (passed: killed)" if job.get("deadline_passed") else ""
+        head += f"\n[dim]deadline {_clock(job['deadline_at'])}{passed}[/]"
     if job.get("waiting"):
         head += f"\n{waiting(job)}"
     comp = job.get("compensation")
@@ -206,7 +209,9 @@ def job_tree_renderable(job: dict[str, Any]) -> Any:
         branch = tree.add(f"[bold]{layer['name']}[/] {layer['id']} {where}  "
                           f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}"
                           f"{'  ' + counts if counts else ''}"
-                          f"{'  on_error continue' if layer.get('on_error') == 'continue' else ''}  [dim]etag {layer['etag']}[/]"
+                          f"{'  on_error continue' if layer.get('on_error') == 'continue' else ''}"
+                          f"{'  min_success %g' % layer['min_success'] if layer.get('min_success') else ''}"
+                          f"  [dim]etag {layer['etag']}[/]"
                           f"{'  ' + waiting(layer) if layer.get('waiting') else ''}")
         _add_tasks(branch, layer)
     return tree
@@ -244,6 +249,8 @@ def task_view(task: dict[str, Any]) -> None:
             ("peak memory", size(usage.get("max_rss")) if usage else None),
             ("cpu time", f"{usage['cpu']:.3f}s" if usage.get("cpu") is not None else None),
             ("timeout", f"{task['timeout']:g}s" if task.get("timeout") else None),
+            ("retry", _retry_text(task)),
+            ("start within", f"{task['start_within']:g}s" if task.get("start_within") else None),
             ("env", " ".join(f"{k}={v}" for k, v in (task.get("env") or {}).items()) or None)]
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="dim")
@@ -271,6 +278,15 @@ def task_view(task: dict[str, Any]) -> None:
         out.print(f"[bold]log tail[/] [dim](attempt {log.get('attempt')} on {log.get('node')}, {log.get('size')} bytes"
                   f"{extra}; full log at {log.get('path')} on that node)[/]")
         out.print(log.get("tail") or "", markup=False, end="")
+
+
+def _retry_text(task: dict[str, Any]) -> str | None:
+    """The task's retry policy in a few words (docs/flow/retries.md), or None."""
+    r = task.get("retry")
+    bits = [f"delay {r['delay']:g}s x{r['backoff']:g} up to {r['max_delay']:g}s" + (", jitter" if r.get("jitter") else "")
+            ] if r else []
+    bits += [f"{name} {task[name]}" for name in ("retry_on", "fail_on") if task.get(name)]
+    return "; ".join(bits) or None
 
 
 def _clock(ts: float | None) -> str:

@@ -132,6 +132,8 @@ class Cache(FollowHandler):
         self.on_orphan = on_orphan or (lambda user, task, lease: None)
         self.on_kill = on_kill or (lambda user, task, request: None)
         self.on_failure: Callable[[BaseException], None] = lambda exc: log.error("stream failed", exc_info=exc)
+        # each ready task as it arrives, under this cache's lock (deadlines.py sets its timers)
+        self.on_ready: Callable[[dict], None] = lambda task: None
         self.cond = threading.Condition()
         self.ready = ReadyQueue()
         self.claims: dict[str, ClaimInfo] = {}
@@ -219,6 +221,7 @@ class Cache(FollowHandler):
             if name not in self.ready:
                 self.ready_by_layer[layer_of(name)] += 1
             self.ready.put(Ready(value, kv.mod_revision))
+            self.on_ready(value)
         elif kind == "claims":
             info = ClaimInfo(str(value.get("node", "?")), kv.lease, kv.create_revision, user)
             if name not in self.claims:

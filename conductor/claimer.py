@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import psutil
 
 from . import compensation, lifecycle, placement, seal, taskcache, templates
+from .backoff import DueTimers, due
 from .claims import Claimed, Ready
 from .containers import ContainerRun
 from .errors import ConductorError, StoreError
@@ -40,11 +41,19 @@ class Claimer:
         # ready tasks this node can never hold (by the revision of their ready marker): a pick
         # reads past them in a dict lookup, however many wait for a node that has what they need
         self._unfit: dict[str, int] = {}
+        self._due: DueTimers | None = None  # wakes this loop when a retry delay ends
+
+    def _wake(self, _key: object = None) -> None:
+        """A retry delay ended: pick again (the task's ready marker did not change)."""
+        with self.node.cache.cond:
+            self.node.cache.changes += 1
+            self.node.cache.cond.notify_all()
 
     def run(self) -> None:
         seen = -1
         backoff = 0.05
         node = self.node
+        self._due = DueTimers(self._wake, name=f"due-{node.name}")
         while not node.stopping.is_set():
             batch, seen = self._pick(seen)
             if not batch:
@@ -67,6 +76,7 @@ class Claimer:
                     self.start(c)
             finally:
                 node.table.end_claim(e.id for e in batch)
+        self._due.stop()
 
     def _pick(self, seen: int) -> tuple[list[Ready], int]:
         """Wait for something claimable, then pick a batch that fits the free slots."""
@@ -95,10 +105,16 @@ class Claimer:
         free = [free_slots]
         facts = self._facts()
         unfit = self._unfit
+        now = time.time()
 
         def accept(entry: Ready) -> bool:
             task = entry.task
             if task.get("paused_at") or node.cache.is_paused(task["user"], task["id"]):
+                return False
+            not_before = due(task, now)
+            if not_before is not None:  # waiting out a retry delay (backoff.py): wake up when it ends
+                if self._due is not None:
+                    self._due.at(not_before)
                 return False
             if unfit.get(entry.id) == entry.mod_revision:
                 return False

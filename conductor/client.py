@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codec, ids, logs, messages, resolve, retention, schedules, spec, states, templates, views
+from . import codec, ids, logs, loopguard, messages, resolve, retention, schedules, spec, states, templates, views
 from . import events as eventlog
 from .board import Board
 from .control import Control, Result, Target
@@ -96,6 +96,15 @@ class Client:
 
     def remove_template(self, name: str, shared: bool = False) -> None:
         messages.remove_template(self.board, name, self.user, shared)
+
+    def loop_guards(self, all_users: bool = False) -> list[dict[str, Any]]:
+        """Your loop guard records (every user's with ``all_users``: admins): which template's
+        chain or posting was stopped, and why."""
+        return loopguard.records(self.board, None if all_users else self.user)
+
+    def resume_template(self, name: str) -> None:
+        """Clear a template's loop guard record, so messages post it again (NotFound: none)."""
+        loopguard.resume(self.board, self.user, name)
 
     def post_template(self, name: str, params: dict[str, str] | None = None, paused: bool = False,
                       no_cache: bool = False) -> str:

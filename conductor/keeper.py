@@ -20,7 +20,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from . import codec, lifecycle, messages, partial, retention, schedules, states, taskcache, templates
+from . import codec, lifecycle, loopguard, messages, partial, retention, schedules, states, taskcache, templates
 from .claims import Claimed, Outcome
 from .lifecycle import Cause
 from .errors import StoreError
@@ -41,6 +41,7 @@ class Keeper:
         self._memo_at = 0.0
         self._orphans: queue.Queue[tuple[str, str, int]] = queue.Queue()
         self._chore_errors: dict[str, str] = {}
+        self._loops = loopguard.Warner()
 
     def orphan(self, user: str, task_id: str, lease: int) -> None:
         """The stream saw a run marker left without its claim (called from the stream thread)."""
@@ -133,11 +134,12 @@ class Keeper:
         for job, user in self.node.table.take_settles():
             self.node.finisher.settle(job, user)
         self._clean_local_logs()
+        self._loops.warn(self.node.board, self.node.name)  # every node says each loop guard stop
         if not self._lead("sweeper"):
             return
         # each chore on its own: one that fails must not keep the others from running
         for chore in (self._retention, self._deliver_messages, self._finish_fires, self._settle_active,
-                      self._collect_partial_posts, self._expire_cache):
+                      self._collect_partial_posts, self._expire_cache, self._deadlines):
             try:
                 chore()
                 self._chore_errors.pop(chore.__name__, None)
@@ -175,6 +177,10 @@ class Keeper:
     def _finish_fires(self) -> None:
         for schedule, tick, fired in schedules.unfinished(self.node.board):
             schedules.complete(self.node.board, schedule, tick, fired)
+
+    def _deadlines(self) -> None:
+        """start_within and job deadlines no node's timer ended (deadlines.py)."""
+        self.node.deadlines.sweep()
 
     def _settle_active(self) -> None:
         """Settle every active job again, finishing any queueing that was cut short."""

@@ -45,6 +45,8 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "leader": ("leaders/<role>", True, "which node does a cluster-wide chore"),
     "meta": ("meta/<name>", False, "cluster bookkeeping (the last compaction)"),
     "memo": ("memo/<user>/<key>", False, "a cached task result: which run, when, its TTL and result (taskcache.py)"),
+    "loop_stop": ("loops/<user>/stop/<template>", False, "a loop guard's record: why a message chain or template was stopped"),
+    "loop_rate": ("loops/<user>/rate/<template>", False, "jobs messages posted from a template this minute (max_rate)"),
     "cluster_token": ("cluster/tokens/<id>", True, "a join token of a laptop cluster: its secret's SHA-256, expiry"),
 }
 
@@ -86,6 +88,13 @@ class Keys:
 
     def memo(self, user: str = "", key: str = "") -> str:
         return self._k(f"memo/{user}/{key}" if user else "memo/")
+
+    def loop_stop(self, user: str = "", template: str = "") -> str:
+        """``loops/<user>/stop/<template>``; without a user, the prefix of every user's loop keys."""
+        return self._k(f"loops/{user}/stop/{template}" if user else "loops/")
+
+    def loop_rate(self, user: str, template: str = "") -> str:
+        return self._k(f"loops/{user}/rate/{template}")
 
     def cluster_token(self, token_id: str = "") -> str:
         return self._k(f"cluster/tokens/{token_id}")

@@ -9,6 +9,7 @@ one fenced transaction.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -124,6 +125,27 @@ def _end_reason(layer: Value, outcome: str, errored: int) -> str:
     return "every task is done" + (f" ({errored} errored, policy continue)" if errored else "")
 
 
+def enough_done(layer: Value, errored: int) -> bool:
+    """Partial success (``min_success``, docs/flow/partial-success.md): did at least that share of
+    a drained layer's tasks end done (COMPLETED or SKIPPED)? Never for a layer a user killed."""
+    share = layer.get("min_success")
+    total = int(layer.get("tasks") or 0)
+    if share is None or total <= 0 or layer.get("killed_at"):
+        return False
+    # compared in whole tasks: 0.95 of 20 is 19 tasks, whatever float rounding says
+    return total - errored >= _needed(share, total)
+
+
+def _needed(share: float, total: int) -> int:
+    return max(1, math.ceil(round(share * total, 9)))
+
+
+def _partial_reason(layer: Value, errored: int) -> str:
+    total = int(layer["tasks"])
+    return (f"{total - errored} of {total} tasks done, {errored} errored: min_success {layer['min_success']:g} "
+            f"needs {_needed(layer['min_success'], total)}")
+
+
 class _Draft:
     """The plan being built: copies of what moved, and the transitions in the order they happen."""
 
@@ -158,9 +180,11 @@ class _Draft:
             return
         outcome = states.layer_outcome(counts.errored, layer["on_error"], bool(layer.get("killed_at")),
                                        bool(layer.get("skipped_at")))
+        reason = _end_reason(layer, outcome, counts.errored)
+        if outcome == states.ERRORED and enough_done(layer, counts.errored):
+            outcome, reason = states.COMPLETED, _partial_reason(layer, counts.errored)
         if outcome == layer["state"]:
             return
-        reason = _end_reason(layer, outcome, counts.errored)
         self._move(i, outcome, reason)["ended"] = self.now
         self.ended.append(Transition(i, outcome, reason, drained=True))
 
@@ -222,7 +246,10 @@ class _Draft:
         new_state = states.job_state(model.summary_tuples(self.job))
         if new_state == self.job["state"]:
             return
-        model.move(self.job, new_state, JOB_REASONS[new_state], self.node, at=self.now)
+        reason = JOB_REASONS[new_state]
+        if new_state == states.ERRORED and self.job.get("deadline_passed"):
+            reason = "deadline passed"  # the job was killed by its deadline (deadlines.py)
+        model.move(self.job, new_state, reason, self.node, at=self.now)
         if new_state == states.RUNNING and not self.job.get("started"):
             self.job["started"] = self.now
         if new_state in (states.COMPLETED, states.ERRORED):

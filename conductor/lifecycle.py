@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from . import model, states
+from . import backoff, model, states
 from .errors import Refused
 from .model import Value
 from .spec import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_DISRUPTIONS
@@ -163,6 +163,7 @@ def decide_claim(task: Value, node: str, now: float) -> Value:
     out = _own_copy(task)
     _set_counts(out, failures(task), disruptions(task))  # an older value gets the fields it lacked
     out["attempts"] = task.get("attempts", 0) + 1
+    out.pop("not_before", None)  # a retry delay is over once the task runs
     out.update(node=node, started=now, ended=None, exit_code=None, usage=None, reason=None)
     model.move(out, states.RUNNING, f"claimed by {node} ({attempt_text(out)})", node, now)
     return out
@@ -226,9 +227,18 @@ def _failed(task: Value, outcome: Outcome, node: str, now: float) -> Decision:
     text = attempt_text(task)
     failed = failures(task) + 1
     _set_counts(task, failed, disruptions(task))
+    refused = backoff.not_retried(task, outcome.exit_code if outcome.cause is Cause.EXIT else None)
+    if refused:
+        task["reason"] = f"{outcome.reason}; {refused}"
+        return _final(task, states.ERRORED, f"{outcome.reason} on {node}; {refused} ({text})", node, now)
     if failed < task["max_attempts"]:
         model.add_record(task, states.ERRORED, f"{outcome.reason} on {node} ({text})", node, now)
-        return _requeue(task, f"retry: {attempt_text(task)} next", node, now)
+        wait = backoff.delay(task.get("retry"), failed, str(task.get("id")))
+        if wait <= 0:
+            return _requeue(task, f"retry: {attempt_text(task)} next", node, now)
+        task["not_before"] = round(now + wait, 3)
+        return _requeue(task, f"retry: {attempt_text(task)} next, due in {wait:g}s at "
+                              f"{backoff.clock_text(task['not_before'])} (backoff)", node, now)
     return _final(task, states.ERRORED, f"{outcome.reason} on {node}; no attempt left "
                                         f"({failed} of {task['max_attempts']})", node, now)
 
@@ -306,6 +316,19 @@ def _decide_stop(task: Value, action: str, by: str, now: float) -> Decision:
                     unready=state == states.QUEUED, done=verb)
 
 
+def decide_expired(task: Value, reason: str, now: float) -> Decision:
+    """A QUEUED task that was not started in time (``start_within``): ERRORED with ``reason``,
+    never retried. Any other state is left alone (``changed`` False): it started, or ended."""
+    if task["state"] != states.QUEUED:
+        return Decision(task, task["state"], done=f"already {task['state']}", changed=False)
+    out = _own_copy(task)
+    out.pop("not_before", None)
+    out.pop("task_rev", None)  # a ready marker's field, not the task's
+    model.move(out, states.ERRORED, reason, None, now)
+    out.update(ended=now, reason=reason)
+    return Decision(out, states.ERRORED, tally=states.ERRORED, unready=True, done=reason)
+
+
 def decide_retry(task: Value, by: str, layer_state: str, now: float, explicit: bool = True) -> Decision:
     """A user's retry: the task runs again with both budgets fresh (``failures`` and
     ``disruptions`` reset; ``attempts`` kept). ``explicit`` False (retrying a layer or job) only
@@ -317,6 +340,7 @@ def decide_retry(task: Value, by: str, layer_state: str, now: float, explicit: b
         return Decision(task, state, done=f"already {state}", changed=False)
     out = _own_copy(task)
     _set_counts(out, 0, 0)
+    out.pop("not_before", None)  # a user's retry runs at once
     out.update(exit_code=None, reason=None, ended=None)
     new = states.PENDING if layer_state == states.PENDING else states.QUEUED
     model.move(out, new, f"retried by {by}", None, now)
@@ -325,5 +349,5 @@ def decide_retry(task: Value, by: str, layer_state: str, now: float, explicit: b
 
 
 __all__ = ["Cause", "Outcome", "Decision", "DEFAULT_MAX_DISRUPTIONS", "attempt_text",
-           "decide", "decide_claim", "decide_lost", "decide_kill", "decide_skip", "decide_retry",
+           "decide", "decide_claim", "decide_expired", "decide_lost", "decide_kill", "decide_skip", "decide_retry",
            "disruptions", "failures", "kill_cause", "kill_wins", "max_disruptions", "with_kill_request"]

@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from . import codec, ids, model, templates
+from . import codec, ids, loopguard, model, templates
 from .seams import Poster as Board
 from .errors import InvalidSpec, NotFound, Refused
 from .ops import Delete, Get, Put, absent, mod_is
@@ -43,10 +43,12 @@ def add_template(board: Board, data: dict[str, Any], by: str, replace: bool = Fa
     name = data.get("name")
     if not isinstance(name, str) or not name.strip() or "/" in name:
         raise InvalidSpec("name", "a template needs a name (no '/')")
+    loopguard.check_add(name, meta, data, list_templates(board, by))
     value = {"name": name, "data": data, "meta": meta, "by": by, "at": model.now(), "shared": shared}
     key = board.keys.shared_template(name) if shared else board.keys.template(by, name)
     compare = [] if replace else [absent(key)]
-    if not board.store.txn(compare, [Put(key, codec.pack(value))]).succeeded:
+    ops = [Put(key, codec.pack(value))] + ([Delete(board.keys.loop_stop(by, name))] if replace and not shared else [])
+    if not board.store.txn(compare, ops).succeeded:  # storing it again also clears its loop guard stop
         raise Refused(f"a template named {name!r} exists; remove it first or add --replace")
     log.info("template %s %s by %s", name, "published" if shared else "stored", by)
     return value
@@ -79,6 +81,8 @@ def remove_template(board: Board, name: str, user: str, shared: bool = False) ->
     key = board.keys.shared_template(name) if shared else board.keys.template(user, name)
     if board.store.delete(key) == 0:
         raise NotFound(f"no {'published ' if shared else ''}template {name!r}")
+    if not shared:
+        board.store.txn([], [Delete(board.keys.loop_stop(user, name)), Delete(board.keys.loop_rate(user, name))])
 
 
 def post_template(board: Board, template: dict[str, Any], params: dict[str, str], user: str,
@@ -106,6 +110,7 @@ def send(board: Board, message: str, params: dict[str, str], user: str, origin: 
     With ``strict`` (a user's send) a parameter no matching template takes is refused, and every
     template is checked before anything is written."""
     message_id = message_id or ids.new_job_id()
+    depth = loopguard.depth_of(origin)  # the chain's depth: 0 for a user's send
     at = ids.job_id_time(message_id)  # ids of messages are job-style ids: they carry their time
     every = list_templates(board, user)
     triggered = [t for t in every if message in t["meta"]["triggers"]]
@@ -117,9 +122,12 @@ def send(board: Board, message: str, params: dict[str, str], user: str, origin: 
                 raise InvalidSpec(f"-p {name}", f"is not an input of any template triggered by {message!r}")
         for t in triggered:  # check all before writing any
             templates.instantiate(t["data"], _only(params, t), f"template {t['name']}: ")
+            loopguard.refuse_stopped(board, user, t)
     posted = []
-    source = {"kind": "message", "message": message, "message_id": message_id, **origin}
+    source = {"kind": "message", "message": message, "message_id": message_id, **origin, "depth": depth}
     for t in triggered:
+        if loopguard.admit(board, user, t, depth, origin, message):
+            continue  # stopped by a loop guard: recorded and said (loopguard.stop)
         job_id = derived_id(f"{message_id}/{t['name']}", at)
         try:
             posted.append(post_template(board, t, _only(params, t), user, source, job_id))
@@ -156,7 +164,11 @@ def _join(board: Board, template: dict[str, Any], message: str, params: dict[str
         # Complete: post first (its id is fixed by the round, so a retry posts nothing new), then
         # end the round; a later message starts the next one.
         job_id = derived_id(f"join/{template['name']}/{key_text}/{state['at']}", state["at"])
-        source = {"kind": "join", "after": sorted(needed), "parents": state["received"]}
+        depth = loopguard.depth_of(origin)
+        source = {"kind": "join", "after": sorted(needed), "parents": state["received"], "depth": depth}
+        if loopguard.admit(board, user, template, depth, origin, message):
+            board.store.txn(compare, [Delete(key)])  # the round ends unposted: the stop is recorded
+            return None
         posted = post_template(board, template, mine, user, source, job_id)
         board.store.txn(compare, [Delete(key)])
         return posted
@@ -173,7 +185,8 @@ def outbox_ops(board: Board, job: dict[str, Any], messages: list[str], outcome: 
         entry = {"message": message, "job": job["id"], "user": job["user"], "what": what, "outcome": outcome,
                  "params": {k: v for k, v in ((job.get("source") or {}).get("inputs") or {}).items()
                             if v != templates.MASK},
-                 "id": derived_id(f"{job['id']}/{what}/{outcome}/{n}/{message}", time.time())}
+                 "id": derived_id(f"{job['id']}/{what}/{outcome}/{n}/{message}", time.time()),
+                 "depth": loopguard.depth_of(job.get("source")) + 1}
         ops.append(Put(board.keys.outbox(job["user"], f"{job['id']}/{what}-{n}-{outcome}"), codec.pack(entry)))
     return ops
 
@@ -196,7 +209,8 @@ def _deliver(board: Board, prefix: str) -> int:
         user = board.keys.strip(kv.key).split("/")[1]
         try:
             send(board, entry["message"], entry.get("params", {}), user,
-                 {"job": entry["job"], "parent_outcome": entry["outcome"]}, entry["id"], strict=False)
+                 {"job": entry["job"], "parent_outcome": entry["outcome"], "depth": entry.get("depth", 1)},
+                 entry["id"], strict=False)
         except Exception:  # noqa: BLE001 - one bad message must not block the others
             log.exception("delivering message %s from job %s failed", entry.get("message"), entry.get("job"))
             continue

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from . import ids, states
+from .spec import FLOW_FIELDS
 
 MAX_RECORDS = 40  # history kept per object; older records are dropped and counted
 
@@ -50,6 +51,8 @@ def new_job(job_id: str, spec: dict[str, Any], user: str, source: dict[str, Any]
         "on_success": spec.get("on_success", []), "on_failure": spec.get("on_failure", []),
         "layers": [], "records": [],
     }
+    if spec.get("deadline"):
+        job["deadline"] = spec["deadline"]
     add_record(job, states.PENDING, f"posted by {user}", at=at)
     return job
 
@@ -65,6 +68,8 @@ def new_layer(job: Value, index: int, spec: dict[str, Any]) -> Value:
         "defaults": spec.get("defaults", {}),
         "on_success": spec.get("on_success", []), "on_failure": spec.get("on_failure", []),
     }
+    if spec.get("min_success") is not None:
+        layer["min_success"] = spec["min_success"]
     return layer
 
 
@@ -86,6 +91,9 @@ def new_task(layer: Value, number: int, spec: dict[str, Any]) -> Value:
         task["secrets"] = spec["secrets"]
     if spec.get("cache"):  # conductor/taskcache.py
         task["cache"] = spec["cache"]
+    for name in FLOW_FIELDS:  # retries and deadlines (docs/flow/): only when set, values stay small
+        if spec.get(name) is not None:
+            task[name] = spec[name]
     return task
 
 

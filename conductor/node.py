@@ -38,6 +38,7 @@ from .clock import Clock
 from .clockwatch import ClockWatch
 from .containers import default_docker_host, reachable
 from .crew import Crew
+from .deadlines import Deadlines
 from .executor import Limits
 from .exitcodes import Exit
 from .finisher import Finisher
@@ -81,6 +82,8 @@ class Conductor:
         self.finisher = Finisher(self)
         self.claimer = Claimer(self)
         self.keeper = Keeper(self)
+        self.deadlines = Deadlines(self)
+        self.cache.on_ready = self.deadlines.seen_ready
         self.clock = Clock(settings.clock_skew)  # judged against peers and etcd by the ClockWatch
         self.clock_watch = ClockWatch(self.store, self.keys, self.name, self.clock, self.stopping,
                                       on_change=lambda: self.session.refresh_info())
@@ -102,6 +105,7 @@ class Conductor:
         self.clock_watch.start()  # judged before the node key is written and before any chore
         self._open_session()
         self.claims = Claims(self.store, self.keys, self.name)
+        self.deadlines.start()  # before the stream: its first listing sets the timers
         self._follower = self.store.follow(self.keys.stream(), self.cache, name="stream")
         self.scheduler.start()
         self.crew.start("session", self.session.keep, self.stopping)
@@ -186,6 +190,7 @@ class Conductor:
             self._follower.stop()
         self.clock_watch.stop()
         self.scheduler.stop()
+        self.deadlines.stop()
         self.supervision.close(revoke=True)  # kills what is left, then revokes the lease
         self.stopped.set()
         self.cache.poke()

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .cache import Cache
     from .claims import Claims
     from .clock import Clock
+    from .deadlines import Deadlines
     from .executor import Limits, Run
     from .lifecycle import Outcome
     from .keys import Keys
@@ -43,6 +44,7 @@ class Node(Protocol):
     limits: "Limits"
     clock: "Clock"
     supervision: "Supervision"
+    deadlines: "Deadlines"
     stopping: threading.Event
     stopped: threading.Event
     containers: str | None

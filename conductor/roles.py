@@ -31,7 +31,7 @@ USER_ACCESS: dict[str, str] = {
     "ready": "rw", "kill": "rw", "paused": "rw", "claim": "r", "run": "r",
     "job": "rw", "layer": "rw", "task": "rw", "result": "rw", "log": "rw", "tally": "rw", "secrets": "rw",
     "template": "rw", "schedule": "rw", "fire": "rw", "active": "rw", "pending": "rw", "outbox": "rw",
-    "join": "rw", "shared_template": "r", "seal_public": "r", "account": "r",
+    "join": "rw", "shared_template": "r", "seal_public": "r", "account": "r", "loop_stop": "rw", "loop_rate": "rw",
 }
 _PERM = {"rw": READWRITE, "r": READ}
 

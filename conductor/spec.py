@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compensation, taskcache
+from . import flowspec as flow
 from .errors import InvalidSpec
 from .limits import (  # noqa: F401 - the caps are spec's public names too
     ALIAS_FACTOR, KIB, MAX_ALIAS_NODES, MAX_ARG_BYTES, MAX_DEPTH, MAX_DIGITS, MAX_EXEC_BYTES, MAX_FILE_BYTES,
@@ -27,14 +28,19 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (see lifecycle.py)
 ON_ERROR = ("fail", "continue")
 
+# flow control (docs/flow/): what a task, layer or job may say about retries and deadlines
+FLOW_FIELDS = ("retry", "retry_on", "fail_on", "start_within", "deadline")
 JOB_FIELDS = {"name", "description", "layers", "env", "paused", "priority", "max_attempts", "timeout",
-              "cwd", "needs", "max_disruptions", "cache", "no_cache", "compensate"}
+              "cwd", "needs", "max_disruptions", "cache", "no_cache", "compensate", "retry", "retry_on", "fail_on",
+              "start_within", "deadline"}
 LAYER_FIELDS = {"name", "order", "tasks", "env", "paused", "priority", "on_error", "max_attempts",
-                "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions", "cache"}
+                "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions", "cache", "retry", "retry_on",
+                "fail_on", "start_within", "min_success"}
 TASK_FIELDS = {"name", "cmd", "shell", "image", "env", "cwd", "timeout", "max_attempts", "priority",
-               "needs", "paused", "max_disruptions", "cache"}
+               "needs", "paused", "max_disruptions", "cache", "retry", "retry_on", "fail_on", "start_within"}
 NEEDS_FIELDS = {"slots", "labels", "memory", "cpus", "node"}
-INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions", "cache")
+INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions", "cache", "retry", "retry_on",
+             "fail_on", "start_within", "deadline")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -301,6 +307,7 @@ def _common(data: dict[str, Any], where: str, inherited: dict[str, Any]) -> dict
         out["needs"] = {**out.get("needs", {}), **parse_needs(data["needs"], f"{where}needs")}
     if "cache" in data and data["cache"] is not None:  # task caching: conductor/taskcache.py
         out["cache"] = taskcache.parse(data["cache"], f"{where}cache")
+    out.update(flow.parse_common(data, where, out))
     return out
 
 
@@ -363,6 +370,7 @@ def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int 
     out["needs"] = merged.get("needs", {})
     if merged.get("cache"):
         out["cache"] = merged["cache"]
+    out.update({name: merged[name] for name in FLOW_FIELDS if merged.get(name) is not None})
     size = len(json.dumps(out))  # tasks added later (add-task, spawn files) are held to the cap too
     if size > MAX_VALUE_BYTES:
         raise InvalidSpec(where, f"is {_bytes(size)} as JSON; one task may be at most {_bytes(MAX_VALUE_BYTES)}")
@@ -392,6 +400,9 @@ def validate_layer(layer: Any, where: str, index: int, inherited: dict[str, Any]
         "tasks": [validate_task(t, f"{where}.tasks[{i}]", defaults, i) for i, t in enumerate(tasks)],
     }
     _unique([t["name"] for t in out["tasks"]], f"{where}.tasks", "task")
+    share = flow.parse_share(layer.get("min_success"), f"{where}.min_success")
+    if share is not None:
+        out["min_success"] = share
     return out
 
 
@@ -448,6 +459,8 @@ def validate_job(data: Any) -> dict[str, Any]:
         raise InvalidSpec("layers", f"has {len(layers)} layers, the limit is {MAX_LAYERS}")
     _count_tasks(layers)
     defaults = _common(data, "", {})
+    if data.get("deadline") is not None:
+        defaults["deadline"] = flow.parse_deadline(data["deadline"], "deadline")
     name = data.get("name")
     job: dict[str, Any] = {
         "name": _str(name, "name") if name is not None else "job",
@@ -456,6 +469,8 @@ def validate_job(data: Any) -> dict[str, Any]:
         "paused": _bool(data.get("paused", False), "paused"),
         "layers": [validate_layer(layer, f"layers[{i}]", i, defaults) for i, layer in enumerate(layers)],
     }
+    if defaults.get("deadline"):
+        job["deadline"] = defaults["deadline"]
     _unique([layer["name"] for layer in job["layers"]], "layers", "layer")
     _cache_and_compensation(job, data, defaults)
     return job

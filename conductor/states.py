@@ -29,7 +29,8 @@ TASK_TRANSITIONS: dict[tuple[str, str], str] = {
     (QUEUED, RUNNING): "a node claimed it",
     (RUNNING, COMPLETED): "it exited 0",
     (RUNNING, ERRORED): "it failed with no attempt left, was disrupted with no disruption left, or was killed",
-    (RUNNING, QUEUED): "a failure with attempts left, or a disruption (node lost, fenced, handed back) with disruptions left",
+    (RUNNING, QUEUED): "a failure with attempts left (after its retry delay), or a disruption (node lost, "
+                       "fenced, handed back) with disruptions left",
     (ERRORED, QUEUED): "retried by a user",
     (COMPLETED, QUEUED): "retried by a user",
     (SKIPPED, QUEUED): "retried by a user",
@@ -38,7 +39,7 @@ TASK_TRANSITIONS: dict[tuple[str, str], str] = {
     (RUNNING, SKIPPED): "skipped by a user (the run is killed)",
     (ERRORED, SKIPPED): "skipped by a user",
     (PENDING, ERRORED): "killed by a user before it ran",
-    (QUEUED, ERRORED): "killed by a user before it ran",
+    (QUEUED, ERRORED): "killed by a user before it ran, or not started within its start_within",
     (ERRORED, PENDING): "retried by a user before its layer started",
     (COMPLETED, PENDING): "retried by a user before its layer started",
     (SKIPPED, PENDING): "retried by a user before its layer started",

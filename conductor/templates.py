@@ -15,14 +15,14 @@ from __future__ import annotations
 import re
 from typing import Any, Collection
 
-from . import spec
+from . import loopguard, spec
 from .errors import InvalidSpec
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|\{|\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MESSAGE = re.compile(r"^[A-Za-z0-9_.:/\-]+$")
 MASK = "****"
-TEMPLATE_FIELDS = {"inputs", "triggers", "after", "on_success", "on_failure"}
+TEMPLATE_FIELDS = {"inputs", "triggers", "after", "on_success", "on_failure", "loops", "max_chain", "max_rate"}
 
 
 def parse_inputs(value: Any, field: str = "inputs") -> dict[str, dict[str, Any]]:
@@ -150,6 +150,7 @@ def split(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         "after": parse_messages(data.get("after"), "after"),
         "on_success": parse_messages(data.get("on_success"), "on_success"),
         "on_failure": parse_messages(data.get("on_failure"), "on_failure"),
+        **loopguard.parse_meta(data),
     }
     job = {k: v for k, v in data.items() if k not in TEMPLATE_FIELDS}
     if not meta["inputs"]:  # a plain job file: braces are just braces

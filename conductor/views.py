@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from . import batch, codec, ids, model, owners, placement, states
+from . import backoff, batch, codec, deadlines, ids, model, owners, placement, states
 from .board import Board
 from .errors import InvalidSpec, NotFound, PermissionDenied
 from .keys import Keys
@@ -122,6 +122,7 @@ def job_tree(board: Board, job_id: str, user: str, tasks: int = PAGE_TASKS,
     fill_pages(store, keys, user, layers, tasks, start)
     add_waiting(store, keys, layers)
     job["waiting"] = next((layer["waiting"] for layer in layers if layer["waiting"]), None)
+    job["deadline_at"] = deadlines.deadline_at(job)  # None without a deadline (docs/flow/deadlines.md)
     job["layer_list"] = layers
     return job
 
@@ -283,11 +284,13 @@ def live_nodes(store: Store, keys: Keys) -> list[dict[str, Any]] | None:
 
 
 def task_waiting(task: dict[str, Any], nodes: list[dict[str, Any]] | None) -> str | None:
-    """Why no live node can hold ``task`` (``waiting: ...``), or None (see placement.why_waiting);
-    None too when the nodes cannot be seen."""
-    if nodes is None:
-        return None
-    return placement.why_waiting(task.get("needs") or {}, nodes, container=bool(task.get("image")))
+    """Why ``task`` waits: its retry delay (backoff.waiting), else why no live node can hold it
+    (``waiting: ...``, see placement.why_waiting; not said when the nodes cannot be seen), else its
+    start_within (deadlines.waiting), or None."""
+    now = time.time()
+    placed = None if nodes is None else placement.why_waiting(task.get("needs") or {}, nodes,
+                                                               container=bool(task.get("image")))
+    return backoff.waiting(task, now) or placed or deadlines.waiting(task, now)
 
 
 class _Judge:
@@ -298,6 +301,8 @@ class _Judge:
         self.seen: dict[str, str | None] = {}
 
     def __call__(self, task: dict[str, Any]) -> str | None:
+        if "not_before" in task or "start_within" in task:  # a wait of its own, not shared
+            return task_waiting(task, self.nodes)
         key = json.dumps([task.get("needs") or {}, bool(task.get("image"))], sort_keys=True, default=str)
         if key not in self.seen:
             self.seen[key] = task_waiting(task, self.nodes)

@@ -130,3 +130,49 @@ def test_a_real_conductor_fires_a_rule_read_in_a_zone_and_records_missed_ticks(c
     assert as_json["tz"] == "Asia/Kolkata" and len(as_json["fires"]) == 2
     stored = codec.unpack(client.store.get(client.keys.schedule(client.user, "k")).value)
     assert stored["tz"] == "Asia/Kolkata"
+
+
+class _InjectedClock:
+    """A node clock the test moves by hand (the scheduler reads only ``local`` and ``chore_time``)."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def local(self) -> float:
+        return self.now
+
+    def chore_time(self) -> float:
+        return self.now
+
+
+def test_a_paris_schedule_fires_at_the_right_utc_instants_across_a_dst_change(client):
+    """The scheduler itself, against a real etcd, with an injected clock walked across the spring
+    change of 2027 (Sunday 28 March, 02:00 CET -> 03:00 CEST): ``30 2 * * *`` fires at 01:30 UTC
+    in winter, at 01:00 UTC on the day of the gap (03:00 CEST, moved, not skipped) and at 00:30
+    UTC in summer, once each, and every tick's fate is a fire record of the schedule."""
+    import threading
+
+    from conductor.scheduler import Scheduler
+
+    client.add_template({"name": "daily", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
+    client.add_schedule("paris", "30 2 * * *", "daily", tz=PARIS)
+    clock = _InjectedClock(utc("2027-03-26 23:00"))
+    scheduler = Scheduler(client.board, "injected", threading.Event(), clock)  # type: ignore[arg-type]
+    kvs, revision = client.store.scan(client.keys.schedule())
+    scheduler.cache.reset(kvs, revision)
+    next_at: dict[str, float] = {}
+    scheduler._fire_all(next_at)  # months since it was added: one missed record, one late fire
+    first = {f["tick"] for f in client.schedule("paris", 100)["fires"]}
+    expected = [utc("2027-03-27 01:30"), utc("2027-03-28 01:00"), utc("2027-03-29 00:30")]
+    walked = utc("2027-03-26 23:00")
+    while walked < utc("2027-03-29 12:00"):  # every 5 minutes of injected time, firing what is due
+        walked += 300
+        clock.now = walked
+        scheduler._fire_all(next_at)
+    fires = [f for f in client.schedule("paris", 100)["fires"] if f["tick"] not in first]
+    assert sorted(f["tick"] for f in fires) == expected, [ticks.local(f["tick"], PARIS) for f in fires]
+    assert all(f["state"] == "posted" for f in fires), fires
+    assert [ticks.local(t, PARIS) for t in expected] == [
+        "2027-03-27 02:30:00 CET", "2027-03-28 03:00:00 CEST", "2027-03-29 02:30:00 CEST"]
+    jobs = [j for j in client.jobs(limit=0) if (j.get("source") or {}).get("schedule") == "paris"]
+    assert sorted(j["source"]["tick"] for j in jobs if j["source"]["tick"] not in first) == expected
