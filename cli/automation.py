@@ -67,10 +67,12 @@ def template_show(name: str, etcd: Etcd = None, namespace: Namespace = None, jso
 
 
 @template_app.command("guards")
-def template_guards(etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
+def template_guards(all_users: Annotated[bool, typer.Option(
+                        "--all-users", help="Every user's records, not only yours (admins).")] = False,
+                    etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
     """List loop guard records: message chains and templates stopped as runaway loops."""
     with _client(etcd, namespace) as client:
-        _listing(client.loop_guards(), json, "no loop guard has stopped anything", _guard_line)
+        _listing(client.loop_guards(all_users), json, "no loop guard has stopped anything", _guard_line)
 
 
 def _guard_line(g: dict[str, Any]) -> str:

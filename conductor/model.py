@@ -11,7 +11,9 @@ import time
 from typing import Any
 
 from . import ids, states
-from .spec import FLOW_FIELDS
+
+# flow control (docs/flow/): what a task, layer or job may say about retries and deadlines
+FLOW_FIELDS = ("retry", "retry_on", "fail_on", "start_within", "deadline")
 
 MAX_RECORDS = 40  # history kept per object; older records are dropped and counted
 

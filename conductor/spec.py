@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compensation, taskcache
+from .model import FLOW_FIELDS
 from . import flowspec as flow
 from .errors import InvalidSpec
 from .limits import (  # noqa: F401 - the caps are spec's public names too
@@ -28,8 +29,6 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (see lifecycle.py)
 ON_ERROR = ("fail", "continue")
 
-# flow control (docs/flow/): what a task, layer or job may say about retries and deadlines
-FLOW_FIELDS = ("retry", "retry_on", "fail_on", "start_within", "deadline")
 JOB_FIELDS = {"name", "description", "layers", "env", "paused", "priority", "max_attempts", "timeout",
               "cwd", "needs", "max_disruptions", "cache", "no_cache", "compensate", "retry", "retry_on", "fail_on",
               "start_within", "deadline"}

@@ -48,7 +48,8 @@ def test_a_self_triggering_chain_is_stopped_at_its_depth_with_a_record(client, s
     assert all(client.wait(j["id"], timeout=30)["state"] == "COMPLETED" for j in jobs)
     for node in nodes:  # said on every node, not only where it happened
         wait_for(lambda: "loop guard (seen by" in node.log(), 20, what=f"a warning on {node.name}")
-    run = conductor_cli("template", "guards", "--etcd", shared_etcd.endpoint, "--namespace", client.keys.namespace)
+    run = conductor_cli("template", "guards", "--etcd", shared_etcd.endpoint, "--namespace", client.keys.namespace,
+                        "--user", client.user)
     assert run.returncode == 0 and "ticker  chain stopped" in run.stdout, run.stdout
 
 
