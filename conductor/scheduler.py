@@ -92,8 +92,8 @@ class Scheduler:
             raise
         except Exception as exc:
             if self.broken.get(name, (None, 0.0))[0] is not schedule:
-                log.warning("schedule %s fails, tried again every %d s until it changes: %s: %s",
-                            name, RETRY_BROKEN, type(exc).__name__, exc)
+                log.warning("schedule %s fails, tried again every %d s until it changes (user %s): %s: %s",
+                            schedule.get("name", name), RETRY_BROKEN, schedule.get("user"), type(exc).__name__, exc)
             self.broken[name] = (schedule, now + RETRY_BROKEN)
             return None
         self.broken.pop(name, None)
