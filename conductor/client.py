@@ -174,8 +174,13 @@ class Client:
     def jobs(self, *, user: str | None = None, all_users: bool = False, state: str | None = None,
              name: str | None = None, node: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         """Jobs newest first with progress counts; ``node`` keeps jobs with a task that ran there."""
-        return views.list_jobs(self.board, user=user or self.user, all_users=all_users, state=state, name=name,
-                               node=node, limit=limit, offset=offset)
+        try:
+            return views.list_jobs(self.board, user=user or self.user, all_users=all_users, state=state, name=name,
+                                   node=node, limit=limit, offset=offset)
+        except PermissionDenied as exc:
+            what = "every user's jobs (--all-users)" if all_users else f"the jobs of user {user}"
+            raise PermissionDenied(f"permission denied: {what} may be listed by admins only, "
+                                   f"and you are {self.user} [{exc}]") from None
 
     def show(self, some_id: str, tasks: int = 0, after: str | None = None) -> dict[str, Any]:
         """A job as a tree of layers and tasks, a layer with its tasks, or a task with its history,
@@ -214,7 +219,12 @@ class Client:
         return codec.unpack(kv.value).get("data") if kv else None
 
     def nodes(self) -> list[dict[str, Any]]:
-        return views.list_nodes(self.store, self.keys)
+        """Live nodes with their facts and running tasks (admins, or without etcd auth)."""
+        try:
+            return views.list_nodes(self.store, self.keys)
+        except PermissionDenied as exc:
+            raise PermissionDenied(f"permission denied: nodes are for admins only, and you are {self.user} "
+                                   f"[{exc}]") from None
 
     def alarms(self) -> list[dict[str, str]]:
         """etcd's raised alarms (``NOSPACE``, ``CORRUPT``), each ``{"member": hex id, "alarm": name}``;
