@@ -51,7 +51,7 @@ class Claimer:
             node.table.begin_claim(e.id for e in batch)
             try:
                 try:
-                    claimed, stale = node.claims.claim(batch, node.session.lease)
+                    claimed, stale = node.claims.claim(batch, node.session.lease, node.gate)
                     backoff = 0.05
                 except StoreError as exc:  # if it committed after all, the sweep hands those claims back
                     log.debug("claim failed: %s", exc)
@@ -62,6 +62,8 @@ class Claimer:
                 if stale:
                     node.cache.drop(stale)
                     seen = -1
+                if claimed:  # flow control hook: count the slots and starts just taken (conductor/gate.py)
+                    node.gate.committed(claimed[0].claim_rev)
                 for c in claimed:
                     self.start(c)
             finally:
@@ -94,6 +96,8 @@ class Claimer:
         free = [free_slots]
         facts = self._facts()
         unfit = self._unfit
+        gate = node.gate
+        gate.begin()
 
         def accept(entry: Ready) -> bool:
             task = entry.task
@@ -111,6 +115,8 @@ class Claimer:
             if slots > free[0]:
                 return False
             if needs.get("memory") and needs["memory"] > node.available_memory():
+                return False
+            if not gate.admit(task):  # flow control hook: concurrency keys, rate limits (conductor/gate.py)
                 return False
             free[0] -= slots
             return True

@@ -84,6 +84,9 @@ def new_task(layer: Value, number: int, spec: dict[str, Any]) -> Value:
         task["image"] = spec["image"]
     if spec.get("secrets"):
         task["secrets"] = spec["secrets"]
+    for name in ("concurrency", "rate"):  # flow control (conductor/concurrency.py, conductor/ratelimit.py)
+        if spec.get(name):
+            task[name] = spec[name]
     return task
 
 

@@ -41,6 +41,7 @@ from .crew import Crew
 from .executor import Limits
 from .exitcodes import Exit
 from .finisher import Finisher
+from .gate import Gate
 from .keeper import Keeper
 from .keys import Keys
 from .runtable import RunTable
@@ -81,6 +82,7 @@ class Conductor:
         self.finisher = Finisher(self)
         self.claimer = Claimer(self)
         self.keeper = Keeper(self)
+        self.gate = Gate(self)  # concurrency keys and rate limits: what the claimer may take
         self.clock = Clock(settings.clock_skew)  # judged against peers and etcd by the ClockWatch
         self.clock_watch = ClockWatch(self.store, self.keys, self.name, self.clock, self.stopping,
                                       on_change=lambda: self.session.refresh_info())
@@ -103,6 +105,8 @@ class Conductor:
         self._open_session()
         self.claims = Claims(self.store, self.keys, self.name)
         self._follower = self.store.follow(self.keys.stream(), self.cache, name="stream")
+        self.gate.on_failure = lambda exc: self._crashed("gate", exc)
+        self.gate.start()
         self.scheduler.start()
         self.crew.start("session", self.session.keep, self.stopping)
         self.crew.start("claim", self.claimer.run)
@@ -184,6 +188,7 @@ class Conductor:
             return
         if self._follower:
             self._follower.stop()
+        self.gate.stop()
         self.clock_watch.stop()
         self.scheduler.stop()
         self.supervision.close(revoke=True)  # kills what is left, then revokes the lease

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .claims import Claims
     from .clock import Clock
     from .executor import Limits, Run
+    from .gate import Gate
     from .lifecycle import Outcome
     from .keys import Keys
     from .runtable import RunTable
@@ -40,6 +41,7 @@ class Node(Protocol):
     table: "RunTable"
     session: "Session"
     claims: "Claims"
+    gate: "Gate"
     limits: "Limits"
     clock: "Clock"
     supervision: "Supervision"

@@ -26,12 +26,13 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (see lifecycle.py)
 ON_ERROR = ("fail", "continue")
 
+FLOW_FIELDS = {"concurrency", "rate"}  # flow control: conductor/concurrency.py, conductor/ratelimit.py
 JOB_FIELDS = {"name", "description", "layers", "env", "paused", "priority", "max_attempts", "timeout",
-              "cwd", "needs", "max_disruptions"}
+              "cwd", "needs", "max_disruptions"} | FLOW_FIELDS
 LAYER_FIELDS = {"name", "order", "tasks", "env", "paused", "priority", "on_error", "max_attempts",
-                "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions"}
+                "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions"} | FLOW_FIELDS
 TASK_FIELDS = {"name", "cmd", "shell", "image", "env", "cwd", "timeout", "max_attempts", "priority",
-               "needs", "paused", "max_disruptions"}
+               "needs", "paused", "max_disruptions"} | FLOW_FIELDS
 NEEDS_FIELDS = {"slots", "labels", "memory", "cpus", "node"}
 INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions")
 
@@ -298,7 +299,34 @@ def _common(data: dict[str, Any], where: str, inherited: dict[str, Any]) -> dict
         out["cwd"] = _str(data["cwd"], f"{where}cwd", limit=4096)
     if "needs" in data and data["needs"] is not None:
         out["needs"] = {**out.get("needs", {}), **parse_needs(data["needs"], f"{where}needs")}
+    _flow(data, where, out)
     return out
+
+
+def _flow(data: dict[str, Any], where: str, out: dict[str, Any]) -> None:
+    """Flow control fields (a task's own replace what it inherits; ``null`` turns one off)."""
+    from . import concurrency, ratelimit
+
+    for name, parse in (("concurrency", concurrency.parse), ("rate", ratelimit.parse)):
+        if name in data:
+            if data[name] is None:
+                out.pop(name, None)
+            else:
+                out[name] = parse(data[name], f"{where}{name}")
+
+
+def fill_flow_keys(job: dict[str, Any]) -> None:
+    """Fill the ``{NAME}`` placeholders of every task's concurrency and rate key from the task's
+    environment (job env, then layer env, then task env), in place. Raises InvalidSpec naming the
+    task's field when a name is not set."""
+    from . import concurrency
+
+    for li, layer in enumerate(job["layers"]):
+        for ti, task in enumerate(layer["tasks"]):
+            env = {**job.get("env", {}), **layer.get("env", {}), **task.get("env", {})}
+            for name in ("concurrency", "rate"):
+                if task.get(name):
+                    task[name] = concurrency.fill(task[name], env, f"layers[{li}].tasks[{ti}].{name}.key")
 
 
 def _cmd(task: dict[str, Any], where: str, shell: bool) -> list[str]:
@@ -358,6 +386,8 @@ def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int 
     out["timeout"] = merged.get("timeout")
     out["cwd"] = merged.get("cwd")
     out["needs"] = merged.get("needs", {})
+    for name in FLOW_FIELDS & set(merged):
+        out[name] = dict(merged[name])
     size = len(json.dumps(out))  # tasks added later (add-task, spawn files) are held to the cap too
     if size > MAX_VALUE_BYTES:
         raise InvalidSpec(where, f"is {_bytes(size)} as JSON; one task may be at most {_bytes(MAX_VALUE_BYTES)}")
@@ -452,6 +482,7 @@ def validate_job(data: Any) -> dict[str, Any]:
         "layers": [validate_layer(layer, f"layers[{i}]", i, defaults) for i, layer in enumerate(layers)],
     }
     _unique([layer["name"] for layer in job["layers"]], "layers", "layer")
+    fill_flow_keys(job)
     check_exec(job)
     return job
 
