@@ -89,6 +89,7 @@ class Gate:
         self._followers: list[Any] = []
         self._batch_slots: dict[str, dict[str, int]] = {}  # key -> {task: slot} planned in this pick
         self._batch_starts: dict[str, list[float]] = {}  # rate key -> starts planned in this pick
+        self._batch_logs: dict[str, Log] = {}  # rate key -> the log those starts were judged against
         self._claim_at = 0.0  # the time the claim being committed records
         self._timer: threading.Timer | None = None
         self._timer_at = 0.0
@@ -152,6 +153,7 @@ class Gate:
         """A new pick starts: forget what the last one planned."""
         self._batch_slots = {}
         self._batch_starts = {}
+        self._batch_logs = {}
 
     def admit(self, task: dict[str, Any]) -> bool:
         """May ``task`` join the batch being picked? Plans its slot and start when it may."""
@@ -170,7 +172,8 @@ class Gate:
         return True
 
     def _rate_open(self, rate: dict[str, Any]) -> bool:
-        found = self.logs.get(rate["key"]) or Log()
+        # the claim compares the log it was judged against, not whatever the watch brings meanwhile
+        found = self._batch_logs.setdefault(rate["key"], self.logs.get(rate["key"]) or Log())
         starts = found.starts + self._batch_starts.get(rate["key"], [])
         when = ratelimit.earliest(starts, rate["limit"], rate["per"])
         if time.time() >= when:
@@ -213,13 +216,14 @@ class Gate:
             ops += more_ops
             rate = task.get("rate")
             if rate:
-                added[rate["key"]].append(at)
-                keep[rate["key"]] = max(keep[rate["key"]], rate["per"])
-                limit[rate["key"]] = rate["limit"]
-        with self.lock:
-            logs = {key: self.logs.get(key) or Log() for key in added}
+                key = rate["key"]
+                if not ratelimit.allowed(self._batch_logs[key].starts + added[key], rate["limit"], rate["per"], at):
+                    compare.append(Compare(self.keys.rate(key), "mod", "<", 0))  # cannot be: the claim fails
+                added[key].append(at)
+                keep[key] = max(keep[key], rate["per"])
+                limit[key] = rate["limit"]
         for key, starts in added.items():
-            rate_compare, rate_ops = logs[key].txn_parts(self.keys, key, starts, keep[key], limit[key])
+            rate_compare, rate_ops = self._batch_logs[key].txn_parts(self.keys, key, starts, keep[key], limit[key])
             compare += rate_compare
             ops += rate_ops
         return compare, ops
@@ -234,7 +238,7 @@ class Gate:
                         self.slots[key][n] = Holder(key, n, task_id, "", self.node.name, time.time(), revision)
             if self.rate_view.revision < revision:
                 for key, starts in self._batch_starts.items():
-                    old = self.logs.get(key) or Log()
+                    old = self._batch_logs[key]
                     self.logs[key] = Log(old.starts + [self._claim_at] * len(starts), revision, old.keep, old.limit)
         self.begin()
 
