@@ -202,3 +202,11 @@ def test_the_docs_example_runs_and_keys_lists_it(client, shared_etcd, start_node
     assert client.wait(job, timeout=60)["state"] == "COMPLETED"
     assert most_at_once(intervals(client, job, 6)) <= 2
     wait_for(lambda: no_flow_keys_left(client), 5)
+
+
+@pytest.mark.parametrize("page, example", [("concurrency.md", "concurrency.yaml"), ("rates.md", "rates.yaml")])
+def test_the_docs_show_the_example_files_the_tests_post(page, example):
+    text = (Path(__file__).resolve().parent.parent / "docs" / "flow" / page).read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    shown = [b for b in blocks if b.startswith(f"# examples/flow/{example}\n")]
+    assert shown == [(EXAMPLES / example).read_text()], f"docs/flow/{page} must show examples/flow/{example} as it is"
