@@ -93,7 +93,7 @@ class Gate:
         self._claim_at = 0.0  # the time the claim being committed records
         self._timer: threading.Timer | None = None
         self._timer_at = 0.0
-        self._actions: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._actions: queue.Queue[tuple[tuple[str, int], Callable[[], None]] | None] = queue.Queue()
         self._acted: set[tuple[str, int]] = set()  # (task, revision) already acted on
 
     # ---- lifetime -------------------------------------------------------------------------------
@@ -271,17 +271,22 @@ class Gate:
         if len(self._acted) > 10_000:
             self._acted.clear()
         self._acted.add((task_id, revision))
-        self._actions.put(action)
+        self._actions.put(((task_id, revision), action))
 
     def _act(self) -> None:
         while True:
-            action = self._actions.get()
-            if action is None:
+            item = self._actions.get()
+            if item is None:
                 return
+            done, action = item
             try:
                 action()
             except ConductorError as exc:  # etcd away or the task moved on: the next refusal acts again
                 log.warning("concurrency strategy not applied: %s", exc)
+                self._acted.discard(done)
+            except Exception as exc:  # noqa: BLE001 - a bug: the node stops loudly (node._crashed)
+                self.on_failure(exc)
+                return
 
     def _skip_newcomer(self, task: dict[str, Any], conc: dict[str, Any], held: list[Holder]) -> None:
         """cancel-newest: SKIPPED at once, in one transaction that checks the task is still as
