@@ -319,14 +319,21 @@ def fill_flow_keys(job: dict[str, Any]) -> None:
     """Fill the ``{NAME}`` placeholders of every task's concurrency and rate key from the task's
     environment (job env, then layer env, then task env), in place. Raises InvalidSpec naming the
     task's field when a name is not set."""
-    from . import concurrency
-
     for li, layer in enumerate(job["layers"]):
         for ti, task in enumerate(layer["tasks"]):
-            env = {**job.get("env", {}), **layer.get("env", {}), **task.get("env", {})}
-            for name in ("concurrency", "rate"):
-                if task.get(name):
-                    task[name] = concurrency.fill(task[name], env, f"layers[{li}].tasks[{ti}].{name}.key")
+            fill_task_keys(task, {**job.get("env", {}), **layer.get("env", {})}, f"layers[{li}].tasks[{ti}]")
+
+
+def fill_task_keys(task: dict[str, Any], base_env: dict[str, str], where: str) -> dict[str, Any]:
+    """One validated task's concurrency and rate keys filled from ``base_env`` (job and layer env)
+    overlaid with its own env, in place (also for tasks added later). Raises InvalidSpec."""
+    from . import concurrency
+
+    env = {**base_env, **task.get("env", {})}
+    for name in ("concurrency", "rate"):
+        if task.get(name):
+            task[name] = concurrency.fill(task[name], env, f"{where}.{name}.key")
+    return task
 
 
 def _cmd(task: dict[str, Any], where: str, shell: bool) -> list[str]:

@@ -60,6 +60,18 @@ def test_bad_value_is_refused_by_post_before_anything_is_written(client: Client)
     assert list(client.store.iter_prefix(client.keys.namespace)) == []
 
 
+def test_added_tasks_fill_the_inherited_key_from_job_layer_and_own_env(client: Client):
+    job = client.post({"env": {"tenant": "eu"}, "layers": [
+        {"tasks": [{"cmd": ["true"]}]},
+        {"concurrency": {"key": "db-{tenant}-{zone}", "limit": 3}, "env": {"zone": "a"}, "tasks": []}]},
+        paused=True)
+    [added] = client.add_tasks(f"{job}.1", [{"cmd": ["true"], "env": {"zone": "b"}}])
+    assert client.task(added)["concurrency"] == {"key": "db-eu-b", "limit": 3, "strategy": "queue"}
+    with pytest.raises(InvalidSpec) as err:
+        client.add_tasks(f"{job}.1", [{"cmd": ["true"], "rate": {"key": "api-{nope}", "limit": 1, "per": 1}}])
+    assert err.value.field == "tasks[0].rate.key"
+
+
 def test_free_slot_and_reason():
     assert concurrency.free_slot([0, 2], 3) == 1
     assert concurrency.free_slot([0, 1], 2) is None
