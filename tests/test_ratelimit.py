@@ -4,11 +4,16 @@ A start is a claim: the task's RUNNING record (its time is what the rate log rec
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from conductor import ratelimit, spec
+from conductor import concurrency, ratelimit, spec
+from conductor.cache import Cache
+from conductor.gate import Gate
+from conductor.keys import Keys
 from conductor.client import Client
 from conductor.errors import InvalidSpec
 from harness import conductor_cli, wait_for
@@ -72,6 +77,43 @@ def test_bad_rate_values_are_refused_naming_the_field(value, field, words):
         spec.validate_job({"layers": [{"tasks": [{"cmd": ["true"], "rate": value}]}]})
     assert err.value.field == f"layers[0].tasks[0].{field}", str(err.value)
     assert words in str(err.value)
+
+
+def _gate() -> Gate:
+    """A gate without etcd: its views are filled by hand (what the watches would bring)."""
+    keys = Keys("/t/")
+    gate = Gate(SimpleNamespace(keys=keys, name="n1", cache=Cache(keys)))  # type: ignore[arg-type]
+    gate.slot_view.live = gate.rate_view.live = True
+    return gate
+
+
+def test_gate_compares_the_log_it_judged_even_when_the_watch_brings_a_newer_one():
+    gate = _gate()
+    gate.logs["api"] = ratelimit.Log([], 5)
+    rate = {"key": "api", "limit": 2, "per": 60.0}
+    tasks = [{"id": f"j.0.{i}", "user": "u", "rate": rate} for i in range(3)]
+    gate.begin()
+    assert [gate.admit(t) for t in tasks] == [True, True, False], "two per window, judged in one pick"
+    gate.logs["api"] = ratelimit.Log([time.time()], 9)  # another node's start arrives meanwhile
+    compare, ops = gate.txn_parts(tasks[:2], lease=1, at=round(time.time(), 3))
+    assert [(c.target, c.value) for c in compare] == [("mod", 5)], "the claim fails if the log moved on"
+    assert len(ops) == 1
+
+
+def test_gate_plans_distinct_free_slots_and_marks_them_in_the_running_value():
+    gate = _gate()
+    gate.slots["db"] = {1: concurrency.Holder("db", 1, "x.0.0", "u", "n2", 0.0)}
+    conc = {"key": "db", "limit": 3, "strategy": "queue"}
+    tasks = [{"id": f"j.0.{i}", "user": "u", "concurrency": conc} for i in range(3)]
+    gate.begin()
+    assert [gate.admit(t) for t in tasks] == [True, True, False]
+    for t in tasks[:2]:
+        gate.mark(t)
+    assert sorted(t["conc_slot"] for t in tasks[:2]) == [0, 2]
+    compare, ops = gate.txn_parts(tasks[:2], lease=1, at=1.0)
+    assert sorted(c.key for c in compare) == ["/t/conc/db/0", "/t/conc/db/2"]
+    assert all(c.target == "version" and c.value == 0 for c in compare), "each slot must be free"
+    assert all(op.lease == 1 for op in ops), "on the runner's lease"
 
 
 # ---- real conductors -----------------------------------------------------------------------------------
