@@ -19,7 +19,7 @@ def _waiters(store: "Store", keys: "Keys") -> tuple[dict[str, list[dict[str, Any
     """{key: queued tasks} for concurrency and for rate keys, from the ready markers."""
     conc: dict[str, list[dict[str, Any]]] = {}
     rate: dict[str, list[dict[str, Any]]] = {}
-    for kv in store.iter_prefix(keys.ready()):
+    for kv in store.iter_prefix(keys.stream() + "ready/"):  # every user's ready markers
         try:
             task = codec.unpack(kv.value)
         except Exception:  # noqa: BLE001 - not a value Conductor wrote: nothing waits there

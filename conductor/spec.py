@@ -26,13 +26,13 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (see lifecycle.py)
 ON_ERROR = ("fail", "continue")
 
-FLOW_FIELDS = {"concurrency", "rate"}  # flow control: conductor/concurrency.py, conductor/ratelimit.py
+KEY_FIELDS = {"concurrency", "rate"}  # flow control keys: conductor/concurrency.py, conductor/ratelimit.py
 JOB_FIELDS = {"name", "description", "layers", "env", "paused", "priority", "max_attempts", "timeout",
-              "cwd", "needs", "max_disruptions"} | FLOW_FIELDS
+              "cwd", "needs", "max_disruptions"} | KEY_FIELDS
 LAYER_FIELDS = {"name", "order", "tasks", "env", "paused", "priority", "on_error", "max_attempts",
-                "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions"} | FLOW_FIELDS
+                "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions"} | KEY_FIELDS
 TASK_FIELDS = {"name", "cmd", "shell", "image", "env", "cwd", "timeout", "max_attempts", "priority",
-               "needs", "paused", "max_disruptions"} | FLOW_FIELDS
+               "needs", "paused", "max_disruptions"} | KEY_FIELDS
 NEEDS_FIELDS = {"slots", "labels", "memory", "cpus", "node"}
 INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions")
 
@@ -393,7 +393,7 @@ def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int 
     out["timeout"] = merged.get("timeout")
     out["cwd"] = merged.get("cwd")
     out["needs"] = merged.get("needs", {})
-    for name in FLOW_FIELDS & set(merged):
+    for name in KEY_FIELDS & set(merged):
         out[name] = dict(merged[name])
     size = len(json.dumps(out))  # tasks added later (add-task, spawn files) are held to the cap too
     if size > MAX_VALUE_BYTES:

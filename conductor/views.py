@@ -13,7 +13,7 @@ from typing import Any
 
 from . import batch, codec, concurrency, ids, model, placement, ratelimit, states
 from .board import Board
-from .errors import InvalidSpec, NotFound
+from .errors import InvalidSpec, NotFound, PermissionDenied
 from .keys import Keys
 from .ops import KV, Get
 from .store import Store
@@ -285,8 +285,12 @@ def task_waiting(task: dict[str, Any], nodes: list[dict[str, Any]]) -> str | Non
 
 
 def flow_waiting(store: Store, keys: Keys, task: dict[str, Any]) -> str | None:
-    """Why a QUEUED task waits for its concurrency key or rate limit (read now), or None."""
-    return concurrency.why_waiting(store, keys, task) or ratelimit.why_waiting(store, keys, task)
+    """Why a QUEUED task waits for its concurrency key or rate limit (read now), or None (also
+    when this user may not read the cluster's slots and rate logs)."""
+    try:
+        return concurrency.why_waiting(store, keys, task) or ratelimit.why_waiting(store, keys, task)
+    except PermissionDenied:
+        return None
 
 
 class _Judge:
