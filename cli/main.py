@@ -250,6 +250,7 @@ from . import control as _control  # noqa: E402,F401 - registers the steering co
 from . import cluster as _cluster  # noqa: E402,F401 - registers join, leave, members, token
 from . import events as _events  # noqa: E402,F401 - registers events
 from . import users as _users  # noqa: E402,F401 - registers user and auth
+from . import flow as _flow  # noqa: E402,F401 - registers keys
 
 security.secure_all(app)  # --cacert, --cert, --key, --user, --password-file on every etcd command
 

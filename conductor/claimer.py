@@ -61,7 +61,7 @@ class Claimer:
             node.table.begin_claim(e.id for e in batch)
             try:
                 try:
-                    claimed, stale = node.claims.claim(batch, node.session.lease)
+                    claimed, stale = node.claims.claim(batch, node.session.lease, node.gate)
                     backoff = 0.05
                 except StoreError as exc:  # if it committed after all, the sweep hands those claims back
                     log.debug("claim failed: %s", exc)
@@ -72,6 +72,8 @@ class Claimer:
                 if stale:
                     node.cache.drop(stale)
                     seen = -1
+                if claimed:  # flow control hook: count the slots and starts just taken (conductor/gate.py)
+                    node.gate.committed(claimed[0].claim_rev)
                 for c in claimed:
                     self.start(c)
             finally:
@@ -106,6 +108,8 @@ class Claimer:
         facts = self._facts()
         unfit = self._unfit
         now = time.time()
+        gate = node.gate
+        gate.begin()
 
         def accept(entry: Ready) -> bool:
             task = entry.task
@@ -128,6 +132,8 @@ class Claimer:
             if slots > free[0]:
                 return False
             if needs.get("memory") and needs["memory"] > node.available_memory():
+                return False
+            if not gate.admit(task):  # flow control hook: concurrency keys, rate limits (conductor/gate.py)
                 return False
             free[0] -= slots
             return True

@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, cast
 
-from . import codec, lifecycle, model, taskcache
+from . import codec, concurrency, lifecycle, model, taskcache
 from .batch import Group, Item, fit
 from .errors import ConductorError
 from .keys import Keys, lease_hex
@@ -96,9 +96,11 @@ class Claims:
 
     # ---- claim ---------------------------------------------------------------------------------
 
-    def claim(self, batch: list[Ready], lease: int) -> tuple[list[Claimed], set[str]]:
+    def claim(self, batch: list[Ready], lease: int, gate: Any = None) -> tuple[list[Claimed], set[str]]:
         """Claim every task of ``batch`` or none. Returns what was claimed, and on failure the
-        ids found stale (taken by another node, changed, or paused) so the caller can drop them."""
+        ids found stale (taken by another node, changed, or paused) so the caller can drop them.
+        ``gate`` (a :class:`conductor.gate.Gate`) adds the concurrency slots and rate permits the
+        tasks take, in this same transaction; a failure of those compares names no task stale."""
         k, node = self.keys, self.node
         at = model.now()
         compare: list[Compare] = []
@@ -110,6 +112,8 @@ class Claims:
             task_rev = entry.task.get("task_rev") or entry.mod_revision  # see Board.enqueue
             task = lifecycle.decide_claim(entry.task, node, at)  # a copy: the cache's value stays as it was
             task.pop("task_rev", None)
+            if gate is not None:  # flow control hook: the slot this claim takes (conductor/gate.py)
+                gate.mark(task)
             user = task["user"]
             running.append(task)
             compare += [mod_is(k.ready(user, task["id"]), entry.mod_revision),
@@ -121,6 +125,10 @@ class Claims:
                     Put(k.task(user, task["id"]), codec.pack(task))]
             jobs[task["job"]] = user
             layers[task["layer"]] = user
+        if gate is not None:  # flow control hook: concurrency slots and rate logs (conductor/gate.py)
+            flow_compare, flow_ops = gate.txn_parts(running, lease, at)
+            compare += flow_compare
+            ops += flow_ops
         reads: list[Op] = []
         reads += [Get(k.job(u, j)) for j, u in jobs.items()] + [Get(k.layer(u, lid)) for lid, u in layers.items()]
         compare += [absent(k.paused(u, i)) for i, u in (*jobs.items(), *layers.items())]
@@ -218,6 +226,8 @@ class Claims:
         compare = [created_at(k.claim(user, tid), claimed.claim_rev),
                    mod_is(k.task(user, tid), task_rev or claimed.task_rev)]
         ops: list[Op] = [Delete(k.claim(user, tid)), Delete(k.run(user, tid)), Delete(k.kill(user, tid))]
+        ops += concurrency.release_ops(k, claimed.task)  # flow control hook: free the run's slot
+        task.pop("conc_slot", None)
         ops += decision_ops(k, decision)
         if o.result is not None:
             ops.append(Put(k.result(user, tid), codec.pack({"data": o.result, "attempt": task["attempts"],

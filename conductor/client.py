@@ -218,6 +218,13 @@ class Client:
         kv = self.store.get(self.keys.result(owner, full))
         return codec.unpack(kv.value).get("data") if kv else None
 
+    def flow_keys(self) -> list[dict[str, Any]]:
+        """Concurrency keys with their holders and waiters, rate keys with their recent starts and
+        waiters (see :func:`conductor.flowkeys.overview`). Raises StoreUnavailable like any read."""
+        from . import flowkeys
+
+        return flowkeys.overview(self.store, self.keys, user=self.user)  # a user under auth: their waiters only
+
     def nodes(self) -> list[dict[str, Any]]:
         """Live nodes with their facts and running tasks (admins, or without etcd auth)."""
         try:

@@ -240,7 +240,9 @@ class Control:
         if t.kind != "layer":
             raise Refused(f"{t.id} is not a layer id: tasks are added to a layer")
         layer, _ = self._loaded(t)
-        specs = [spec.validate_task(s, f"tasks[{i}]", layer.get("defaults", {}), layer["next"] + i)
+        job_env = (self.board.load(self.keys.job(t.user, layer["job"])) or ({}, None))[0].get("env", {})
+        specs = [spec.fill_task_keys(spec.validate_task(s, f"tasks[{i}]", layer.get("defaults", {}), layer["next"] + i),
+                                     {**job_env, **layer.get("env", {})}, f"tasks[{i}]")  # flow control keys
                  for i, s in enumerate(task_specs)]
         if not specs:
             raise Refused("no tasks given")

@@ -48,6 +48,8 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "loop_stop": ("loops/<user>/stop/<template>", False, "a loop guard's record: why a message chain or template was stopped"),
     "loop_rate": ("loops/<user>/rate/<template>", False, "jobs messages posted from a template this minute (max_rate)"),
     "cluster_token": ("cluster/tokens/<id>", True, "a join token of a laptop cluster: its secret's SHA-256, expiry"),
+    "conc": ("conc/<key>/<n>", True, "slot n of a concurrency key, held by a running task on its runner's lease"),
+    "rate": ("rates/<key>", False, "a rate key's recent start times (its sliding window), compared and swapped by claims"),
 }
 
 
@@ -98,6 +100,15 @@ class Keys:
 
     def cluster_token(self, token_id: str = "") -> str:
         return self._k(f"cluster/tokens/{token_id}")
+
+    def conc(self, key: str = "", n: int | None = None) -> str:
+        """A concurrency slot; with no ``n`` the prefix of the key's slots (of all keys: no key)."""
+        if not key:
+            return self._k("conc/")
+        return self._k(f"conc/{key}/" + ("" if n is None else str(n)))
+
+    def rate(self, key: str = "") -> str:
+        return self._k(f"rates/{key}")
 
     def meta(self, name: str) -> str:
         return self._k(f"meta/{name}")

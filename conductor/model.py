@@ -93,6 +93,9 @@ def new_task(layer: Value, number: int, spec: dict[str, Any]) -> Value:
         task["secrets"] = spec["secrets"]
     if spec.get("cache"):  # conductor/taskcache.py
         task["cache"] = spec["cache"]
+    for name in ("concurrency", "rate"):  # flow control (conductor/concurrency.py, conductor/ratelimit.py)
+        if spec.get(name):
+            task[name] = spec[name]
     for name in FLOW_FIELDS:  # retries and deadlines (docs/flow/): only when set, values stay small
         if spec.get(name) is not None:
             task[name] = spec[name]

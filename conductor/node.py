@@ -42,6 +42,7 @@ from .deadlines import Deadlines
 from .executor import Limits
 from .exitcodes import Exit
 from .finisher import Finisher
+from .gate import Gate
 from .keeper import Keeper
 from .keys import Keys
 from .runtable import RunTable
@@ -84,6 +85,7 @@ class Conductor:
         self.keeper = Keeper(self)
         self.deadlines = Deadlines(self)
         self.cache.on_ready = self.deadlines.seen_ready
+        self.gate = Gate(self)  # concurrency keys and rate limits: what the claimer may take
         self.clock = Clock(settings.clock_skew)  # judged against peers and etcd by the ClockWatch
         self.clock_watch = ClockWatch(self.store, self.keys, self.name, self.clock, self.stopping,
                                       on_change=lambda: self.session.refresh_info())
@@ -107,6 +109,8 @@ class Conductor:
         self.claims = Claims(self.store, self.keys, self.name)
         self.deadlines.start()  # before the stream: its first listing sets the timers
         self._follower = self.store.follow(self.keys.stream(), self.cache, name="stream")
+        self.gate.on_failure = lambda exc: self._crashed("gate", exc)
+        self.gate.start()
         self.scheduler.start()
         self.crew.start("session", self.session.keep, self.stopping)
         self.crew.start("claim", self.claimer.run)
@@ -188,6 +192,7 @@ class Conductor:
             return
         if self._follower:
             self._follower.stop()
+        self.gate.stop()
         self.clock_watch.stop()
         self.scheduler.stop()
         self.deadlines.stop()

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .clock import Clock
     from .deadlines import Deadlines
     from .executor import Limits, Run
+    from .gate import Gate
     from .lifecycle import Outcome
     from .keys import Keys
     from .runtable import RunTable
@@ -41,6 +42,7 @@ class Node(Protocol):
     table: "RunTable"
     session: "Session"
     claims: "Claims"
+    gate: "Gate"
     limits: "Limits"
     clock: "Clock"
     supervision: "Supervision"

@@ -32,6 +32,7 @@ USER_ACCESS: dict[str, str] = {
     "job": "rw", "layer": "rw", "task": "rw", "result": "rw", "log": "rw", "tally": "rw", "secrets": "rw",
     "template": "rw", "schedule": "rw", "fire": "rw", "active": "rw", "pending": "rw", "outbox": "rw",
     "join": "rw", "shared_template": "r", "seal_public": "r", "account": "r", "loop_stop": "rw", "loop_rate": "rw",
+    "conc": "r", "rate": "r",  # cluster-wide, written by nodes only: users may see who holds a key
 }
 _PERM = {"rw": READWRITE, "r": READ}
 

@@ -59,7 +59,8 @@ def stage(board: Board, claimed: Claimed, data: bytes, node: str) -> Stager:
     if found is None:
         raise Refused(f"layer {target['id']} does not exist")
     layer = found[0]
-    specs = [spec.validate_task(item, f"[{i}]", layer.get("defaults", {}), layer["next"] + i)
+    specs = [spec.fill_task_keys(spec.validate_task(item, f"[{i}]", layer.get("defaults", {}), layer["next"] + i),
+                                 {**claimed.job.get("env", {}), **layer.get("env", {})}, f"[{i}]")  # flow control keys
              for i, item in enumerate(items)]
     stager = Stager(board, task["user"], target["id"], token=f"spawn-{task['id']}-{task['attempts']}")
     if specs:

@@ -29,14 +29,15 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_MAX_DISRUPTIONS = 10  # runs ended by a lost, fenced or stopping node (see lifecycle.py)
 ON_ERROR = ("fail", "continue")
 
+KEY_FIELDS = {"concurrency", "rate"}  # flow control keys: conductor/concurrency.py, conductor/ratelimit.py
 JOB_FIELDS = {"name", "description", "layers", "env", "paused", "priority", "max_attempts", "timeout",
               "cwd", "needs", "max_disruptions", "cache", "no_cache", "compensate", "retry", "retry_on", "fail_on",
-              "start_within", "deadline"}
+              "start_within", "deadline"} | KEY_FIELDS
 LAYER_FIELDS = {"name", "order", "tasks", "env", "paused", "priority", "on_error", "max_attempts",
                 "timeout", "cwd", "needs", "on_success", "on_failure", "max_disruptions", "cache", "retry", "retry_on",
-                "fail_on", "start_within", "min_success"}
+                "fail_on", "start_within", "min_success"} | KEY_FIELDS
 TASK_FIELDS = {"name", "cmd", "shell", "image", "env", "cwd", "timeout", "max_attempts", "priority",
-               "needs", "paused", "max_disruptions", "cache", "retry", "retry_on", "fail_on", "start_within"}
+               "needs", "paused", "max_disruptions", "cache", "retry", "retry_on", "fail_on", "start_within"} | KEY_FIELDS
 NEEDS_FIELDS = {"slots", "labels", "memory", "cpus", "node"}
 INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions", "cache", "retry", "retry_on",
              "fail_on", "start_within", "deadline")
@@ -307,7 +308,41 @@ def _common(data: dict[str, Any], where: str, inherited: dict[str, Any]) -> dict
     if "cache" in data and data["cache"] is not None:  # task caching: conductor/taskcache.py
         out["cache"] = taskcache.parse(data["cache"], f"{where}cache")
     out.update(flow.parse_common(data, where, out))
+    _flow(data, where, out)
     return out
+
+
+def _flow(data: dict[str, Any], where: str, out: dict[str, Any]) -> None:
+    """Flow control fields (a task's own replace what it inherits; ``null`` turns one off)."""
+    from . import concurrency, ratelimit
+
+    for name, parse in (("concurrency", concurrency.parse), ("rate", ratelimit.parse)):
+        if name in data:
+            if data[name] is None:
+                out.pop(name, None)
+            else:
+                out[name] = parse(data[name], f"{where}{name}")
+
+
+def fill_flow_keys(job: dict[str, Any]) -> None:
+    """Fill the ``{NAME}`` placeholders of every task's concurrency and rate key from the task's
+    environment (job env, then layer env, then task env), in place. Raises InvalidSpec naming the
+    task's field when a name is not set."""
+    for li, layer in enumerate(job["layers"]):
+        for ti, task in enumerate(layer["tasks"]):
+            fill_task_keys(task, {**job.get("env", {}), **layer.get("env", {})}, f"layers[{li}].tasks[{ti}]")
+
+
+def fill_task_keys(task: dict[str, Any], base_env: dict[str, str], where: str) -> dict[str, Any]:
+    """One validated task's concurrency and rate keys filled from ``base_env`` (job and layer env)
+    overlaid with its own env, in place (also for tasks added later). Raises InvalidSpec."""
+    from . import concurrency
+
+    env = {**base_env, **task.get("env", {})}
+    for name in ("concurrency", "rate"):
+        if task.get(name):
+            task[name] = concurrency.fill(task[name], env, f"{where}.{name}.key")
+    return task
 
 
 def _cmd(task: dict[str, Any], where: str, shell: bool) -> list[str]:
@@ -370,6 +405,8 @@ def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int 
     if merged.get("cache"):
         out["cache"] = merged["cache"]
     out.update({name: merged[name] for name in FLOW_FIELDS if merged.get(name) is not None})
+    for name in KEY_FIELDS & set(merged):
+        out[name] = dict(merged[name])
     size = len(json.dumps(out))  # tasks added later (add-task, spawn files) are held to the cap too
     if size > MAX_VALUE_BYTES:
         raise InvalidSpec(where, f"is {_bytes(size)} as JSON; one task may be at most {_bytes(MAX_VALUE_BYTES)}")
@@ -471,6 +508,7 @@ def validate_job(data: Any) -> dict[str, Any]:
     if defaults.get("deadline"):
         job["deadline"] = defaults["deadline"]
     _unique([layer["name"] for layer in job["layers"]], "layers", "layer")
+    fill_flow_keys(job)
     _cache_and_compensation(job, data, defaults)
     return job
 

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from . import backoff, batch, codec, deadlines, ids, model, owners, placement, states
+from . import backoff, batch, codec, concurrency, deadlines, ids, model, owners, placement, ratelimit, states
 from .board import Board
 from .errors import InvalidSpec, NotFound, PermissionDenied
 from .keys import Keys
@@ -252,7 +252,7 @@ def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
         task["elapsed"] = round(time.time() - task["started"], 1)
     task["claimed"] = bool(claim_r.kvs)
     if task["state"] == states.QUEUED:
-        task["waiting"] = task_waiting(task, live_nodes(store, keys))
+        task["waiting"] = task_waiting(task, live_nodes(store, keys)) or flow_waiting(store, keys, task)
     return task
 
 
@@ -293,6 +293,15 @@ def task_waiting(task: dict[str, Any], nodes: list[dict[str, Any]] | None) -> st
     return backoff.waiting(task, now) or placed or deadlines.waiting(task, now)
 
 
+def flow_waiting(store: Store, keys: Keys, task: dict[str, Any]) -> str | None:
+    """Why a QUEUED task waits for its concurrency key or rate limit (read now), or None (also
+    when this user may not read the cluster's slots and rate logs)."""
+    try:
+        return concurrency.why_waiting(store, keys, task) or ratelimit.why_waiting(store, keys, task)
+    except PermissionDenied:
+        return None
+
+
 class _Judge:
     """task_waiting, once per distinct (needs, container): a layer's tasks mostly share them."""
 
@@ -306,6 +315,15 @@ class _Judge:
         key = json.dumps([task.get("needs") or {}, bool(task.get("image"))], sort_keys=True, default=str)
         if key not in self.seen:
             self.seen[key] = task_waiting(task, self.nodes)
+        return self.seen[key]
+
+    def flow(self, store: Store, keys: Keys, task: dict[str, Any]) -> str | None:
+        """flow_waiting, once per distinct pair of keys on a page."""
+        if not task.get("concurrency") and not task.get("rate"):
+            return None
+        key = json.dumps(["flow", task.get("concurrency"), task.get("rate")], sort_keys=True, default=str)
+        if key not in self.seen:
+            self.seen[key] = flow_waiting(store, keys, task)
         return self.seen[key]
 
 
@@ -324,8 +342,9 @@ def add_waiting(store: Store, keys: Keys, layers: list[dict[str, Any]]) -> None:
     samples = _ready_samples(store, keys, [(layer["user"], layer["id"]) for layer in judged])
     for layer in judged:
         for task in page_queued[layer["id"]]:
-            task["waiting"] = judge(task)
-        reasons = (judge(t) for t in (*page_queued[layer["id"]], *samples.get(layer["id"], [])))
+            task["waiting"] = judge(task) or judge.flow(store, keys, task)
+        reasons = (judge(t) or judge.flow(store, keys, t)
+                   for t in (*page_queued[layer["id"]], *samples.get(layer["id"], [])))
         layer["waiting"] = next((r for r in reasons if r), None)
 
 
