@@ -16,7 +16,7 @@ Compensation runs once per job: a retry after it does not arm it again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import states
 from .errors import InvalidSpec
@@ -35,11 +35,11 @@ ENV_LAYER, ENV_REASON, ENV_COMPENSATES = "CONDUCTOR_FAILED_LAYER", "CONDUCTOR_FA
 
 # ---- the spec -------------------------------------------------------------------------------
 
-def validate(value: Any, layer_names: Sequence[str], inherited: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``compensate`` list -> layer specs, each with ``for`` (a layer name or None). Raises
-    InvalidSpec naming the field (``compensate[1].for``)."""
-    from . import spec
-
+def validate(value: Any, layer_names: Sequence[str], inherited: dict[str, Any],
+             validate_layer: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``compensate`` list -> layer specs, each with ``for`` (a layer name or None), each
+    checked by ``validate_layer`` (spec's, passed in: spec calls this). Raises InvalidSpec naming
+    the field (``compensate[1].for``)."""
     if value is None:
         return []
     if not isinstance(value, list):
@@ -59,7 +59,7 @@ def validate(value: Any, layer_names: Sequence[str], inherited: dict[str, Any]) 
         if target is not None and target not in layer_names:
             raise InvalidSpec(f"{where}.for", f"names no layer of this job: {target!r} (layers: "
                                               f"{', '.join(layer_names)})")
-        layer = spec.validate_layer({k: v for k, v in item.items() if k != "for"}, where, 0, inherited)
+        layer = validate_layer({k: v for k, v in item.items() if k != "for"}, where, 0, inherited)
         if item.get("name") is None:
             layer["name"] = f"compensate-{j}"
         out.append({**layer, "for": target})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from . import spec
+from . import fields as spec  # the field readers (spec re-exports them)
 from .errors import InvalidSpec
 from .limits import MAX_TIMEOUT
 

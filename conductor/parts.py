@@ -10,9 +10,7 @@ if TYPE_CHECKING:
     from .cache import Cache
     from .claims import Claims
     from .clock import Clock
-    from .deadlines import Deadlines
     from .executor import Limits, Run
-    from .gate import Gate
     from .lifecycle import Outcome
     from .keys import Keys
     from .runtable import RunTable
@@ -32,6 +30,26 @@ class Claiming(Protocol):
     def forget_dir(self, job: str) -> None: ...
 
 
+class Gating(Protocol):
+    """What the claimer and claims use of :class:`conductor.gate.Gate` (flow control)."""
+
+    def begin(self) -> None: ...
+
+    def admit(self, task: dict[str, Any]) -> bool: ...
+
+    def mark(self, task: dict[str, Any]) -> None: ...
+
+    def txn_parts(self, tasks: list[dict[str, Any]], lease: int, at: float) -> tuple[list[Any], list[Any]]: ...
+
+    def committed(self, revision: int) -> None: ...
+
+
+class Sweeping(Protocol):
+    """What the keeper uses of :class:`conductor.deadlines.Deadlines`."""
+
+    def sweep(self) -> None: ...
+
+
 class Node(Protocol):
     name: str
     settings: "NodeSettings"
@@ -42,11 +60,9 @@ class Node(Protocol):
     table: "RunTable"
     session: "Session"
     claims: "Claims"
-    gate: "Gate"
     limits: "Limits"
     clock: "Clock"
     supervision: "Supervision"
-    deadlines: "Deadlines"
     stopping: threading.Event
     stopped: threading.Event
     containers: str | None
@@ -57,6 +73,12 @@ class Node(Protocol):
 
     @property
     def claimer(self) -> Claiming: ...
+
+    @property
+    def gate(self) -> Gating: ...
+
+    @property
+    def deadlines(self) -> Sweeping: ...
 
     def available_memory(self) -> int: ...
 

@@ -39,7 +39,8 @@ MAX_PER = 86_400.0
 def parse(value: Any, field: str) -> dict[str, Any]:
     """A ``rate`` map as written -> ``{key, limit, per}`` (per in seconds; the key may still hold
     placeholders). Raises InvalidSpec naming the field."""
-    from . import concurrency, spec
+    from . import concurrency
+    from . import fields as spec
 
     if not isinstance(value, dict):
         raise InvalidSpec(field, "must be a map like {key: api-{region}, limit: 100, per: 1m}")

@@ -7,7 +7,6 @@ The format is a superset of Igor's job JSON; see ``docs/jobs.md``.
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -17,12 +16,13 @@ from . import compensation, taskcache
 from .model import FLOW_FIELDS
 from . import flowspec as flow
 from .errors import InvalidSpec
+from .fields import _bool, _finite, _int, _kind, _scalar_text, _short, _str, parse_duration  # noqa: F401
 from .limits import (  # noqa: F401 - the caps are spec's public names too
     ALIAS_FACTOR, KIB, MAX_ALIAS_NODES, MAX_ARG_BYTES, MAX_DEPTH, MAX_DIGITS, MAX_EXEC_BYTES, MAX_FILE_BYTES,
     MAX_CPUS, MAX_JOB_BYTES, MAX_MEMORY, MAX_TASKS, MAX_TIMEOUT, MAX_VALUE_BYTES, MIB)
 from .limits import human_bytes as _bytes
 
-MAX_NAME = 200
+from .fields import MAX_NAME  # noqa: E402,F401 - one home, spec re-exports it
 MAX_LAYERS = 1000  # the job value keeps a line per layer; it must stay well under etcd's 1.5 MiB
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -42,8 +42,6 @@ NEEDS_FIELDS = {"slots", "labels", "memory", "cpus", "node"}
 INHERITED = ("max_attempts", "timeout", "priority", "cwd", "needs", "max_disruptions", "cache", "retry", "retry_on",
              "fail_on", "start_within", "deadline")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
                "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
@@ -51,11 +49,6 @@ _LABEL = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 _NODE = re.compile(r"^[^\s/]+$")  # a node name is one segment of its key nodes/<name>
 
 
-def _scalar_text(value: Any) -> str:
-    """How a scalar was written: numbers keep their source text, booleans are true/false."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return getattr(value, "source", None) or str(value)
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -101,12 +94,6 @@ def parse_any(text: str, where: str = "input") -> Any:
     return jobfile.parse(text, where)
 
 
-def _kind(value: Any) -> str:
-    for kind, name in ((bool, "boolean"), (dict, "map"), (list, "list"), (str, "string"), (int, "number"),
-                       (float, "number"), (type(None), "null")):
-        if isinstance(value, kind):  # numbers from a file are subclasses that keep their text
-            return name
-    return type(value).__name__
 
 
 def _unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -116,67 +103,16 @@ def _unknown(data: dict[str, Any], allowed: set[str], where: str) -> None:
             raise InvalidSpec(f"{where}{'.' if where else ''}{key}", f"unknown field (known: {hint})")
 
 
-def _str(value: Any, field: str, *, empty: bool = False, limit: int = MAX_NAME) -> str:
-    if not isinstance(value, str):
-        raise InvalidSpec(field, f"must be a string, not a {_kind(value)}")
-    if not empty and not value.strip():
-        raise InvalidSpec(field, "must not be empty")
-    if len(value) > limit:
-        raise InvalidSpec(field, f"is {len(value)} characters long, the limit is {limit}")
-    return value
 
 
-def _bool(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidSpec(field, f"must be true or false, not a {_kind(value)}")
-    return value
 
 
-def _int(value: Any, field: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, float) and not isinstance(value, bool):
-        raise InvalidSpec(field, f"must be a whole number, not {_short(value)}")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidSpec(field, f"must be a whole number, not a {_kind(value)}")
-    if minimum is not None and value < minimum:
-        raise InvalidSpec(field, f"must be at least {minimum}, not {value}")
-    if maximum is not None and value > maximum:
-        raise InvalidSpec(field, f"must be at most {maximum}, not {value}")
-    return value
 
 
-def parse_duration(value: Any, field: str, maximum: float | None = None) -> float:
-    """``30``, ``1.5``, ``"90s"``, ``"5m"``, ``"2h"`` -> seconds (> 0, finite, at most ``maximum``)."""
-    if isinstance(value, bool):
-        raise InvalidSpec(field, "must be a duration like 30, '90s', '5m' or '2h'")
-    if isinstance(value, (int, float)):
-        seconds = _finite(value, field)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = _finite(float(m.group(1)) * _DURATION_UNITS[m.group(2)], field)
-    else:
-        raise InvalidSpec(field, f"must be a duration like 30, '90s', '5m' or '2h', not {_short(value)}")
-    if seconds <= 0:
-        raise InvalidSpec(field, "must be more than zero")
-    if maximum is not None and seconds > maximum:
-        raise InvalidSpec(field, f"is too large: {_short(value)}, the limit is {maximum / 86400:g} days")
-    return seconds
 
 
-def _finite(value: float, field: str) -> float:
-    """``value`` as a float, refusing NaN, infinities and ints too big for a float."""
-    try:
-        number = float(value)
-    except OverflowError:
-        raise InvalidSpec(field, "is too large") from None
-    if math.isnan(number):
-        raise InvalidSpec(field, "is not a number (NaN)")
-    if math.isinf(number):
-        raise InvalidSpec(field, "is too large (infinite)")
-    return number
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_size(value: Any, field: str) -> int:
@@ -518,7 +454,8 @@ def _cache_and_compensation(job: dict[str, Any], data: dict[str, Any], defaults:
     conductor/compensation.py), then the exec sizes and cache keys of every task."""
     if _bool(data.get("no_cache", False), "no_cache"):
         job["no_cache"] = True
-    compensate = compensation.validate(data.get("compensate"), [la["name"] for la in job["layers"]], defaults)
+    compensate = compensation.validate(data.get("compensate"), [la["name"] for la in job["layers"]], defaults,
+                                       validate_layer)
     if compensate:
         job["compensate"] = compensate
     for field, layers in (("layers", job["layers"]), ("compensate", compensate)):

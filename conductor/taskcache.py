@@ -59,7 +59,7 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|\{|\}")
 
 def parse(value: Any, field: str) -> dict[str, Any]:
     """A ``cache`` map -> ``{"key": str, "ttl": seconds}``; raises InvalidSpec naming the field."""
-    from . import spec
+    from . import fields as spec  # the field readers (spec re-exports them)
 
     if not isinstance(value, dict):
         raise InvalidSpec(field, "must be a map like {key: \"build-{COMMIT}\", ttl: 7d}")
