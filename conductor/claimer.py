@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from . import lifecycle, placement, templates
+from . import lifecycle, metrics, placement, templates
 from .claims import Claimed, Ready
 from .containers import ContainerRun
 from .errors import ConductorError, StoreError
@@ -179,6 +179,7 @@ class Claimer:
             run.on_exited(None, 0.0, time.time(), failed)
             return
         run.start()
+        metrics.task_started(node.name, task.get("started"), c.job.get("created"), time.time())
         if node.stopping.is_set() and not node.settings.drain:  # claimed as the first SIGTERM came
             run.kill("the node is shutting down", hand_back=True, grace=node.settings.shutdown_grace)
         request = node.cache.kills.get(c.id)
