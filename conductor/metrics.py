@@ -18,6 +18,7 @@ their values live; a process that never calls it (a test, a client) keeps them i
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -32,10 +33,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 if TYPE_CHECKING:
     from .cache import ReadyQueue
 
+log = logging.getLogger("conductor.metrics")
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 ETCD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 SAMPLE_EVERY = 2.0  # seconds between samples of the node's queue and slots
-TALLY_CACHE = 5.0  # seconds a scrape-time etcd reading is reused
+TALLY_CACHE = 2.0  # seconds a scrape-time etcd reading is reused
 
 
 @dataclass
@@ -226,7 +229,8 @@ class TasksByState:
             if time.monotonic() - at > TALLY_CACHE:
                 try:
                     counts = self.count()
-                except Exception:  # noqa: BLE001 - etcd away: the scrape still has the node's metrics
+                except Exception as exc:  # noqa: BLE001 - etcd away: the scrape still has the node's metrics
+                    log.warning("conductor_tasks left out of this scrape: %s", exc)
                     return []
                 self._cached = (time.monotonic(), counts)
         family = GaugeMetricFamily("conductor_tasks", "Tasks of running jobs by state (from etcd)", labels=["state"])
