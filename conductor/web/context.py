@@ -176,6 +176,17 @@ class WebContext:
         self.shared.close()
 
 
+class FeedRecord(dict):
+    """A transition record as the feed shares it between subscribers: a plain dict to them, that
+    keeps its SSE encoding (:func:`conductor.web.sse.encode`) once made."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, record: dict[str, Any]):
+        super().__init__(record)
+        self.encoded: dict[bool, bytes] = {}
+
+
 class Subscription:
     """One subscriber's bounded queue of records, read as an async iterator. When it overflows the
     oldest records are dropped and the next item is ``{"kind": "reload", "dropped": N}``: the
@@ -222,6 +233,14 @@ class Subscription:
             return {"kind": "reload", "dropped": dropped}
         return self.queue.popleft()
 
+    def drain_nowait(self) -> list[dict[str, Any]]:
+        """Every record queued now, without waiting (the SSE writer sends them in one write)."""
+        if self.dropped:
+            return []  # the reload marker comes through __anext__
+        out = list(self.queue)
+        self.queue.clear()
+        return out
+
     async def aclose(self) -> None:
         self.feed.unsubscribe(self)
 
@@ -239,6 +258,8 @@ class Feed:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pending: dict[asyncio.AbstractEventLoop, list[dict[str, Any]]] = {}
+        self._waking: set[asyncio.AbstractEventLoop] = set()
 
     def subscribe(self, ids: set[str] | None = None, user: str | None = None) -> Subscription:
         """A subscription (an async iterator of records) to the records of ``ids`` (job, layer or
@@ -261,13 +282,31 @@ class Feed:
             return len(self._subs)
 
     def _deliver(self, records: list[dict[str, Any]]) -> None:  # on the feed's thread
+        """Queue a revision's records for the subscribers' loops. One wake-up per loop carries
+        every revision that arrived before the loop got to it, not one per revision and
+        subscriber; each record is wrapped once so its JSON is encoded once for all of them."""
+        shared = [FeedRecord(r) for r in records]
         with self._lock:
-            subs = list(self._subs)
-        for sub in subs:
+            loops = {sub.loop for sub in self._subs}
+            wake = [loop for loop in loops if loop not in self._waking]
+            for loop in loops:
+                self._pending.setdefault(loop, []).extend(shared)
+            self._waking.update(wake)
+        for loop in wake:
             try:
-                sub.loop.call_soon_threadsafe(sub.push, records)
-            except RuntimeError:  # its loop is closed: the server is stopping
-                self.unsubscribe(sub)
+                loop.call_soon_threadsafe(self._flush, loop)
+            except RuntimeError:  # that loop is closed: the server is stopping
+                with self._lock:
+                    self._pending.pop(loop, None)
+                    self._waking.discard(loop)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:  # on ``loop``
+        with self._lock:
+            records = self._pending.pop(loop, [])
+            self._waking.discard(loop)
+            subs = [sub for sub in self._subs if sub.loop is loop]
+        for sub in subs:
+            sub.push(records)
 
     def _run(self) -> None:
         while not self._stop.is_set():
