@@ -78,10 +78,11 @@ def cpu_times(cl: Cluster) -> dict[str, dict[str, float]]:
             t = psutil.Process(proc.pid).cpu_times()
             kids = psutil.Process(proc.pid).children()
             fence = sum(sum(k.cpu_times()[:2]) for k in kids if "conductor.supervisor" in " ".join(k.cmdline()))
+            web = sum(sum(k.cpu_times()[:2]) for k in kids if " serve " in " ".join(k.cmdline()))
         except psutil.Error:
             continue
         out[name] = {"own": t.user + t.system, "own_system": t.system,
-                     "children": t.children_user + t.children_system, "fence": fence}
+                     "children": t.children_user + t.children_system, "fence": fence, "web": web}
         if name != "etcd":
             out[f"{name}_threads"] = thread_times(proc.pid)
     return out

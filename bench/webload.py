@@ -10,6 +10,8 @@ only (urllib), so any venv with conductor runs it.
 from __future__ import annotations
 
 import argparse
+import http.client
+import os
 import threading
 import urllib.request
 from typing import Any
@@ -55,8 +57,10 @@ class Pages:
     def start(self) -> "Pages":
         for i in range(self.count):
             base = self.urls[i % len(self.urls)]
-            threading.Thread(target=self._stream, args=(base,), daemon=True).start()
-            threading.Thread(target=self._reader, args=(base,), daemon=True).start()
+            if os.environ.get("BENCH_PAGES") != "read":
+                threading.Thread(target=self._stream, args=(base,), daemon=True).start()
+            if os.environ.get("BENCH_PAGES") != "stream":
+                threading.Thread(target=self._reader, args=(base,), daemon=True).start()
         if self.count:
             say(f"{self.count} simulated pages open over {len(self.urls)} conductor(s)")
         return self
@@ -73,7 +77,7 @@ class Pages:
                     tail = chunk[-8:]
                     with self._lock:
                         self.events += seen
-        except OSError:
+        except (OSError, http.client.HTTPException):
             return
 
     def _reader(self, base: str) -> None:
@@ -83,7 +87,7 @@ class Pages:
                     page.read()
                 with self._lock:
                     self.reads += 1
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 continue
 
     def stop(self) -> dict[str, Any]:

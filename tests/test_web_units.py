@@ -79,3 +79,39 @@ def test_sse_encoding() -> None:
     assert text.startswith("event: task\nid: 7\ndata: {") and text.endswith("}\n\n")
     assert encode(record) is encode(record)  # encoded once, shared by every subscriber
     assert encode({"data": "line\n"}, named=False).decode() == 'data: {"data": "line\\n"}\n\n'
+
+
+def test_the_shared_watch_starts_with_the_first_subscriber_and_ends_when_none_is_left(monkeypatch: Any) -> None:
+    """One watch for every subscriber; an idle server stops it (a stand-in client counts watches)."""
+    import threading
+
+    from conductor.web import context
+
+    monkeypatch.setattr(context, "FEED_IDLE", 0.1)
+    watches: list[threading.Event] = []
+
+    class Watching:
+        def events(self, deliver: Any, all_users: bool, stop: threading.Event) -> None:
+            watches.append(stop)
+            deliver([{"kind": "node", "id": "n1", "user": None, "rev": 1}])
+            stop.wait(30)
+
+    feed = context.Feed(Watching())  # type: ignore[arg-type]
+
+    async def run() -> Any:
+        a, b = feed.subscribe(), feed.subscribe()
+        got = await asyncio.wait_for(a.__anext__(), 5)
+        await a.aclose()
+        await asyncio.sleep(0.3)
+        assert len(watches) == 1 and not watches[0].is_set()  # b still listens
+        await b.aclose()
+        await asyncio.sleep(0.3)
+        assert watches[0].is_set()  # nobody left: the watch ended
+        c = feed.subscribe()
+        await asyncio.sleep(0.1)
+        await c.aclose()
+        return got
+
+    assert asyncio.run(run())["id"] == "n1"
+    assert len(watches) == 2
+    feed.close()

@@ -36,6 +36,7 @@ log = logging.getLogger("conductor.web")
 HERE = Path(__file__).parent
 IDLE_CLOSE = 300.0  # seconds a user's client is kept after its last request
 QUEUE_SIZE = 1000  # records a slow subscriber may fall behind before it is told to reload
+FEED_IDLE = 30.0  # seconds the shared watch outlives its last subscriber (a page reloading keeps it)
 
 
 @dataclass
@@ -256,8 +257,8 @@ class Feed:
         self.size = size
         self._subs: set[Subscription] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # the server is closing
+        self._watch_stop: threading.Event | None = None  # set: the current watch ends (no one listens)
         self._pending: dict[asyncio.AbstractEventLoop, list[dict[str, Any]]] = {}
         self._waking: set[asyncio.AbstractEventLoop] = set()
 
@@ -268,14 +269,28 @@ class Feed:
         sub = Subscription(self, ids, user, self.size)
         with self._lock:
             self._subs.add(sub)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="web-feed", daemon=True)
-                self._thread.start()
+            if self._watch_stop is None:
+                self._watch_stop = threading.Event()
+                threading.Thread(target=self._run, args=(self._watch_stop,), name="web-feed", daemon=True).start()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        """Drop a subscriber; when none is left for :data:`FEED_IDLE` seconds the watch ends
+        (an idle server costs etcd nothing), and the next subscriber starts it again."""
         with self._lock:
             self._subs.discard(sub)
+            if self._subs or self._watch_stop is None:
+                return
+        timer = threading.Timer(FEED_IDLE, self._stop_if_idle)
+        timer.daemon = True
+        timer.start()
+
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            if self._subs or self._watch_stop is None:
+                return
+            self._watch_stop.set()
+            self._watch_stop = None
 
     def subscribers(self) -> int:
         with self._lock:
@@ -308,17 +323,20 @@ class Feed:
         for sub in subs:
             sub.push(records)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, watch_stop: threading.Event) -> None:
+        while not (self._stop.is_set() or watch_stop.is_set()):
             try:
-                self.client.events(self._deliver, all_users=True, stop=self._stop)
+                self.client.events(self._deliver, all_users=True, stop=watch_stop)
             except ConductorError as exc:
                 if not isinstance(exc, StoreUnavailable):
                     log.warning("the live feed stopped (%s); starting it again in 5 s", exc)
-                self._stop.wait(5.0)
+                watch_stop.wait(5.0)
 
     def close(self) -> None:
         self._stop.set()
+        with self._lock:
+            if self._watch_stop is not None:
+                self._watch_stop.set()
 
 
 async def iterate(sub: Subscription) -> AsyncIterator[dict[str, Any]]:
