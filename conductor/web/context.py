@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 from starlette.requests import HTTPConnection
 
@@ -338,11 +338,3 @@ class Feed:
             if self._watch_stop is not None:
                 self._watch_stop.set()
 
-
-async def iterate(sub: Subscription) -> AsyncIterator[dict[str, Any]]:
-    """``sub``'s records, unsubscribing when the consumer stops (a closed page)."""
-    try:
-        async for record in sub:
-            yield record
-    finally:
-        await sub.aclose()

@@ -128,7 +128,9 @@ async def events(request: Request) -> Response:
         client: Client = await call(request, lambda c: c)
         return event_stream(_replay(client, since, ids, all_users))
     client, full = await call(request, lambda c: (c, {c.locate(i)[1] for i in ids}))  # bad ids: 404/400 now
-    return event_stream(_live(request, full or None, None if all_users else client.user))
+    # the subscription itself, not a generator over it: the SSE writer drains it a batch at a time,
+    # and closes it (unsubscribing) when the reader goes away
+    return event_stream(context(request).feed.subscribe(full or None, None if all_users else client.user))
 
 
 async def _replay(client: Client, since: int, ids: list[str], all_users: bool) -> AsyncIterator[dict[str, Any]]:
@@ -141,15 +143,6 @@ async def _replay(client: Client, since: int, ids: list[str], all_users: bool) -
 
     async for record in threaded(work):
         yield record
-
-
-async def _live(request: Request, ids: set[str] | None, user: str | None) -> AsyncIterator[dict[str, Any]]:
-    sub = context(request).feed.subscribe(ids, user)
-    try:
-        async for record in sub:
-            yield record
-    finally:
-        await sub.aclose()
 
 
 def routes() -> list[BaseRoute]:
