@@ -257,6 +257,7 @@ def test_logs_follow_events_and_healthz_of_a_node(shared_etcd: EtcdServer, names
         assert [(e["id"], e["state"]) for e in again if e["kind"] == "job"] == \
             [(e["id"], e["state"]) for e in seen if e["kind"] == "job" and e["id"] == job_id]
         assert http.get("/api/v1/events", params={"since": 0}).status_code == 400
+        assert http.get(f"/api/v1/tasks/{job_id}.0/logs", params={"follow": 1}).status_code == 404
         node.terminate()
         wait_for(lambda: not _answers(base), 15, 0.1, "the node's web server stops with it")
 

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ..client import Client
-from ..errors import ConductorError
+from ..errors import ConductorError, NotFound
 from .errors import body_of, status_of
 from .params import call, context, q_bool, q_int
 from .sse import event_stream
@@ -83,7 +83,12 @@ async def logs(request: Request) -> Response:
         chunks: list[bytes] = []
         await call(request, lambda c: c.logs(task_id, write=chunks.append))
         return Response(b"".join(chunks), media_type="text/plain; charset=utf-8")
-    client: Client = await call(request, lambda c: (c.locate(task_id), c)[1])  # 404 now, before the stream
+    def task_client(c: Client) -> Client:  # a 404 now, as a status, not as an event in a 200 stream
+        if c.locate(task_id)[0].kind != "task":
+            raise NotFound(f"{task_id} is not a task id")
+        return c
+
+    client = await call(request, task_client)
     sse = _wants_sse(request)
 
     def work(emit: Callable[[Any], None], stop: threading.Event) -> None:
