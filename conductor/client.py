@@ -193,6 +193,13 @@ class Client:
             return []
         return [{"member": f"{member:x}", "alarm": name} for member, name in found]
 
+    def members(self) -> list[dict[str, Any]]:
+        """etcd's members (``id`` in hex), each with ``healthy``, ``leader``, ``learner`` and raft
+        ``lag``, asking each member directly (see :func:`conductor.members.health`)."""
+        from .members import health
+
+        return [{**m, "id": f"{m['id']:x}"} for m in health(self.store)]
+
     def defragment(self) -> list[str]:
         """Defragment every etcd endpoint's database (after a compaction: gives the space back)."""
         return self.store.defragment()

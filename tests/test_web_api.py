@@ -93,6 +93,8 @@ def test_post_list_show_and_nodes(http: httpx.Client, client: Client) -> None:
     task = http.get("/api/v1/tasks/webjob.0.0")  # a job name resolves, as in the CLI
     assert task.json()["id"] == f"{job_id}.0.0" and task.json()["state"] == "QUEUED" and task.headers["etag"]
     assert http.get("/api/v1/nodes").json() == []
+    etcd = http.get("/api/v1/cluster").json()
+    assert etcd["alarms"] == [] and [m["healthy"] for m in etcd["members"]] == [True]
 
 
 def test_not_found_and_validation_write_nothing(http: httpx.Client, client: Client) -> None:

@@ -105,6 +105,17 @@ async def nodes(request: Request) -> JSONResponse:
     return JSONResponse(await call(request, lambda c: c.nodes()))
 
 
+async def cluster(request: Request) -> JSONResponse:
+    """etcd's members (health, leader, learner, raft lag) and raised alarms (NOSPACE...).
+    ---
+    summary: etcd members and alarms
+    responses:
+      200: {description: "{members, alarms}"}
+      403: {description: this etcd user may not list members}
+    """
+    return JSONResponse(await call(request, lambda c: {"members": c.members(), "alarms": c.alarms()}))
+
+
 async def get_result(request: Request) -> Response:
     """A task's result (the bytes it wrote to $CONDUCTOR_RESULT).
     ---
@@ -127,6 +138,6 @@ def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = [Route("/jobs", list_jobs, methods=["GET"]), Route("/jobs", post_job, methods=["POST"])]
     for plural, kind in KINDS.items():
         out.append(Route(f"/{plural}/{{id}}", show_route(kind), methods=["GET"]))
-    out += [Route("/nodes", nodes, methods=["GET"]),
+    out += [Route("/nodes", nodes, methods=["GET"]), Route("/cluster", cluster, methods=["GET"]),
             Route("/tasks/{id}/result", get_result, methods=["GET"])]
     return out + steer.routes(KINDS) + automation.routes() + streams.routes()
