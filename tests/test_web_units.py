@@ -11,7 +11,8 @@ import pytest
 from conductor.errors import (AuthFailed, InvalidSpec, NoSpace, NotFound, PermissionDenied, Refused, StaleEtag,
                               StoreUnavailable)
 from conductor.web.child import parse_address
-from conductor.web.context import FeedRecord, Subscription, Unauthorized, basic_credentials
+from conductor.web.context import Unauthorized, basic_credentials
+from conductor.web.feed import FeedRecord, Subscription
 from conductor.web.errors import BadRequest, body_of, error_response, status_of
 from conductor.web.sse import encode
 
@@ -85,7 +86,7 @@ def test_the_shared_watch_starts_with_the_first_subscriber_and_ends_when_none_is
     """One watch for every subscriber; an idle server stops it (a stand-in client counts watches)."""
     import threading
 
-    from conductor.web import context
+    from conductor.web import feed as context
 
     monkeypatch.setattr(context, "FEED_IDLE", 0.1)
     watches: list[threading.Event] = []
