@@ -116,3 +116,26 @@ def test_the_shared_watch_starts_with_the_first_subscriber_and_ends_when_none_is
     assert asyncio.run(run())["id"] == "n1"
     assert len(watches) == 2
     feed.close()
+
+
+def test_user_clients_are_kept_per_password_and_closed_when_idle_unless_held() -> None:
+    from conductor.web.context import ClientPool
+
+    closed: list[str] = []
+
+    class Stand:  # a stand-in for a Client: only close() is used by the pool
+        def __init__(self, name: str):
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    pool = ClientPool(lambda user, password: Stand(f"{user}/{password}"), idle=100.0)  # type: ignore[arg-type,return-value]
+    alice = pool.get("alice", "pw")
+    assert pool.get("alice", "pw") is alice and pool.get("alice", "other") is not alice
+    with pool.hold(alice):
+        pool.reap(now=10_000_000.0)  # long idle, but a follow holds it
+        assert "alice/pw" not in closed and closed == ["alice/other"]
+    pool.reap(now=10_000_000.0)
+    assert closed == ["alice/other", "alice/pw"]
+    assert pool.get("alice", "pw") is not alice  # a fresh one

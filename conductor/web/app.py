@@ -2,6 +2,7 @@
 and the web UI's routes (:mod:`conductor.web.ui`), over one :class:`WebContext`."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any, AsyncIterator
@@ -74,6 +75,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse(exc.detail, exc.status_code, exc.headers)
 
 
+async def _reap(ctx: WebContext) -> None:
+    while True:
+        await asyncio.sleep(60)
+        await run_in_threadpool(ctx.reap)
+
+
 def make_app(settings: WebSettings) -> Starlette:
     """The application for ``settings``; its etcd clients are closed when it shuts down."""
     ctx = WebContext(settings)
@@ -85,7 +92,9 @@ def make_app(settings: WebSettings) -> Starlette:
         except StoreUnavailable as exc:
             log.warning("etcd is unreachable (%s); whether it wants a login is asked again on the first request",
                         exc)
+        reaper = asyncio.create_task(_reap(ctx))
         yield
+        reaper.cancel()
         ctx.close()
 
     routes: list[BaseRoute] = [Mount("/api/v1", routes=api.routes()),

@@ -12,6 +12,7 @@ The UI module gets a :class:`WebContext` (``ui.routes(ctx)``) with:
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import hashlib
 import logging
@@ -19,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from starlette.requests import HTTPConnection
 
@@ -76,6 +77,7 @@ class ClientPool:
         self.owns = owns  # False: the clients share a store that is not theirs to close
         self._clients: dict[tuple[str, str], tuple[Client, float]] = {}
         self._lock = threading.Lock()
+        self._busy: dict[int, int] = {}  # id(client) -> requests and follows using it now
 
     def get(self, user: str, password: str) -> Client:
         key = (user, hashlib.sha256(f"{user}\0{password}".encode()).hexdigest())
@@ -84,11 +86,31 @@ class ClientPool:
             found = self._clients.get(key)
             client = found[0] if found else self.make(user, password)
             self._clients[key] = (client, now)
-            stale = [k for k, (_, used) in self._clients.items() if now - used > self.idle]
+        self.reap(now)
+        return client
+
+    def reap(self, now: float | None = None) -> None:
+        """Close the clients unused for ``idle`` seconds, but none a follow still holds."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            stale = [k for k, (c, used) in self._clients.items()
+                     if now - used > self.idle and not self._busy.get(id(c))]
             closing = [self._clients.pop(k)[0] for k in stale]
         for old in closing:
             self._close(old)
-        return client
+
+    @contextlib.contextmanager
+    def hold(self, client: Client) -> Iterator[Client]:
+        """Keep ``client`` open while a request or a follow uses it."""
+        with self._lock:
+            self._busy[id(client)] = self._busy.get(id(client), 0) + 1
+        try:
+            yield client
+        finally:
+            with self._lock:
+                left = self._busy.pop(id(client)) - 1
+                if left:
+                    self._busy[id(client)] = left
 
     def _close(self, client: Client) -> None:
         if self.owns:
@@ -161,6 +183,15 @@ class WebContext:
             return self.users.get(*given)
         name = (given[0] if given else "") or request.query_params.get("as", "")
         return self.names.get(name, "") if name else self.shared
+
+    def hold(self, client: Client) -> contextlib.AbstractContextManager[Client]:
+        """Keep a request's client open while it is used (a follow may outlast the idle time)."""
+        return (self.users if self.auth else self.names).hold(client)
+
+    def reap(self) -> None:
+        """Close idle user clients (the app calls this every minute)."""
+        self.users.reap()
+        self.names.reap()
 
     def refused(self, client: Client) -> None:
         """etcd refused this client's credentials: forget it, so a corrected login starts afresh."""

@@ -39,7 +39,8 @@ async def call(request: Request, fn: Callable[[Client], T]) -> T:
     def work() -> T:
         client = ctx.client_for(request)
         holder.append(client)
-        return fn(client)
+        with ctx.hold(client):
+            return fn(client)
 
     try:
         return await run_in_threadpool(work)

@@ -92,7 +92,8 @@ async def logs(request: Request) -> Response:
     sse = _wants_sse(request)
 
     def work(emit: Callable[[Any], None], stop: threading.Event) -> None:
-        client.logs(task_id, follow=True, write=lambda data: emit(data), stop=stop)
+        with context(request).hold(client):
+            client.logs(task_id, follow=True, write=lambda data: emit(data), stop=stop)
 
     async def items() -> AsyncIterator[Any]:
         async for data in threaded(work):
@@ -131,20 +132,22 @@ async def events(request: Request) -> Response:
     all_users = q_bool(request, "all_users")
     if since is not None:  # ids of removed jobs are fine here: the client's replay takes full ids of them
         client: Client = await call(request, lambda c: c)
-        return event_stream(_replay(client, since, ids, all_users))
+        return event_stream(_replay(request, client, since, ids, all_users))
     client, full = await call(request, lambda c: (c, {c.locate(i)[1] for i in ids}))  # bad ids: 404/400 now
     # the subscription itself, not a generator over it: the SSE writer drains it a batch at a time,
     # and closes it (unsubscribing) when the reader goes away
     return event_stream(context(request).feed.subscribe(full or None, None if all_users else client.user))
 
 
-async def _replay(client: Client, since: int, ids: list[str], all_users: bool) -> AsyncIterator[dict[str, Any]]:
+async def _replay(request: Request, client: Client, since: int, ids: list[str],
+                  all_users: bool) -> AsyncIterator[dict[str, Any]]:
     def work(emit: Callable[[Any], None], stop: threading.Event) -> None:
         def deliver(records: list[dict[str, Any]]) -> None:
             for record in records:
                 emit(record)
 
-        client.events(deliver, since=since, ids=ids, all_users=all_users, stop=stop)
+        with context(request).hold(client):
+            client.events(deliver, since=since, ids=ids, all_users=all_users, stop=stop)
 
     async for record in threaded(work):
         yield record
