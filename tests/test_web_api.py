@@ -17,7 +17,7 @@ from conductor.client import Client
 from conductor.web.app import make_app
 from conductor.web.context import WebSettings
 from harness import EtcdServer, free_port, wait_for
-from web import WebServer
+from webserver import WebServer
 
 JOB = {"name": "webjob", "layers": [{"name": "first", "tasks": [{"cmd": ["true"]}, {"cmd": ["true"]}]},
                                     {"name": "second", "tasks": [{"cmd": ["true"]}]}]}
