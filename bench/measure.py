@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import webload
 from harness import Cluster, say
 
 
@@ -77,10 +78,11 @@ def cpu_times(cl: Cluster) -> dict[str, dict[str, float]]:
             t = psutil.Process(proc.pid).cpu_times()
             kids = psutil.Process(proc.pid).children()
             fence = sum(sum(k.cpu_times()[:2]) for k in kids if "conductor.supervisor" in " ".join(k.cmdline()))
+            web = sum(sum(k.cpu_times()[:2]) for k in kids if " serve " in " ".join(k.cmdline()))
         except psutil.Error:
             continue
         out[name] = {"own": t.user + t.system, "own_system": t.system,
-                     "children": t.children_user + t.children_system, "fence": fence}
+                     "children": t.children_user + t.children_system, "fence": fence, "web": web}
         if name != "etcd":
             out[f"{name}_threads"] = thread_times(proc.pid)
     return out
@@ -202,15 +204,17 @@ def add_job_args(p: argparse.ArgumentParser, slots: int) -> None:
                                                    "and write collapsed stacks to DIR/<node>.txt")
     p.add_argument("--profile-gil", action="store_true", help="with --profile: sample only the thread "
                                                               "holding the GIL (Python CPU time)")
+    webload.add_args(p)
 
 
 def time_jobs(cl: Cluster, make_job: Any, tasks: int, args: argparse.Namespace) -> dict[str, Any]:
     """Start the conductors, then post ``make_job()`` ``args.repeat`` times, each timed from post to
     COMPLETED. Returns the median run's figures, every run's seconds, and where the CPU went."""
-    cl.start_nodes(args.nodes, slots=args.slots)
+    urls = webload.start_nodes(cl, args)
     client = cl.client()
     if args.warmup:
         client.wait(client.post(true_job("warmup", [args.warmup])), timeout=60)
+    pages = webload.Pages(urls, args.pages).start()
     runs = []
     for r in range(args.repeat):
         job = make_job()
@@ -233,6 +237,7 @@ def time_jobs(cl: Cluster, make_job: Any, tasks: int, args: argparse.Namespace) 
             raise RuntimeError(f"job {job_id} ended {done['state']}: {counts}")
         runs.append({"seconds": t2 - t0, "post_seconds": t1 - t0, "cpu_seconds": cpu, "etcd_per_task": etcd,
                      "job": job_id, "posted_at": wall0, "done_at": wall0 + (t2 - t0)})
+    web = {"http": args.http, **pages.stop()}
     best = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]
     cpu_total = sum(v.get("own", 0) + v.get("children", 0) + v.get("fence", 0)
                     for name, v in best["cpu_seconds"].items() if not name.endswith("_threads"))
@@ -240,4 +245,4 @@ def time_jobs(cl: Cluster, make_job: Any, tasks: int, args: argparse.Namespace) 
             "runs_seconds": [round(x["seconds"], 3) for x in runs],
             "cpu_seconds": best["cpu_seconds"],
             "cpu_ms_per_task": round(1000 * cpu_total / tasks, 2),
-            "etcd_per_task": best["etcd_per_task"], "_run": best, "_client": client}
+            "etcd_per_task": best["etcd_per_task"], "web": web, "_run": best, "_client": client}

@@ -16,6 +16,7 @@ from conductor.spec import parse_duration, parse_labels
 from . import render, security
 
 from .common import Etcd, Json, Namespace, User, _client, _endpoints, app, parse_params  # noqa: F401
+from . import web as _web  # registers serve; run takes its --http options
 
 @app.command()
 def run(etcd: Etcd = None, namespace: Namespace = None,
@@ -45,7 +46,8 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
                                               "member here with TLS (the first start creates the cluster and "
                                               "prints a join command). See docs/cluster.md.")] = False,
         advertise: Annotated[str, typer.Option(help="With --cluster: this machine's address for the other "
-                                               "machines. Default: the address of the default route.")] = "") -> None:
+                                               "machines. Default: the address of the default route.")] = "",
+        http: _web.Http = "127.0.0.1:8420", http_cert: _web.HttpCert = "", http_key: _web.HttpKey = "") -> None:
     """Join the cluster and run tasks until stopped (SIGTERM hands tasks back; twice stops now)."""
     from conductor.localetcd import LocalEtcd, port_open
     from conductor.node import Conductor
@@ -71,6 +73,7 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
                 raise InvalidSpec("--labels", f"{pair!r} is not k=v")
             label_map[key.strip()] = value.strip()
     settings.labels = parse_labels(label_map, "--labels")
+    _web.node_http(settings, http, http_cert, http_key)  # checked now; served by a child process (docs/web.md)
     if cluster:
         if etcd:
             raise InvalidSpec("--cluster", "runs its own etcd member: do not give --etcd with it")

@@ -124,6 +124,14 @@ class ReadyQueue:
     def ids(self) -> Iterable[str]:
         return self._where.keys()
 
+    def depth_by_priority(self) -> dict[int, int]:
+        """Ready tasks by priority, from the groups (a handful of groups, not every task); for the
+        queue-depth metric."""
+        out: dict[int, int] = {}
+        for (neg_priority, _job, _layer, _user), bag in list(self._groups.items()):
+            out[-neg_priority] = out.get(-neg_priority, 0) + len(bag)
+        return out
+
 
 class Cache(FollowHandler):
     def __init__(self, keys: Keys, on_orphan: Callable[[str, str, int], None] | None = None,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from . import compensation, lifecycle, placement, seal, taskcache, templates
+from . import compensation, lifecycle, metrics, placement, seal, taskcache, templates
 from .backoff import DueTimers, due
 from .claims import Claimed, Ready
 from .containers import ContainerRun
@@ -241,6 +241,7 @@ class Claimer:
             run.on_exited(None, 0.0, time.time(), failed)
             return
         run.start()
+        metrics.task_started(node.name, task.get("started"), c.job.get("created"), time.time())
         if node.stopping.is_set() and not node.settings.drain:  # claimed as the first SIGTERM came
             run.kill("the node is shutting down", hand_back=True, grace=node.settings.shutdown_grace)
         request = node.cache.kill_of(task["user"], c.id)

@@ -243,6 +243,13 @@ class Client:
             return []
         return [{"member": f"{member:x}", "alarm": name} for member, name in found]
 
+    def members(self) -> list[dict[str, Any]]:
+        """etcd's members (``id`` in hex), each with ``healthy``, ``leader``, ``learner`` and raft
+        ``lag``, asking each member directly (see :func:`conductor.members.health`)."""
+        from .members import health
+
+        return [{**m, "id": f"{m['id']:x}"} for m in health(self.store)]
+
     def defragment(self) -> list[str]:
         """Defragment every etcd endpoint's database (after a compaction: gives the space back)."""
         return self.store.defragment()
@@ -316,15 +323,16 @@ class Client:
         return removed
 
     def logs(self, task_id: str, follow: bool = False, write: Callable[[bytes], None] | None = None,
-             timeout: float | None = None) -> dict[str, Any] | None:
+             timeout: float | None = None, stop: threading.Event | None = None) -> dict[str, Any] | None:
         """Write a task's stored log tail; with ``follow``, keep writing what the running task adds
-        (by watching its log key) until it has ended. Returns the last log entry."""
+        (by watching its log key) until it has ended (or ``stop`` is set: within a second).
+        Returns the last log entry."""
         parsed, full, owner = self.locate(task_id)
         if parsed.kind != "task":
             raise NotFound(f"{task_id} is not a task id")
         out = write or (lambda data: None)
         follower = logs.LogFollower(self.store, self.keys, owner, full, out)
-        return follower.run(follow, timeout)
+        return follower.run(follow, timeout, stop)
 
     # ---- following -----------------------------------------------------------------------------
 

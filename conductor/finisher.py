@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import dataclasses
 
-from . import lifecycle, spawn, states
+from . import lifecycle, metrics, spawn, states
 from .claims import Extra
 from .lifecycle import Cause, Outcome
 from .errors import ConductorError, NoSpace, RequestRefused, StoreError
@@ -86,6 +86,7 @@ class Finisher:
             extra = f" (exit {task['exit_code']})" if task.get("exit_code") not in (None, 0) else ""
             log.info("task %s %s %s: %s%s", task["id"], task["name"], f.state,
                      task["records"][-1]["reason"], extra if f.state != states.QUEUED else "")
+        metrics.tasks_finished(node.name, (f.state for f in committed))
         for c in lost:
             log.warning("task %s: outcome dropped, this node no longer holds it", c.id)
         for run, _ in items:

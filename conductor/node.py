@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from . import __version__
+from . import __version__, metrics
 from .board import Board
 from .cache import Cache
 from .claimer import Claimer
@@ -51,6 +51,7 @@ from .session import NameTaken, Session
 from .settings import NodeSettings
 from .store import Store, TLSFiles
 from .supervision import Supervision
+from .web.child import WebChild
 
 log = logging.getLogger("conductor.node")
 
@@ -76,6 +77,7 @@ class Conductor:
         self.exit = Exit.OK
         self.crew = Crew(self._crashed)
         self._follower: Any = None
+        self.web: WebChild | None = None  # the child process serving HTTP (conductor.web.child)
         self._mem_cache = (0.0, 0)
         self._started = time.time()
         self.claims: Claims
@@ -116,6 +118,8 @@ class Conductor:
         self.crew.start("claim", self.claimer.run)
         self.crew.start("finish", self.finisher.run)
         self.crew.start("keeper", self.keeper.run)
+        metrics.Sampler(self.name, self._sample, self.stopping).start()
+        self.web = WebChild.start_for(self.settings, self.name, metrics.directory())  # None: no HTTP
         log.info("node %s ready: %d slots, labels %s, etcd %s, namespace %s, containers %s", self.name,
                  self.settings.slots, self.settings.labels or "{}", self.store.describe(), self.keys.namespace,
                  f"via {self.docker_host} ({self.containers})" if self.containers else "none")
@@ -193,6 +197,8 @@ class Conductor:
         if self._follower:
             self._follower.stop()
         self.gate.stop()
+        if self.web:
+            self.web.stop()
         self.clock_watch.stop()
         self.scheduler.stop()
         self.deadlines.stop()
@@ -227,6 +233,10 @@ class Conductor:
         if hasattr(self, "session"):
             info.update(self.session.renewal_stats())
         return info
+
+    def _sample(self) -> tuple[dict[int, int], int, int]:
+        """(ready tasks by priority, running tasks, free slots) for conductor.metrics.Sampler."""
+        return self.cache.ready.depth_by_priority(), len(self.table.runs()), self.table.free()
 
     def available_memory(self) -> int:
         at, value = self._mem_cache

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Any
 
-from . import schedules
+from . import metrics, schedules
 from .board import Board
 from .clock import Clock
 from .errors import StoreError
@@ -86,7 +86,7 @@ class Scheduler:
             due = schedules.due(self.board, schedule, now)
             schedules.record_missed(self.board, schedule, due.missed, self.name)  # before the fires: keys ascend
             for tick in due.fire:
-                schedules.fire(self.board, schedule, tick, self.name)
+                metrics.schedule_fired(self.name, schedules.fire(self.board, schedule, tick, self.name))
             at = schedules.next_fire(schedule, now)
         except StoreError:
             raise

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from . import codec
+from . import codec, metrics
 from .errors import ConductorError, LeaseLost, StoreError, StoreUnavailable
 from .keys import Keys, lease_hex
 from .ops import Put, absent
@@ -122,6 +122,7 @@ class Session:
     # ---- events from the supervisor ------------------------------------------------------------------
 
     def _renewed(self, lease: int, rtt_ms: float, ttl_left: int, was_fenced: bool) -> None:
+        metrics.lease_renewed(self.name, rtt_ms)
         with self._lock:
             self._rtts.append((time.monotonic(), rtt_ms))
             if lease != self.lease:
@@ -137,6 +138,7 @@ class Session:
             if self.lost:
                 return
             self.lost = True
+        metrics.self_fenced(self.name)
         log.error("node %s lost its session: %s; its running tasks were killed (self-fencing)", self.name, why)
         self.on_lost()
 

@@ -65,6 +65,9 @@ class NodeSettings:
     partial_grace: float = 600.0  # the keys of a post that never finished are removed after this long
     clock_skew: float = 0.0  # added to this node's wall clock, conductor.clock.Clock (tests of skewed clocks)
     etcd_tls: tuple[str, ...] | None = None  # conductor.store.TLSFiles: (ca, cert, key, server name)
+    http: str = ""  # HOST:PORT of the node's web UI, HTTP API and /metrics ("": none); conductor.web.child
+    http_cert: str = ""  # with http_key: serve HTTPS
+    http_key: str = ""
 
     def node_name(self) -> str:
         return self.name or socket.gethostname().split(".")[0]

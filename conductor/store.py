@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence,
 import grpc
 
 from . import etcdpb as etcdrpc
+from . import metrics
 from .credentials import Credentials, probe_tls, wants_tls
 from .errors import (AuthFailed, InvalidSpec, LeaseLost, NoSpace, PermissionDenied, RequestRefused, StoreError,
                      StoreUnavailable, TlsFailed)
@@ -343,8 +344,15 @@ class Store:
         going away) is retried until the timeout; a write is not, since it may have been applied.
         ``grows``: a write that etcd's NOSPACE alarm refuses, so its success means the alarm is gone.
         A refused token is renewed and the request sent again (see :meth:`_authed_call`)."""
-        return self._authed_call(lambda token: self._attempt(fn, request, what, timeout, idempotent, grows,
-                                                             token))
+        started, error = time.monotonic(), None
+        try:
+            return self._authed_call(lambda token: self._attempt(fn, request, what, timeout, idempotent, grows,
+                                                                 token))
+        except Exception as exc:
+            error = exc
+            raise
+        finally:  # every unary request passes here: one place for etcd's latency and errors
+            metrics.etcd_request(what, time.monotonic() - started, error)
 
     def _attempt(self, fn: Callable[..., Any], request: Any, what: str, timeout: float | None,
                  idempotent: bool, grows: bool, token: str) -> Any:

@@ -175,6 +175,8 @@ class Node:
         self.args = [sys.executable, "-m", "conductor", "run", "--etcd", etcd, "--namespace", namespace,
                      "--name", name, "--ttl", str(ttl), "--slots", str(slots), "--data-dir", str(self.dir),
                      "--sweep", "1", *(extra or [])]
+        if "--http" not in self.args:  # a web server per test node would only load the machine; web tests ask for one
+            self.args += ["--http", "off"]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -1,0 +1,186 @@
+"""The live feed: transition records for every open page, from ONE etcd watch per server.
+
+:class:`Feed` runs :meth:`conductor.Client.events` (every user's records) in a thread while
+anyone listens, and hands each revision's records to the subscribers' event loops, one wake-up per
+batch. A :class:`Subscription` filters by ids and user into a bounded queue; a subscriber that falls
+behind is told to reload rather than slowing the others. The SSE writer
+(:func:`conductor.web.sse.event_stream`) drains a subscription a batch at a time.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from ..client import Client
+from ..errors import ConductorError, StoreUnavailable
+
+log = logging.getLogger("conductor.web")
+
+QUEUE_SIZE = 1000  # records a slow subscriber may fall behind before it is told to reload
+FEED_IDLE = 30.0  # seconds the shared watch outlives its last subscriber (a page reloading keeps it)
+
+
+class FeedRecord(dict):
+    """A transition record as the feed shares it between subscribers: a plain dict to them, that
+    keeps its SSE encoding (:func:`conductor.web.sse.encode`) once made."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, record: dict[str, Any]):
+        super().__init__(record)
+        self.encoded: dict[bool, bytes] = {}
+
+
+class Subscription:
+    """One subscriber's bounded queue of records, read as an async iterator. When it overflows the
+    oldest records are dropped and the next item is ``{"kind": "reload", "dropped": N}``: the
+    subscriber has missed transitions and should read its view again."""
+
+    def __init__(self, feed: "Feed", ids: set[str] | None, user: str | None, size: int):
+        self.feed = feed
+        self.ids = ids
+        self.user = user
+        self.queue: deque[dict[str, Any]] = deque()
+        self.size = size
+        self.dropped = 0
+        self.loop = asyncio.get_running_loop()
+        self.ready = asyncio.Event()
+
+    def wants(self, record: dict[str, Any]) -> bool:
+        if self.user is not None and record.get("user") not in (None, self.user):
+            return False
+        if self.ids is None:
+            return True
+        rid, job = record.get("id", ""), record.get("job")
+        return any(rid == i or rid.startswith(i + ".") or job == i for i in self.ids)
+
+    def push(self, records: list[dict[str, Any]]) -> None:  # on the event loop
+        for record in records:
+            if self.wants(record):
+                if len(self.queue) >= self.size:
+                    self.queue.popleft()
+                    self.dropped += 1
+                self.queue.append(record)
+        if self.queue or self.dropped:
+            self.ready.set()
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while not self.queue and not self.dropped:
+            self.ready.clear()
+            await self.ready.wait()
+        if self.dropped:
+            dropped, self.dropped = self.dropped, 0
+            self.queue.clear()
+            return {"kind": "reload", "dropped": dropped}
+        return self.queue.popleft()
+
+    def drain_nowait(self) -> list[dict[str, Any]]:
+        """Every record queued now, without waiting (the SSE writer sends them in one write)."""
+        if self.dropped:
+            return []  # the reload marker comes through __anext__
+        out = list(self.queue)
+        self.queue.clear()
+        return out
+
+    async def aclose(self) -> None:
+        self.feed.unsubscribe(self)
+
+
+class Feed:
+    """Live transition records (as ``conductor events --json`` prints them) for every subscriber,
+    from ONE :meth:`Client.events` watch per server (every user's records, filtered per
+    subscriber), started with the first subscriber. A watch that fails for good (permissions) is
+    started again after a pause; etcd being away is waited out inside it."""
+
+    def __init__(self, client: Client, size: int = QUEUE_SIZE):
+        self.client = client
+        self.size = size
+        self._subs: set[Subscription] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()  # the server is closing
+        self._watch_stop: threading.Event | None = None  # set: the current watch ends (no one listens)
+        self._pending: dict[asyncio.AbstractEventLoop, list[dict[str, Any]]] = {}
+        self._waking: set[asyncio.AbstractEventLoop] = set()
+
+    def subscribe(self, ids: set[str] | None = None, user: str | None = None) -> Subscription:
+        """A subscription (an async iterator of records) to the records of ``ids`` (job, layer or
+        task ids and everything under them; None: all) of ``user`` (None: every user's). Call
+        from the event loop; ``await sub.aclose()`` when done."""
+        sub = Subscription(self, ids, user, self.size)
+        with self._lock:
+            self._subs.add(sub)
+            if self._watch_stop is None:
+                self._watch_stop = threading.Event()
+                threading.Thread(target=self._run, args=(self._watch_stop,), name="web-feed", daemon=True).start()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Drop a subscriber; when none is left for :data:`FEED_IDLE` seconds the watch ends
+        (an idle server costs etcd nothing), and the next subscriber starts it again."""
+        with self._lock:
+            self._subs.discard(sub)
+            if self._subs or self._watch_stop is None:
+                return
+        timer = threading.Timer(FEED_IDLE, self._stop_if_idle)
+        timer.daemon = True
+        timer.start()
+
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            if self._subs or self._watch_stop is None:
+                return
+            self._watch_stop.set()
+            self._watch_stop = None
+
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._subs)
+
+    def _deliver(self, records: list[dict[str, Any]]) -> None:  # on the feed's thread
+        """Queue a revision's records for the subscribers' loops. One wake-up per loop carries
+        every revision that arrived before the loop got to it, not one per revision and
+        subscriber; each record is wrapped once so its JSON is encoded once for all of them."""
+        shared = [FeedRecord(r) for r in records]
+        with self._lock:
+            loops = {sub.loop for sub in self._subs}
+            wake = [loop for loop in loops if loop not in self._waking]
+            for loop in loops:
+                self._pending.setdefault(loop, []).extend(shared)
+            self._waking.update(wake)
+        for loop in wake:
+            try:
+                loop.call_soon_threadsafe(self._flush, loop)
+            except RuntimeError:  # that loop is closed: the server is stopping
+                with self._lock:
+                    self._pending.pop(loop, None)
+                    self._waking.discard(loop)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:  # on ``loop``
+        with self._lock:
+            records = self._pending.pop(loop, [])
+            self._waking.discard(loop)
+            subs = [sub for sub in self._subs if sub.loop is loop]
+        for sub in subs:
+            sub.push(records)
+
+    def _run(self, watch_stop: threading.Event) -> None:
+        while not (self._stop.is_set() or watch_stop.is_set()):
+            try:
+                self.client.events(self._deliver, all_users=True, stop=watch_stop)
+            except ConductorError as exc:
+                if not isinstance(exc, StoreUnavailable):
+                    log.warning("the live feed stopped (%s); starting it again in 5 s", exc)
+                watch_stop.wait(5.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._watch_stop is not None:
+                self._watch_stop.set()
+
