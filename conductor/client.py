@@ -265,15 +265,16 @@ class Client:
         return removed
 
     def logs(self, task_id: str, follow: bool = False, write: Callable[[bytes], None] | None = None,
-             timeout: float | None = None) -> dict[str, Any] | None:
+             timeout: float | None = None, stop: threading.Event | None = None) -> dict[str, Any] | None:
         """Write a task's stored log tail; with ``follow``, keep writing what the running task adds
-        (by watching its log key) until it has ended. Returns the last log entry."""
+        (by watching its log key) until it has ended, ``timeout`` passed or ``stop`` is set (within a
+        second). Returns the last log entry."""
         parsed, full, owner = self.locate(task_id)
         if parsed.kind != "task":
             raise NotFound(f"{task_id} is not a task id")
         out = write or (lambda data: None)
         follower = logs.LogFollower(self.store, self.keys, owner, full, out)
-        return follower.run(follow, timeout)
+        return follower.run(follow, timeout, stop)
 
     # ---- following -----------------------------------------------------------------------------
 

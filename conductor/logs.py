@@ -54,7 +54,8 @@ class LogFollower:
             self.write(data[len(data) - new:])
         self.printed = size
 
-    def run(self, follow: bool, timeout: float | None = None) -> dict[str, Any] | None:
+    def run(self, follow: bool, timeout: float | None = None,
+            stop: threading.Event | None = None) -> dict[str, Any] | None:
         kv = self.store.get(self.keys.log(self.user, self.task_id))
         if not follow:
             if kv is not None:
@@ -74,8 +75,8 @@ class LogFollower:
                             self._on_log(last)
                         return self.entry
                     left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        return self.entry
+                    if (left is not None and left <= 0) or (stop is not None and stop.is_set()):
+                        return self.entry  # a web page that went away sets ``stop``
                     self.cond.wait(1.0 if left is None else min(left, 1.0))
         finally:
             for f in followers:

@@ -1,0 +1,1 @@
+"""Conductor's web UI and HTTP API, served from any node (``conductor serve``, ``conductor run --http``)."""

@@ -1,0 +1,130 @@
+"""Live pages: server-sent event streams that push a page's fragment again when it changed.
+
+``/ui/live/<page>?<the page's query>``: follows the shared event feed (``ctx.feed.subscribe``: the
+etcd watches every page shares) for the records that concern the page; when some arrive it reads
+the page's model again and sends the fragment as one ``fragment`` event. Records that arrive
+together are coalesced, and one stream renders at most :data:`MIN_INTERVAL` apart, so a job
+finishing thousands of tasks a second costs a page a few reads a second, never one per task.
+The first fragment is sent at once: what changed between the page's render and the stream's
+start is not lost. Nothing is read while nothing changes (a comment every :data:`KEEPALIVE`
+seconds keeps proxies from closing the stream).
+
+``/ui/live/log/<task>``: a task's log, as ``log`` events (JSON strings), from
+``Client.logs(follow=True)`` in a worker thread, until the task ended or the browser went away;
+then one ``end`` event.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any, AsyncIterator
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from ..errors import ConductorError
+
+MIN_INTERVAL = 0.5  # seconds between two renders of one page
+KEEPALIVE = 15.0
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
+
+
+def sse(event: str, data: str) -> str:
+    """One server-sent event; each line of ``data`` gets its own ``data:`` field (the browser
+    joins them with newlines again)."""
+    lines = "".join(f"data: {line}\n" for line in data.split("\n"))
+    return f"event: {event}\n{lines}\n"
+
+
+class Live:
+    def __init__(self, ctx: Any, ui: Any):
+        self.ctx = ctx
+        self.ui = ui
+
+    async def page(self, request: Request) -> Response:
+        from .ui import PAGES  # ui imports this module
+
+        name = request.path_params["page"]
+        if name not in PAGES:
+            return Response(f"no live page {name}\n", status_code=404, media_type="text/plain")
+        client = self.ctx.client_for(request)
+        query = dict(request.query_params)
+        page = PAGES[name]
+
+        async def render() -> tuple[str, dict[str, Any] | None]:
+            try:
+                model = await run_in_threadpool(page.model, client, query)
+            except ConductorError as exc:  # the job was removed, the user lost access...
+                return sse("gone", str(exc)), None
+            return sse("fragment", self.ui.fragment(name, model)), model
+
+        first, model = await render()
+        ids = set(model["live_ids"]) if model and model.get("live_ids") else None
+        return StreamingResponse(self._stream(first, render, ids, page.kinds), media_type="text/event-stream",
+                                 headers=HEADERS)
+
+    async def _stream(self, first: str, render: Any, ids: set[str] | None,
+                      kinds: frozenset[str] | None) -> AsyncIterator[str]:
+        dirty = asyncio.Event()
+
+        async def pump() -> None:
+            async for record in self.ctx.feed.subscribe(ids):
+                if kinds is None or record.get("kind") in kinds:
+                    dirty.set()
+
+        follower = asyncio.create_task(pump())
+        try:
+            yield "retry: 2000\n\n" + first
+            while True:
+                try:
+                    await asyncio.wait_for(dirty.wait(), KEEPALIVE)
+                except asyncio.TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                dirty.clear()
+                text, model = await render()
+                yield text
+                if model is None:
+                    return
+                await asyncio.sleep(MIN_INTERVAL)
+        finally:
+            follower.cancel()
+
+    async def log(self, request: Request) -> Response:
+        client = self.ctx.client_for(request)
+        task_id = request.path_params["id"]
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(event: str, data: str) -> None:
+            loop.call_soon_threadsafe(chunks.put_nowait, (event, data))
+
+        def follow() -> None:
+            try:
+                client.logs(task_id, follow=True, write=lambda b: put("log", json.dumps(b.decode("utf-8", "replace"))),
+                            stop=stop)
+                put("end", "the task has ended")
+            except ConductorError as exc:
+                put("gone", str(exc))
+
+        async def stream() -> AsyncIterator[str]:
+            worker = threading.Thread(target=follow, name="ui-log", daemon=True)
+            worker.start()
+            try:
+                yield "retry: 5000\n\n"
+                while True:
+                    try:
+                        event, data = await asyncio.wait_for(chunks.get(), KEEPALIVE)
+                    except asyncio.TimeoutError:
+                        yield ": keepalive\n\n"
+                        continue
+                    yield sse(event, data)
+                    if event in ("end", "gone"):
+                        return
+            finally:
+                stop.set()  # the browser went away (or the task ended): the follower's watches close
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=HEADERS)
