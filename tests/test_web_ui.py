@@ -295,3 +295,20 @@ def test_buttons_refuse_bad_input_and_stale_etags_in_words_and_write_nothing(cli
         assert status == 404 and f"{job}.0.7" in body
         status, body = get_page(f"{web.url}/ui/nowhere")
         assert status == 404 and "/ui/nowhere" in body
+
+
+def test_a_100000_task_job_opens_in_the_browser_in_under_a_second(client: Client, browser):
+    tasks = 100_000
+    job = client.post({"name": "huge", "layers": [{"name": "all", "tasks": [
+        {"name": f"t{n}", "cmd": ["true"]} for n in range(tasks)]}]})
+    with WebServer(client) as web:
+        for address in (f"/ui/jobs/{job}", f"/ui/jobs/{job}?after={job}.0.74999"):
+            browser.get(web.url + address)
+            took = browser.execute_script(
+                "var t = performance.getEntriesByType('navigation')[0]; return t.domContentLoadedEventEnd - t.startTime")
+            assert took < 1000, f"{address} took {took:.0f} ms to open"
+            rows = browser.execute_script("return document.querySelectorAll('tr.task-row').length")
+            assert rows == 50, rows
+        assert "tasks 75000–75049 of 100000" in text(browser, ".pager")
+        assert f"0 / {tasks} done" in text(browser, "#job")
+        browser.get("about:blank")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -24,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..client import Client
-from ..errors import Ambiguous, ConductorError, InvalidSpec, NotFound, PermissionDenied, StaleEtag
+from ..errors import Ambiguous, AuthFailed, ConductorError, InvalidSpec, NotFound, PermissionDenied, StaleEtag
 from . import ui_actions, ui_format, ui_live
 
 PAGE_TASKS = 50  # tasks per layer on a job page: a page reads this many whatever the job's size
@@ -46,7 +47,7 @@ class Page:
 
 def jobs_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
     everyone = query.get("all") in ("1", "on", "true")
-    offset = max(0, int(query.get("offset") or 0)) if (query.get("offset") or "0").isdigit() else 0
+    offset = int(query["offset"]) if query.get("offset", "").isdigit() else 0
     jobs = client.jobs(all_users=everyone, state=query.get("state") or None, name=query.get("name") or None,
                        limit=JOBS_PAGE + 1, offset=offset)
     return {"jobs": jobs[:JOBS_PAGE], "more": len(jobs) > JOBS_PAGE, "offset": offset, "page_size": JOBS_PAGE,
@@ -73,7 +74,7 @@ def nodes_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
     members: list[dict[str, Any]] | None
     try:
         members = [{**m, "hex": f"{m['id']:x}"} for m in client.store.members()]
-    except (PermissionDenied, ConductorError):
+    except (PermissionDenied, AuthFailed):
         members = None  # a user without the root role may not list members: the page says so
     nodes = client.nodes()
     return {"nodes": nodes, "members": members, "slots": sum(int(n.get("slots") or 0) for n in nodes),
@@ -133,11 +134,8 @@ class UI:
             model = page.model(self.ctx.client_for(request), query)
         except ConductorError as exc:
             return self.render_error(request, exc, what)
-        live = request.url.replace(path=f"/ui/live/{name}", query=request.url.query)
-        if "id" in query:
-            live = live.include_query_params(id=query["id"])
         return self.templates.TemplateResponse(request, page.template, {
-            **model, "page": name, "fragment": page.fragment, "live_url": str(live.path) + "?" + live.query})
+            **model, "page": name, "fragment": page.fragment, "live_url": f"/ui/live/{name}?{urlencode(query)}"})
 
     def home(self, request: Request) -> Response:
         return RedirectResponse("/ui/", status_code=307)

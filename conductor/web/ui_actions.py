@@ -90,7 +90,7 @@ class Actions:
 
     @staticmethod
     def _page(message: str, ok: bool, back: str) -> str:
-        if not back.startswith("/"):
+        if not back.startswith("/") or back.startswith("//"):
             back = "/ui/"  # only our own pages: the form's field is not a way to send people elsewhere
         word = "Done" if ok else "Not done"
         return (f"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
