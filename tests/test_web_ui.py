@@ -120,14 +120,14 @@ def css(driver: Any, selector: str) -> Any:
     return found[0] if found else None
 
 
+# read in one script call: the live fragment may be swapped between finding an element and reading it
 def attr(driver: Any, selector: str, name: str) -> str | None:
-    element = css(driver, selector)
-    return element.get_attribute(name) if element is not None else None
+    return driver.execute_script("var e = document.querySelector(arguments[0]); return e && e.getAttribute(arguments[1])",
+                                 selector, name)
 
 
 def text(driver: Any, selector: str) -> str:
-    element = css(driver, selector)
-    return element.text if element is not None else ""
+    return driver.execute_script("var e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector)
 
 
 def press(driver: Any, selector: str) -> None:

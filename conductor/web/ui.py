@@ -37,12 +37,14 @@ Model = Callable[[Client, dict[str, str]], dict[str, Any]]
 @dataclass(frozen=True)
 class Page:
     """A page: its full template, its live fragment, how to read it, and which feed records
-    change it (``kinds``; None: any record for the ids the model names in ``live_ids``)."""
+    change it: those of the ``kinds`` (None: any kind) about the ids ``live_ids`` gives (None:
+    about anything)."""
 
     template: str
     fragment: str
     model: Model
     kinds: frozenset[str] | None = None
+    live_ids: Callable[[Client, dict[str, str]], set[str]] | None = None  # None: every record
 
 
 def jobs_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
@@ -52,14 +54,14 @@ def jobs_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
                        limit=JOBS_PAGE + 1, offset=offset)
     return {"jobs": jobs[:JOBS_PAGE], "more": len(jobs) > JOBS_PAGE, "offset": offset, "page_size": JOBS_PAGE,
             "filters": {"state": query.get("state", ""), "name": query.get("name", ""), "all": everyone},
-            "live_ids": None, "title": "Jobs", "back": "/ui/"}
+            "title": "Jobs", "back": "/ui/"}
 
 
 def job_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
     tree = client.show(query["id"], tasks=PAGE_TASKS, after=query.get("after") or None)
     if tree["kind"] != "job":  # a layer id: its job's page shows the layer
         tree = client.show(tree["job"], tasks=PAGE_TASKS, after=query.get("after") or None)
-    return {"job": tree, "after": query.get("after") or "", "page_size": PAGE_TASKS, "live_ids": [tree["id"]],
+    return {"job": tree, "after": query.get("after") or "", "page_size": PAGE_TASKS,
             "title": f"{tree['name']} · job", "back": f"/ui/jobs/{tree['id']}"}
 
 
@@ -67,7 +69,7 @@ def task_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
     task = client.show(query["id"])
     if task["kind"] != "task":
         raise NotFound(f"{query['id']} is a {task['kind']}, not a task")
-    return {"task": task, "live_ids": [task["id"]], "title": f"{task['name']} · task", "back": f"/ui/tasks/{task['id']}"}
+    return {"task": task, "title": f"{task['name']} · task", "back": f"/ui/tasks/{task['id']}"}
 
 
 def nodes_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
@@ -78,18 +80,26 @@ def nodes_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
         members = None  # a user without the root role may not list members: the page says so
     nodes = client.nodes()
     return {"nodes": nodes, "members": members, "slots": sum(int(n.get("slots") or 0) for n in nodes),
-            "running": sum(int(n.get("running") or 0) for n in nodes), "live_ids": None, "title": "Nodes"}
+            "running": sum(int(n.get("running") or 0) for n in nodes), "title": "Nodes"}
 
 
 def schedules_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
-    return {"templates": client.templates(), "schedules": client.schedules(), "live_ids": None,
-            "title": "Templates and schedules"}
+    return {"templates": client.templates(), "schedules": client.schedules(), "title": "Templates and schedules"}
+
+
+def job_ids(client: Client, query: dict[str, str]) -> set[str]:
+    """The full job id a job page follows (its id may be a prefix, a name or a layer id)."""
+    return {client.locate(query["id"])[1].split(".")[0]}
+
+
+def task_ids(client: Client, query: dict[str, str]) -> set[str]:
+    return {client.locate(query["id"])[1]}
 
 
 PAGES: dict[str, Page] = {
     "jobs": Page("jobs.html", "_jobs.html", jobs_model, frozenset({"job", "layer", "task"})),
-    "job": Page("job.html", "_job.html", job_model),
-    "task": Page("task.html", "_task.html", task_model),
+    "job": Page("job.html", "_job.html", job_model, live_ids=job_ids),
+    "task": Page("task.html", "_task.html", task_model, live_ids=task_ids),
     "nodes": Page("nodes.html", "_nodes.html", nodes_model, frozenset({"node", "task"})),
     "schedules": Page("schedules.html", "_schedules.html", schedules_model, frozenset({"fire"})),
 }

@@ -5,8 +5,9 @@ etcd watches every page shares) for the records that concern the page; when some
 the page's model again and sends the fragment as one ``fragment`` event. Records that arrive
 together are coalesced, and one stream renders at most :data:`MIN_INTERVAL` apart, so a job
 finishing thousands of tasks a second costs a page a few reads a second, never one per task.
-The first fragment is sent at once: what changed between the page's render and the stream's
-start is not lost. Nothing is read while nothing changes (a comment every :data:`KEEPALIVE`
+The stream subscribes first and then sends a fragment at once: what changed between the page's
+render and the stream's start is not lost. Streams of the same page share renders (see
+:class:`Live`). Nothing is read while nothing changes (a comment every :data:`KEEPALIVE`
 seconds keeps proxies from closing the stream).
 
 ``/ui/live/log/<task>``: a task's log, as ``log`` events (JSON strings), from
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from typing import Any, AsyncIterator
 
 from starlette.concurrency import run_in_threadpool
@@ -39,9 +41,14 @@ def sse(event: str, data: str) -> str:
 
 
 class Live:
+    """The live streams. Renders are shared: streams of one page (same user, page and query) that
+    were told of a change reuse a render that started after the change reached this server, so
+    twenty browsers on one job cost about what one does."""
+
     def __init__(self, ctx: Any, ui: Any):
         self.ctx = ctx
         self.ui = ui
+        self.renders: dict[tuple[str, ...], tuple[float, str, bool]] = {}  # key: (started, event, ok)
 
     async def page(self, request: Request) -> Response:
         from .ui import PAGES  # ui imports this module
@@ -52,31 +59,57 @@ class Live:
         client = self.ctx.client_for(request)
         query = dict(request.query_params)
         page = PAGES[name]
+        key = (str(client.user), name, *sorted(f"{k}={v}" for k, v in query.items()))
 
-        async def render() -> tuple[str, dict[str, Any] | None]:
-            try:
-                model = await run_in_threadpool(page.model, client, query)
-            except ConductorError as exc:  # the job was removed, the user lost access...
-                return sse("gone", str(exc)), None
-            return sse("fragment", self.ui.fragment(name, model)), model
+        async def render(since: float) -> tuple[str, bool]:
+            return await self._render(key, since, lambda: self._fragment(page, name, client, query))
 
-        first, model = await render()
-        ids = set(model["live_ids"]) if model and model.get("live_ids") else None
-        return StreamingResponse(self._stream(first, render, ids, page.kinds), media_type="text/event-stream",
+        try:
+            ids = await run_in_threadpool(page.live_ids, client, query) if page.live_ids else None
+        except ConductorError as exc:
+            return StreamingResponse(iter([sse("gone", str(exc))]), media_type="text/event-stream", headers=HEADERS)
+        return StreamingResponse(self._stream(render, ids, page.kinds), media_type="text/event-stream",
                                  headers=HEADERS)
 
-    async def _stream(self, first: str, render: Any, ids: set[str] | None,
-                      kinds: frozenset[str] | None) -> AsyncIterator[str]:
+    def _fragment(self, page: Any, name: str, client: Any, query: dict[str, str]) -> tuple[str, bool]:
+        """(one server-sent event, whether the page can go on); runs in the thread pool."""
+        try:
+            model = page.model(client, query)
+        except ConductorError as exc:  # the job was removed, the user lost access...
+            return sse("gone", str(exc)), False
+        return sse("fragment", self.ui.fragment(name, model)), True
+
+    async def _render(self, key: tuple[str, ...], since: float, fresh: Any) -> tuple[str, bool]:
+        """A render of ``key`` that started at or after ``since`` (when the change that asks for
+        it arrived): the last one if it did, else a new one."""
+        cached = self.renders.get(key)
+        if cached is not None and cached[0] >= since:
+            return cached[1], cached[2]
+        started = time.monotonic()
+        text, ok = await run_in_threadpool(fresh)
+        if cached is None or cached[0] < started:
+            self.renders[key] = (started, text, ok)
+        for old in [k for k, v in self.renders.items() if started - v[0] > KEEPALIVE]:
+            del self.renders[old]  # pages nobody looks at any more
+        return text, ok
+
+    async def _stream(self, render: Any, ids: set[str] | None, kinds: frozenset[str] | None) -> AsyncIterator[str]:
         dirty = asyncio.Event()
+        since = [0.0]  # when the oldest change not yet sent arrived
 
         async def pump() -> None:
             async for record in self.ctx.feed.subscribe(ids):
-                if kinds is None or record.get("kind") in kinds:
+                if (kinds is None or record.get("kind") in kinds) and not dirty.is_set():
+                    since[0] = time.monotonic()
                     dirty.set()
 
         follower = asyncio.create_task(pump())
         try:
-            yield "retry: 2000\n\n" + first
+            await asyncio.sleep(0)  # the pump subscribes before the first render: no change falls between
+            await asyncio.sleep(0)
+            since[0] = time.monotonic()
+            dirty.set()
+            yield "retry: 2000\n\n"
             while True:
                 try:
                     await asyncio.wait_for(dirty.wait(), KEEPALIVE)
@@ -84,9 +117,9 @@ class Live:
                     yield ": keepalive\n\n"
                     continue
                 dirty.clear()
-                text, model = await render()
+                text, ok = await render(since[0])
                 yield text
-                if model is None:
+                if not ok:
                     return
                 await asyncio.sleep(MIN_INTERVAL)
         finally:
