@@ -267,8 +267,8 @@ class Client:
     def logs(self, task_id: str, follow: bool = False, write: Callable[[bytes], None] | None = None,
              timeout: float | None = None, stop: threading.Event | None = None) -> dict[str, Any] | None:
         """Write a task's stored log tail; with ``follow``, keep writing what the running task adds
-        (by watching its log key) until it has ended, ``timeout`` passed or ``stop`` is set (within a
-        second). Returns the last log entry."""
+        (by watching its log key) until it has ended (or ``stop`` is set: within a second).
+        Returns the last log entry."""
         parsed, full, owner = self.locate(task_id)
         if parsed.kind != "task":
             raise NotFound(f"{task_id} is not a task id")

@@ -76,7 +76,7 @@ class LogFollower:
                         return self.entry
                     left = None if deadline is None else deadline - time.monotonic()
                     if (left is not None and left <= 0) or (stop is not None and stop.is_set()):
-                        return self.entry  # a web page that went away sets ``stop``
+                        return self.entry
                     self.cond.wait(1.0 if left is None else min(left, 1.0))
         finally:
             for f in followers:

@@ -312,3 +312,27 @@ def test_a_100000_task_job_opens_in_the_browser_in_under_a_second(client: Client
         assert "tasks 75000–75049 of 100000" in text(browser, ".pager")
         assert f"0 / {tasks} done" in text(browser, "#job")
         browser.get("about:blank")
+
+
+def test_streams_of_one_page_share_a_render_only_if_it_started_after_their_change():
+    import asyncio
+
+    from conductor.web.ui_live import Live
+
+    renders: list[int] = []
+
+    def fresh() -> tuple[str, bool]:
+        renders.append(1)
+        return f"render {len(renders)}", True
+
+    async def scenario() -> list[str]:
+        live = Live(ctx=None, ui=None)
+        key = ("ann", "job", "id=x")
+        first = await live._render(key, 0.0, fresh)  # nothing cached: renders
+        started = live.renders[key][0]
+        shared = await live._render(key, started, fresh)  # a change before that render began: shared
+        later = await live._render(key, started + 0.001, fresh)  # a change after it began: renders again
+        return [first[0], shared[0], later[0]]
+
+    assert asyncio.run(scenario()) == ["render 1", "render 1", "render 2"]
+    assert len(renders) == 2

@@ -4,7 +4,12 @@ free loopback port in a thread of the test process.
 The context is what the server (``conductor/web/app.py``) gives the UI: ``client_for(request)``
 (here the test's Client for every request), ``feed`` (transition records from ``Client.events``,
 one follower shared by every page), ``templates_dir`` and ``static_dir``. When the server's
-``make_app`` is merged, :func:`serve` can build its app with it instead of :func:`ui_app`.
+``make_app`` is merged, :func:`ui_app` can build the whole app with it instead (the UI's tests pass
+so, checked against the api branch)::
+
+    os.environ["CONDUCTOR_USER"] = client.user  # the server's own client acts as the test's user
+    app = make_app(WebSettings(etcd=[f"{h}:{p}" for h, p in client.store.endpoints],
+                               namespace=client.keys.namespace, auth=False))
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -25,15 +30,38 @@ from harness import free_port, wait_for
 WEB_DIR = Path(ui.__file__).parent
 
 
+class Subscription:
+    """One subscriber's records, registered when made (as the server's feed does), read as an
+    async iterator on the server's loop; ``aclose`` ends it."""
+
+    def __init__(self, feed: "Feed", ids: set[str] | None):
+        self.feed = feed
+        self.ids = ids
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def wants(self, record: dict[str, Any]) -> bool:
+        return self.ids is None or any(record["id"] == i or record["id"].startswith(i + ".") for i in self.ids)
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.queue.get()
+
+    async def aclose(self) -> None:
+        with self.feed.lock:
+            self.feed.subscribers.discard(self)
+
+
 class Feed:
-    """Transition records for many subscribers from one ``Client.events`` follower (all users'),
-    each subscriber an asyncio queue on the server's loop."""
+    """Transition records for many subscribers from one ``Client.events`` follower (all users')."""
 
     def __init__(self, client: Client):
         self.client = client
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any]], set[str] | None]] = []
+        self.subscribers: set[Subscription] = set()
         self.thread = threading.Thread(target=self._run, name="ui-feed", daemon=True)
 
     def start(self) -> "Feed":
@@ -46,21 +74,17 @@ class Feed:
     def _deliver(self, records: list[dict[str, Any]]) -> None:
         with self.lock:
             subscribers = list(self.subscribers)
-        for loop, queue, ids in subscribers:
+        for sub in subscribers:
             for record in records:
-                if ids is None or any(record["id"] == i or record["id"].startswith(i + ".") for i in ids):
-                    loop.call_soon_threadsafe(queue.put_nowait, record)
+                if sub.wants(record):
+                    sub.loop.call_soon_threadsafe(sub.queue.put_nowait, record)
 
-    async def subscribe(self, ids: set[str] | None = None) -> AsyncIterator[dict[str, Any]]:
-        entry = (asyncio.get_running_loop(), asyncio.Queue[dict[str, Any]](), set(ids) if ids is not None else None)
+    def subscribe(self, ids: set[str] | None = None) -> Subscription:
+        """Call on the server's loop."""
+        sub = Subscription(self, set(ids) if ids is not None else None)
         with self.lock:
-            self.subscribers.append(entry)
-        try:
-            while True:
-                yield await entry[1].get()
-        finally:
-            with self.lock:
-                self.subscribers.remove(entry)
+            self.subscribers.add(sub)
+        return sub
 
 
 @dataclass

@@ -25,7 +25,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..client import Client
-from ..errors import Ambiguous, AuthFailed, ConductorError, InvalidSpec, NotFound, PermissionDenied, StaleEtag
+from ..errors import (Ambiguous, AuthFailed, ConductorError, InvalidSpec, NotFound, PermissionDenied, Refused,
+                      StaleEtag, StoreUnavailable)
 from . import ui_actions, ui_format, ui_live
 
 PAGE_TASKS = 50  # tasks per layer on a job page: a page reads this many whatever the job's size
@@ -105,22 +106,22 @@ PAGES: dict[str, Page] = {
 }
 
 
+# the status an error's page gets: the first class it is an instance of decides
+ERROR_STATUS: list[tuple[type[ConductorError], int]] = [
+    (NotFound, 404), (PermissionDenied, 403), (AuthFailed, 401), (InvalidSpec, 400), (Ambiguous, 400),
+    (StaleEtag, 409), (Refused, 409), (StoreUnavailable, 503)]
+TITLES = {404: "Not found", 403: "Permission denied", 401: "Log in again", 400: "Bad request",
+          409: "Not done", 503: "etcd is unreachable"}
+# a wrong password: the browser asks for the etcd user's credentials again
+LOGIN = {"WWW-Authenticate": 'Basic realm="conductor: your etcd user", charset="UTF-8"'}
+
+
 def error_status(exc: ConductorError) -> int:
-    """The HTTP status an error's page gets."""
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, PermissionDenied):
-        return 403
-    if isinstance(exc, (InvalidSpec, Ambiguous)):
-        return 400
-    if isinstance(exc, StaleEtag):
-        return 409
-    return 500
+    return next((status for cls, status in ERROR_STATUS if isinstance(exc, cls)), 500)
 
 
 def error_title(status: int) -> str:
-    return {404: "Not found", 403: "Permission denied", 400: "Bad request", 409: "Changed since you loaded it"}.get(
-        status, "Something went wrong")
+    return TITLES.get(status, "Something went wrong")
 
 
 class UI:
@@ -132,18 +133,22 @@ class UI:
         self.templates = Jinja2Templates(directory=str(ctx.templates_dir))
         self.templates.env.filters.update(ui_format.FILTERS)
 
-    def render_error(self, request: Request, exc: ConductorError, what: str) -> Response:
+    def render_error(self, request: Request, exc: ConductorError, what: str, client: Client | None = None) -> Response:
         status = error_status(exc)
+        if status == 401 and client is not None and hasattr(self.ctx, "refused"):
+            self.ctx.refused(client)  # etcd refused its password: a corrected login starts afresh
         return self.templates.TemplateResponse(request, "error.html", {
             "status": status, "heading": error_title(status), "what": what, "message": str(exc),
-            "title": error_title(status)}, status_code=status)
+            "title": error_title(status)}, status_code=status, headers=LOGIN if status == 401 else None)
 
     def show(self, request: Request, name: str, query: dict[str, str], what: str) -> Response:
         page = PAGES[name]
+        # outside the try: no login at all (the server's Unauthorized) is the server's 401 to answer
+        client = self.ctx.client_for(request)
         try:
-            model = page.model(self.ctx.client_for(request), query)
+            model = page.model(client, query)
         except ConductorError as exc:
-            return self.render_error(request, exc, what)
+            return self.render_error(request, exc, what, client)
         return self.templates.TemplateResponse(request, page.template, {
             **model, "page": name, "fragment": page.fragment, "live_url": f"/ui/live/{name}?{urlencode(query)}"})
 

@@ -95,20 +95,25 @@ class Live:
 
     async def _stream(self, render: Any, ids: set[str] | None, kinds: frozenset[str] | None) -> AsyncIterator[str]:
         dirty = asyncio.Event()
-        since = [0.0]  # when the oldest change not yet sent arrived
+        subscription = self.ctx.feed.subscribe(ids)  # before the first render: no change falls between
+        since = [time.monotonic()]  # when the oldest change not yet sent arrived
 
         async def pump() -> None:
-            async for record in self.ctx.feed.subscribe(ids):
-                if (kinds is None or record.get("kind") in kinds) and not dirty.is_set():
-                    since[0] = time.monotonic()
-                    dirty.set()
+            try:
+                async for record in subscription:
+                    # "reload": the feed dropped records this page was too slow for; read it again
+                    wanted = kinds is None or record.get("kind") in kinds or record.get("kind") == "reload"
+                    if wanted and not dirty.is_set():
+                        since[0] = time.monotonic()
+                        dirty.set()
+            finally:
+                closing = getattr(subscription, "aclose", None)
+                if closing is not None:
+                    await closing()
 
         follower = asyncio.create_task(pump())
+        dirty.set()
         try:
-            await asyncio.sleep(0)  # the pump subscribes before the first render: no change falls between
-            await asyncio.sleep(0)
-            since[0] = time.monotonic()
-            dirty.set()
             yield "retry: 2000\n\n"
             while True:
                 try:
