@@ -222,7 +222,9 @@ def test_the_browser_follows_a_running_job_live_and_steers_it_with_etags(client:
         assert re.search(rf"now RUNNING at etag {now['etag']}", message), message
         assert f"the page showed etag {shown}" in message and "nothing was done" in message, message
         assert now["attempts"] == attempts, "a stale retry changed nothing"
+        assert css(driver, "#flash a.reload") is not None, "a way to reload next to the explanation"
         assert attr(driver, "#task", "data-state") == "ERRORED", "the page held still while live was off"
+        shots(driver, "stale-etag")
 
         # the nodes: slots, facts, etcd members
         driver.get(web.url + "/ui/nodes")
@@ -252,6 +254,7 @@ def test_the_browser_follows_a_running_job_live_and_steers_it_with_etags(client:
         driver.get(web.url + "/ui/jobs/0000000000zzzzzz")
         assert "Not found" in text(driver, "h1")
         assert "0000000000zzzzzz" in text(driver, ".message")
+        shots(driver, "not-found")
         driver.get("about:blank")  # the pages' streams close before the server stops
 
 
@@ -278,7 +281,7 @@ def test_buttons_refuse_bad_input_and_stale_etags_in_words_and_write_nothing(cli
     before = client.task(task)
     with WebServer(client) as web:
         status, res = post_form(f"{web.url}/ui/act/retry/{task}", "etag=1")
-        assert status == 409 and not res["ok"]
+        assert status == 409 and not res["ok"] and res["stale"]
         assert f"now PENDING at etag {before['etag']}" in res["message"], res
         status, res = post_form(f"{web.url}/ui/act/explode/{task}", "")
         assert status == 400 and "action" in res["message"]

@@ -76,16 +76,17 @@ class Actions:
                 raise InvalidSpec("action", f"{action!r} is not one of {', '.join(ACTIONS)}")
             etag = parse_etag(form.get("etag"))
             message = await run_in_threadpool(perform, client, action, some_id, etag)
-            status, ok = 200, True
+            status, ok, stale = 200, True, False
         except StaleEtag as exc:
             message = await run_in_threadpool(stale_message, client, exc)
-            status, ok = 409, False
+            status, ok, stale = 409, False, True
         except ConductorError as exc:
             from .ui import error_status
 
-            message, status, ok = str(exc), error_status(exc), False
+            message, status, ok, stale = str(exc), error_status(exc), False, False
         if wants_json:
-            return JSONResponse({"ok": ok, "message": message, "action": action, "id": some_id}, status_code=status)
+            return JSONResponse({"ok": ok, "stale": stale, "message": message, "action": action, "id": some_id},
+                                status_code=status)
         return HTMLResponse(self._page(message, ok, back), status_code=status)
 
     @staticmethod

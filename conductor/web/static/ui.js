@@ -79,7 +79,7 @@
     });
   }
 
-  function flash(text, ok) {
+  function flash(text, ok, stale) {
     var box = document.createElement("div");
     box.className = "flash " + (ok ? "ok" : "bad");
     var close = document.createElement("button");
@@ -87,6 +87,11 @@
     close.addEventListener("click", function () { box.remove(); });
     box.appendChild(close);
     box.appendChild(document.createTextNode(text));
+    if (stale) {
+      var again = document.createElement("a");
+      again.className = "reload"; again.href = location.href; again.textContent = "Reload";
+      box.appendChild(again);
+    }
     flashBox.innerHTML = "";
     flashBox.appendChild(box);
   }
@@ -106,7 +111,7 @@
     fetch(form.action, {method: "POST", body: body,
                         headers: {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}})
       .then(function (r) { return r.json(); })
-      .then(function (res) { flash(res.message, res.ok); })
+      .then(function (res) { flash(res.message, res.ok, res.stale); })
       .catch(function (err) { flash(action + " " + id + " failed: " + err, false); })
       .then(function () { button.disabled = false; });
   });
