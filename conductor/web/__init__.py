@@ -1,1 +1,5 @@
-"""Conductor's web UI and HTTP API, served from any node (``conductor serve``, ``conductor run --http``)."""
+"""The web side of a node: the JSON HTTP API, the web UI, ``/metrics`` and ``/healthz``.
+
+A thin layer over :class:`conductor.Client` (see docs/web.md); served by uvicorn from
+``conductor serve`` or from the child process a ``conductor run --http`` node starts.
+"""
