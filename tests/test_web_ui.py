@@ -259,8 +259,8 @@ def test_the_browser_follows_a_running_job_live_and_steers_it_with_etags(client:
         driver.get("about:blank")  # the pages' streams close before the server stops
 
 
-def post_form(url: str, body: str) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, data=body.encode(), headers={"Accept": "application/json"})
+def post_form(url: str, body: str, **headers: str) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=body.encode(), headers={"Accept": "application/json", **headers})
     try:
         with urllib.request.urlopen(req, timeout=20) as resp:
             return resp.status, json.loads(resp.read())
@@ -290,6 +290,8 @@ def test_buttons_refuse_bad_input_and_stale_etags_in_words_and_write_nothing(cli
         assert status == 400 and "etag" in res["message"] and "'soon'" in res["message"]
         status, res = post_form(f"{web.url}/ui/act/pause/{job}.0.9", "")
         assert status == 404 and f"{job}.0.9" in res["message"]
+        status, res = post_form(f"{web.url}/ui/act/pause/{task}", "", Origin="http://elsewhere.example")
+        assert status == 403 and "elsewhere.example" in res["message"], "another site's page may not steer"
         assert client.task(task)["etag"] == before["etag"], "nothing was written"
         status, res = post_form(f"{web.url}/ui/act/pause/{task}", f"etag={before['etag']}")
         assert status == 200 and res["ok"] and "paused" in res["message"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from html import escape
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlparse
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -50,6 +50,14 @@ def perform(client: Client, action: str, some_id: str, etag: int | None) -> str:
     return "; ".join(f"{r.id}: {r.done}" for r in results)
 
 
+def foreign_origin(request: Request) -> str | None:
+    """The origin of a cross-site POST (its ``Origin`` is not this server's address), else None."""
+    origin = request.headers.get("origin")
+    if origin is None or (origin != "null" and urlparse(origin).netloc == request.headers.get("host", "")):
+        return None
+    return origin
+
+
 def parse_etag(text: str | None) -> int | None:
     if text is None or text.strip() == "":
         return None
@@ -65,6 +73,12 @@ class Actions:
 
     async def act(self, request: Request) -> Response:
         action, some_id = request.path_params["action"], request.path_params["id"]
+        foreign = foreign_origin(request)
+        if foreign:
+            # another site's page posting here (cross-site request forgery): a browser sends its
+            # Origin, and a page of ours never has another one
+            return JSONResponse({"ok": False, "stale": False, "action": action, "id": some_id,
+                                 "message": f"refused: a page from {foreign} may not steer Conductor"}, status_code=403)
         # the forms are urlencoded (the pages' script sends them so too): parsed here, so no
         # multipart library is needed
         form = {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
