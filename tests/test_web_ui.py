@@ -225,8 +225,14 @@ def test_the_browser_follows_a_running_job_live_and_steers_it_with_etags(client:
         assert css(driver, "#flash a.reload") is not None, "a way to reload next to the explanation"
         assert attr(driver, "#task", "data-state") == "ERRORED", "the page held still while live was off"
         shots(driver, "stale-etag")
+        css(driver, "#live-toggle").click()  # live again: the page catches up, the new attempt's log follows
+        until(driver, lambda d: attr(d, "#task", "data-state") == "RUNNING", "the retried task RUNNING on the page")
+        until(driver, lambda d: text(d, "#log-status") == "following" and "first line" in text(d, "#log"),
+              "the new attempt's log followed")
 
-        # the nodes: slots, facts, etcd members
+        # the nodes: slots, facts, etcd members. From here on, the pages left behind (kept for the
+        # back button) must have closed their streams: with six still open the browser would wait
+        # for a free connection to this server before the seventh page (the phone's) could load
         driver.get(web.url + "/ui/nodes")
         until(driver, lambda d: css(d, "#node-n0") is not None, "the node's card")
         assert "1 running of 4 slots" in text(driver, "#node-n0")

@@ -34,6 +34,11 @@
     source.addEventListener("fragment", function (e) {
       live.innerHTML = e.data;
       relativeTimes();
+      var task = document.getElementById("task");
+      if (logPre && logEnded && task && (task.dataset.state === "RUNNING" || task.dataset.state === "QUEUED")) {
+        logEnded = false;  // retried: follow the new attempt's log
+        openLog();
+      }
     });
     source.addEventListener("gone", function (e) {
       banner(e.data + " (reload to see the page again)");
@@ -52,7 +57,11 @@
     if (!logPre || logSource || logEnded) return;
     var fresh = true;
     logSource = new EventSource(logPre.dataset.follow);
-    logSource.addEventListener("open", function () { fresh = true; });
+    logSource.addEventListener("open", function () {
+      fresh = true;
+      var s = document.getElementById("log-status");
+      if (s && !logEnded) s.textContent = "following";
+    });
     logSource.addEventListener("log", function (e) {
       if (fresh) { logPre.textContent = ""; fresh = false; }  // the stream starts with the whole tail
       var atEnd = logPre.scrollTop + logPre.clientHeight >= logPre.scrollHeight - 4;
@@ -78,6 +87,18 @@
       if (toggle.checked) { openLive(); openLog(); } else { closeLive(); closeLog(); }
     });
   }
+
+  // Streams only while the page is seen: a browser opens at most 6 connections to one server
+  // (HTTP/1.1), so hidden tabs and pages kept for the back button must not hold theirs. Coming
+  // back, a stream starts with the page's current fragment: nothing is missed.
+  function following() { return (!toggle || toggle.checked) && !document.hidden; }
+  document.addEventListener("visibilitychange", function () {
+    if (following()) { openLive(); openLog(); } else { closeLive(); closeLog(); }
+  });
+  window.addEventListener("pagehide", function () { closeLive(); closeLog(); });
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted && following()) { openLive(); openLog(); }
+  });
 
   function flash(text, ok, stale) {
     var box = document.createElement("div");
@@ -135,6 +156,5 @@
   }
 
   setInterval(relativeTimes, 5000);
-  openLive();
-  openLog();
+  if (following()) { openLive(); openLog(); }
 })();
