@@ -6,6 +6,7 @@ shows); otherwise they go under the test's tmp_path.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -326,25 +327,68 @@ def test_a_100000_task_job_opens_in_the_browser_in_under_a_second(client: Client
         browser.get("about:blank")
 
 
-def test_streams_of_one_page_share_a_render_only_if_it_started_after_their_change():
-    import asyncio
+class FakeSubscription:
+    """A feed subscription the test feeds by hand (the channel's only view of the feed)."""
 
-    from conductor.web.ui_live import Live
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.closed = False
 
-    renders: list[int] = []
+    def __aiter__(self) -> "FakeSubscription":
+        return self
 
-    def fresh() -> tuple[str, bool]:
-        renders.append(1)
-        return f"render {len(renders)}", True
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.queue.get()
 
-    async def scenario() -> list[str]:
-        live = Live(ctx=None, ui=None)
-        key = ("ann", "job", "id=x")
-        first = await live._render(key, 0.0, fresh)  # nothing cached: renders
-        started = live.renders[key][0]
-        shared = await live._render(key, started, fresh)  # a change before that render began: shared
-        later = await live._render(key, started + 0.001, fresh)  # a change after it began: renders again
-        return [first[0], shared[0], later[0]]
+    async def aclose(self) -> None:
+        self.closed = True
 
-    assert asyncio.run(scenario()) == ["render 1", "render 1", "render 2"]
-    assert len(renders) == 2
+
+def test_one_channel_renders_a_page_for_every_browser_and_coalesces_changes():
+    from conductor.web.ui_channel import Channel
+
+    async def scenario() -> None:
+        renders: list[float] = []
+
+        async def render() -> tuple[str, bool]:
+            renders.append(asyncio.get_running_loop().time())
+            return f"render {len(renders)}", True
+
+        subscription, forgotten = FakeSubscription(), []
+        channel = Channel(subscription, render, frozenset({"task"}), 0.2, forgotten.append)
+        browsers = [channel.join() for _ in range(20)]
+        await asyncio.wait_for(browsers[-1].ready.wait(), 5)
+        assert len(renders) == 1 and {b.take()[0] for b in browsers} == {"render 1"}, "one render for twenty"
+
+        for n in range(200):  # a burst of transitions: a few renders, not one each
+            subscription.queue.put_nowait({"kind": "task", "id": f"j.0.{n}"})
+        subscription.queue.put_nowait({"kind": "node", "id": "n9"})  # not a kind this page shows
+        await asyncio.sleep(0.6)
+        assert 2 <= len(renders) <= 4, renders
+        assert all(b.take()[0] == f"render {len(renders)}" for b in browsers), "everyone has the newest"
+        assert all(later - earlier >= 0.19 for earlier, later in zip(renders, renders[1:])), "at most one per interval"
+
+        for b in browsers:
+            channel.leave(b)
+        await asyncio.sleep(0.05)
+        assert forgotten == [channel] and subscription.closed, "the last browser gone: the feed is left"
+
+    asyncio.run(scenario())
+
+
+def test_a_channel_whose_page_is_gone_tells_its_browsers_and_stops():
+    from conductor.web.ui_channel import Channel
+
+    async def scenario() -> None:
+        async def render() -> tuple[str, bool]:
+            return "event: gone\ndata: no job j\n\n", False
+
+        subscription, forgotten = FakeSubscription(), []
+        channel = Channel(subscription, render, None, 0.2, forgotten.append)
+        browser = channel.join()
+        await asyncio.wait_for(browser.ready.wait(), 5)
+        assert browser.take() == ("event: gone\ndata: no job j\n\n", False)
+        await asyncio.sleep(0.05)
+        assert forgotten == [channel] and subscription.closed
+
+    asyncio.run(scenario())
