@@ -187,9 +187,11 @@ def test_the_browser_follows_a_running_job_live_and_steers_it_with_etags(client:
         until(driver, lambda d: attr(d, row(gated), "data-state") == "RUNNING", "the gated task running")
         driver.execute_script("window.__kept = 'yes'")
         until(driver, lambda d: "live" == text(d, "#live-word"), "the live stream open")
+        press(driver, "#job-history summary")  # opened by the reader: stays open through live updates
         gate1.touch()
         until(driver, lambda d: attr(d, row(gated), "data-state") == "COMPLETED", "the gated task COMPLETED")
         assert not_reloaded(driver)
+        assert attr(driver, "#job-history", "open") is not None, "the history the reader opened is still open"
         shots(driver, "job")
 
         # the task page: a log line arrives without a reload

@@ -32,7 +32,10 @@
     source = new EventSource(live.dataset.live);
     source.addEventListener("open", function () { status("on", "live"); });
     source.addEventListener("fragment", function (e) {
+      // what the reader opened stays open across the swap
+      var open = Array.prototype.map.call(live.querySelectorAll("details[open][id]"), function (d) { return d.id; });
       live.innerHTML = e.data;
+      open.forEach(function (id) { var d = document.getElementById(id); if (d) d.open = true; });
       relativeTimes();
       var task = document.getElementById("task");
       if (logPre && logEnded && task && (task.dataset.state === "RUNNING" || task.dataset.state === "QUEUED")) {
