@@ -308,6 +308,8 @@ def test_buttons_refuse_bad_input_and_stale_etags_in_words_and_write_nothing(cli
 
         status, body = get_page(f"{web.url}/ui/tasks/{job}.0.7")
         assert status == 404 and f"{job}.0.7" in body
+        status, body = get_page(f"{web.url}/ui/jobs/no-such-job")
+        assert status == 404 and "no-such-job" in body
         status, body = get_page(f"{web.url}/ui/nowhere")
         assert status == 404 and "/ui/nowhere" in body
 

@@ -117,6 +117,8 @@ LOGIN = {"WWW-Authenticate": 'Basic realm="conductor: your etcd user", charset="
 
 
 def error_status(exc: ConductorError) -> int:
+    if isinstance(exc, InvalidSpec) and exc.field == "id":
+        return 404  # an address whose id (or job name) names nothing: as the HTTP API answers it
     return next((status for cls, status in ERROR_STATUS if isinstance(exc, cls)), 500)
 
 
