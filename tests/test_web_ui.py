@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from conductor.client import Client
+from conductor.credentials import Credentials
 from conductor.web import ui_format
-from harness import wait_for
+from harness import EtcdServer, wait_for
 from webharness import WebServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -396,3 +398,39 @@ def test_a_channel_whose_page_is_gone_tells_its_browsers_and_stops():
         assert forgotten == [channel] and subscription.closed
 
     asyncio.run(scenario())
+
+
+def etcdctl(server: Any, *args: str, password: str | None = None) -> None:
+    auth = ["--user", f"root:{password}"] if password else []
+    done = subprocess.run(["etcdctl", "--endpoints", server.url, *auth, *args], capture_output=True, text=True,
+                          env={**os.environ, "ETCDCTL_API": "3"}, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_pages_etcd_refuses_say_so_and_a_wrong_password_asks_again(tmp_path: Path):
+    """etcd's own auth decides: bob may use only /elsewhere/, so a page of /secure/ is a 403 naming
+    what was asked for; a wrong password is a 401 that makes the browser ask for the login again."""
+    server = EtcdServer(tmp_path / "etcd-auth" / "data", "auth").start()
+    try:
+        etcdctl(server, "user", "add", "root:root-pw")
+        etcdctl(server, "user", "grant-role", "root", "root")
+        etcdctl(server, "role", "add", "bob-role")
+        etcdctl(server, "role", "grant-permission", "bob-role", "--prefix=true", "readwrite", "/elsewhere/")
+        etcdctl(server, "user", "add", "bob:bob-pw")
+        etcdctl(server, "user", "grant-role", "bob", "bob-role")
+        etcdctl(server, "auth", "enable")
+        bob = Client(etcd=server.endpoint, namespace="/secure/", credentials=Credentials(user="bob", password="bob-pw"))
+        with bob, WebServer(bob) as web:
+            status, body = get_page(f"{web.url}/ui/jobs/0000000000zzzzzz")
+            assert status == 403 and "Permission denied" in body and "job 0000000000zzzzzz" in body, body
+            status, body = get_page(f"{web.url}/ui/")
+            assert status == 403 and "the job list" in body
+        wrong = Client(etcd=server.endpoint, namespace="/secure/", credentials=Credentials(user="bob", password="nope"))
+        with wrong, WebServer(wrong) as web:
+            try:
+                urllib.request.urlopen(f"{web.url}/ui/nodes", timeout=20)
+                raise AssertionError("a wrong password opened the page")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401 and exc.headers["WWW-Authenticate"].startswith("Basic"), exc.headers
+    finally:
+        server.stop()
