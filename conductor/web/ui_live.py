@@ -17,6 +17,7 @@ then one ``end`` event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from typing import Any, AsyncIterator
@@ -31,6 +32,13 @@ from .ui_channel import Channel, listen
 MIN_INTERVAL = 0.5  # seconds between two renders of one page
 KEEPALIVE = 15.0
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
+
+
+def held(ctx: Any, client: Any) -> contextlib.AbstractContextManager[Any]:
+    """Keeps ``client`` open while a stream uses it, where the server closes idle clients
+    (``ctx.hold``); a context without it closes none."""
+    hold = getattr(ctx, "hold", None)
+    return hold(client) if hold is not None else contextlib.nullcontext(client)
 
 
 def sse(event: str, data: str) -> str:
@@ -77,9 +85,13 @@ class Live:
         async def render() -> tuple[str, bool]:
             return await run_in_threadpool(self._fragment, page, name, client, query)
 
+        holding = contextlib.ExitStack()
+        holding.enter_context(held(self.ctx, client))  # its renders use the client as long as it lasts
+
         def forget(channel: Channel) -> None:
             if self.channels.get(key) is channel:
                 del self.channels[key]
+            holding.close()
 
         # subscribed before the first render: no change falls between the page and its stream
         channel = Channel(self.ctx.feed.subscribe(ids), render, page.kinds, MIN_INTERVAL, forget)
@@ -106,8 +118,9 @@ class Live:
 
         def follow() -> None:
             try:
-                client.logs(task_id, follow=True, write=lambda b: put("log", json.dumps(b.decode("utf-8", "replace"))),
-                            stop=stop)
+                with held(self.ctx, client):
+                    client.logs(task_id, follow=True, stop=stop,
+                                write=lambda b: put("log", json.dumps(b.decode("utf-8", "replace"))))
                 put("end", "the task has ended")
             except ConductorError as exc:
                 put("gone", str(exc))
