@@ -20,6 +20,7 @@ from .store import Store
 
 PAGE_TASKS = 20  # tasks shown per layer unless asked otherwise
 WAITING_SAMPLE = 16  # queued tasks per layer (ready markers, read by prefix) judged for a layer's waiting
+RUNNING_SHOWN = 50  # a node's running task ids listed (``running_tasks``; ``running`` counts them all)
 COUNT_FIELDS = ("pending", "queued", "running", "completed", "errored", "skipped", "total")
 
 
@@ -260,14 +261,17 @@ def list_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
     """Live nodes with their facts and the slots their claims use now."""
     snap = store.read([Get.prefix(keys.node()), Get.prefix(keys.q("claims"))])
     used: dict[str, int] = {}
+    running: dict[str, list[str]] = {}
     for kv in snap.responses[1].kvs:
         node = str(codec.unpack(kv.value).get("node"))
         used[node] = used.get(node, 0) + 1
+        running.setdefault(node, []).append(kv.key.rsplit("/", 1)[1])  # a claim key ends with its task id
     nodes = []
     for kv in snap.responses[0].kvs:
         info = codec.unpack(kv.value)
         info.pop("v", None)
         info["running"] = used.get(str(info.get("name")), 0)
+        info["running_tasks"] = sorted(running.get(str(info.get("name")), []))[:RUNNING_SHOWN]
         nodes.append(info)
     return sorted(nodes, key=lambda n: n.get("name", ""))
 
