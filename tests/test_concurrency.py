@@ -222,3 +222,46 @@ def test_the_docs_show_the_example_files_the_tests_post(page, example):
     blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
     shown = [b for b in blocks if b.startswith(f"# examples/flow/{example}\n")]
     assert shown == [(EXAMPLES / example).read_text()], f"docs/flow/{page} must show examples/flow/{example} as it is"
+
+
+def _spans(marks: Path) -> list[tuple[float, float, str]]:
+    """(start, end, task) of every process, from the lines the tasks wrote themselves."""
+    open_: dict[str, float] = {}
+    spans = []
+    for line in marks.read_text().split("\n"):
+        if line:
+            what, task, at = line.split()
+            if what == "start":
+                open_[task] = float(at)
+            else:
+                spans.append((open_.pop(task), float(at), task))
+    assert not open_, f"every process that started also ended: {open_}"
+    return spans
+
+
+@pytest.mark.timeout(300)
+def test_the_limit_and_the_rate_hold_through_an_etcd_restart(etcd, namespace, start_nodes, tmp_path):
+    """etcd stops mid-run and comes back: slots and permits are kept in etcd (the slots on the
+    runners' leases, which etcd keeps across a restart), so no more than the limit ever run and no
+    window sees more than the rate, and nothing is left behind."""
+    marks = tmp_path / "marks"
+    script = (f"echo start $CONDUCTOR_TASK_ID $(date +%s.%N) >> {marks}; sleep 0.5; "
+              f"echo end $CONDUCTOR_TASK_ID $(date +%s.%N) >> {marks}")
+    start_nodes(etcd.endpoint, 2, ttl=8, slots=4)
+    with Client(etcd=etcd.endpoint, namespace=namespace, user="tester") as client:
+        job = client.post({"name": "through-restart", "layers": [
+            {"concurrency": {"key": "db", "limit": 2}, "rate": {"key": "api", "limit": 3, "per": "2s"},
+             "tasks": [sh(script) for _ in range(16)]}]})
+        wait_for(lambda: marks.exists() and marks.read_text().count("end") >= 3, 60, what="some tasks done")
+    etcd.stop()
+    time.sleep(2.5)  # running tasks go on; their finishes and every new claim wait for etcd
+    etcd.start()
+    with Client(etcd=etcd.endpoint, namespace=namespace, user="tester") as client:
+        assert client.wait(job, timeout=120)["state"] == "COMPLETED"
+        spans = _spans(marks)
+        assert sorted(t for _, _, t in spans) == sorted(f"{job}.0.{i}" for i in range(16)), "each ran once"
+        assert most_at_once(spans) <= 2, "never more than the limit, etcd's restart included"
+        starts = sorted(s for s, _, _ in intervals(client, job, 16))  # the claims, which the rate counts
+        assert len(starts) == 16 and all(later - first >= 2.0 for first, later in zip(starts, starts[3:])), \
+            "no 2 s window saw more than 3 starts"
+        wait_for(lambda: no_flow_keys_left(client), 10, what="no slot left behind")
