@@ -114,9 +114,10 @@ def test_a_pick_reads_past_tasks_the_node_cannot_hold():
     queue = ReadyQueue()
     for n in range(60):
         needs = {"labels": {"gpu": "yes"}} if n < 50 else {}
-        queue.put(Ready({"id": f"j.0.{n}", "job": "j", "layer": "j.0", "priority": 0, "needs": needs}, n + 1))
+        queue.put(Ready({"id": f"j.0.{n}", "job": "j", "layer": "j.0", "user": "u", "priority": 0, "needs": needs},
+                        n + 1))
     plain = node("n1")
-    picked = queue.pick(4, lambda e: fits(e.task["needs"], plain) is None, lambda job, layer: False)
+    picked = queue.pick(4, lambda e: fits(e.task["needs"], plain) is None, lambda user, job, layer: False)
     assert len(picked) == 4 and all(int(e.id.rsplit(".", 1)[1]) >= 50 for e in picked)
 
 
