@@ -614,10 +614,11 @@ class Store:
         follower.start()
         return follower
 
-    def watch(self, prefix: str, start_revision: int, prev_kv: bool = False) -> "WatchStream":
-        """Open a watch on ``prefix`` from ``start_revision``; iterate it for :class:`WatchBatch`.
-        With ``prev_kv`` each event carries the key as it was before (``Event.prev``)."""
-        return WatchStream(self, prefix, start_revision, prev_kv)
+    def watch(self, prefix: str, start_revision: int, prev_kv: bool = False, exact: bool = False) -> "WatchStream":
+        """Open a watch on ``prefix`` (with ``exact``: on that one key) from ``start_revision``;
+        iterate it for :class:`WatchBatch`. With ``prev_kv`` each event carries the key as it was
+        before (``Event.prev``)."""
+        return WatchStream(self, prefix, start_revision, prev_kv, exact)
 
 
 @dataclass
@@ -634,10 +635,11 @@ class WatchBatch:
 class WatchStream:
     """One open etcd watch. Iterating yields batches until it ends; a failure raises StoreUnavailable."""
 
-    def __init__(self, store: Store, prefix: str, start_revision: int, prev_kv: bool = False):
+    def __init__(self, store: Store, prefix: str, start_revision: int, prev_kv: bool = False, exact: bool = False):
         self._requests: "queue.Queue[Any]" = queue.Queue()
-        create = etcdrpc.WatchCreateRequest(key=prefix.encode(), range_end=prefix_end(prefix).encode("latin-1"),
-                                            start_revision=start_revision, prev_kv=prev_kv)
+        create = etcdrpc.WatchCreateRequest(key=prefix.encode(), start_revision=start_revision, prev_kv=prev_kv)
+        if not exact:
+            create.range_end = prefix_end(prefix).encode("latin-1")
         requests = self._requests
 
         def request_iter() -> Iterator[Any]:

@@ -1,7 +1,9 @@
-"""The live feed: transition records for every open page, from ONE etcd watch per server.
+"""The live feeds: what changed, for the open pages and event streams.
 
-:class:`Feed` runs :meth:`conductor.Client.events` (every user's records) in a thread while
-anyone listens, and hands each revision's records to the subscribers' event loops, one wake-up per
+:class:`KeyWatch` tells one live UI page that something it shows changed (narrow watches, nothing
+decoded: see the class). :class:`Feed` gives the API's event streams (``/api/v1/events``) transition
+records, from ONE etcd watch per server: it runs :meth:`conductor.Client.events` (every user's
+records) in a thread while anyone listens, and hands each revision's records to the subscribers' event loops, one wake-up per
 batch. A :class:`Subscription` filters by ids and user into a bounded queue; a subscriber that falls
 behind is told to reload rather than slowing the others. The SSE writer
 (:func:`conductor.web.sse.event_stream`) drains a subscription a batch at a time.
@@ -16,6 +18,7 @@ from typing import Any
 
 from ..client import Client
 from ..errors import ConductorError, StoreUnavailable
+from ..store import Store
 
 log = logging.getLogger("conductor.web")
 
@@ -184,3 +187,94 @@ class Feed:
             if self._watch_stop is not None:
                 self._watch_stop.set()
 
+
+
+CHANGED: dict[str, Any] = {"kind": "changed"}  # what a KeyWatch yields: something under its prefixes changed
+Watched = tuple[str, bool]  # (a key prefix, or with True one exact key)
+
+
+class KeyWatch:
+    """Changes under a few key prefixes, for one live page (:mod:`.ui_live`): an async iterator that
+    yields :data:`CHANGED` (coalesced: at most one waiting) whenever etcd reports a write there.
+
+    Cheap by design, as the page only needs to know *that* something changed before it reads its
+    model again: etcd watches on just the prefixes the page shows (a job page: that job's job,
+    layer and task keys), opened with the page's own client (so etcd auth holds, and a user watches
+    only their keys), without ``prev_kv``, and no value is decoded. One thread per prefix follows
+    it from ``revision`` (taken before the page's first read, so nothing falls between the read
+    and the watch), again from the next revision after etcd was away (backoff 0.1 to 2 s). A
+    compacted start or a refused watch (the user lost access) yields one last change: the page's
+    next read says what became of it."""
+
+    def __init__(self, store: Store, prefixes: list[Watched], revision: int):
+        self.store = store
+        self.loop = asyncio.get_running_loop()
+        self.ready = asyncio.Event()
+        self._stop = threading.Event()
+        self._streams: set[Any] = set()
+        self._lock = threading.Lock()
+        for prefix, exact in prefixes:
+            threading.Thread(target=self._follow, args=(prefix, exact, revision), name="web-keywatch",
+                             daemon=True).start()
+
+    def _poke(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.ready.set)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            self._stop.set()
+
+    def _follow(self, prefix: str, exact: bool, revision: int) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                revision = self._watch(prefix, exact, revision)
+                if revision == 0:  # compacted or refused: nothing more to follow here
+                    self._poke()
+                    return
+                delay = 0.1
+            except StoreUnavailable:
+                pass
+            except ConductorError as exc:  # permission, auth: the page's next read names it
+                if self._stop.is_set():
+                    return  # our own cancel
+                log.info("a live page's watch on %s ended: %s", prefix, exc)
+                self._poke()
+                return
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, 2.0)
+
+    def _watch(self, prefix: str, exact: bool, revision: int) -> int:
+        """Follow one watch; returns the revision to watch again from (0: do not)."""
+        stream = self.store.watch(prefix, revision, exact=exact)
+        with self._lock:
+            self._streams.add(stream)
+        try:
+            if self._stop.is_set():
+                return revision
+            for batch in stream:
+                if batch.broken:
+                    return 0 if batch.broken == "compacted" else revision
+                if batch.events:
+                    revision = batch.events[-1].kv.mod_revision + 1
+                    self._poke()
+            return revision
+        finally:
+            with self._lock:
+                self._streams.discard(stream)
+            stream.cancel()
+
+    def __aiter__(self) -> "KeyWatch":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        await self.ready.wait()
+        self.ready.clear()
+        return CHANGED
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.cancel()
