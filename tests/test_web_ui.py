@@ -410,6 +410,39 @@ def test_a_channel_whose_page_is_gone_tells_its_browsers_and_stops():
     asyncio.run(scenario())
 
 
+def test_a_live_page_watches_only_its_keys_and_decodes_nothing(client: Client):
+    """Store.watch's exact and bare modes, and a KeyWatch telling its page of a write under its
+    keys (real etcd)."""
+    from conductor.web.feed import CHANGED, KeyWatch
+
+    store, k = client.store, client.keys
+    start = store.revision() + 1
+    store.put(k.meta("web-one-more"), b"x")  # in the prefix meta/web-one, not the exact key
+    store.put(k.meta("web-one"), b"x")
+    exact = store.watch(k.meta("web-one"), start, exact=True)
+    first = next(batch for batch in exact if batch.events)  # (after the watch's "created" answer)
+    exact.cancel()
+    assert [ev.kv.key for ev in first.events] == [k.meta("web-one")]
+    bare = store.watch(k.meta("web-one"), start, bare=True)
+    batches = []
+    for batch in bare:
+        batches.append(batch)
+        if sum(b.changes for b in batches) >= 2:
+            break
+    bare.cancel()
+    assert sum(b.changes for b in batches) == 2 and not any(b.events for b in batches)
+
+    async def scenario() -> None:
+        watch = KeyWatch(store, [(k.meta("web-page/"), False)], store.revision() + 1)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, store.put, k.meta("web-page/x"), b"1")
+            assert await asyncio.wait_for(watch.__anext__(), 10) == CHANGED
+        finally:
+            await watch.aclose()
+
+    asyncio.run(scenario())
+
+
 def login(driver: Any, user: str, password: str) -> None:
     """Every request of the browser from now on carries HTTP Basic credentials (as after the
     browser's login dialog), the live streams' included."""

@@ -198,13 +198,14 @@ class KeyWatch:
     yields :data:`CHANGED` (coalesced: at most one waiting) whenever etcd reports a write there.
 
     Cheap by design, as the page only needs to know *that* something changed before it reads its
-    model again: etcd watches on just the prefixes the page shows (a job page: that job's job,
-    layer and task keys), opened with the page's own client (so etcd auth holds, and a user watches
-    only their keys), without ``prev_kv``, and no value is decoded. One thread per prefix follows
-    it from ``revision`` (taken before the page's first read, so nothing falls between the read
-    and the watch), again from the next revision after etcd was away (backoff 0.1 to 2 s). A
-    compacted start or a refused watch (the user lost access) yields one last change: the page's
-    next read says what became of it."""
+    model again: etcd watches on just the keys the page shows (a job page: that job's job, layer
+    and task keys), opened with the page's own client (so etcd auth holds, and a user watches only
+    their keys), without ``prev_kv``, and bare (no event becomes a Python object, no value is
+    decoded). One thread per prefix follows it from ``revision`` (taken before the page's first
+    read, so nothing falls between the read and the watch). When etcd was away, or the watch was
+    compacted or canceled, the page is read again and watched from then on (backoff 0.1 to 2 s).
+    A refused watch (the user lost access) yields one last change: the page's next read says what
+    became of it."""
 
     def __init__(self, store: Store, prefixes: list[Watched], revision: int):
         self.store = store
@@ -227,38 +228,36 @@ class KeyWatch:
         delay = 0.1
         while not self._stop.is_set():
             try:
-                revision = self._watch(prefix, exact, revision)
-                if revision == 0:  # compacted or refused: nothing more to follow here
+                if not revision:  # after a break: read the page again, and watch from before that read
+                    revision = self.store.revision() + 1
                     self._poke()
-                    return
+                self._watch(prefix, exact, revision)
                 delay = 0.1
             except StoreUnavailable:
                 pass
             except ConductorError as exc:  # permission, auth: the page's next read names it
-                if self._stop.is_set():
-                    return  # our own cancel
-                log.info("a live page's watch on %s ended: %s", prefix, exc)
-                self._poke()
+                if not self._stop.is_set():  # (else: our own cancel)
+                    log.info("a live page's watch on %s ended: %s", prefix, exc)
+                    self._poke()
                 return
+            revision = 0
             if self._stop.wait(delay):
                 return
             delay = min(delay * 2, 2.0)
 
-    def _watch(self, prefix: str, exact: bool, revision: int) -> int:
-        """Follow one watch; returns the revision to watch again from (0: do not)."""
-        stream = self.store.watch(prefix, revision, exact=exact)
+    def _watch(self, prefix: str, exact: bool, revision: int) -> None:
+        """Follow one watch until it breaks or is canceled."""
+        stream = self.store.watch(prefix, revision, exact=exact, bare=True)
         with self._lock:
             self._streams.add(stream)
         try:
             if self._stop.is_set():
-                return revision
+                return
             for batch in stream:
                 if batch.broken:
-                    return 0 if batch.broken == "compacted" else revision
-                if batch.events:
-                    revision = batch.events[-1].kv.mod_revision + 1
+                    return
+                if batch.changes:
                     self._poke()
-            return revision
         finally:
             with self._lock:
                 self._streams.discard(stream)

@@ -31,7 +31,7 @@ from .context import WebContext
 from .feed import KeyWatch, Watched
 from .ui_channel import Channel, listen
 
-MIN_INTERVAL = 0.5  # seconds between two renders of one page
+MIN_INTERVAL = 1.0  # seconds between two renders of one page
 KEEPALIVE = 15.0
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
 
