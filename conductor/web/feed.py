@@ -195,20 +195,28 @@ Watched = tuple[str, bool]  # (a key prefix, or with True one exact key)
 
 class KeyWatch:
     """Changes under a few key prefixes, for one live page (:mod:`.ui_live`): an async iterator that
-    yields :data:`CHANGED` (coalesced: at most one waiting) whenever etcd reports a write there.
+    yields :data:`CHANGED` (coalesced: at most one waiting) when etcd reports a write there.
 
     Cheap by design, as the page only needs to know *that* something changed before it reads its
-    model again: etcd watches on just the keys the page shows (a job page: that job's job, layer
-    and task keys), opened with the page's own client (so etcd auth holds, and a user watches only
-    their keys), without ``prev_kv``, and bare (no event becomes a Python object, no value is
-    decoded). One thread per prefix follows it from ``revision`` (taken before the page's first
-    read, so nothing falls between the read and the watch). When etcd was away, or the watch was
-    compacted or canceled, the page is read again and watched from then on (backoff 0.1 to 2 s).
-    A refused watch (the user lost access) yields one last change: the page's next read says what
-    became of it."""
+    model again, and reads it at most once per ``hold`` seconds anyway:
 
-    def __init__(self, store: Store, prefixes: list[Watched], revision: int):
+    - etcd watches on just the keys the page shows (a job page: that job's job, layer and task
+      keys), opened with the page's own client (so etcd auth holds, and a user watches only their
+      keys), without ``prev_kv``, and bare (no event becomes a Python object, no value is decoded);
+    - a watch that reported a change is closed for ``hold`` seconds, then opened again from the
+      revision after that change: etcd sends what happened meanwhile at once (the page is read
+      again) or, if nothing did, nothing. A job finishing thousands of tasks a second costs a
+      page about one watch answer a second instead of one per write.
+
+    One thread per prefix follows it from ``revision`` (taken before the page's first read, so
+    nothing falls between the read and the watch). When etcd was away, or the watch was compacted
+    or canceled, the page is read again and watched from then on (backoff 0.1 to 2 s). A refused
+    watch (the user lost access) yields one last change: the page's next read says what became
+    of it."""
+
+    def __init__(self, store: Store, prefixes: list[Watched], revision: int, hold: float = 1.0):
         self.store = store
+        self.hold = hold
         self.loop = asyncio.get_running_loop()
         self.ready = asyncio.Event()
         self._stop = threading.Event()
@@ -231,33 +239,36 @@ class KeyWatch:
                 if not revision:  # after a break: read the page again, and watch from before that read
                     revision = self.store.revision() + 1
                     self._poke()
-                self._watch(prefix, exact, revision)
-                delay = 0.1
+                revision = self._watch(prefix, exact, revision)
             except StoreUnavailable:
-                pass
+                revision = 0
             except ConductorError as exc:  # permission, auth: the page's next read names it
                 if not self._stop.is_set():  # (else: our own cancel)
                     log.info("a live page's watch on %s ended: %s", prefix, exc)
                     self._poke()
                 return
-            revision = 0
-            if self._stop.wait(delay):
+            if revision:  # a change was reported: quiet for a while, then on from after it
+                delay, wait = 0.1, self.hold
+            else:  # the watch broke
+                delay, wait = min(delay * 2, 2.0), delay
+            if self._stop.wait(wait):
                 return
-            delay = min(delay * 2, 2.0)
 
-    def _watch(self, prefix: str, exact: bool, revision: int) -> None:
-        """Follow one watch until it breaks or is canceled."""
+    def _watch(self, prefix: str, exact: bool, revision: int) -> int:
+        """Watch until the first change; returns the revision after it (0: the watch broke)."""
         stream = self.store.watch(prefix, revision, exact=exact, bare=True)
         with self._lock:
             self._streams.add(stream)
         try:
             if self._stop.is_set():
-                return
+                return 0
             for batch in stream:
                 if batch.broken:
-                    return
+                    return 0
                 if batch.changes:
                     self._poke()
+                    return batch.last + 1
+            return 0
         finally:
             with self._lock:
                 self._streams.discard(stream)

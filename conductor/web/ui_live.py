@@ -71,7 +71,8 @@ class Live:
                                          headers=HEADERS)
             channel = self.channels.get(key)  # another browser may have opened it meanwhile
             if channel is None:
-                channel = self._open(key, KeyWatch(client.store, watched, revision), page, name, client, query)
+                channel = self._open(key, KeyWatch(client.store, watched, revision, MIN_INTERVAL), page, name, client,
+                                     query)
         return StreamingResponse(listen(channel, channel.join(), KEEPALIVE), media_type="text/event-stream",
                                  headers=HEADERS)
 
