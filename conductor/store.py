@@ -619,8 +619,8 @@ class Store:
         """Open a watch on ``prefix`` (with ``exact``: on that one key) from ``start_revision``;
         iterate it for :class:`WatchBatch`. With ``prev_kv`` each event carries the key as it was
         before (``Event.prev``); with ``bare`` no event is made into Python objects at all, the
-        batches only count them and say the last one's revision (``WatchBatch.changes`` and
-        ``last``: for a follower that only needs to know that something changed)."""
+        batches only count them (``WatchBatch.changes``: for a follower that only needs to know
+        that something changed)."""
         return WatchStream(self, prefix, start_revision, prev_kv, exact, bare)
 
 
@@ -634,7 +634,6 @@ class WatchBatch:
     broken: str | None = None  # "compacted" or "canceled": list again
     compact_revision: int = 0  # when compacted: the oldest revision etcd still has
     changes: int = 0  # how many events the response had (``events`` is empty for a bare watch)
-    last: int = 0  # the mod_revision of its last event (0: none)
 
 
 class WatchStream:
@@ -667,8 +666,7 @@ class WatchStream:
                 events = [] if self._bare else [
                     Event("put" if ev.type == 0 else "delete", _kv(ev.kv), _kv(ev.prev_kv) if ev.HasField("prev_kv") else None)
                     for ev in resp.events]
-                yield WatchBatch(events, resp.header.revision, created=resp.created, changes=len(resp.events),
-                                 last=resp.events[-1].kv.mod_revision if resp.events else 0)
+                yield WatchBatch(events, resp.header.revision, created=resp.created, changes=len(resp.events))
         except grpc.RpcError as exc:
             raise _translate(exc, "watch", self._where, self._user) from None
 

@@ -494,7 +494,8 @@ def test_with_etcd_auth_a_user_logs_in_follows_their_own_jobs_and_is_refused_ano
             theirs = bob.post({"name": "bobs-job", "layers": [{"tasks": [sh("true")]}]})
             wait_for(lambda: alice.task(f"{mine}.0.0")["state"] == "RUNNING", 30, what="alice's task running")
 
-        assert get_page(url + "/ui/")[0] == 401, "no login, no page"
+        status, body = get_page(url + "/ui/")
+        assert status == 401 and "Log in" in body, "no login: a page that asks for one"
         login(browser, "alice", "alice-pw")
         browser.get(url + "/ui/")
         until(browser, lambda d: "alices-job" in text(d, f"#job-{mine}"), "alice's job in her list")

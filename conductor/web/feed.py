@@ -203,14 +203,15 @@ class KeyWatch:
     - etcd watches on just the keys the page shows (a job page: that job's job, layer and task
       keys), opened with the page's own client (so etcd auth holds, and a user watches only their
       keys), without ``prev_kv``, and bare (no event becomes a Python object, no value is decoded);
-    - a watch that reported a change is closed for ``hold`` seconds, then opened again from the
-      revision after that change: etcd sends what happened meanwhile at once (the page is read
-      again) or, if nothing did, nothing. A job finishing thousands of tasks a second costs a
-      page about one watch answer a second instead of one per write.
+    - a watch that reported a change is closed for ``hold`` seconds; then the page is read again
+      (whatever happened meanwhile is in that read) and watched from the revision before that
+      read. A job finishing thousands of tasks a second costs a page one etcd status request,
+      one watch and its first event a second, instead of every write (the price: one more read
+      of the page after a lone change).
 
     One thread per prefix follows it from ``revision`` (taken before the page's first read, so
     nothing falls between the read and the watch). When etcd was away, or the watch was compacted
-    or canceled, the page is read again and watched from then on (backoff 0.1 to 2 s). A refused
+    or canceled, the page is read again the same way (backoff 0.1 to 2 s). A refused
     watch (the user lost access) yields one last change: the page's next read says what became
     of it."""
 
@@ -236,39 +237,40 @@ class KeyWatch:
         delay = 0.1
         while not self._stop.is_set():
             try:
-                if not revision:  # after a break: read the page again, and watch from before that read
+                if not revision:  # read the page again, and watch from before that read
                     revision = self.store.revision() + 1
                     self._poke()
-                revision = self._watch(prefix, exact, revision)
+                changed = self._watch(prefix, exact, revision)
             except StoreUnavailable:
-                revision = 0
+                changed = False
             except ConductorError as exc:  # permission, auth: the page's next read names it
                 if not self._stop.is_set():  # (else: our own cancel)
                     log.info("a live page's watch on %s ended: %s", prefix, exc)
                     self._poke()
                 return
-            if revision:  # a change was reported: quiet for a while, then on from after it
+            revision = 0
+            if changed:  # quiet for a while: the page is read once a hold at most anyway
                 delay, wait = 0.1, self.hold
             else:  # the watch broke
                 delay, wait = min(delay * 2, 2.0), delay
             if self._stop.wait(wait):
                 return
 
-    def _watch(self, prefix: str, exact: bool, revision: int) -> int:
-        """Watch until the first change; returns the revision after it (0: the watch broke)."""
+    def _watch(self, prefix: str, exact: bool, revision: int) -> bool:
+        """Watch until the first change (True) or until the watch breaks (False)."""
         stream = self.store.watch(prefix, revision, exact=exact, bare=True)
         with self._lock:
             self._streams.add(stream)
         try:
             if self._stop.is_set():
-                return 0
+                return False
             for batch in stream:
                 if batch.broken:
-                    return 0
+                    return False
                 if batch.changes:
                     self._poke()
-                    return batch.last + 1
-            return 0
+                    return True
+            return False
         finally:
             with self._lock:
                 self._streams.discard(stream)

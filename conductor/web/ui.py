@@ -155,9 +155,9 @@ class UI:
 
     def show(self, request: Request, name: str, query: dict[str, str], what: str) -> Response:
         page = PAGES[name]
-        # outside the try: no login at all (the server's Unauthorized) is the server's 401 to answer
-        client = self.ctx.client_for(request)
+        client: Client | None = None
         try:
+            client = self.ctx.client_for(request)  # no login at all (etcd auth on): a 401 page that asks for one
             model = page.model(client, query)
         except ConductorError as exc:
             return self.render_error(request, exc, what, client)

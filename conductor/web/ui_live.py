@@ -3,12 +3,12 @@
 ``/ui/live/<page>?<the page's query>``: watches the keys the page shows (:class:`.feed.KeyWatch`:
 narrow etcd watches with the page's user's client, nothing decoded); when etcd reports writes
 there it reads the page's model again and sends the fragment as one ``fragment`` event. Writes
-that arrive together are coalesced, and a page is rendered at most every :data:`MIN_INTERVAL` seconds
-whatever number of browsers show it (one :class:`~.ui_channel.Channel` per page), so a job
-finishing thousands of tasks a second costs a few reads a second, never one per task or per
-browser. A stream starts with a fresh fragment: what changed between the page's render and the
-stream's start is not lost. Nothing is read while nothing changes (a comment every
-:data:`KEEPALIVE` seconds keeps proxies from closing the stream).
+that arrive together are coalesced, and a page is rendered at most every :data:`MIN_INTERVAL`
+seconds whatever number of browsers show it (one :class:`~.ui_channel.Channel` per page), so a job
+finishing thousands of tasks a second costs one read a second, never one per task or per browser.
+A stream starts with a fresh fragment: what changed between the page's render and the stream's
+start is not lost. Nothing is read while nothing changes (a comment every :data:`KEEPALIVE`
+seconds keeps proxies from closing the stream).
 
 ``/ui/live/log/<task>``: a task's log, as ``log`` events (JSON strings), from
 ``Client.logs(follow=True)`` in a worker thread, until the task ended or the browser went away;
