@@ -214,7 +214,7 @@ def time_jobs(cl: Cluster, make_job: Any, tasks: int, args: argparse.Namespace) 
     client = cl.client()
     if args.warmup:
         client.wait(client.post(true_job("warmup", [args.warmup])), timeout=60)
-    pages = webload.Pages(urls, args.pages).start()
+    pages = webload.Pages(urls, args.pages, args.page_kind).start()
     runs = []
     for r in range(args.repeat):
         job = make_job()
@@ -225,6 +225,7 @@ def time_jobs(cl: Cluster, make_job: Any, tasks: int, args: argparse.Namespace) 
             t0 = time.perf_counter()
             job_id = client.post(job)
             t1 = time.perf_counter()
+            pages.show(job_id)
             done = wait_for(client, job_id, args.timeout, args.wait_mode)
             t2 = time.perf_counter()
             cpu = cpu_delta(cpu0, cpu_times(cl))

@@ -614,10 +614,14 @@ class Store:
         follower.start()
         return follower
 
-    def watch(self, prefix: str, start_revision: int, prev_kv: bool = False) -> "WatchStream":
-        """Open a watch on ``prefix`` from ``start_revision``; iterate it for :class:`WatchBatch`.
-        With ``prev_kv`` each event carries the key as it was before (``Event.prev``)."""
-        return WatchStream(self, prefix, start_revision, prev_kv)
+    def watch(self, prefix: str, start_revision: int, prev_kv: bool = False, exact: bool = False,
+              bare: bool = False) -> "WatchStream":
+        """Open a watch on ``prefix`` (with ``exact``: on that one key) from ``start_revision``;
+        iterate it for :class:`WatchBatch`. With ``prev_kv`` each event carries the key as it was
+        before (``Event.prev``); with ``bare`` no event is made into Python objects at all, the
+        batches only count them (``WatchBatch.changes``: for a follower that only needs to know
+        that something changed)."""
+        return WatchStream(self, prefix, start_revision, prev_kv, exact, bare)
 
 
 @dataclass
@@ -629,15 +633,19 @@ class WatchBatch:
     created: bool = False
     broken: str | None = None  # "compacted" or "canceled": list again
     compact_revision: int = 0  # when compacted: the oldest revision etcd still has
+    changes: int = 0  # how many events the response had (``events`` is empty for a bare watch)
 
 
 class WatchStream:
     """One open etcd watch. Iterating yields batches until it ends; a failure raises StoreUnavailable."""
 
-    def __init__(self, store: Store, prefix: str, start_revision: int, prev_kv: bool = False):
+    def __init__(self, store: Store, prefix: str, start_revision: int, prev_kv: bool = False, exact: bool = False,
+                 bare: bool = False):
+        self._bare = bare
         self._requests: "queue.Queue[Any]" = queue.Queue()
-        create = etcdrpc.WatchCreateRequest(key=prefix.encode(), range_end=prefix_end(prefix).encode("latin-1"),
-                                            start_revision=start_revision, prev_kv=prev_kv)
+        create = etcdrpc.WatchCreateRequest(key=prefix.encode(), start_revision=start_revision, prev_kv=prev_kv)
+        if not exact:
+            create.range_end = prefix_end(prefix).encode("latin-1")
         requests = self._requests
 
         def request_iter() -> Iterator[Any]:
@@ -655,9 +663,10 @@ class WatchStream:
                     yield WatchBatch([], resp.header.revision, broken="compacted" if resp.compact_revision else "canceled",
                                      compact_revision=resp.compact_revision)
                     return
-                events = [Event("put" if ev.type == 0 else "delete", _kv(ev.kv),
-                                _kv(ev.prev_kv) if ev.HasField("prev_kv") else None) for ev in resp.events]
-                yield WatchBatch(events, resp.header.revision, created=resp.created)
+                events = [] if self._bare else [
+                    Event("put" if ev.type == 0 else "delete", _kv(ev.kv), _kv(ev.prev_kv) if ev.HasField("prev_kv") else None)
+                    for ev in resp.events]
+                yield WatchBatch(events, resp.header.revision, created=resp.created, changes=len(resp.events))
         except grpc.RpcError as exc:
             raise _translate(exc, "watch", self._where, self._user) from None
 

@@ -75,7 +75,7 @@ def _up(base: str) -> bool:
 def test_queue_depth_is_counted_by_priority() -> None:
     queue = ReadyQueue()
     for n, priority in enumerate([0, 0, 5, 5, 5, -1]):
-        task = {"id": f"j{n % 2}.0.{n}", "job": f"j{n % 2}", "layer": f"j{n % 2}.0", "priority": priority}
+        task = {"id": f"j{n % 2}.0.{n}", "job": f"j{n % 2}", "layer": f"j{n % 2}.0", "priority": priority, "user": "u"}
         queue.put(Ready(task, n + 1))
     assert queue.depth_by_priority() == {0: 2, 5: 3, -1: 1}
 

@@ -100,10 +100,9 @@ def make_app(settings: WebSettings) -> Starlette:
     routes: list[BaseRoute] = [Mount("/api/v1", routes=api.routes()),
                                Route("/metrics", metrics_route(ctx), methods=["GET"]),
                                Route("/healthz", healthz, methods=["GET"])]
-    routes.append(Route("/openapi.json", openapi.route(routes), methods=["GET"]))
+    routes.append(Route("/openapi.json", openapi.route(routes), methods=["GET"]))  # the API's routes, not the UI's
     from . import ui
-    routes += ui.routes(ctx)
-    app = Starlette(routes=routes, lifespan=lifespan,
+    app = Starlette(routes=[*routes, *ui.routes(ctx)], lifespan=lifespan,
                     exception_handlers={ConductorError: errors.handle, HTTPException: http_error})
     app.state.ctx = ctx
     return app

@@ -6,7 +6,10 @@ The UI module gets a :class:`WebContext` (``ui.routes(ctx)``) with:
   etcd auth on (the server was given etcd credentials and etcd refuses anonymous requests) that is
   the user of the request's HTTP Basic credentials, checked by etcd itself; with auth off one
   shared client (the user a Basic user name or ``?as=`` names, else the server's).
-* ``ctx.feed``: :class:`conductor.web.feed.Feed`, live transition records shared by every page.
+* ``ctx.hold(client)``: keeps a user's client open while a stream uses it; ``ctx.refused(client)``:
+  forgets one whose password etcd refused.
+* ``ctx.feed``: :class:`conductor.web.feed.Feed`, transition records shared by every
+  ``/api/v1/events`` stream (a UI page watches just its own keys: :class:`~.feed.KeyWatch`).
 * ``ctx.templates_dir``, ``ctx.static_dir``: the UI's shipped files.
 """
 from __future__ import annotations

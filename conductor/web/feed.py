@@ -1,7 +1,9 @@
-"""The live feed: transition records for every open page, from ONE etcd watch per server.
+"""The live feeds: what changed, for the open pages and event streams.
 
-:class:`Feed` runs :meth:`conductor.Client.events` (every user's records) in a thread while
-anyone listens, and hands each revision's records to the subscribers' event loops, one wake-up per
+:class:`KeyWatch` tells one live UI page that something it shows changed (narrow watches, nothing
+decoded: see the class). :class:`Feed` gives the API's event streams (``/api/v1/events``) transition
+records, from ONE etcd watch per server: it runs :meth:`conductor.Client.events` (every user's
+records) in a thread while anyone listens, and hands each revision's records to the subscribers' event loops, one wake-up per
 batch. A :class:`Subscription` filters by ids and user into a bounded queue; a subscriber that falls
 behind is told to reload rather than slowing the others. The SSE writer
 (:func:`conductor.web.sse.event_stream`) drains a subscription a batch at a time.
@@ -16,6 +18,7 @@ from typing import Any
 
 from ..client import Client
 from ..errors import ConductorError, StoreUnavailable
+from ..store import Store
 
 log = logging.getLogger("conductor.web")
 
@@ -184,3 +187,106 @@ class Feed:
             if self._watch_stop is not None:
                 self._watch_stop.set()
 
+
+
+CHANGED: dict[str, Any] = {"kind": "changed"}  # what a KeyWatch yields: something under its prefixes changed
+Watched = tuple[str, bool]  # (a key prefix, or with True one exact key)
+
+
+class KeyWatch:
+    """Changes under a few key prefixes, for one live page (:mod:`.ui_live`): an async iterator that
+    yields :data:`CHANGED` (coalesced: at most one waiting) when etcd reports a write there.
+
+    Cheap by design, as the page only needs to know *that* something changed before it reads its
+    model again, and reads it at most once per ``hold`` seconds anyway:
+
+    - etcd watches on just the keys the page shows (a job page: that job's job, layer and task
+      keys), opened with the page's own client (so etcd auth holds, and a user watches only their
+      keys), without ``prev_kv``, and bare (no event becomes a Python object, no value is decoded);
+    - a watch that reported a change is closed for ``hold`` seconds; then the page is read again
+      (whatever happened meanwhile is in that read) and watched from the revision before that
+      read. A job finishing thousands of tasks a second costs a page one etcd status request,
+      one watch and its first event a second, instead of every write (the price: one more read
+      of the page after a lone change).
+
+    One thread per prefix follows it from ``revision`` (taken before the page's first read, so
+    nothing falls between the read and the watch). When etcd was away, or the watch was compacted
+    or canceled, the page is read again the same way (backoff 0.1 to 2 s). A refused
+    watch (the user lost access) yields one last change: the page's next read says what became
+    of it."""
+
+    def __init__(self, store: Store, prefixes: list[Watched], revision: int, hold: float = 1.0):
+        self.store = store
+        self.hold = hold
+        self.loop = asyncio.get_running_loop()
+        self.ready = asyncio.Event()
+        self._stop = threading.Event()
+        self._streams: set[Any] = set()
+        self._lock = threading.Lock()
+        for prefix, exact in prefixes:
+            threading.Thread(target=self._follow, args=(prefix, exact, revision), name="web-keywatch",
+                             daemon=True).start()
+
+    def _poke(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.ready.set)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            self._stop.set()
+
+    def _follow(self, prefix: str, exact: bool, revision: int) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                if not revision:  # read the page again, and watch from before that read
+                    revision = self.store.revision() + 1
+                    self._poke()
+                changed = self._watch(prefix, exact, revision)
+            except StoreUnavailable:
+                changed = False
+            except ConductorError as exc:  # permission, auth: the page's next read names it
+                if not self._stop.is_set():  # (else: our own cancel)
+                    log.info("a live page's watch on %s ended: %s", prefix, exc)
+                    self._poke()
+                return
+            revision = 0
+            if changed:  # quiet for a while: the page is read once a hold at most anyway
+                delay, wait = 0.1, self.hold
+            else:  # the watch broke
+                delay, wait = min(delay * 2, 2.0), delay
+            if self._stop.wait(wait):
+                return
+
+    def _watch(self, prefix: str, exact: bool, revision: int) -> bool:
+        """Watch until the first change (True) or until the watch breaks (False)."""
+        stream = self.store.watch(prefix, revision, exact=exact, bare=True)
+        with self._lock:
+            self._streams.add(stream)
+        try:
+            if self._stop.is_set():
+                return False
+            for batch in stream:
+                if batch.broken:
+                    return False
+                if batch.changes:
+                    self._poke()
+                    return True
+            return False
+        finally:
+            with self._lock:
+                self._streams.discard(stream)
+            stream.cancel()
+
+    def __aiter__(self) -> "KeyWatch":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        await self.ready.wait()
+        self.ready.clear()
+        return CHANGED
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.cancel()

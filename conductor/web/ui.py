@@ -3,14 +3,14 @@
 Each page is a model (a function of the request's Client and the query: what the page shows, read
 through :class:`conductor.client.Client` like the CLI does) and a template whose live part is a
 fragment of its own (``_<page>.html``). The page is rendered whole once; :mod:`.ui_live` renders
-the fragment again when the shared event feed reports a change to what the page shows, and sends
+the fragment again when etcd reports a write to the keys the page shows, and sends
 it to the browser over server-sent events: the pages never poll. The buttons post to
 :mod:`.ui_actions`. Reads are plain Client calls, so what etcd's auth lets the user see is what
 the page shows; errors become pages that name the object (404, 403, 400).
 
 The contract with the server (``conductor/web/app.py``): :func:`routes` takes the server's
-context ``ctx`` with ``client_for(request)``, ``feed.subscribe(ids)``, ``templates_dir`` and
-``static_dir``.
+:class:`~.context.WebContext` (``client_for(request)``, ``hold(client)``, ``refused(client)``,
+``templates_dir``, ``static_dir``).
 """
 from __future__ import annotations
 
@@ -25,9 +25,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..client import Client
-from ..errors import (Ambiguous, AuthFailed, ConductorError, InvalidSpec, NotFound, PermissionDenied, Refused,
-                      StaleEtag, StoreUnavailable)
+from ..errors import AuthFailed, ConductorError, NotFound, PermissionDenied
 from . import ui_actions, ui_format, ui_live
+from .context import WebContext
+from .errors import REALM, status_of
+from .feed import Watched
 
 PAGE_TASKS = 50  # tasks per layer on a job page: a page reads this many whatever the job's size
 JOBS_PAGE = 50
@@ -37,15 +39,13 @@ Model = Callable[[Client, dict[str, str]], dict[str, Any]]
 
 @dataclass(frozen=True)
 class Page:
-    """A page: its full template, its live fragment, how to read it, and which feed records
-    change it: those of the ``kinds`` (None: any kind) about the ids ``live_ids`` gives (None:
-    about anything)."""
+    """A page: its full template, its live fragment, how to read it, and what it watches: the
+    keys (:data:`~.feed.Watched`) whose writes change it (:class:`~.feed.KeyWatch`)."""
 
     template: str
     fragment: str
     model: Model
-    kinds: frozenset[str] | None = None
-    live_ids: Callable[[Client, dict[str, str]], set[str]] | None = None  # None: every record
+    watched: Callable[[Client, dict[str, str]], list[Watched]]
 
 
 def jobs_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
@@ -88,38 +88,47 @@ def schedules_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
     return {"templates": client.templates(), "schedules": client.schedules(), "title": "Templates and schedules"}
 
 
-def job_ids(client: Client, query: dict[str, str]) -> set[str]:
-    """The full job id a job page follows (its id may be a prefix, a name or a layer id)."""
-    return {client.locate(query["id"])[1].split(".")[0]}
+def jobs_watched(client: Client, query: dict[str, str]) -> list[Watched]:
+    k = client.keys
+    if query.get("all") in ("1", "on", "true"):
+        return [(k.user(), False)]  # every user's jobs: all of users/ (admins, or etcd auth off)
+    return [(k.job(client.user), False), (k.layer(client.user), False), (k.task(client.user), False)]
 
 
-def task_ids(client: Client, query: dict[str, str]) -> set[str]:
-    return {client.locate(query["id"])[1]}
+def job_watched(client: Client, query: dict[str, str]) -> list[Watched]:
+    """The job's own key, its layers and its tasks (its id may be a prefix, a name or a layer id)."""
+    _, full, owner = client.locate(query["id"])
+    job, k = full.split(".")[0], client.keys
+    return [(k.job(owner, job), True), (k.layer(owner, job + "."), False), (k.task(owner, job + "."), False)]
+
+
+def task_watched(client: Client, query: dict[str, str]) -> list[Watched]:
+    _, full, owner = client.locate(query["id"])
+    return [(client.keys.task(owner, full), True), (client.keys.result(owner, full), True)]
+
+
+def nodes_watched(client: Client, query: dict[str, str]) -> list[Watched]:
+    return [(client.keys.node(), False), (client.keys.q("claims"), False)]  # the nodes, what they run
+
+
+def schedules_watched(client: Client, query: dict[str, str]) -> list[Watched]:
+    k, user = client.keys, client.user
+    return [(k.template(user), False), (k.shared_template(), False), (k.schedule(user), False),
+            (k.fire(user, "").removesuffix("/"), False)]  # fires/<user>/: every schedule's fires
 
 
 PAGES: dict[str, Page] = {
-    "jobs": Page("jobs.html", "_jobs.html", jobs_model, frozenset({"job", "layer", "task"})),
-    "job": Page("job.html", "_job.html", job_model, live_ids=job_ids),
-    "task": Page("task.html", "_task.html", task_model, live_ids=task_ids),
-    "nodes": Page("nodes.html", "_nodes.html", nodes_model, frozenset({"node", "task"})),
-    "schedules": Page("schedules.html", "_schedules.html", schedules_model, frozenset({"fire"})),
+    "jobs": Page("jobs.html", "_jobs.html", jobs_model, jobs_watched),
+    "job": Page("job.html", "_job.html", job_model, job_watched),
+    "task": Page("task.html", "_task.html", task_model, task_watched),
+    "nodes": Page("nodes.html", "_nodes.html", nodes_model, nodes_watched),
+    "schedules": Page("schedules.html", "_schedules.html", schedules_model, schedules_watched),
 }
 
 
-# the status an error's page gets: the first class it is an instance of decides
-ERROR_STATUS: list[tuple[type[ConductorError], int]] = [
-    (NotFound, 404), (PermissionDenied, 403), (AuthFailed, 401), (InvalidSpec, 400), (Ambiguous, 400),
-    (StaleEtag, 409), (Refused, 409), (StoreUnavailable, 503)]
+# the words over an error page; its status is the API's (:func:`.errors.status_of`: one table)
 TITLES = {404: "Not found", 403: "Permission denied", 401: "Log in again", 400: "Bad request",
-          409: "Not done", 503: "etcd is unreachable"}
-# a wrong password: the browser asks for the etcd user's credentials again
-LOGIN = {"WWW-Authenticate": 'Basic realm="conductor: your etcd user", charset="UTF-8"'}
-
-
-def error_status(exc: ConductorError) -> int:
-    if isinstance(exc, InvalidSpec) and exc.field == "id":
-        return 404  # an address whose id (or job name) names nothing: as the HTTP API answers it
-    return next((status for cls, status in ERROR_STATUS if isinstance(exc, cls)), 500)
+          422: "Not accepted", 409: "Not done", 412: "Not done", 503: "etcd is unreachable"}
 
 
 def error_title(status: int) -> str:
@@ -130,24 +139,25 @@ class UI:
     """The pages' request handlers (sync: Starlette runs them in its thread pool, where the
     Client's blocking etcd calls belong)."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: WebContext):
         self.ctx = ctx
         self.templates = Jinja2Templates(directory=str(ctx.templates_dir))
         self.templates.env.filters.update(ui_format.FILTERS)
 
     def render_error(self, request: Request, exc: ConductorError, what: str, client: Client | None = None) -> Response:
-        status = error_status(exc)
-        if status == 401 and client is not None and hasattr(self.ctx, "refused"):
+        status = status_of(exc)
+        if status == 401 and client is not None:
             self.ctx.refused(client)  # etcd refused its password: a corrected login starts afresh
         return self.templates.TemplateResponse(request, "error.html", {
             "status": status, "heading": error_title(status), "what": what, "message": str(exc),
-            "title": error_title(status)}, status_code=status, headers=LOGIN if status == 401 else None)
+            "title": error_title(status)}, status_code=status,
+            headers={"WWW-Authenticate": REALM} if status == 401 else None)
 
     def show(self, request: Request, name: str, query: dict[str, str], what: str) -> Response:
         page = PAGES[name]
-        # outside the try: no login at all (the server's Unauthorized) is the server's 401 to answer
-        client = self.ctx.client_for(request)
+        client: Client | None = None
         try:
+            client = self.ctx.client_for(request)  # no login at all (etcd auth on): a 401 page that asks for one
             model = page.model(client, query)
         except ConductorError as exc:
             return self.render_error(request, exc, what, client)
@@ -184,7 +194,7 @@ class UI:
         return self.templates.get_template(PAGES[name].fragment).render(**model, page=name)
 
 
-def routes(ctx: Any) -> list[BaseRoute]:
+def routes(ctx: WebContext) -> list[BaseRoute]:
     """The UI's routes under ``/ui`` (and ``/`` sending there), its live streams under ``/ui/live``,
     its buttons under ``/ui/act`` and its CSS and JS under ``/ui/static``."""
     ui = UI(ctx)

@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ..client import Client
-from ..errors import ConductorError, InvalidSpec, StaleEtag
+from ..errors import ConductorError, StaleEtag
+from .context import WebContext
+from .errors import BadRequest, status_of
 
 ACTIONS = ("pause", "unpause", "kill", "retry", "skip")
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a kill or skip from the web
@@ -62,12 +64,12 @@ def parse_etag(text: str | None) -> int | None:
     if text is None or text.strip() == "":
         return None
     if not text.strip().isdigit():
-        raise InvalidSpec("etag", f"{text!r} is not a number")
+        raise BadRequest("etag", f"{text!r} is not a number")
     return int(text)
 
 
 class Actions:
-    def __init__(self, ctx: Any, ui: Any):
+    def __init__(self, ctx: WebContext, ui: Any):
         self.ctx = ctx
         self.ui = ui
 
@@ -87,7 +89,7 @@ class Actions:
         client = self.ctx.client_for(request)
         try:
             if action not in ACTIONS:
-                raise InvalidSpec("action", f"{action!r} is not one of {', '.join(ACTIONS)}")
+                raise BadRequest("action", f"{action!r} is not one of {', '.join(ACTIONS)}")
             etag = parse_etag(form.get("etag"))
             message = await run_in_threadpool(perform, client, action, some_id, etag)
             status, ok, stale = 200, True, False
@@ -95,9 +97,7 @@ class Actions:
             message = await run_in_threadpool(stale_message, client, exc)
             status, ok, stale = 409, False, True
         except ConductorError as exc:
-            from .ui import error_status
-
-            message, status, ok, stale = str(exc), error_status(exc), False, False
+            message, status, ok, stale = str(exc), status_of(exc), False, False
         if wants_json:
             return JSONResponse({"ok": ok, "stale": stale, "message": message, "action": action, "id": some_id},
                                 status_code=status)

@@ -1,15 +1,16 @@
-"""One live page shared by every browser that shows it: one feed subscription, one render loop.
+"""One live page shared by every browser that shows it: one watch, one render loop.
 
-A :class:`Channel` is keyed by what a page shows (user, page, query). It subscribes to the event
-feed for the records that concern the page; when some arrive it renders the page's fragment (at
-most once per ``interval``, coalescing what arrived meanwhile) and hands the result to every
-:class:`Listener`. A browser joining an open channel asks for a render, which everyone gets: a
-render always starts after the change that asked for it reached this server, so no listener is
-left with a stale page. Twenty browsers on one job cost what one does. The channel stops (and
-leaves the feed) when its last listener leaves, or after a render says the page is gone.
+A :class:`Channel` is keyed by what a page shows (user, page, query). It follows a subscription
+(an async iterator: :class:`.feed.KeyWatch`) that yields whenever something the page shows
+changed; then it renders the page's fragment (at most once per ``interval``, coalescing what
+arrived meanwhile) and hands the result to every :class:`Listener`. A browser joining an open
+channel asks for a render, which everyone gets: a render always starts after the change that
+asked for it reached this server, so no listener is left with a stale page. Twenty browsers on
+one job cost what one does. The channel stops (and closes its watch) when its last listener
+leaves, or after a render says the page is gone.
 
-Pure asyncio over two callables (the feed's ``subscribe`` and a ``render``), so it has unit tests
-of its own without a server.
+Pure asyncio over the subscription and a ``render`` callable, so it has unit tests of its own
+without a server.
 """
 from __future__ import annotations
 
@@ -38,11 +39,9 @@ class Listener:
 
 
 class Channel:
-    def __init__(self, subscription: Any, render: Render, kinds: frozenset[str] | None, interval: float,
-                 on_empty: Callable[["Channel"], None]):
+    def __init__(self, subscription: Any, render: Render, interval: float, on_empty: Callable[["Channel"], None]):
         self.subscription = subscription
         self.render = render
-        self.kinds = kinds
         self.interval = interval
         self.on_empty = on_empty
         self.listeners: set[Listener] = set()
@@ -72,11 +71,8 @@ class Channel:
 
     async def _pump(self) -> None:
         try:
-            async for record in self.subscription:
-                # "reload": the feed dropped records this page was too slow for; read it again
-                kind = record.get("kind")
-                if self.kinds is None or kind in self.kinds or kind == "reload":
-                    self.dirty.set()
+            async for _ in self.subscription:  # something the page shows changed
+                self.dirty.set()
         finally:
             closing = getattr(self.subscription, "aclose", None)
             if closing is not None:

@@ -1,14 +1,14 @@
 """Live pages: server-sent event streams that push a page's fragment again when it changed.
 
-``/ui/live/<page>?<the page's query>``: follows the shared event feed (``ctx.feed.subscribe``: the
-etcd watches every page shares) for the records that concern the page; when some arrive it reads
-the page's model again and sends the fragment as one ``fragment`` event. Records that arrive
-together are coalesced, and a page is rendered at most every :data:`MIN_INTERVAL` seconds
-whatever number of browsers show it (one :class:`~.ui_channel.Channel` per page), so a job
-finishing thousands of tasks a second costs a few reads a second, never one per task or per
-browser. A stream starts with a fresh fragment: what changed between the page's render and the
-stream's start is not lost. Nothing is read while nothing changes (a comment every
-:data:`KEEPALIVE` seconds keeps proxies from closing the stream).
+``/ui/live/<page>?<the page's query>``: watches the keys the page shows (:class:`.feed.KeyWatch`:
+narrow etcd watches with the page's user's client, nothing decoded); when etcd reports writes
+there it reads the page's model again and sends the fragment as one ``fragment`` event. Writes
+that arrive together are coalesced, and a page is rendered at most every :data:`MIN_INTERVAL`
+seconds whatever number of browsers show it (one :class:`~.ui_channel.Channel` per page), so a job
+finishing thousands of tasks a second costs one read a second, never one per task or per browser.
+A stream starts with a fresh fragment: what changed between the page's render and the stream's
+start is not lost. Nothing is read while nothing changes (a comment every :data:`KEEPALIVE`
+seconds keeps proxies from closing the stream).
 
 ``/ui/live/log/<task>``: a task's log, as ``log`` events (JSON strings), from
 ``Client.logs(follow=True)`` in a worker thread, until the task ended or the browser went away;
@@ -27,18 +27,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import ConductorError
+from .context import WebContext
+from .feed import KeyWatch, Watched
 from .ui_channel import Channel, listen
 
-MIN_INTERVAL = 0.5  # seconds between two renders of one page
+MIN_INTERVAL = 1.0  # seconds between two renders of one page
 KEEPALIVE = 15.0
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
-
-
-def held(ctx: Any, client: Any) -> contextlib.AbstractContextManager[Any]:
-    """Keeps ``client`` open while a stream uses it, where the server closes idle clients
-    (``ctx.hold``); a context without it closes none."""
-    hold = getattr(ctx, "hold", None)
-    return hold(client) if hold is not None else contextlib.nullcontext(client)
 
 
 def sse(event: str, data: str) -> str:
@@ -52,7 +47,7 @@ class Live:
     """The live streams; :attr:`channels` holds one :class:`~.ui_channel.Channel` per page that
     some browser shows, keyed by (user, page, query)."""
 
-    def __init__(self, ctx: Any, ui: Any):
+    def __init__(self, ctx: WebContext, ui: Any):
         self.ctx = ctx
         self.ui = ui
         self.channels: dict[tuple[str, ...], Channel] = {}
@@ -70,31 +65,37 @@ class Live:
         if channel is None:
             page = PAGES[name]
             try:
-                ids = await run_in_threadpool(page.live_ids, client, query) if page.live_ids else None
+                watched, revision = await run_in_threadpool(self._watched, page, client, query)
             except ConductorError as exc:
                 return StreamingResponse(iter([sse("gone", str(exc))]), media_type="text/event-stream",
                                          headers=HEADERS)
             channel = self.channels.get(key)  # another browser may have opened it meanwhile
             if channel is None:
-                channel = self._open(key, ids, page, name, client, query)
+                channel = self._open(key, KeyWatch(client.store, watched, revision, MIN_INTERVAL), page, name, client,
+                                     query)
         return StreamingResponse(listen(channel, channel.join(), KEEPALIVE), media_type="text/event-stream",
                                  headers=HEADERS)
 
-    def _open(self, key: tuple[str, ...], ids: set[str] | None, page: Any, name: str, client: Any,
+    @staticmethod
+    def _watched(page: Any, client: Any, query: dict[str, str]) -> tuple[list[Watched], int]:
+        """What the page watches, and from which revision: the one after now, so the first
+        render (which comes later) and the watch leave no change between them."""
+        return page.watched(client, query), client.store.revision() + 1
+
+    def _open(self, key: tuple[str, ...], watch: KeyWatch, page: Any, name: str, client: Any,
               query: dict[str, str]) -> Channel:
         async def render() -> tuple[str, bool]:
             return await run_in_threadpool(self._fragment, page, name, client, query)
 
         holding = contextlib.ExitStack()
-        holding.enter_context(held(self.ctx, client))  # its renders use the client as long as it lasts
+        holding.enter_context(self.ctx.hold(client))  # its renders use the client as long as it lasts
 
         def forget(channel: Channel) -> None:
             if self.channels.get(key) is channel:
                 del self.channels[key]
             holding.close()
 
-        # subscribed before the first render: no change falls between the page and its stream
-        channel = Channel(self.ctx.feed.subscribe(ids), render, page.kinds, MIN_INTERVAL, forget)
+        channel = Channel(watch, render, MIN_INTERVAL, forget)
         self.channels[key] = channel
         return channel
 
@@ -118,7 +119,7 @@ class Live:
 
         def follow() -> None:
             try:
-                with held(self.ctx, client):
+                with self.ctx.hold(client):
                     client.logs(task_id, follow=True, stop=stop,
                                 write=lambda b: put("log", json.dumps(b.decode("utf-8", "replace"))))
                 put("end", "the task has ended")
