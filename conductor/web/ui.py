@@ -198,7 +198,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     """The UI's routes under ``/ui`` (and ``/`` sending there), its live streams under ``/ui/live``,
     its buttons under ``/ui/act`` and its CSS and JS under ``/ui/static``."""
     ui = UI(ctx)
-    live = ui_live.Live(ctx, ui)
+    live = ui_live.Live(ctx, ui, PAGES)
     act = ui_actions.Actions(ctx, ui)
     return [
         Route("/", ui.home),

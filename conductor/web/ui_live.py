@@ -47,23 +47,22 @@ class Live:
     """The live streams; :attr:`channels` holds one :class:`~.ui_channel.Channel` per page that
     some browser shows, keyed by (user, page, query)."""
 
-    def __init__(self, ctx: WebContext, ui: Any):
+    def __init__(self, ctx: WebContext, ui: Any, pages: dict[str, Any]):
         self.ctx = ctx
-        self.ui = ui
+        self.ui = ui  # renders a page's fragment (ui.UI)
+        self.pages = pages  # ui.PAGES, passed in: ui imports this module
         self.channels: dict[tuple[str, ...], Channel] = {}
 
     async def page(self, request: Request) -> Response:
-        from .ui import PAGES  # ui imports this module
-
         name = request.path_params["page"]
-        if name not in PAGES:
+        if name not in self.pages:
             return Response(f"no live page {name}\n", status_code=404, media_type="text/plain")
         client = self.ctx.client_for(request)
         query = dict(request.query_params)
         key = (str(client.user), name, *sorted(f"{k}={v}" for k, v in query.items()))
         channel = self.channels.get(key)
         if channel is None:
-            page = PAGES[name]
+            page = self.pages[name]
             try:
                 watched, revision = await run_in_threadpool(self._watched, page, client, query)
             except ConductorError as exc:
