@@ -13,9 +13,11 @@ falls on all of them alike:
 Each round runs ``throughput.py`` once per configuration, then ``latency.py`` once per configuration;
 the order of the configurations rotates from round to round (before, off, on; then off, on, before;
 ...). Every run is a fresh etcd and fresh conductors. Prints one JSON line per configuration: the
-median over the rounds of tasks/s and of the latency runs' medians and p99s, every run's figure, and
-the ratios to ``before`` (throughput: higher is better; latency: lower is better). Progress and the
-load average go to stderr. Set up the old checkout once with::
+median over the rounds of tasks/s (and of etcd's CPU per task in those runs, where auth costs) and
+of the latency runs' medians and p99s, every run's figure, and the ratios to ``before``
+(throughput: higher is better; latency: lower is better). Progress and the load average go to
+stderr. With the defaults (5 rounds, 2000 tasks, 200 jobs) a comparison takes about 5 minutes on
+the 2-core development machine at a load average of 6 to 10. Set up the old checkout once with::
 
     git -C /path/to/main worktree add --detach /tmp/bench-old eab04f1
     (cd /tmp/bench-old && python3 -m venv .venv && .venv/bin/pip install -e . psutil)
@@ -95,21 +97,31 @@ def measure(args: argparse.Namespace, conf: dict[str, dict[str, Any]]) -> dict[s
                 c = conf[name]
                 t0 = time.monotonic()
                 res = run_bench(c["python"], c["dir"], bench, sizes[bench] + c["auth"], args.log)
-                figure = res["tasks_per_second"] if bench == "throughput" else (res["median_ms"], res["p99_ms"])
+                figure = pick(bench, res, args.tasks)
                 got[name][bench].append(figure)
                 print(f"round {r + 1}/{args.rounds} {bench:10} {name:8} {figure} ({time.monotonic() - t0:.0f}s, "
                       f"load {loadavg().split()[0]})", file=sys.stderr, flush=True)
     return got
 
 
+def pick(bench: str, res: dict[str, Any], tasks: int) -> tuple[float, float]:
+    """throughput: (tasks/s, etcd's CPU ms per task); latency: (median ms, p99 ms)."""
+    if bench == "latency":
+        return res["median_ms"], res["p99_ms"]
+    etcd_cpu = res.get("cpu_seconds", {}).get("etcd", {}).get("own", float("nan"))
+    return res["tasks_per_second"], round(1000 * etcd_cpu / tasks, 3)
+
+
 def summary(name: str, conf: dict[str, Any], runs: dict[str, list[Any]],
             base: dict[str, float] | None) -> dict[str, Any]:
-    tput = statistics.median(runs["throughput"])
+    tput = statistics.median(t for t, _ in runs["throughput"])
+    etcd_ms = statistics.median(e for _, e in runs["throughput"])
     lat = statistics.median(m for m, _ in runs["latency"])
     p99 = statistics.median(p for _, p in runs["latency"])
     out: dict[str, Any] = {
         "config": name, "commit": conf["commit"], "auth": bool(conf["auth"]),
-        "throughput_tasks_per_second": round(tput, 1), "throughput_runs": runs["throughput"],
+        "throughput_tasks_per_second": round(tput, 1), "throughput_runs": [t for t, _ in runs["throughput"]],
+        "etcd_cpu_ms_per_task": round(etcd_ms, 3),
         "latency_median_ms": round(lat, 2), "latency_p99_ms": round(p99, 2),
         "latency_runs_median_ms": [m for m, _ in runs["latency"]]}
     if base is not None:
