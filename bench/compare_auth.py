@@ -86,10 +86,10 @@ def setups(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "auth_off": {**new, "auth": []}, "auth_on": {**new, "auth": ["--auth"]}}
 
 
-def measure(args: argparse.Namespace, conf: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
-    """Every run's figures by configuration: tasks/s of throughput, (median, p99) ms of latency."""
+def measure(args: argparse.Namespace, conf: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """Every run's figures (:func:`pick`) by configuration, in round order."""
     sizes = {"throughput": ["--tasks", str(args.tasks)], "latency": ["--jobs", str(args.jobs)]}
-    got: dict[str, dict[str, list[Any]]] = {c: {"throughput": [], "latency": []} for c in CONFIGS}
+    got: dict[str, list[dict[str, float]]] = {c: [{} for _ in range(args.rounds)] for c in CONFIGS}
     for r in range(args.rounds):
         order = CONFIGS[r % 3:] + CONFIGS[:r % 3]
         for bench in ("throughput", "latency"):
@@ -97,37 +97,46 @@ def measure(args: argparse.Namespace, conf: dict[str, dict[str, Any]]) -> dict[s
                 c = conf[name]
                 t0 = time.monotonic()
                 res = run_bench(c["python"], c["dir"], bench, sizes[bench] + c["auth"], args.log)
-                figure = pick(bench, res, args.tasks)
-                got[name][bench].append(figure)
-                print(f"round {r + 1}/{args.rounds} {bench:10} {name:8} {figure} ({time.monotonic() - t0:.0f}s, "
+                figures = pick(bench, res, args.tasks)
+                got[name][r].update(figures)
+                print(f"round {r + 1}/{args.rounds} {bench:10} {name:8} {figures} ({time.monotonic() - t0:.0f}s, "
                       f"load {loadavg().split()[0]})", file=sys.stderr, flush=True)
     return got
 
 
-def pick(bench: str, res: dict[str, Any], tasks: int) -> tuple[float, float]:
-    """throughput: (tasks/s, etcd's CPU ms per task); latency: (median ms, p99 ms)."""
+def pick(bench: str, res: dict[str, Any], tasks: int) -> dict[str, float]:
+    """The figures compared: tasks/s, all CPU and etcd's CPU per task (ms; CPU is less swayed by
+    the machine's load than time is) of a throughput run; median and p99 ms of a latency run."""
     if bench == "latency":
-        return res["median_ms"], res["p99_ms"]
+        return {"latency_median_ms": res["median_ms"], "latency_p99_ms": res["p99_ms"]}
     etcd_cpu = res.get("cpu_seconds", {}).get("etcd", {}).get("own", float("nan"))
-    return res["tasks_per_second"], round(1000 * etcd_cpu / tasks, 3)
+    return {"throughput_tasks_per_second": res["tasks_per_second"], "cpu_ms_per_task": res["cpu_ms_per_task"],
+            "etcd_cpu_ms_per_task": round(1000 * etcd_cpu / tasks, 3)}
 
 
-def summary(name: str, conf: dict[str, Any], runs: dict[str, list[Any]],
-            base: dict[str, float] | None) -> dict[str, Any]:
-    tput = statistics.median(t for t, _ in runs["throughput"])
-    etcd_ms = statistics.median(e for _, e in runs["throughput"])
-    lat = statistics.median(m for m, _ in runs["latency"])
-    p99 = statistics.median(p for _, p in runs["latency"])
-    out: dict[str, Any] = {
-        "config": name, "commit": conf["commit"], "auth": bool(conf["auth"]),
-        "throughput_tasks_per_second": round(tput, 1), "throughput_runs": [t for t, _ in runs["throughput"]],
-        "etcd_cpu_ms_per_task": round(etcd_ms, 3),
-        "latency_median_ms": round(lat, 2), "latency_p99_ms": round(p99, 2),
-        "latency_runs_median_ms": [m for m, _ in runs["latency"]]}
-    if base is not None:
-        out["throughput_ratio"] = round(tput / base["tput"], 3)  # > 1: faster than before
-        out["latency_ratio"] = round(lat / base["lat"], 3)  # > 1: slower than before
-        out["within_10_percent"] = out["throughput_ratio"] >= 0.9 and out["latency_ratio"] <= 1.1
+FIGURES = ("throughput_tasks_per_second", "cpu_ms_per_task", "etcd_cpu_ms_per_task", "latency_median_ms",
+           "latency_p99_ms")
+
+
+def summary(name: str, conf: dict[str, Any], runs: list[dict[str, float]],
+            base: list[dict[str, float]] | None) -> dict[str, Any]:
+    """Medians over the rounds; against ``base`` (the ``before`` runs), two ratios of each figure:
+    of the medians, and the median of the rounds' own ratios (``paired``: each round's runs ran
+    minutes apart, so a load that rises or falls during the comparison weighs less there)."""
+    out: dict[str, Any] = {"config": name, "commit": conf["commit"], "auth": bool(conf["auth"])}
+    for fig in FIGURES:
+        out[fig] = round(statistics.median(r[fig] for r in runs), 3)
+    out["throughput_runs"] = [r["throughput_tasks_per_second"] for r in runs]
+    out["latency_runs_median_ms"] = [r["latency_median_ms"] for r in runs]
+    if base is None:
+        return out
+    ratios: dict[str, float] = {}
+    for fig in FIGURES:
+        ratios[fig] = round(out[fig] / statistics.median(b[fig] for b in base), 3)
+        ratios[f"{fig}_paired"] = round(statistics.median(r[fig] / b[fig] for r, b in zip(runs, base)), 3)
+    out["ratio_vs_before"] = ratios  # throughput: > 1 is faster; CPU and latency: > 1 is slower
+    out["within_10_percent"] = (ratios["throughput_tasks_per_second"] >= 0.9
+                                and ratios["latency_median_ms"] <= 1.1)
     return out
 
 
@@ -139,11 +148,8 @@ def main() -> None:
     got = measure(args, conf)
     load_after = loadavg()
     print(f"load after: {load_after}", file=sys.stderr, flush=True)
-    base: dict[str, float] | None = None
     for name in CONFIGS:
-        line = summary(name, conf[name], got[name], base)
-        if base is None:
-            base = {"tput": line["throughput_tasks_per_second"], "lat": line["latency_median_ms"]}
+        line = summary(name, conf[name], got[name], None if name == "before" else got["before"])
         line.update({"rounds": args.rounds, "tasks": args.tasks, "jobs": args.jobs,
                      "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(started)),
                      "minutes": round((time.time() - started) / 60, 1),
