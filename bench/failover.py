@@ -48,8 +48,9 @@ def read_marker(path: Path) -> list[tuple[str, float]]:
     return out
 
 
-def one_round(n: int, ttl: int, sweep: float | None, keep: bool, timeout: float, loss: str = "process") -> dict:
-    with Cluster(keep=keep) as cl:
+def one_round(n: int, ttl: int, sweep: float | None, keep: bool, timeout: float, loss: str = "process",
+              auth: bool = False) -> dict:
+    with Cluster(keep=keep, auth=auth) as cl:
         marker = cl.tmp / "marker.txt"
         a, b = f"a{n}", f"b{n}"
         cl.start_node(a, slots=1, ttl=ttl, sweep=sweep)
@@ -111,10 +112,10 @@ def main() -> None:
                    help="kill the conductor alone, or with its supervisor and tasks (a lost machine)")
     args = p.parse_args()
     losses = ("process", "machine") if args.loss == "both" else (args.loss,)
-    rounds = [one_round(n + 1, args.ttl, args.sweep, args.keep, args.timeout, loss)
+    rounds = [one_round(n + 1, args.ttl, args.sweep, args.keep, args.timeout, loss, args.auth)
               for loss in losses for n in range(args.repeat)]
     worst = max(r["seconds_to_restart"] for r in rounds)
-    emit({"bench": "failover", "ttl": args.ttl, "repeat": args.repeat, "losses": list(losses),
+    emit({"bench": "failover", "ttl": args.ttl, "auth": args.auth, "repeat": args.repeat, "losses": list(losses),
           "seconds_to_ready": {loss: [r["seconds_to_ready"] for r in rounds if r["loss"] == loss] for loss in losses},
           "seconds_to_restart": [r["seconds_to_restart"] for r in rounds],
           "max_seconds_to_restart": worst, "target_seconds": args.ttl + MARGIN,

@@ -42,10 +42,10 @@ def main() -> None:
     add_job_args(p, DEFAULT_SLOTS)
     args = p.parse_args()
     layers = [1, args.width, 1]
-    with Cluster(keep=args.keep, node_dir=args.node_dir) as cl:
+    with Cluster(keep=args.keep, node_dir=args.node_dir, auth=args.auth) as cl:
         r = time_jobs(cl, lambda: true_job("fanout", layers), sum(layers), args)
         emit({"bench": "fanout", "layers": layers, "tasks": sum(layers), "nodes": args.nodes, "slots": args.slots,
-              "seconds": r["seconds"], "post_seconds": r["post_seconds"], "target_seconds": TARGET_SECONDS,
+              "auth": args.auth, "seconds": r["seconds"], "post_seconds": r["post_seconds"], "target_seconds": TARGET_SECONDS,
               "met": r["seconds"] <= TARGET_SECONDS, "wait_mode": args.wait_mode,
               **{k: v for k, v in r.items() if k not in ("seconds", "post_seconds") and not k.startswith("_")},
               "phases": phases(r["_client"], r["_run"]), "host": host_facts(cl)})

@@ -7,6 +7,12 @@ they are registered, and on the way out (normal end, exception, SIGTERM or Ctrl-
 conductors with SIGTERM, then etcd, and removes the temporary directory. What a run costs is
 measured by :mod:`measure`.
 
+With ``auth`` (``--auth`` on the benchmarks) the cluster is run as issue 10 has it: right after etcd
+starts, ``conductor auth enable --admin benchadmin`` turns etcd's auth on, ``conductor user add
+benchuser`` adds a user, the conductors run as the node account ``conductor``, and
+:meth:`Cluster.client` acts as ``benchuser`` (:meth:`Cluster.admin_client` as ``benchadmin``, which
+lists the nodes). The passwords are random, in files in the temporary directory.
+
 Results go to stdout as one JSON object (:func:`emit`); everything else goes to stderr (:func:`say`).
 """
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +34,10 @@ from typing import Any
 
 ETCD = os.environ.get("BENCH_ETCD_BIN", "/usr/bin/etcd")
 NAMESPACE = "/bench/"
+BENCH_ADMIN, BENCH_USER, NODE_ACCOUNT = "benchadmin", "benchuser", "conductor"
+# the caller's own cluster and credentials must not leak into the bench's processes
+_CLUSTER_VARS = frozenset(f"CONDUCTOR_{v}" for v in ("ETCD", "NAMESPACE", "USER", "PASSWORD", "PASSWORD_FILE",
+                                                     "CACERT", "CERT", "KEY"))
 RESERVED_PORTS = {2379, 2380}
 
 
@@ -64,7 +75,9 @@ class Cluster:
     ...     client = cl.client()
     """
 
-    def __init__(self, keep: bool = False, etcd_args: list[str] | None = None, node_dir: str = "tmpfs"):
+    def __init__(self, keep: bool = False, etcd_args: list[str] | None = None, node_dir: str = "tmpfs",
+                 auth: bool = False):
+        self.auth = auth
         self.tmp = Path(tempfile.mkdtemp(prefix="conductor-bench-"))
         # the conductors' data directories (their task logs): see --node-dir
         self.node_kind = node_dir
@@ -92,6 +105,8 @@ class Cluster:
         self.load_before = os.getloadavg()[0]
         try:
             self.start_etcd()
+            if self.auth:
+                self.enable_auth()
         except BaseException:
             self.close()
             raise
@@ -141,6 +156,41 @@ class Cluster:
             self.etcd_proc = None
         raise RuntimeError(f"etcd did not start; see {self.tmp / 'etcd.log'}:\n{self._tail(self.tmp / 'etcd.log')}")
 
+    # ---- etcd auth (issue 10) ------------------------------------------------------------------
+
+    def password_file(self, account: str) -> Path:
+        """Where ``account``'s password is (``node`` for the node account's)."""
+        return self.tmp / f"{account}.password"
+
+    def _cli(self, *args: str) -> None:
+        """``python -m conductor ARGS --etcd ... --namespace ...``; raises RuntimeError on failure."""
+        argv = [sys.executable, "-m", "conductor", *args, "--etcd", self.endpoint, "--namespace", NAMESPACE]
+        env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS}
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"conductor {' '.join(args[:2])} failed ({done.returncode}): {done.stderr.strip()}")
+
+    def enable_auth(self) -> None:
+        """Turn etcd's auth on as ``conductor auth enable`` does, and add the bench's user. The node
+        account's password file is written by ``auth enable`` itself (mode 0600)."""
+        t0 = time.monotonic()
+        for account in (BENCH_ADMIN, BENCH_USER):
+            path = self.password_file(account)
+            path.write_text(secrets.token_urlsafe(18) + "\n")
+            path.chmod(0o600)
+        admin = ["--user", BENCH_ADMIN, "--password-file", str(self.password_file(BENCH_ADMIN))]
+        self._cli("auth", "enable", "--admin", BENCH_ADMIN,
+                  "--admin-password-file", str(self.password_file(BENCH_ADMIN)),
+                  "--node-password-file", str(self.password_file("node")))
+        self._cli("user", "add", BENCH_USER, "--new-password-file", str(self.password_file(BENCH_USER)), *admin)
+        say(f"etcd auth on: admin {BENCH_ADMIN}, user {BENCH_USER}, nodes as {NODE_ACCOUNT} "
+            f"({time.monotonic() - t0:.1f}s)")
+
+    def credentials(self, account: str) -> Any:
+        from conductor.credentials import Credentials
+
+        return Credentials(user=account, password_file=str(self.password_file(account)))
+
     # ---- conductors --------------------------------------------------------------------------
 
     def start_node(self, name: str, *, slots: int | None = None, ttl: int | None = None,
@@ -155,10 +205,10 @@ class Cluster:
             argv += ["--ttl", str(ttl)]
         if sweep is not None:
             argv += ["--sweep", str(sweep)]
+        if self.auth:
+            argv += ["--user", NODE_ACCOUNT, "--password-file", str(self.password_file("node"))]
         argv += extra or []
-        env = dict(os.environ)
-        for var in ("CONDUCTOR_ETCD", "CONDUCTOR_NAMESPACE"):
-            env.pop(var, None)
+        env = {k: v for k, v in os.environ.items() if k not in _CLUSTER_VARS}
         log = open(self.tmp / f"{name}.log", "ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=str(data), env=env)
@@ -176,7 +226,7 @@ class Cluster:
         return names
 
     def wait_registered(self, names: list[str], timeout: float = 30.0) -> None:
-        client = self.client()
+        client = self.admin_client()
         deadline = time.monotonic() + timeout
         while True:
             for name in names:
@@ -193,11 +243,18 @@ class Cluster:
             time.sleep(0.05)
 
     def client(self, **kwargs: Any) -> Any:
+        """A Client on this cluster; with auth, acting as ``benchuser`` unless ``credentials`` are given."""
         from conductor import Client
 
+        if self.auth:
+            kwargs.setdefault("credentials", self.credentials(BENCH_USER))
         c = Client(etcd=self.endpoint, namespace=NAMESPACE, **kwargs)
         self._clients.append(c)
         return c
+
+    def admin_client(self) -> Any:
+        """A Client that may list the nodes: with auth, as ``benchadmin`` (users may not)."""
+        return self.client(credentials=self.credentials(BENCH_ADMIN)) if self.auth else self.client()
 
     # ---- stopping ----------------------------------------------------------------------------
 
@@ -299,4 +356,7 @@ def common_args(description: str) -> argparse.ArgumentParser:
                    help="where the conductors keep their data directories, i.e. one log file per task: "
                         "tmpfs (/dev/shm, the default), disk (the temporary directory), or a directory. "
                         "etcd's data always stays on disk")
+    p.add_argument("--auth", action="store_true",
+                   help="turn etcd's auth on (conductor auth enable), run the conductors as the node account "
+                        "and the bench's client as an ordinary user (issue 10)")
     return p

@@ -10,6 +10,7 @@ same clock (one machine).
 Prints one JSON object: count, nodes, median_ms, p99_ms, min_ms, max_ms (and the same figures
 for the conductor's own ``started`` stamp, taken just before it forks the child, as
 ``node_started``, and for the ``Client.post`` call alone, as ``post_call``).
+``auth`` says whether etcd's auth was on (``--auth``: conductors as the node account, the client as a user).
 Target: median under 15 ms.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help="slots per conductor")
     p.add_argument("--warmup", type=int, default=5, help="untimed jobs first")
     args = p.parse_args()
-    with Cluster(keep=args.keep, node_dir=args.node_dir) as cl:
+    with Cluster(keep=args.keep, node_dir=args.node_dir, auth=args.auth) as cl:
         cl.start_nodes(args.nodes, slots=args.slots)
         client = cl.client()
         lat: list[float] = []
@@ -67,7 +68,7 @@ def main() -> None:
             by_node[task.get("node") or "?"] = by_node.get(task.get("node") or "?", 0) + 1
         s = stats(lat)
         say(f"post -> task started over {len(lat)} jobs: {s}; node stamp {stats(node_lat)}; by node {by_node}")
-        emit({"bench": "latency", "count": len(lat), "nodes": args.nodes, "slots": args.slots, **s,
+        emit({"bench": "latency", "count": len(lat), "nodes": args.nodes, "slots": args.slots, "auth": args.auth, **s,
               "target_median_ms": TARGET_MEDIAN_MS, "met": s["median_ms"] < TARGET_MEDIAN_MS,
               "post_call": stats(post_ms), "node_started": stats(node_lat), "tasks_by_node": by_node,
               "host": host_facts(cl)})

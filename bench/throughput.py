@@ -4,6 +4,7 @@
 Prints one JSON object: tasks, nodes, slots, seconds, tasks_per_second, post_seconds (the post
 call alone), plus diagnostics: every run's seconds (--repeat), CPU seconds of etcd, of each
 conductor (own, its tasks, its supervisor process) and of this client, and etcd work per task.
+``auth`` says whether etcd's auth was on (``--auth``: conductors as the node account, the client as a user).
 Target: at least 500 tasks/s.
 """
 from __future__ import annotations
@@ -24,10 +25,10 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=2000)
     add_job_args(p, DEFAULT_SLOTS)
     args = p.parse_args()
-    with Cluster(keep=args.keep, node_dir=args.node_dir) as cl:
+    with Cluster(keep=args.keep, node_dir=args.node_dir, auth=args.auth) as cl:
         r = time_jobs(cl, lambda: true_job("throughput", [args.tasks]), args.tasks, args)
         rate = args.tasks / r["seconds"]
-        emit({"bench": "throughput", "tasks": args.tasks, "nodes": args.nodes, "slots": args.slots,
+        emit({"bench": "throughput", "tasks": args.tasks, "nodes": args.nodes, "slots": args.slots, "auth": args.auth,
               "seconds": r["seconds"], "tasks_per_second": round(rate, 1), "post_seconds": r["post_seconds"],
               "target_tasks_per_second": TARGET, "met": rate >= TARGET, "wait_mode": args.wait_mode,
               **{k: v for k, v in r.items() if k not in ("seconds", "post_seconds") and not k.startswith("_")},
