@@ -193,7 +193,7 @@ def wait_for(client: Any, job_id: str, timeout: float, mode: str = "wait") -> di
 def add_job_args(p: argparse.ArgumentParser, slots: int) -> None:
     """Options shared by the benchmarks that time whole jobs (throughput, fanout)."""
     p.add_argument("--nodes", type=int, default=2, help="conductors to start")
-    p.add_argument("--slots", type=int, default=slots, help="slots per conductor")
+    p.add_argument("--slots", type=int, default=slots, help="slots per conductor (0: the conductor's default)")
     p.add_argument("--warmup", type=int, default=20, help="tasks of an untimed warm-up job first (0: none)")
     p.add_argument("--repeat", type=int, default=1, help="time this many jobs in a row (same cluster); "
                                                         "the figures reported are those of the median run")
