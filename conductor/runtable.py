@@ -53,6 +53,11 @@ class RunTable:
 
     # ---- runs ---------------------------------------------------------------------------------------
 
+    def alive(self) -> int:
+        """How many of this node's runs still have a process (so may end soon)."""
+        with self._lock:
+            return len(self._handles)
+
     def add(self, run: "Run") -> None:
         with self._lock:
             self._runs[run.id] = run
