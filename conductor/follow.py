@@ -105,13 +105,15 @@ class Follower(threading.Thread):
         # running while Client.wait sets up), etcd starts that watch "unsynced" and only catches it
         # up in a loop that runs every 100 ms: that was the ~100 ms tail of Client.wait.
         self._stream = self.store.watch(self.prefix, 0)
-        if self._stop_event.is_set():
+        try:
+            if not self._stop_event.is_set():
+                self._follow(iter(self._stream))
+        finally:  # whatever ended it (a broken watch, a listing refused, a handler's error)
             self._stream.cancel()
-            return
-        batches = iter(self._stream)
+
+    def _follow(self, batches: Any) -> None:
         created = next(batches, None)
         if created is None or created.broken or not created.created:  # refused: a listing says why
-            self._stream.cancel()
             self.store.scan(self.prefix)
             return
         kvs, revision = self.store.scan(self.prefix, revision=created.revision)
@@ -123,7 +125,6 @@ class Follower(threading.Thread):
         for batch in batches:
             if batch.broken:
                 log.info("watch on %s was %s; listing again", self.prefix, batch.broken)
-                self._stream.cancel()
                 return
             if batch.events:
                 self._call(self.handler.events, batch.events, batch.revision)
