@@ -168,10 +168,11 @@ def stop_profilers(spies: list[Any]) -> None:
             spy.kill()
 
 
-def true_job(name: str, layer_sizes: list[int]) -> dict[str, Any]:
-    """A job of layers of ``true`` tasks, one layer per order."""
+def true_job(name: str, layer_sizes: list[int], cmd: list[str] | None = None) -> dict[str, Any]:
+    """A job of layers of ``true`` tasks (or of ``cmd``), one layer per order."""
+    argv = cmd or ["true"]
     return {"name": name,
-            "layers": [{"name": f"l{i}", "order": i, "tasks": [{"name": f"t{j}", "cmd": ["true"]} for j in range(n)]}
+            "layers": [{"name": f"l{i}", "order": i, "tasks": [{"name": f"t{j}", "cmd": argv} for j in range(n)]}
                        for i, n in enumerate(layer_sizes)]}
 
 

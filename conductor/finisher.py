@@ -38,7 +38,8 @@ class Finisher:
     def run_done(self, run: Run, outcome: Outcome) -> None:
         """A run ended (called from the supervisor's event thread): free its slots, queue its outcome."""
         node = self.node
-        node.table.ended(run)
+        ran = outcome.ended - outcome.started if outcome.started and outcome.ended else None
+        node.table.ended(run, ran)  # how long it ran makes its layer short or long (runtable.py)
         node.cache.poke()
         self._done.put((run, outcome))
 
