@@ -199,7 +199,7 @@ class Cluster:
         data.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "conductor", "run", "--etcd", self.endpoint, "--namespace", NAMESPACE,
                 "--name", name, "--data-dir", str(data)]
-        if slots is not None:
+        if slots:  # None or 0: the conductor's own default
             argv += ["--slots", str(slots)]
         if ttl is not None:
             argv += ["--ttl", str(ttl)]

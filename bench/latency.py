@@ -9,7 +9,10 @@ same clock (one machine).
 
 Prints one JSON object: count, nodes, median_ms, p99_ms, min_ms, max_ms (and the same figures
 for the conductor's own ``started`` stamp, taken just before it forks the child, as
-``node_started``, and for the ``Client.post`` call alone, as ``post_call``).
+``node_started``, for the ``Client.post`` call alone, as ``post_call``, and for the round trip
+from just before ``Client.post`` to ``Client.wait`` returning the job COMPLETED, as ``round_trip``;
+``wait_after_end`` is from the job's ``ended`` stamp, taken by the node just before the commit that
+completes it, to ``Client.wait`` returning).
 ``auth`` says whether etcd's auth was on (``--auth``: conductors as the node account, the client as a user).
 Target: median under 15 ms.
 """
@@ -39,21 +42,24 @@ def main() -> None:
     p = common_args(__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=200)
     p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help="slots per conductor")
+    p.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help="slots per conductor (0: the conductor's default)")
     p.add_argument("--warmup", type=int, default=5, help="untimed jobs first")
     args = p.parse_args()
     with Cluster(keep=args.keep, node_dir=args.node_dir, auth=args.auth) as cl:
-        cl.start_nodes(args.nodes, slots=args.slots)
+        cl.start_nodes(args.nodes, slots=args.slots, extra=["--http", "off"])
         client = cl.client()
         lat: list[float] = []
         node_lat: list[float] = []
         post_ms: list[float] = []
+        round_trip: list[float] = []
+        after_end: list[float] = []
         by_node: dict[str, int] = {}
         for i in range(args.warmup + args.jobs):
             before = time.time()
             job_id = client.post(MARKER_JOB)
             posted = time.time()
             done = client.wait(job_id, timeout=60)
+            returned = time.time()
             if done["state"] != "COMPLETED":
                 raise SystemExit(f"job {job_id} ended {done['state']}")
             task_id = f"{job_id}.0.0"
@@ -63,14 +69,18 @@ def main() -> None:
             started = float(raw.decode().strip())
             lat.append((started - before) * 1000)
             post_ms.append((posted - before) * 1000)
+            round_trip.append((returned - before) * 1000)
+            after_end.append((returned - done["ended"]) * 1000)
             task = client.task(task_id)
             node_lat.append((task["started"] - before) * 1000)
             by_node[task.get("node") or "?"] = by_node.get(task.get("node") or "?", 0) + 1
         s = stats(lat)
-        say(f"post -> task started over {len(lat)} jobs: {s}; node stamp {stats(node_lat)}; by node {by_node}")
+        say(f"post -> task started over {len(lat)} jobs: {s}; node stamp {stats(node_lat)}; "
+            f"post -> wait returned {stats(round_trip)}; by node {by_node}")
         emit({"bench": "latency", "count": len(lat), "nodes": args.nodes, "slots": args.slots, "auth": args.auth, **s,
               "target_median_ms": TARGET_MEDIAN_MS, "met": s["median_ms"] < TARGET_MEDIAN_MS,
-              "post_call": stats(post_ms), "node_started": stats(node_lat), "tasks_by_node": by_node,
+              "post_call": stats(post_ms), "round_trip": stats(round_trip), "wait_after_end": stats(after_end),
+              "node_started": stats(node_lat), "tasks_by_node": by_node,
               "host": host_facts(cl)})
 
 

@@ -168,10 +168,11 @@ def stop_profilers(spies: list[Any]) -> None:
             spy.kill()
 
 
-def true_job(name: str, layer_sizes: list[int]) -> dict[str, Any]:
-    """A job of layers of ``true`` tasks, one layer per order."""
+def true_job(name: str, layer_sizes: list[int], cmd: list[str] | None = None) -> dict[str, Any]:
+    """A job of layers of ``true`` tasks (or of ``cmd``), one layer per order."""
+    argv = cmd or ["true"]
     return {"name": name,
-            "layers": [{"name": f"l{i}", "order": i, "tasks": [{"name": f"t{j}", "cmd": ["true"]} for j in range(n)]}
+            "layers": [{"name": f"l{i}", "order": i, "tasks": [{"name": f"t{j}", "cmd": argv} for j in range(n)]}
                        for i, n in enumerate(layer_sizes)]}
 
 
@@ -193,7 +194,7 @@ def wait_for(client: Any, job_id: str, timeout: float, mode: str = "wait") -> di
 def add_job_args(p: argparse.ArgumentParser, slots: int) -> None:
     """Options shared by the benchmarks that time whole jobs (throughput, fanout)."""
     p.add_argument("--nodes", type=int, default=2, help="conductors to start")
-    p.add_argument("--slots", type=int, default=slots, help="slots per conductor")
+    p.add_argument("--slots", type=int, default=slots, help="slots per conductor (0: the conductor's default)")
     p.add_argument("--warmup", type=int, default=20, help="tasks of an untimed warm-up job first (0: none)")
     p.add_argument("--repeat", type=int, default=1, help="time this many jobs in a row (same cluster); "
                                                         "the figures reported are those of the median run")

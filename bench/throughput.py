@@ -23,12 +23,15 @@ TARGET = 500.0
 def main() -> None:
     p = common_args(__doc__.splitlines()[0])
     p.add_argument("--tasks", type=int, default=2000)
+    p.add_argument("--sh", metavar="SCRIPT", help="run sh -c SCRIPT instead of true (a CPU-bound task, say)")
     add_job_args(p, DEFAULT_SLOTS)
     args = p.parse_args()
     with Cluster(keep=args.keep, node_dir=args.node_dir, auth=args.auth) as cl:
-        r = time_jobs(cl, lambda: true_job("throughput", [args.tasks]), args.tasks, args)
+        cmd = ["sh", "-c", args.sh] if args.sh else None
+        r = time_jobs(cl, lambda: true_job("throughput", [args.tasks], cmd), args.tasks, args)
         rate = args.tasks / r["seconds"]
         emit({"bench": "throughput", "tasks": args.tasks, "nodes": args.nodes, "slots": args.slots, "auth": args.auth,
+              "sh": args.sh,
               "seconds": r["seconds"], "tasks_per_second": round(rate, 1), "post_seconds": r["post_seconds"],
               "target_tasks_per_second": TARGET, "met": rate >= TARGET, "wait_mode": args.wait_mode,
               **{k: v for k, v in r.items() if k not in ("seconds", "post_seconds") and not k.startswith("_")},

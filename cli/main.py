@@ -21,7 +21,8 @@ from . import web as _web  # registers serve; run takes its --http options
 @app.command()
 def run(etcd: Etcd = None, namespace: Namespace = None,
         name: Annotated[str, typer.Option(help="Node name. Default: the host name (with -2, -3... if taken).")] = "",
-        slots: Annotated[Optional[int], typer.Option(min=1, help="Tasks at once. Default: CPU count.")] = None,
+        slots: Annotated[Optional[int], typer.Option(min=1, help="Tasks at once. Default: 8 per CPU for tasks of layers that run "
+                                                                 "short (at most 1 s), the CPU count for the others.")] = None,
         labels: Annotated[Optional[list[str]], typer.Option(
             "--labels", help="k=v labels tasks can require (needs.labels); comma-separated or repeated.")] = None,
         ttl: Annotated[int, typer.Option(min=2, help="Lease TTL in seconds: how soon others take over.")] = 10,
@@ -59,8 +60,8 @@ def run(etcd: Etcd = None, namespace: Namespace = None,
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = NodeSettings(namespace=namespace or NodeSettings().namespace, name=name, ttl=ttl, drain=drain,
                             sweep=sweep, data_dir=data_dir or default_data_dir(), docker_host=docker_host)
-    if slots:
-        settings.slots = slots
+    if slots:  # explicit: every task may use them, short or long
+        settings.slots = settings.long_slots = slots
     settings.keep = parse_duration(keep, "--keep")
     settings.clock_skew = clock_skew
     settings.gc_every = parse_duration(gc_every, "--gc-every")

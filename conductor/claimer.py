@@ -105,6 +105,7 @@ class Claimer:
         not reserved: each task of a batch is checked against the same available memory)."""
         node = self.node
         free = [free_slots]
+        long_ok = self._long_rule()
         facts = self._facts()
         unfit = self._unfit
         now = time.time()
@@ -129,7 +130,7 @@ class Claimer:
                 unfit[entry.id] = entry.mod_revision
                 return False
             slots = needs.get("slots", 1)
-            if slots > free[0]:
+            if slots > free[0] or not long_ok(task, slots):
                 return False
             if needs.get("memory") and needs["memory"] > node.available_memory():
                 return False
@@ -139,6 +140,27 @@ class Claimer:
             return True
 
         return accept
+
+    def _long_rule(self) -> Callable[[dict, int], bool]:
+        """Accepts a task of a short layer; one of any other layer only within the long slots free
+        (runtable.py: short tasks are not throttled by the CPU count, long ones are). A task that
+        needs more slots than there are long slots may take the node when no long task runs."""
+        table = self.node.table
+        if table.long_slots >= table.slots:
+            return lambda task, slots: True
+        left = [table.long_free()]
+        alone = [table.long_idle()]  # no long task runs, none taken in this batch yet
+
+        def ok(task: dict, slots: int) -> bool:
+            if table.is_short(task["layer"]):
+                return True
+            if slots > left[0] and not alone[0]:
+                return False
+            left[0] -= slots
+            alone[0] = False
+            return True
+
+        return ok
 
     def _group_paused(self, user: str, job: str, layer: str) -> bool:
         return self.node.cache.is_paused(user, job) or self.node.cache.is_paused(user, layer)

@@ -9,16 +9,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codec, ids, logs, loopguard, messages, resolve, retention, schedules, spec, states, templates, views
+from . import codec, ids, jobwatch, logs, loopguard, messages, resolve, retention, schedules, spec, templates, views
 from . import events as eventlog
 from .board import Board
 from .control import Control, Result, Target
 from .credentials import Credentials
-from .errors import AuthFailed, ConductorError, InvalidSpec, NotFound, PermissionDenied, WaitTimeout
+from .errors import AuthFailed, InvalidSpec, NotFound, PermissionDenied
 from .keys import Keys
 from .ops import KV, Event
 from .settings import LOCAL_ETCD, default_etcd, default_namespace, default_user
@@ -427,117 +426,19 @@ class Client:
              on_progress: Callable[[dict[str, Any], dict[str, int]], None] | None = None) -> dict[str, Any]:
         """Follow a job (by watches, not polling) until it is COMPLETED or ERRORED; returns it.
 
-        ``on_progress(job, counts)`` is called on every change. Raises WaitTimeout."""
+        ``on_progress(job, counts)`` is called on every change; its last call counts every tally
+        and claim as of the commit that ended the job. Without it only the job's key is watched
+        (one watch instead of three: :mod:`conductor.jobwatch`). Raises WaitTimeout, NotFound."""
         _, full, owner = self.locate(job_id)
-        watch = _JobWatch()
-        followers = [self.store.follow(self.keys.job(owner, full), watch.job_handler(), name="wait-job"),
-                     self.store.follow(self.keys.tally(owner, full), watch.tally_handler(), name="wait-tally"),
-                     self.store.follow(self.keys.claim(owner, full + "."), watch.claim_handler(), name="wait-claims")]
-        deadline = None if timeout is None else time.monotonic() + timeout
+        prefixes = [self.keys.job(owner, full)]
+        if on_progress is not None:  # the tallies and claims serve the counts only
+            prefixes += [self.keys.tally(owner, full), self.keys.claim(owner, full + ".")]
+        watch = jobwatch.JobWatch(len(prefixes))
+        handlers = (watch.job_handler, watch.tally_handler, watch.claim_handler)
+        followers = [self.store.follow(prefix, handlers[slot](), name=f"wait-{slot}") for slot, prefix in enumerate(prefixes)]
         try:
-            with watch.cond:
-                while True:
-                    if watch.error is not None:
-                        raise watch.error if isinstance(watch.error, ConductorError) else \
-                            ConductorError(f"following job {full} failed: {watch.error!r}")
-                    if watch.ready() and watch.job is None:
-                        raise NotFound(f"no job {full} (it was removed)")
-                    if watch.job and on_progress:
-                        on_progress(watch.job, watch.counts())
-                    if watch.job and watch.job["state"] in (states.COMPLETED, states.ERRORED) and watch.ready():
-                        return watch.job
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise WaitTimeout(f"job {full} is still {watch.job['state'] if watch.job else 'unknown'} "
-                                          f"after {timeout:g}s")
-                    watch.cond.wait(remaining if remaining is not None else 1.0)
+            return jobwatch.wait_for_end(watch, full, timeout, on_progress,
+                                         lambda slot: self.store.scan(prefixes[slot], keys_only=True))
         finally:
             for f in followers:
                 f.stop()
-
-
-class _JobWatch:
-    """The state ``wait`` follows: the job value, its tallies and its running claims."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.job: dict[str, Any] | None = None
-        self.tallies: dict[str, str] = {}
-        self.claims: set[str] = set()
-        self._listed = [False, False, False]
-        self.error: BaseException | None = None
-
-    def ready(self) -> bool:
-        return all(self._listed)
-
-    def counts(self) -> dict[str, int]:
-        by_state = {s: 0 for s in (states.COMPLETED, states.ERRORED, states.SKIPPED)}
-        for s in self.tallies.values():
-            by_state[s] = by_state.get(s, 0) + 1
-        total = (self.job or {}).get("tasks", 0)
-        done = sum(by_state.values())
-        return {"total": total, "done": done, "running": len(self.claims),
-                "completed": by_state[states.COMPLETED], "errored": by_state[states.ERRORED],
-                "skipped": by_state[states.SKIPPED]}
-
-    def _handler(self, slot: int, reset: Callable[[list[KV]], None], apply: Callable[[Event], None]) -> FollowHandler:
-        watch = self
-
-        class Handler(FollowHandler):
-            def reset(self, kvs: list[KV], revision: int) -> None:
-                with watch.cond:
-                    reset(kvs)
-                    watch._listed[slot] = True
-                    watch.cond.notify_all()
-
-            def events(self, events: list[Event], revision: int) -> None:
-                with watch.cond:
-                    for ev in events:
-                        apply(ev)
-                    watch.cond.notify_all()
-
-            def failed(self, exc: BaseException) -> None:
-                with watch.cond:
-                    watch.error = exc
-                    watch.cond.notify_all()
-
-        return Handler()
-
-    def job_handler(self) -> FollowHandler:
-        def reset(kvs: list[KV]) -> None:
-            self.job = views.with_etag(codec.unpack(kvs[0].value), kvs[0]) if kvs else None
-
-        def apply(ev: Event) -> None:
-            if ev.kind == "put":
-                self.job = views.with_etag(codec.unpack(ev.kv.value), ev.kv)
-            else:
-                raise NotFound("the job was removed while waiting for it")
-
-        return self._handler(0, reset, apply)
-
-    def tally_handler(self) -> FollowHandler:
-        def state_of(key: str) -> tuple[str, str]:
-            parts = key.rsplit("/", 2)
-            return parts[2], parts[1]
-
-        def reset(kvs: list[KV]) -> None:
-            self.tallies = dict(state_of(kv.key) for kv in kvs)
-
-        def apply(ev: Event) -> None:
-            task, state = state_of(ev.kv.key)
-            if ev.kind == "put":
-                self.tallies[task] = state
-            elif self.tallies.get(task) == state:
-                del self.tallies[task]
-
-        return self._handler(1, reset, apply)
-
-    def claim_handler(self) -> FollowHandler:
-        def reset(kvs: list[KV]) -> None:
-            self.claims = {kv.key.rsplit("/", 1)[1] for kv in kvs}
-
-        def apply(ev: Event) -> None:
-            task = ev.kv.key.rsplit("/", 1)[1]
-            (self.claims.add if ev.kind == "put" else self.claims.discard)(task)
-
-        return self._handler(2, reset, apply)

@@ -1,6 +1,7 @@
 """A node's finish loop: commit outcomes in batches, fenced by each claim, then settle drained layers.
 
-Outcomes that arrive together (within a couple of milliseconds) share one transaction. While etcd
+Outcomes that arrive together (within a couple of milliseconds, while other runs of the node are still
+alive) share one transaction; a lone outcome commits at once. While etcd
 is unreachable the outcomes are kept and the commit is retried with backoff: the claims fence them
 anyway (an outcome whose claim is gone is dropped). Any other error is a bug: it is not retried
 forever, it stops the node loudly (see :class:`conductor.crew.Crew`).
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conductor.node")
 
 FINISH_BATCH = 32  # most outcomes taken at once; claims.finish splits them to fit etcd's limits
-GATHER = 0.002  # seconds to wait for more outcomes to share one transaction
+GATHER = 0.002  # seconds to wait for more outcomes to share one transaction (while more runs are alive)
 
 
 class Finisher:
@@ -37,7 +38,8 @@ class Finisher:
     def run_done(self, run: Run, outcome: Outcome) -> None:
         """A run ended (called from the supervisor's event thread): free its slots, queue its outcome."""
         node = self.node
-        node.table.ended(run)
+        ran = outcome.ended - outcome.started if outcome.started and outcome.ended else None
+        node.table.ended(run, ran)  # how long it ran makes its layer short or long (runtable.py)
         node.cache.poke()
         self._done.put((run, outcome))
 
@@ -52,8 +54,11 @@ class Finisher:
             items = [item]
             gather_until = time.monotonic() + GATHER  # outcomes that come together commit together
             while len(items) < FINISH_BATCH:
+                # wait for more only while other runs of this node are alive: a lone outcome (one
+                # task's path, post -> result) commits at once, with whatever is queued already
+                left = gather_until - time.monotonic() if self.node.table.alive() else 0.0
                 try:
-                    more = self._done.get(timeout=max(0.0, gather_until - time.monotonic()))
+                    more = self._done.get(timeout=left) if left > 0 else self._done.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:

@@ -1,7 +1,8 @@
 """List-then-watch, kept alive: the one way every part of Conductor follows a prefix of etcd.
 
-A :class:`Follower` lists the prefix (one snapshot, paged at one revision), hands the listing to
-its handler, then watches from that revision + 1. When the watch breaks (etcd restarted, the
+A :class:`Follower` opens a watch on the prefix from now, lists the prefix at the revision etcd
+reports for the watch's creation (one snapshot, paged at that revision), hands the listing to its
+handler, then hands it the watch's events (all later than that revision). When the watch breaks (etcd restarted, the
 connection dropped, the revision was compacted, etcd canceled it) the view is marked stale, the
 follower waits with growing, jittered backoff (0.1 s to 2 s, so it never spins while etcd is
 down) and lists again. Handlers are called from the follower's own thread only.
@@ -28,7 +29,7 @@ class Source(Protocol):
     """What a follower needs of a store (conductor.store.Store is one): a paged listing at one
     revision, and a watch from a revision."""
 
-    def scan(self, prefix: str) -> tuple[list[KV], int]: ...
+    def scan(self, prefix: str, *, revision: int = 0) -> tuple[list[KV], int]: ...
 
     def watch(self, prefix: str, start_revision: int) -> Any: ...
 
@@ -98,22 +99,33 @@ class Follower(threading.Thread):
             delay = min(delay * 2, 2.0)
 
     def _list_and_watch(self) -> None:
-        kvs, revision = self.store.scan(self.prefix)
+        # The watch opens first, "from now" (start revision 0), and the listing is read at the
+        # revision etcd reports for its creation. Listing first and then watching from the listing's
+        # revision + 1 is equally exact, but when anything is written between the two (a task
+        # running while Client.wait sets up), etcd starts that watch "unsynced" and only catches it
+        # up in a loop that runs every 100 ms: that was the ~100 ms tail of Client.wait.
+        self._stream = self.store.watch(self.prefix, 0)
+        try:
+            if not self._stop_event.is_set():
+                self._follow(iter(self._stream))
+        finally:  # whatever ended it (a broken watch, a listing refused, a handler's error)
+            self._stream.cancel()
+
+    def _follow(self, batches: Any) -> None:
+        created = next(batches, None)
+        if created is None or created.broken or not created.created:  # refused: a listing says why
+            self.store.scan(self.prefix)
+            return
+        kvs, revision = self.store.scan(self.prefix, revision=created.revision)
         self.resets += 1
         self._call(self.handler.reset, kvs, revision)
-        self._stream = self.store.watch(self.prefix, revision + 1)
-        if self._stop_event.is_set():
-            self._stream.cancel()
-            return
-        synced = False
-        for batch in self._stream:
+        self._call(self.handler.synced, True)
+        if created.events:  # never at creation; kept so that no event can be lost
+            self._call(self.handler.events, created.events, created.revision)
+        for batch in batches:
             if batch.broken:
                 log.info("watch on %s was %s; listing again", self.prefix, batch.broken)
-                self._stream.cancel()
                 return
-            if batch.created and not synced:
-                synced = True
-                self._call(self.handler.synced, True)
             if batch.events:
                 self._call(self.handler.events, batch.events, batch.revision)
 

@@ -69,7 +69,7 @@ class Conductor:
         self.containers: str | None = None  # the Docker API version when container tasks can run here
         self.supervision = Supervision(settings.etcd, settings.ttl, settings.etcd_timeout, self.docker_host,
                                        credentials.config())
-        self.table = RunTable(settings.slots)
+        self.table = RunTable(settings.slots, settings.long_slots)
         self.cache = Cache(self.keys, on_orphan=self._orphan_seen, on_kill=self.stop_requested)
         self.limits = Limits(settings.result_cap, settings.tail_cap, settings.grace)
         self.stopping = threading.Event()

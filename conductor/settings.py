@@ -39,6 +39,15 @@ def default_namespace() -> str:
     return os.environ.get("CONDUCTOR_NAMESPACE", DEFAULT_NAMESPACE)
 
 
+SLOTS_PER_CPU = 8  # default slots per CPU, for tasks of short layers (docs/design.md, "Slots")
+
+
+def default_slots() -> int:
+    """``--slots`` when not given: SLOTS_PER_CPU per CPU. Only tasks of layers seen to run short
+    (conductor/runtable.py) use more than the CPU count (``long_slots``)."""
+    return SLOTS_PER_CPU * (os.cpu_count() or 1)
+
+
 @dataclass
 class NodeSettings:
     """Everything ``conductor run`` takes."""
@@ -46,7 +55,8 @@ class NodeSettings:
     etcd: list[str] = field(default_factory=default_etcd)
     namespace: str = field(default_factory=default_namespace)
     name: str = ""
-    slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    slots: int = field(default_factory=lambda: default_slots())
+    long_slots: int = field(default_factory=lambda: os.cpu_count() or 1)  # for tasks of layers not known short
     labels: dict[str, str] = field(default_factory=dict)
     ttl: int = 10
     data_dir: Path = field(default_factory=default_data_dir)

@@ -173,8 +173,8 @@ class Node:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.dir / "conductor.log"
         self.args = [sys.executable, "-m", "conductor", "run", "--etcd", etcd, "--namespace", namespace,
-                     "--name", name, "--ttl", str(ttl), "--slots", str(slots), "--data-dir", str(self.dir),
-                     "--sweep", "1", *(extra or [])]
+                     "--name", name, "--ttl", str(ttl), *(["--slots", str(slots)] if slots else []),  # 0: the default
+                     "--data-dir", str(self.dir), "--sweep", "1", *(extra or [])]
         if "--http" not in self.args:  # a web server per test node would only load the machine; web tests ask for one
             self.args += ["--http", "off"]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -7,14 +7,16 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conductor import codec
 from conductor.client import Client
 from conductor.errors import NotFound
-from conductor.follow import FollowHandler
+from conductor.follow import Follower, FollowHandler
 from conductor.ops import KV, Event, Put
+from conductor.store import Store
 from harness import wait_for
 
 
@@ -47,7 +49,7 @@ class Recorder(FollowHandler):
 
 
 class SlowFirstListing(Recorder):
-    """Holds up its first listing, so the watch that follows starts from a revision compacted meanwhile."""
+    """Holds up its first listing, while the watch that follows it is already open."""
 
     def __init__(self, gate: threading.Event):
         super().__init__()
@@ -61,24 +63,66 @@ class SlowFirstListing(Recorder):
         super().reset(kvs, revision)
 
 
-def test_a_watch_whose_start_was_compacted_lists_again_and_ends_up_exact(client: Client):
-    """Between a listing and its watch, etcd compacted the revision the watch starts from: etcd
-    says so, the follower lists again, and its view is exactly what etcd holds."""
+class SlowFirstScan:
+    """The real store, but its first listing waits for a gate: the revision that listing is pinned
+    to (where the follower's watch starts) can be compacted meanwhile."""
+
+    def __init__(self, store: Store, gate: threading.Event):
+        self.store, self.gate, self.scans = store, gate, 0
+
+    def scan(self, prefix: str, *, revision: int = 0) -> tuple[list[KV], int]:
+        self.scans += 1
+        if self.scans == 1:
+            self.gate.wait()
+        return self.store.scan(prefix, revision=revision)
+
+    def watch(self, prefix: str, start_revision: int) -> Any:
+        return self.store.watch(prefix, start_revision)
+
+
+def _churn(store: Store, prefix: str) -> dict[str, bytes]:
+    """200 writes, a delete and a compaction up to now; returns what etcd holds under ``prefix``."""
+    for i in range(200):
+        store.put(prefix + f"k{i % 20}", str(i).encode())
+    store.delete(prefix + "before")
+    store.compact(store.revision())
+    return {kv.key: kv.value for kv in store.scan(prefix)[0]}
+
+
+def test_a_listing_whose_revision_was_compacted_lists_again_and_ends_up_exact(client: Client):
+    """Between a watch's creation and the listing pinned to its revision, etcd compacted that
+    revision: the listing fails, the follower lists again, and its view is exactly what etcd holds."""
     store, prefix = client.store, client.keys.namespace + "churn/"
+    gate = threading.Event()
+    slow, rec = SlowFirstScan(store, gate), Recorder()
+    store.put(prefix + "before", b"0")
+    follower = Follower(slow, prefix, rec, name="test-follow")
+    follower.start()
+    try:
+        wait_for(lambda: slow.scans == 1, 10)
+        expected = _churn(store, prefix)
+        gate.set()
+        wait_for(lambda: slow.scans >= 2 and follower.resets >= 1, 30, what="a re-list after the compaction")
+        wait_for(lambda: rec.view == expected, 10, what="the view matches etcd")
+    finally:
+        gate.set()
+        follower.stop()
+
+
+def test_a_watch_held_up_by_its_first_listing_ends_up_exact(client: Client):
+    """The watch opens before the listing, so writes and a compaction while the handler holds up
+    its first listing are delivered afterwards as events: no re-list, and the view is exact."""
+    store, prefix = client.store, client.keys.namespace + "held/"
     gate = threading.Event()
     rec = SlowFirstListing(gate)
     store.put(prefix + "before", b"0")
     follower = store.follow(prefix, rec, name="test-follow")
     try:
         wait_for(lambda: rec.listings == 1, 10)
-        for i in range(200):
-            store.put(prefix + f"k{i % 20}", str(i).encode())
-        store.delete(prefix + "before")
-        store.compact(store.revision())
+        expected = _churn(store, prefix)
         gate.set()
-        expected = {kv.key: kv.value for kv in store.scan(prefix)[0]}
-        wait_for(lambda: follower.resets >= 2, 30, what="a re-list after the compaction")
-        wait_for(lambda: rec.view == expected, 10, what="the view matches etcd")
+        wait_for(lambda: rec.view == expected, 30, what="the view matches etcd")
+        assert follower.resets == 1
     finally:
         gate.set()
         follower.stop()

@@ -1,0 +1,78 @@
+"""Client.wait: what it follows (conductor/jobwatch.py), as pure rules and against real nodes."""
+from __future__ import annotations
+
+from typing import Any
+
+from conductor import codec
+from conductor.client import Client
+from conductor.jobwatch import CLAIMS, JOB, TALLY, JobWatch, wait_for_end
+from conductor.ops import KV, Event
+
+TALLY_PREFIX = "/ns/users/u/tally/j/"
+
+
+def kv(key: str, revision: int, value: bytes = b"") -> KV:
+    return KV(key, value, revision, revision, 1)
+
+
+def job_kv(state: str, revision: int, tasks: int = 3) -> KV:
+    return kv("/ns/users/u/jobs/j", revision, codec.pack({"id": "j", "state": state, "tasks": tasks}))
+
+
+def tallies(revision: int, *tasks: str) -> list[KV]:
+    return [kv(f"{TALLY_PREFIX}COMPLETED/{t}", revision) for t in tasks]
+
+
+def test_the_last_progress_call_counts_every_tally_when_the_tally_watch_lags():
+    """The job's watch saw it COMPLETED at revision 10; the tally watch (another stream) is still at
+    revision 6 with 2 of 3 tallies. wait reads the tallies once and its last call counts all 3."""
+    watch = JobWatch(3)
+    watch.job_handler().reset([job_kv("COMPLETED", 10)], 10)
+    tally = watch.tally_handler()
+    tally.reset(tallies(6, "j.0.0", "j.0.1"), 6)
+    watch.claim_handler().reset([], 10)
+    reads: list[int] = []
+    calls: list[dict[str, int]] = []
+
+    def read(slot: int) -> tuple[list[KV], int]:
+        reads.append(slot)
+        return tallies(11, "j.0.0", "j.0.1", "j.0.2"), 11
+
+    job = wait_for_end(watch, "j", 5, lambda j, counts: calls.append(counts), read)
+    assert job["state"] == "COMPLETED"
+    assert reads == [TALLY]
+    assert calls[-1]["done"] == calls[-1]["total"] == 3
+    # an event older than the read, delivered late by the tally watch, does not undo it
+    tally.events([Event("delete", kv(f"{TALLY_PREFIX}COMPLETED/j.0.2", 8))], 8)
+    assert watch.counts()["done"] == 3
+
+
+def test_no_read_when_every_view_is_at_the_end():
+    watch = JobWatch(3)
+    watch.job_handler().reset([job_kv("ERRORED", 10)], 12)
+    watch.tally_handler().reset(tallies(12, "j.0.0"), 12)
+    watch.claim_handler().reset([], 12)
+
+    def read(slot: int) -> tuple[list[KV], int]:
+        raise AssertionError(f"no read was needed (slot {slot})")
+
+    assert wait_for_end(watch, "j", 5, lambda j, c: None, read)["state"] == "ERRORED"
+
+
+def test_without_progress_only_the_job_is_followed():
+    watch = JobWatch(1)
+    watch.job_handler().reset([job_kv("RUNNING", 4)], 4)
+    watch.job_handler().events([Event("put", job_kv("COMPLETED", 9))], 9)
+    assert watch.behind() == [] and watch.ended()
+    assert wait_for_end(watch, "j", 5, None, lambda slot: ([], 0))["state"] == "COMPLETED"
+    assert (JOB, TALLY, CLAIMS) == (0, 1, 2)
+
+
+def test_wait_with_progress_ends_with_every_task_counted(client: Client, shared_etcd: Any, start_nodes: Any):
+    start_nodes(shared_etcd.endpoint, 2, slots=4)
+    job = client.post({"name": "counted", "layers": [{"tasks": [{"cmd": ["true"]} for _ in range(12)]}]})
+    calls: list[dict[str, int]] = []
+    done = client.wait(job, timeout=60, on_progress=lambda j, counts: calls.append(counts))
+    assert done["state"] == "COMPLETED"
+    assert calls[-1]["done"] == calls[-1]["total"] == 12 and calls[-1]["running"] == 0
+    assert client.wait(job, timeout=10)["state"] == "COMPLETED"  # an ended job: at once, one watch
