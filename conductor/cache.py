@@ -285,11 +285,14 @@ class Cache(FollowHandler):
         with self.cond:
             self.cond.notify_all()
 
-    def drop(self, task_ids: Iterable[str]) -> None:
-        """Forget ready entries found stale by a failed claim (the watch brings back live ones)."""
+    def drop(self, stale: dict[str, int]) -> None:
+        """Forget ready entries found stale by a failed claim ({task: the marker revision the claim
+        compared}), each only if the cache still holds that revision of it: a newer one (the task
+        queued again while the claim was on its way) is live, and no event would bring it back."""
         with self.cond:
-            for tid in task_ids:
-                if self.ready.remove(tid) is not None:
+            for tid, revision in stale.items():
+                entry = self.ready.get(tid)
+                if entry is not None and entry.mod_revision == revision and self.ready.remove(tid) is not None:
                     self._dec(self.ready_by_layer, layer_of(tid))
 
     def wait_revision(self, revision: int, timeout: float) -> bool:

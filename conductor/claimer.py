@@ -69,8 +69,8 @@ class Claimer:
                     backoff = min(backoff * 2, 2.0)
                     seen = -1
                     continue
-                if stale:
-                    node.cache.drop(stale)
+                if stale:  # only the revisions this claim compared: a newer one is live
+                    node.cache.drop({e.id: e.mod_revision for e in batch if e.id in stale})
                     seen = -1
                 if claimed:  # flow control hook: count the slots and starts just taken (conductor/gate.py)
                     node.gate.committed(claimed[0].claim_rev)

@@ -218,3 +218,28 @@ def test_values_written_by_users_never_crash_a_node(client: Client, shared_etcd,
     assert client.wait(job, timeout=30)["state"] == "COMPLETED"
     assert node.alive()
     assert os.path.exists(node.log_path)
+
+
+def test_a_failed_claim_drops_only_the_ready_revision_it_compared():
+    """The race a hostile load found: a node claims a retried task with the ready marker it saw,
+    the claim fails as stale because the task was queued again meanwhile, and the node must not
+    forget the newer marker its cache already holds (no event would ever bring it back, and the
+    task would wait forever)."""
+    from conductor.cache import Cache
+    from conductor.keys import Keys
+
+    keys = Keys("/t/")
+    cache = Cache(keys)
+    task = {"id": "j.0.0", "job": "j", "layer": "j.0", "user": "u", "priority": 0}
+
+    def put(rev: int) -> Event:
+        return Event("put", KV(keys.ready("u", "j.0.0"), codec.pack(task), rev, rev, 1))
+
+    cache.reset([], 1)
+    cache.events([put(40)], 40)
+    cache.events([Event("delete", KV(keys.ready("u", "j.0.0"), b"", 0, 41, 0)), put(58)], 58)
+    cache.drop({"j.0.0": 40})  # the claim compared revision 40: stale, but 58 is live
+    assert cache.ready.get("j.0.0") is not None and cache.ready.get("j.0.0").mod_revision == 58
+    assert cache.layer_busy("j.0")
+    cache.drop({"j.0.0": 58})  # a claim of 58 that failed: that one is stale, the watch brings a newer
+    assert cache.ready.get("j.0.0") is None and not cache.layer_busy("j.0")
