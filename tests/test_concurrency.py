@@ -153,16 +153,7 @@ def test_a_kill9_holder_frees_its_slot_within_ttl_and_the_limit_holds(client, sh
              what="both slots held by live nodes again")
     assert time.time() - killed <= ttl + 2 + 0.5, "the dead node's slot came back within TTL + 2 s"
     assert client.wait(job, timeout=200)["state"] == "COMPLETED"
-    open_: dict[str, float] = {}
-    spans = []
-    for line in marks.read_text().split("\n"):
-        if line:
-            what, task, at = line.split()
-            if what == "start":
-                open_[task] = float(at)
-            else:
-                spans.append((open_.pop(task), float(at), task))
-    assert not open_, f"every process that started also ended: {open_}"
+    spans = _spans(marks)
     assert most_at_once(spans) <= 2, "no more than 2 processes of the key at once, the kill included"
     spans = intervals(client, job, 30, lost=False)
     assert len(spans) >= 30 and most_at_once(spans) <= 2
