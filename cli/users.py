@@ -120,10 +120,13 @@ def auth_enable(admin: Annotated[str, typer.Option("--admin", help="The first ad
                                                  "when it does not exist. Default: <data dir>/node.password.")] = None,
                 etcd: Etcd = None, namespace: Namespace = None, json: Json = False) -> None:
     """Create the roles, the admin's account and the node account `conductor`, then turn etcd's auth on."""
-    from conductor import accounts
+    from conductor import accounts, roles
     from conductor.settings import default_data_dir
 
     node_file = node_password_file or str(default_data_dir() / "node.password")
+    reason = roles.valid_name(admin)
+    if reason:  # before any file is made or read
+        raise InvalidSpec("--admin", f"{admin!r} {reason}")
     admin_password = _read_password(admin_password_file, "--admin-password-file", admin)
     client = _client(etcd, namespace)
     done: dict[str, Any] = accounts.enable(client.store, client.keys, admin, admin_password, _node_password(node_file))

@@ -113,5 +113,5 @@ def valid_name(name: str) -> str | None:
     if not all(c.isalnum() or c in "._-" for c in name) or not name[0].isalnum():
         return "may hold letters, digits, '.', '_' and '-', and must start with a letter or digit"
     if name in (NODE_USER, ROOT):
-        return f"{name!r} is reserved"
+        return "is reserved (etcd's root, and the node account)"
     return None
