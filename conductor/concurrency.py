@@ -44,17 +44,24 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|\{|\}")
 
 # ---- the spec ---------------------------------------------------------------------------------------
 
+def keyed_map(value: Any, field: str, known: set[str] | frozenset[str], example: str, example_key: str) -> str:
+    """The checks a ``concurrency`` and a ``rate`` map share: a map, of known fields only, with a
+    non-empty ``key``; returns the key as written. Raises InvalidSpec naming the field."""
+    if not isinstance(value, dict):
+        raise InvalidSpec(field, f"must be a map like {example}")
+    for name in value:
+        if name not in known:
+            raise InvalidSpec(f"{field}.{name}", f"unknown field (known: {', '.join(sorted(known))})")
+    key = value.get("key")
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidSpec(f"{field}.key", f"is required: a non-empty string like {example_key}")
+    return key
+
+
 def parse(value: Any, field: str) -> dict[str, Any]:
     """A ``concurrency`` map as written -> ``{key, limit, strategy}`` (the key may still hold
     placeholders: :func:`fill` fills them). Raises InvalidSpec naming the field."""
-    if not isinstance(value, dict):
-        raise InvalidSpec(field, "must be a map like {key: db-{tenant}, limit: 2, strategy: queue}")
-    for name in value:
-        if name not in FIELDS:
-            raise InvalidSpec(f"{field}.{name}", f"unknown field (known: {', '.join(sorted(FIELDS))})")
-    key = value.get("key")
-    if not isinstance(key, str) or not key.strip():
-        raise InvalidSpec(f"{field}.key", "is required: a non-empty string like db-{tenant}")
+    key = keyed_map(value, field, FIELDS, "{key: db-{tenant}, limit: 2, strategy: queue}", "db-{tenant}")
     limit = value.get("limit", 1)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidSpec(f"{field}.limit", f"must be a whole number from 1 to {MAX_LIMIT}, not {limit!r}")

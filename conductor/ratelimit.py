@@ -42,14 +42,7 @@ def parse(value: Any, field: str) -> dict[str, Any]:
     from . import concurrency
     from . import fields as spec
 
-    if not isinstance(value, dict):
-        raise InvalidSpec(field, "must be a map like {key: api-{region}, limit: 100, per: 1m}")
-    for name in value:
-        if name not in FIELDS:
-            raise InvalidSpec(f"{field}.{name}", f"unknown field (known: {', '.join(sorted(FIELDS))})")
-    key = value.get("key")
-    if not isinstance(key, str) or not key.strip():
-        raise InvalidSpec(f"{field}.key", "is required: a non-empty string like api-{region}")
+    key = concurrency.keyed_map(value, field, FIELDS, "{key: api-{region}, limit: 100, per: 1m}", "api-{region}")
     limit = value.get("limit")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidSpec(f"{field}.limit", f"must be a whole number from 1 to {MAX_LIMIT}, not {limit!r}")
