@@ -30,6 +30,13 @@ def free_port() -> int:
             return port
 
 
+def namespace_writes(store, prefix: str) -> list[tuple[str, int]]:
+    """Every key under ``prefix`` with its last write: equal before and after means nothing in the
+    namespace was written, whatever other tests sharing the etcd did meanwhile."""
+    kvs, _ = store.scan(prefix)
+    return [(kv.key, kv.mod_revision) for kv in kvs]
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
     deadline = time.monotonic() + timeout

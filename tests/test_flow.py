@@ -12,7 +12,7 @@ import pytest
 from conductor import codec, spec, states, taskcache
 from conductor.client import Client
 from conductor.errors import InvalidSpec
-from harness import conductor_cli, wait_for
+from harness import conductor_cli, namespace_writes, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,12 +104,12 @@ def test_the_sweeper_removes_expired_entries_only(client, shared_etcd):
 
 
 def test_a_bad_cache_or_compensation_writes_nothing(client, shared_etcd):
-    before = client.store.revision()
+    before = namespace_writes(client.store, client.keys.namespace)
     for bad in ({"name": "j", "layers": [{"cache": {"key": "k-{NOPE}", "ttl": "1h"}, "tasks": [{"cmd": ["true"]}]}]},
                 {"name": "j", "layers": [{"name": "a", "tasks": []}], "compensate": [{"for": "b", "tasks": []}]}):
         with pytest.raises(InvalidSpec):
             client.post(bad)
-    assert client.store.revision() == before
+    assert namespace_writes(client.store, client.keys.namespace) == before, "nothing was written"
 
 
 # ---- compensation -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from conductor.client import Client
 from conductor.web.app import make_app
 from conductor.web.context import WebSettings
-from harness import EtcdServer, free_port, wait_for
+from harness import EtcdServer, free_port, namespace_writes, wait_for
 from webserver import WebServer
 
 JOB = {"name": "webjob", "layers": [{"name": "first", "tasks": [{"cmd": ["true"]}, {"cmd": ["true"]}]},
@@ -37,9 +37,9 @@ def http(server: WebServer) -> Iterator[httpx.Client]:
         yield c
 
 
-def keys_in(client: Client) -> tuple[int, int]:
-    """(keys in the namespace, etcd revision): both unchanged means nothing was written."""
-    return client.store.count(client.keys.namespace), client.store.revision()
+def keys_in(client: Client) -> list[tuple[str, int]]:
+    """The namespace's keys with their last writes: unchanged means nothing was written."""
+    return namespace_writes(client.store, client.keys.namespace)
 
 
 def etag_of(response: httpx.Response) -> str:
