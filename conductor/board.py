@@ -349,7 +349,7 @@ class Board:
     def _settle_txn(self, user: str, snap: _Snapshot, p: layerplan.Plan, node: str | None) -> _SettleTxn | None:
         """The transaction that writes plan ``p``, or None if it does not fit in one request.
 
-        Compares: the job's revision; each drained layer's ready, claim and run ranges empty; each
+        Compares: the job's revision; each drained layer's ready and run ranges empty; each
         written layer's revision; each inlined task's revision. Ops: inlined tasks and their ready
         markers, deletes of uncommitted staged tasks, the moved layers, the outbox entries, the
         active key, and the job value last."""
@@ -357,8 +357,7 @@ class Board:
         compare = [mod_is(snap.job_kv.key, snap.job_kv.mod_revision)]
         for i in p.drained:
             lid = p.layers[i]["id"]
-            compare += [range_empty(k.ready(user, lid + ".")), range_empty(k.claim(user, lid + ".")),
-                        range_empty(k.run(user, lid + "."))]
+            compare += [range_empty(k.ready(user, lid + ".")), range_empty(k.run(user, lid + "."))]
         layer_keys = {i: k.layer(user, layer["id"]) for i, layer in p.layers.items()}
         compare += [mod_is(key, snap.layer_kvs[key].mod_revision) for key in layer_keys.values()]
         tail = self._messages(p) + self._active_ops(user, p) + [Put(snap.job_kv.key, codec.pack(p.job))]
@@ -439,17 +438,16 @@ class Board:
         return ops
 
     def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, layerplan.LayerCounts]:
-        """(ready, claimed or orphaned, errored) per layer, read as one snapshot per 30 layers."""
+        """(ready, running or orphaned, errored) per layer, read as one snapshot per 40 layers."""
         k = self.keys
-        items = [Item([Get.count(k.ready(user, lid + ".")), Get.count(k.claim(user, lid + ".")),
-                       Get.count(k.run(user, lid + ".")),
+        items = [Item([Get.count(k.ready(user, lid + ".")), Get.count(k.run(user, lid + ".")),
                        Get.count(k.tally(user, job_id, states.ERRORED, lid + "."))], tag=lid) for lid in layer_ids]
         out: dict[str, layerplan.LayerCounts] = {}
-        for group in fit(items):  # a layer's four counts always in the same snapshot
+        for group in fit(items):  # a layer's three counts always in the same snapshot
             res = self.store.read([op for op in group.ops if isinstance(op, Get)])
             for n, lid in enumerate(group.tags):
-                ready, claimed, running, errored = (r.count for r in res.responses[4 * n:4 * n + 4])
-                out[str(lid)] = layerplan.LayerCounts(ready, max(claimed, running), errored)
+                ready, running, errored = (r.count for r in res.responses[3 * n:3 * n + 3])
+                out[str(lid)] = layerplan.LayerCounts(ready, running, errored)
         return out
 
 

@@ -1,4 +1,5 @@
-"""A node's live copy of the ``q/`` stream: ready tasks, claims, run markers, pause markers.
+"""A node's live copy of the ``q/`` stream: ready tasks, run markers (claims), live leases, kill
+requests, pause markers.
 
 Keys are ``q/<kind>/<user>/<id>``; the owner is taken from the path (what etcd's access control
 checked), and a ready marker whose value names another owner is ignored.
@@ -6,11 +7,12 @@ checked), and a ready marker whose value names another owner is ignored.
 Fed by one list-then-watch (:meth:`Store.follow`), so after handling the events of revision R the
 cache is exactly the stream's state at R. Two things rest on that:
 
-* **Orphans**: a finish deletes a claim and its run marker in one revision; a lease expiry deletes
-  only the claim. A run marker left without its claim after a revision is an orphan, reported to
-  ``on_orphan`` (and again on every full listing, so a missed event is repaired).
+* **Orphans**: a finish deletes a run marker; a lease's end deletes its ``q/alive/<lease>`` key
+  (etcd deletes it with the lease). A run marker whose lease has no alive key after a revision is
+  an orphan, reported to ``on_orphan`` (and again on every full listing, so a missed event is
+  repaired).
 * **Layer drained**: after its finish at revision R, a node waits until the cache has reached R;
-  if it then sees no ready and no claimed task of the layer, the layer may be finished. Whoever
+  if it then sees no ready and no running task of the layer, the layer may be finished. Whoever
   commits the last finish of a layer sees that, so no layer is left unfinished.
 """
 from __future__ import annotations
@@ -38,10 +40,20 @@ def layer_of(task_id: str) -> str:
 
 @dataclass(frozen=True)
 class ClaimInfo:
+    """A run marker as the cache holds it: who runs the task, on which lease, since which revision."""
+
     node: str
     lease: int
     create_revision: int
     user: str = ""
+
+
+def _lease(text: str) -> int:
+    """A lease id from the hex of an alive key's path; 0 (no live lease) for anything else."""
+    try:
+        return int(text, 16)
+    except ValueError:
+        return 0
 
 
 def owned(user: str, some_id: str) -> str:
@@ -144,12 +156,10 @@ class Cache(FollowHandler):
         self.on_ready: Callable[[dict], None] = lambda task: None
         self.cond = threading.Condition()
         self.ready = ReadyQueue()
-        self.claims: dict[str, ClaimInfo] = {}
-        self.runs: dict[str, int] = {}  # task -> lease of its run marker
-        self.run_users: dict[str, str] = {}  # task -> owner, from its run marker's key
+        self.runs: dict[str, ClaimInfo] = {}  # task -> its run marker (the claim)
+        self.alive: set[int] = set()  # the leases whose alive key exists
         self.paused: set[str] = set()  # owned(user, id) of every pause marker
         self.ready_by_layer: Counter[str] = Counter()
-        self.claims_by_layer: Counter[str] = Counter()
         self.runs_by_layer: Counter[str] = Counter()
         self.kills: dict[str, dict] = {}  # owned(user, task) -> kill request
         self.revision = 0
@@ -163,12 +173,10 @@ class Cache(FollowHandler):
     def reset(self, kvs: list[KV], revision: int) -> None:
         with self.cond:
             self.ready.clear()
-            self.claims.clear()
             self.runs.clear()
-            self.run_users.clear()
+            self.alive.clear()
             self.paused.clear()
             self.ready_by_layer.clear()
-            self.claims_by_layer.clear()
             self.runs_by_layer.clear()
             self.kills.clear()
             for kv in kvs:
@@ -178,12 +186,12 @@ class Cache(FollowHandler):
             self.changes += 1
             orphans = self._orphans()
             self.cond.notify_all()
-        log.debug("stream listed at revision %d: %d ready, %d claimed", revision, len(self.ready), len(self.claims))
+        log.debug("stream listed at revision %d: %d ready, %d running", revision, len(self.ready), len(self.runs))
         for user, task, lease in orphans:
             self.on_orphan(user, task, lease)
 
     def events(self, events: list[Event], revision: int) -> None:
-        lost: list[tuple[str, int]] = []
+        ended: set[int] = set()
         with self.cond:
             for ev in events:
                 if ev.kind == "put":
@@ -191,10 +199,10 @@ class Cache(FollowHandler):
                 else:
                     gone = self._apply_delete(ev.kv.key)
                     if gone is not None:
-                        lost.append(gone)
+                        ended.add(gone)
             self.revision = max(self.revision, revision)
             self.changes += 1
-            orphans = [(self.run_users.get(t, ""), t, lease) for t, lease in lost if self.runs.get(t) == lease]
+            orphans = [(c.user, t, c.lease) for t, c in self.runs.items() if c.lease in ended] if ended else []
             self.cond.notify_all()
         for user, task, lease in orphans:
             self.on_orphan(user, task, lease)
@@ -230,38 +238,32 @@ class Cache(FollowHandler):
                 self.ready_by_layer[layer_of(name)] += 1
             self.ready.put(Ready(value, kv.mod_revision))
             self.on_ready(value)
-        elif kind == "claims":
-            info = ClaimInfo(str(value.get("node", "?")), kv.lease, kv.create_revision, user)
-            if name not in self.claims:
-                self.claims_by_layer[layer_of(name)] += 1
-            self.claims[name] = info
         elif kind == "runs":
-            lease = int(str(value.get("lease", "0")), 16)
+            info = ClaimInfo(str(value.get("node", "?")), int(str(value.get("lease", "0")), 16), kv.create_revision, user)
             if name not in self.runs:
                 self.runs_by_layer[layer_of(name)] += 1
-            self.runs[name] = lease
-            self.run_users[name] = user
+            self.runs[name] = info
+        elif kind == "alive":
+            self.alive.add(_lease(user))
         elif kind == "paused":
             self.paused.add(owned(user, name))
         elif kind == "kills":
             self.kills[owned(user, name)] = value
             self.on_kill(user, name, value)
 
-    def _apply_delete(self, key: str) -> tuple[str, int] | None:
-        """Apply a delete; for a deleted claim return (task, lease) to check for an orphan."""
+    def _apply_delete(self, key: str) -> int | None:
+        """Apply a delete; for a deleted alive key return its lease (its run markers are orphans)."""
         kind, user, name = self.keys.split_stream(key)
         if kind == "ready":
             if self.ready.remove(name) is not None:
                 self._dec(self.ready_by_layer, layer_of(name))
-        elif kind == "claims":
-            info = self.claims.pop(name, None)
-            if info is not None:
-                self._dec(self.claims_by_layer, layer_of(name))
-                return name, info.lease
         elif kind == "runs":
             if self.runs.pop(name, None) is not None:
-                self.run_users.pop(name, None)
                 self._dec(self.runs_by_layer, layer_of(name))
+        elif kind == "alive":
+            lease = _lease(user)
+            self.alive.discard(lease)
+            return lease
         elif kind == "paused":
             self.paused.discard(owned(user, name))
         elif kind == "kills":
@@ -301,16 +303,15 @@ class Cache(FollowHandler):
             return self.cond.wait_for(lambda: self.is_synced and self.revision >= revision, timeout)
 
     def layer_busy(self, layer_id: str) -> bool:
-        """Has the layer a task that is ready, claimed, or orphaned (run marker without claim)?"""
+        """Has the layer a task that is ready, or running (its run marker, orphaned or not)?"""
         with self.cond:
-            return any(c.get(layer_id, 0) > 0 for c in (self.ready_by_layer, self.claims_by_layer, self.runs_by_layer))
+            return self.ready_by_layer.get(layer_id, 0) > 0 or self.runs_by_layer.get(layer_id, 0) > 0
 
     def _orphans(self) -> list[tuple[str, str, int]]:
-        return [(self.run_users.get(t, ""), t, lease) for t, lease in self.runs.items()
-                if t not in self.claims or self.claims[t].lease != lease]
+        return [(c.user, t, c.lease) for t, c in self.runs.items() if c.lease not in self.alive]
 
     def orphans(self) -> list[tuple[str, str, int]]:
-        """(user, task, lease) of every run marker without a claim of its lease."""
+        """(user, task, lease) of every run marker whose lease has no alive key."""
         with self.cond:
             return self._orphans()
 
@@ -324,4 +325,4 @@ class Cache(FollowHandler):
 
     def claims_of(self, node: str) -> int:
         with self.cond:
-            return sum(1 for c in self.claims.values() if c.node == node)
+            return sum(1 for c in self.runs.values() if c.node == node)

@@ -3,15 +3,17 @@
 Atomicity and fencing:
 
 * :meth:`Claims.claim` takes a batch of ready tasks in one transaction. For each task it compares
-  the ready marker's and the task's revision (the two are written together, so they are equal) and
-  that no claim exists, and that neither the job nor the layer is paused; then it deletes the ready
-  marker, creates the claim on the node's lease, writes the durable run marker and the task as
-  RUNNING. The claim's create revision (the transaction's revision) is the fencing token.
-* :meth:`Claims.finish` commits outcomes only where the claim still has that create revision
-  (invariant 1): a node whose claim expired commits nothing. The task, its tally or ready marker,
-  result, log tail, and the removal of claim and run marker are one transaction.
-* :meth:`Claims.recover` ends the run of a task whose run marker outlived its claim (its node's
-  lease expired), once, whichever node gets there first.
+  the ready marker's and the task's revision (the two are written together, so they are equal),
+  that no run marker exists, and that neither the job nor the layer is paused, and once that the
+  node's ``q/alive/<lease>`` key lives; then it deletes the ready marker and writes the run marker
+  (the claim: node, lease, attempt) and the task as RUNNING. The run marker's create revision (the
+  transaction's revision) is the fencing token.
+* :meth:`Claims.finish` commits outcomes only where the run marker still has that create revision
+  and the claim's lease is still alive (invariant 1): a node whose lease expired commits nothing,
+  since etcd deleted its alive key when the lease ended. The task, its tally or ready marker,
+  result, log tail, and the removal of the run marker are one transaction.
+* :meth:`Claims.recover` ends the run of a task whose run marker names a lease that no longer lives
+  (its node's lease expired), once, whichever node gets there first.
 
 What a task becomes (claimed, finished, recovered) is decided by :mod:`conductor.lifecycle`; this
 module only reads and writes what it decides.
@@ -31,7 +33,7 @@ from .errors import ConductorError
 from .keys import Keys, lease_hex
 from .lifecycle import Cause, Outcome
 from .model import Value
-from .ops import Compare, Delete, Get, Op, Put, absent, created_at, mod_is
+from .ops import Compare, Delete, Get, Op, Put, absent, created_at, mod_is, present
 from .store import Store
 
 log = logging.getLogger("conductor.claims")
@@ -89,10 +91,14 @@ class Finished:
 
 
 class Claims:
-    def __init__(self, store: Store, keys: Keys, node: str):
+    def __init__(self, store: Store, keys: Keys, node: str,
+                 has_kill: Callable[[str, str], bool] | None = None):
         self.store = store
         self.keys = keys
         self.node = node
+        # does the node know of a kill request for (user, task)? A finish deletes one it knows of
+        # and otherwise compares that there is none, so it writes no key for a request never made
+        self.has_kill = has_kill or (lambda user, task: True)
 
     # ---- claim ---------------------------------------------------------------------------------
 
@@ -117,11 +123,10 @@ class Claims:
             user = task["user"]
             running.append(task)
             compare += [mod_is(k.ready(user, task["id"]), entry.mod_revision),
-                        mod_is(k.task(user, task["id"]), task_rev), absent(k.claim(user, task["id"]))]
+                        mod_is(k.task(user, task["id"]), task_rev), absent(k.run(user, task["id"]))]
             claim = {"node": node, "lease": lease_hex(lease), "attempt": task["attempts"], "user": user, "at": at}
             ops += [Delete(k.ready(user, task["id"])),
-                    Put(k.claim(user, task["id"]), codec.pack(claim), lease=lease),
-                    Put(k.run(user, task["id"]), codec.pack({"node": node, "user": user, "lease": lease_hex(lease)})),
+                    Put(k.run(user, task["id"]), codec.pack(claim)),
                     Put(k.task(user, task["id"]), codec.pack(task))]
             jobs[task["job"]] = user
             layers[task["layer"]] = user
@@ -132,6 +137,7 @@ class Claims:
         reads: list[Op] = []
         reads += [Get(k.job(u, j)) for j, u in jobs.items()] + [Get(k.layer(u, lid)) for lid, u in layers.items()]
         compare += [absent(k.paused(u, i)) for i, u in (*jobs.items(), *layers.items())]
+        compare.append(present(k.alive(lease)))  # a claim on a lease that ended would be an orphan at once
         check: list[Op] = []
         check += [Get(k.ready(e.task["user"], e.id), keys_only=True) for e in batch]
         check += [Get(k.paused(u, i), keys_only=True) for i, u in (*jobs.items(), *layers.items())]
@@ -194,18 +200,22 @@ class Claims:
 
     def _finish_one(self, claimed: Claimed, outcome: Outcome) -> Finished | None:
         """Commit one outcome, reading the task again while only the task changed (a user's
-        ``env set`` or ``pause`` meanwhile). None when the claim is gone or the task removed."""
+        ``env set`` or ``pause`` meanwhile) or a kill request came. None when the claim is gone
+        (run marker replaced, lease ended) or the task removed."""
         k = self.keys
         user = claimed.task["user"]
         task, task_rev = claimed.task, claimed.task_rev
+        kill = self.has_kill(user, claimed.id)
         for _ in range(20):
-            compare, ops, finished = self._finish_txn(claimed, task, outcome, task_rev)
-            res = self.store.txn(compare, ops, [Get(k.claim(user, claimed.id)), Get(k.task(user, claimed.id))])
+            compare, ops, finished = self._finish_txn(claimed, task, outcome, task_rev, kill)
+            res = self.store.txn(compare, ops, [Get(k.run(user, claimed.id)), Get(k.task(user, claimed.id)),
+                                                Get(k.alive(claimed.lease), keys_only=True),
+                                                Get(k.kill(user, claimed.id), keys_only=True)])
             if res.succeeded:
                 finished.revision = res.revision
                 return finished
-            claim_r, task_r = res.responses
-            if not claim_r.kvs or claim_r.kvs[0].create_revision != claimed.claim_rev:
+            run_r, task_r, alive_r, kill_r = res.responses
+            if not run_r.kvs or run_r.kvs[0].create_revision != claimed.claim_rev or not alive_r.kvs:
                 log.warning("task %s: claim lost (lease expired or taken over); outcome %r not committed",
                             claimed.id, outcome.reason)
                 return None
@@ -213,19 +223,24 @@ class Claims:
                 log.warning("task %s was removed while it ran; outcome not committed", claimed.id)
                 return None
             task, task_rev = codec.unpack(task_r.kvs[0].value), task_r.kvs[0].mod_revision
+            kill = bool(kill_r.kvs)
             outcome = _recommitted(outcome)
         return None
 
-    def _finish_txn(self, claimed: Claimed, current: Value, o: Outcome,
-                    task_rev: int | None = None) -> tuple[list[Compare], list[Op], Finished]:
+    def _finish_txn(self, claimed: Claimed, current: Value, o: Outcome, task_rev: int | None = None,
+                    kill: bool | None = None) -> tuple[list[Compare], list[Op], Finished]:
         """The fenced transaction that commits ``o`` over ``current`` (what lifecycle decides)."""
         k, node = self.keys, self.node
         decision = lifecycle.decide(current, o, node, model.now())
         task = decision.task
         user, tid = task["user"], task["id"]
-        compare = [created_at(k.claim(user, tid), claimed.claim_rev),
-                   mod_is(k.task(user, tid), task_rev or claimed.task_rev)]
-        ops: list[Op] = [Delete(k.claim(user, tid)), Delete(k.run(user, tid)), Delete(k.kill(user, tid))]
+        compare = [created_at(k.run(user, tid), claimed.claim_rev),
+                   mod_is(k.task(user, tid), task_rev or claimed.task_rev), present(k.alive(claimed.lease))]
+        ops: list[Op] = [Delete(k.run(user, tid))]
+        if kill if kill is not None else self.has_kill(user, tid):
+            ops.append(Delete(k.kill(user, tid)))
+        else:
+            compare.append(absent(k.kill(user, tid)))
         ops += concurrency.release_ops(k, claimed.task)  # flow control hook: free the run's slot
         task.pop("conc_slot", None)
         ops += decision_ops(k, decision)
@@ -243,24 +258,25 @@ class Claims:
     # ---- recovery ------------------------------------------------------------------------------
 
     def recover(self, user: str, task_id: str, lease: int) -> str | None:
-        """End the run of a task whose node's lease expired while it held the task, as
-        :func:`lifecycle.decide_lost` says (requeued as a disruption, ended as a pending kill or
-        skip request asked, or ERRORED with no disruption left), once, whichever node gets there
-        first (one guarded transaction). Returns the task's new state, or None when there was
-        nothing to do."""
+        """End the run of a task whose run marker names a lease that ended (its node's lease
+        expired or was revoked while it held the task), as :func:`lifecycle.decide_lost` says
+        (requeued as a disruption, ended as a pending kill or skip request asked, or ERRORED with
+        no disruption left), once, whichever node gets there first (one transaction guarded by
+        the marker's revision and the lease's alive key being gone). Returns the task's new state,
+        or None when there was nothing to do."""
         k = self.keys
         marker_key = k.run(user, task_id)
         for _ in range(20):
-            marker = self.store.get(marker_key)
-            if marker is None or int(codec.unpack(marker.value).get("lease", "0"), 16) != lease:
-                return None
-            found = codec.unpack(marker.value)
-            snap = self.store.read([Get(k.claim(user, task_id)), Get(k.task(user, task_id)),
+            snap = self.store.read([Get(marker_key), Get(k.alive(lease), keys_only=True), Get(k.task(user, task_id)),
                                     Get(k.kill(user, task_id))])
-            claim_r, task_r, stop_r = snap.responses
-            if claim_r.kvs and claim_r.kvs[0].lease == lease:
-                return None  # its node is alive: not an orphan
-            guard = [mod_is(marker_key, marker.mod_revision), absent(k.claim(user, task_id))]
+            marker_r, alive_r, task_r, stop_r = snap.responses
+            if not marker_r.kvs or alive_r.kvs:
+                return None  # finished meanwhile, or its node is alive: not an orphan
+            marker = marker_r.kvs[0]
+            found = codec.unpack(marker.value)
+            if int(str(found.get("lease", "0")), 16) != lease:
+                return None
+            guard = [mod_is(marker_key, marker.mod_revision), absent(k.alive(lease))]
             if not task_r.kvs:
                 self.store.txn(guard, [Delete(marker_key)])
                 return None
@@ -281,20 +297,20 @@ class Claims:
         return None
 
     def orphans(self) -> list[tuple[str, str, int]]:
-        """(user, task, lease) of every run marker without a live claim of that lease."""
+        """(user, task, lease) of every run marker whose lease has no alive key (one snapshot)."""
         k = self.keys
-        snap = self.store.read([Get.prefix(k.q("runs")), Get.prefix(k.q("claims"), keys_only=True)])
-        claimed = {k.split_stream(kv.key)[1:]: kv.lease for kv in snap.responses[1].kvs}
+        snap = self.store.read([Get.prefix(k.q("runs")), Get.prefix(k.alive(), keys_only=True)])
+        alive = {k.last(kv.key) for kv in snap.responses[1].kvs}
         out = []
         for kv in snap.responses[0].kvs:
             _, user, task_id = k.split_stream(kv.key)
-            lease = int(codec.unpack(kv.value).get("lease", "0"), 16)
-            if claimed.get((user, task_id)) != lease:
+            lease = int(str(codec.unpack(kv.value).get("lease", "0")), 16)
+            if lease_hex(lease) not in alive:
                 out.append((user, task_id, lease))
         return out
 
     def present_claim(self, user: str, task_id: str, claim_rev: int) -> bool:
-        kv = self.store.get(self.keys.claim(user, task_id))
+        kv = self.store.get(self.keys.run(user, task_id))
         return kv is not None and kv.create_revision == claim_rev
 
 

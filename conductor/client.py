@@ -352,8 +352,8 @@ class Client:
         k = self.keys
         if some_id is None:
             user = filters.get("user") or self.user
-            prefixes = ([k.user(user), k.claim(user)] if not filters.get("all_users")
-                        else [k.active(), k.q("paused"), k.q("claims")])
+            prefixes = ([k.user(user), k.run(user)] if not filters.get("all_users")
+                        else [k.active(), k.q("paused"), k.q("runs")])
 
             def read() -> Any:
                 return self.jobs(**filters)
@@ -361,7 +361,7 @@ class Client:
             _, full, owner = self.locate(some_id)
             job = full.split(".")[0]
             prefixes = [k.job(owner, job), k.layer(owner, job + "."), k.task(owner, full if "." in full else job + "."),
-                        k.claim(owner, job + "."), k.tally(owner, job)]
+                        k.run(owner, job + "."), k.tally(owner, job)]
             if views.live_nodes(self.store, k) is not None:  # nodes: why a queued task waits (admins, no auth)
                 prefixes.append(k.node())
 
@@ -431,8 +431,8 @@ class Client:
         (one watch instead of three: :mod:`conductor.jobwatch`). Raises WaitTimeout, NotFound."""
         _, full, owner = self.locate(job_id)
         prefixes = [self.keys.job(owner, full)]
-        if on_progress is not None:  # the tallies and claims serve the counts only
-            prefixes += [self.keys.tally(owner, full), self.keys.claim(owner, full + ".")]
+        if on_progress is not None:  # the tallies and run markers serve the counts only
+            prefixes += [self.keys.tally(owner, full), self.keys.run(owner, full + ".")]
         watch = jobwatch.JobWatch(len(prefixes))
         handlers = (watch.job_handler, watch.tally_handler, watch.claim_handler)
         followers = [self.store.follow(prefix, handlers[slot](), name=f"wait-{slot}") for slot, prefix in enumerate(prefixes)]

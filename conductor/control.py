@@ -166,9 +166,10 @@ class Control:
 
     def _request_stop(self, t: Target, kv: KV, action: str, grace: float) -> Result | None:
         k = self.keys
-        claim = self.store.get(k.claim(t.user, t.id))
+        claim = self.store.get(k.run(t.user, t.id))
         request = {"action": action, "by": self.by, "grace": grace, "at": model.now()}
-        # with no claim its node was just lost: whoever recovers the task honours the request
+        # with no run marker its run just ended; with one whose lease ended, whoever recovers the
+        # task honours the request
         guard = [created_at(claim.key, claim.create_revision)] if claim else []
         res = self.store.txn(guard + [mod_is(kv.key, kv.mod_revision)], [Put(k.kill(t.user, t.id), codec.pack(request))])
         return Result(t.id, f"{'kill' if action == 'kill' else 'skip'} requested", kv.mod_revision) \

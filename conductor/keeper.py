@@ -25,7 +25,7 @@ from .claims import Claimed, Outcome
 from .lifecycle import Cause
 from .errors import StoreError
 from .executor import Run
-from .ops import Compare, Delete, Put, absent, created_at
+from .ops import Compare, Delete, Put, absent, created_at, present
 
 if TYPE_CHECKING:
     from .parts import Node
@@ -64,7 +64,8 @@ class Keeper:
         value = {"data": tail, "size": size, "truncated": size > node.limits.tail_cap, "attempt": task["attempts"],
                  "node": node.name, "path": run.log_path, "at": time.time(), "running": True}
         try:  # fenced like a finish: a node that lost the claim writes nothing
-            node.store.txn([created_at(node.keys.claim(task["user"], run.id), run.claimed.claim_rev)],
+            node.store.txn([created_at(node.keys.run(task["user"], run.id), run.claimed.claim_rev),
+                            present(node.keys.alive(run.claimed.lease))],
                            [Put(node.keys.log(task["user"], run.id), codec.pack(value))])
             run.pushed = pushed
         except StoreError:
@@ -114,9 +115,10 @@ class Keeper:
         return sweep_at, facts_at
 
     def _recover(self, user: str, task_id: str, lease: int) -> None:
-        with self.node.cache.cond:
-            still = self.node.cache.runs.get(task_id) == lease and (
-                task_id not in self.node.cache.claims or self.node.cache.claims[task_id].lease != lease)
+        cache = self.node.cache
+        with cache.cond:
+            info = cache.runs.get(task_id)
+            still = info is not None and info.lease == lease and lease not in cache.alive
         if not still and self.node.cache.is_synced:
             return
         state = self.node.claims.recover(user, task_id, lease)
@@ -193,7 +195,7 @@ class Keeper:
         lost (etcd failed over mid-request) looks failed to the claim loop but may have committed."""
         lease = self.node.session.lease
         with self.node.cache.cond:
-            held = [(t, c) for t, c in self.node.cache.claims.items() if c.lease == lease]
+            held = [(t, c) for t, c in self.node.cache.runs.items() if c.lease == lease]
         strays = [(t, c) for t, c in held if not self.node.table.holds(t)]
         for task_id, info in strays:
             user = info.user

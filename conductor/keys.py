@@ -2,8 +2,8 @@
 
 All keys live under a namespace (default ``/conductor/``). ``docs/keyspace.md`` documents the same
 table for other tools; a test checks the two agree. The ``q/`` prefix holds what every node
-watches in one stream: ready markers, claims, run markers and pause markers, so that the events of
-one revision (a claim deleted together with its run marker, say) arrive together.
+watches in one stream: ready markers, run markers (the claims), live leases, kill requests and
+pause markers, so that the events of one revision arrive together.
 
 Everything a user owns lives under a prefix of its own (``users/<user>/``, ``q/<kind>/<user>/``,
 ``active/<user>/``...), so etcd's role-based access control can grant each user exactly their
@@ -20,8 +20,8 @@ DEFAULT_NAMESPACE = "/conductor/"
 LAYOUT: dict[str, tuple[str, bool, str]] = {
     "node": ("nodes/<node>", True, "node info: host, pid, version, labels, slots, facts"),
     "ready": ("q/ready/<user>/<task>", False, "exists while the task may be claimed; value = the task"),
-    "claim": ("q/claims/<user>/<task>", True, "who runs the task now; create_revision = fencing token"),
-    "run": ("q/runs/<user>/<task>", False, "durable twin of a claim (value names the lease): without its claim = orphan"),
+    "alive": ("q/alive/<lease>", True, "exists while a node's lease lives; every claim on that lease is fenced by it"),
+    "run": ("q/runs/<user>/<task>", False, "the claim: which node runs the task on which lease; create_revision = fencing token"),
     "kill": ("q/kills/<user>/<task>", False, "a request to stop a running task (kill or skip), for its node"),
     "paused": ("q/paused/<user>/<id>", False, "exists while a job, layer or task is paused"),
     "job": ("users/<user>/jobs/<job>", False, "job spec + state"),
@@ -160,8 +160,9 @@ class Keys:
     def ready(self, user: str, task: str = "") -> str:
         return self._k(f"q/ready/{user}/{task}")
 
-    def claim(self, user: str, task: str = "") -> str:
-        return self._k(f"q/claims/{user}/{task}")
+    def alive(self, lease: int | None = None) -> str:
+        """``q/alive/<lease>``: a node's liveness in the stream; without a lease, the prefix."""
+        return self._k("q/alive/" + ("" if lease is None else lease_hex(lease)))
 
     def run(self, user: str, task: str = "") -> str:
         return self._k(f"q/runs/{user}/{task}")

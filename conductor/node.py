@@ -108,7 +108,8 @@ class Conductor:
         self.supervision.start()
         self.clock_watch.start()  # judged before the node key is written and before any chore
         self._open_session()
-        self.claims = Claims(self.store, self.keys, self.name)
+        self.claims = Claims(self.store, self.keys, self.name,
+                             has_kill=lambda user, task: self.cache.kill_of(user, task) is not None)
         self.deadlines.start()  # before the stream: its first listing sets the timers
         self._follower = self.store.follow(self.keys.stream(), self.cache, name="stream")
         self.gate.on_failure = lambda exc: self._crashed("gate", exc)

@@ -4,7 +4,7 @@ With etcd auth on there are three kinds of account:
 
 * **users** get a role of their own, ``conductor-user-<name>``, granting exactly their prefixes
   (``users/<name>/``, ``q/ready/<name>/``, ``templates/<name>/``...): read and write where the
-  CLI lets them change things, read only where only nodes write (claims, run markers), nothing of
+  CLI lets them change things, read only where only nodes write (run markers: the claims), nothing of
   anyone else's. A user's etcdctl can therefore do no more than their ``conductor`` commands.
 * **the node account** (``conductor``, role ``conductor-node``) reads and writes the whole
   namespace: nodes run every user's tasks. It cannot manage users (no root role).
@@ -28,7 +28,7 @@ ROOT = "root"
 # key kind -> what a user may do with their own keys of it: "rw", "r" or "" (nothing)
 USER_ACCESS: dict[str, str] = {
     "node": "", "leader": "", "meta": "", "cluster_token": "", "seal_private": "", "memo": "",
-    "ready": "rw", "kill": "rw", "paused": "rw", "claim": "r", "run": "r",
+    "ready": "rw", "kill": "rw", "paused": "rw", "run": "r", "alive": "",
     "job": "rw", "layer": "rw", "task": "rw", "result": "rw", "log": "rw", "tally": "rw", "secrets": "rw",
     "template": "rw", "schedule": "rw", "fire": "rw", "active": "rw", "pending": "rw", "outbox": "rw",
     "join": "rw", "shared_template": "r", "seal_public": "r", "account": "r", "loop_stop": "rw", "loop_rate": "rw",

@@ -56,11 +56,15 @@ class Session:
     # ---- lifecycle ---------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Grant a lease and write the node key on it; raises NameTaken if a live node has the name."""
+        """Grant a lease and write the node key and the lease's ``q/alive`` key on it (one
+        transaction); raises NameTaken if a live node has the name. The alive key is what claims
+        are fenced by and what tells every node, in its stream, that this lease ended."""
         sent = time.monotonic()
         lease = self.store.grant(self.ttl)
         value = codec.pack({**self.info(), "lease": lease_hex(lease)})
-        res = self.store.txn([absent(self.keys.node(self.name))], [Put(self.keys.node(self.name), value, lease)])
+        alive = codec.pack({"node": self.name})
+        res = self.store.txn([absent(self.keys.node(self.name))], [Put(self.keys.node(self.name), value, lease),
+                                                                  Put(self.keys.alive(lease), alive, lease)])
         if not res.succeeded:
             self.store.revoke(lease)
             raise NameTaken(f"a live node is already named {self.name!r}; give this one another --name")

@@ -43,7 +43,7 @@ def job_counts(store: Store, keys: Keys, jobs: list[dict[str, Any]]) -> list[dic
     ops: list[Get] = []
     for job in jobs:
         user, jid, prefix = job["user"], job.get("job", job["id"]), job["id"] + "."
-        ops += [Get.count(keys.ready(user, prefix)), Get.count(keys.claim(user, prefix))]
+        ops += [Get.count(keys.ready(user, prefix)), Get.count(keys.run(user, prefix))]
         ops += [Get.count(keys.tally(user, jid, s, prefix)) for s in (states.COMPLETED, states.ERRORED, states.SKIPPED)]
     results: list[int] = []
     for group in batch.fit_ops(ops):  # each group one snapshot; groups in order
@@ -232,7 +232,7 @@ def _read_tasks(store: Store, keys: Keys, user: str, wanted: list[tuple[str, int
 def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
     store, keys = board.store, board.keys
     snap = store.read([Get(keys.task(user, task_id)), Get(keys.result(user, task_id)), Get(keys.log(user, task_id)),
-                       Get(keys.claim(user, task_id))])
+                       Get(keys.run(user, task_id))])
     task_r, result_r, log_r, claim_r = snap.responses
     if not task_r.kvs:
         raise NotFound(f"no task {task_id}")
@@ -259,13 +259,13 @@ def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
 
 def list_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
     """Live nodes with their facts and the slots their claims use now."""
-    snap = store.read([Get.prefix(keys.node()), Get.prefix(keys.q("claims"))])
+    snap = store.read([Get.prefix(keys.node()), Get.prefix(keys.q("runs"))])
     used: dict[str, int] = {}
     running: dict[str, list[str]] = {}
     for kv in snap.responses[1].kvs:
         node = str(codec.unpack(kv.value).get("node"))
         used[node] = used.get(node, 0) + 1
-        running.setdefault(node, []).append(kv.key.rsplit("/", 1)[1])  # a claim key ends with its task id
+        running.setdefault(node, []).append(kv.key.rsplit("/", 1)[1])  # a run marker ends with its task id
     nodes = []
     for kv in snap.responses[0].kvs:
         info = codec.unpack(kv.value)

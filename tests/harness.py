@@ -37,6 +37,17 @@ def namespace_writes(store, prefix: str) -> list[tuple[str, int]]:
     return [(kv.key, kv.mod_revision) for kv in kvs]
 
 
+def live_lease(store, keys, ttl: int, node: str = "test") -> int:
+    """A lease as a node's session holds one: granted, with its ``q/alive/<lease>`` key on it, so
+    claims made on it are fenced by it (see conductor.session)."""
+    from conductor import codec
+    from conductor.ops import Put
+
+    lease = store.grant(ttl)
+    store.txn([], [Put(keys.alive(lease), codec.pack({"node": node}), lease)])
+    return lease
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from conductor.ops import KV, Event, Put
 from conductor.follow import FollowHandler
 from conductor.lifecycle import Cause
 from conductor.store import Store
-from harness import wait_for
+from harness import live_lease, wait_for
 
 
 def ready_entries(store: Store, keys: Keys) -> list[Ready]:
@@ -29,10 +29,10 @@ def test_fenced_finish_commits_nothing_once_the_claim_is_gone(client: Client):
     """Invariant 1: a node whose claim expired (or was taken over) writes nothing."""
     store, keys, board = client.store, client.keys, client.board
     job = one_task_job(board)
-    lease = store.grant(5)
+    lease = live_lease(store, keys, 5)
     claims = Claims(store, keys, "node-a")
     [held], _ = claims.claim(ready_entries(store, keys), lease)
-    store.revoke(lease)  # as if the lease expired: the claim vanishes
+    store.revoke(lease)  # as if the lease expired: its alive key vanishes, and the claim with it
     before = store.get(keys.task("u", held.id))
     committed, lost = claims.finish([(held, Outcome(Cause.EXIT, "exit 0", 0))])
     assert committed == [] and [c.id for c in lost] == [held.id]
@@ -43,7 +43,7 @@ def test_fenced_finish_commits_nothing_once_the_claim_is_gone(client: Client):
     other = Claims(store, keys, "node-b")
     assert other.recover("u", held.id, lease) == states.QUEUED
     assert other.recover("u", held.id, lease) is None
-    [again], _ = other.claim(ready_entries(store, keys), store.grant(5))
+    [again], _ = other.claim(ready_entries(store, keys), live_lease(store, keys, 5))
     assert again.task["attempts"] == 2
 
 
@@ -52,7 +52,7 @@ def test_a_claim_taken_by_another_node_fences_the_first(client: Client):
     one_task_job(board)
     a, b = Claims(store, keys, "a"), Claims(store, keys, "b")
     entries = ready_entries(store, keys)
-    lease_a, lease_b = store.grant(5), store.grant(5)
+    lease_a, lease_b = live_lease(store, keys, 5), live_lease(store, keys, 5)
     [held], _ = a.claim(entries, lease_a)
     taken, stale = b.claim(entries, lease_b)  # the same snapshot: must lose
     assert taken == [] and stale == {held.id}
@@ -110,7 +110,7 @@ def test_layer_order_no_claim_before_lower_orders_are_done(client: Client):
     store, keys, board = client.store, client.keys, client.board
     job = board.post(spec.validate_job({"name": "o", "layers": [
         {"order": 1, "tasks": [{"cmd": ["true"]}]}, {"order": 2, "tasks": [{"cmd": ["true"]}]}]}), "u")
-    claims, lease = Claims(store, keys, "n"), store.grant(10)
+    claims, lease = Claims(store, keys, "n"), live_lease(store, keys, 10)
     ready = ready_entries(store, keys)
     assert [r.id for r in ready] == [f"{job}.0.0"]
     [held], _ = claims.claim(ready, lease)
@@ -124,10 +124,10 @@ def test_layer_order_no_claim_before_lower_orders_are_done(client: Client):
 
 
 def test_orphans_are_found_from_run_markers(client: Client):
-    """Invariant 4: a run marker without its claim is an orphan; the sweep's read finds it."""
+    """Invariant 4: a run marker whose lease has no alive key is an orphan; the sweep's read finds it."""
     store, keys, board = client.store, client.keys, client.board
     one_task_job(board, max_attempts=1)
-    claims, lease = Claims(store, keys, "gone"), store.grant(5)
+    claims, lease = Claims(store, keys, "gone"), live_lease(store, keys, 5)
     [held], _ = claims.claim(ready_entries(store, keys), lease)
     assert claims.orphans() == []
     store.revoke(lease)
@@ -167,7 +167,7 @@ def test_values_keep_unknown_fields(client: Client):
     value["from_the_future"] = {"x": 1}
     data = codec.pack(value)
     store.txn([], [Put(key, data), Put(keys.ready("u", f"{job}.0.0"), data)])
-    claims, lease = Claims(store, keys, "n"), store.grant(10)
+    claims, lease = Claims(store, keys, "n"), live_lease(store, keys, 10)
     [held], _ = claims.claim(ready_entries(store, keys), lease)
     claims.finish([(held, Outcome(Cause.EXIT, "exit 0", 0))])
     assert codec.unpack(store.get(key).value)["from_the_future"] == {"x": 1}
@@ -182,7 +182,7 @@ def test_a_large_batch_of_finishes_is_split_to_fit_etcd_limits(client: Client):
     """32 outcomes with near-cap results and full log tails: more ops and bytes than one request takes."""
     store, keys, board = client.store, client.keys, client.board
     job = board.post(spec.validate_job({"name": "b", "layers": [{"tasks": [{"cmd": ["true"]}] * 32}]}), "u")
-    claims, lease = Claims(store, keys, "n"), store.grant(30)
+    claims, lease = Claims(store, keys, "n"), live_lease(store, keys, 30)
     held = []
     while len(held) < 32:
         got, _ = claims.claim(ready_entries(store, keys)[:16], lease)
@@ -200,13 +200,13 @@ def test_an_orphaned_task_keeps_its_layer_open(client: Client):
     store, keys, board = client.store, client.keys, client.board
     job = board.post(spec.validate_job({"name": "o", "layers": [{"tasks": [{"cmd": ["true"]}]},
                                                                  {"tasks": [{"cmd": ["true"]}]}]}), "u")
-    claims, lease = Claims(store, keys, "dying"), store.grant(5)
+    claims, lease = Claims(store, keys, "dying"), live_lease(store, keys, 5)
     [held], _ = claims.claim(ready_entries(store, keys), lease)
     store.revoke(lease)  # claim gone, run marker left: an orphan
     assert board.settle(job, "u") is False
     assert ready_entries(store, keys) == [], "the next layer did not start"
     assert Claims(store, keys, "rescuer").recover("u", held.id, lease) == states.QUEUED
-    [again], _ = claims.claim(ready_entries(store, keys), store.grant(5))
+    [again], _ = claims.claim(ready_entries(store, keys), live_lease(store, keys, 5))
     claims.finish([(again, Outcome(Cause.EXIT, "exit 0", 0))])
     assert board.settle(job, "u")
     assert [r.id for r in ready_entries(store, keys)] == [f"{job}.1.0"]
@@ -218,7 +218,7 @@ def test_many_layers_of_one_order_start_and_finish_together(client: Client):
     job = board.post(spec.validate_job({"name": "wide", "layers": [
         {"order": 0, "tasks": [{"cmd": ["true"]}]}] + [
         {"order": 1, "tasks": [{"cmd": ["true"]}] * 40} for _ in range(5)]}), "u")
-    claims, lease = Claims(store, keys, "n"), store.grant(30)
+    claims, lease = Claims(store, keys, "n"), live_lease(store, keys, 30)
     for _ in range(20):
         ready = ready_entries(store, keys)
         if not ready:

@@ -17,7 +17,7 @@ from conductor.errors import NotFound
 from conductor.follow import Follower, FollowHandler
 from conductor.ops import KV, Event, Put
 from conductor.store import Store
-from harness import wait_for
+from harness import live_lease, wait_for
 
 
 class Recorder(FollowHandler):
@@ -169,10 +169,10 @@ def test_the_sweeper_repairs_a_missed_settle_and_a_missed_orphan(client: Client,
     job = client.post({"name": "unsettled", "layers": [{"tasks": [{"cmd": ["true"]}]}, {"tasks": [{"cmd": ["true"]}]}]})
     claims = Claims(store, keys, "ghost")
     ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
-    got, _ = claims.claim(ready, store.grant(30))
+    got, _ = claims.claim(ready, live_lease(store, keys, 30))
     claims.finish([(c, Outcome(Cause.EXIT, "exit 0", 0)) for c in got])  # finished, never settled
     orphan = client.post({"name": "orphaned", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
-    lease = store.grant(2)
+    lease = live_lease(store, keys, 2)
     ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
     claims.claim(ready, lease)
     store.revoke(lease)  # its "node" is gone before any conductor watched

@@ -11,6 +11,7 @@ from conductor.claims import Claims, Outcome, Ready
 from conductor.client import Client
 from conductor.control import Stager
 from conductor.lifecycle import Cause
+from harness import live_lease
 
 BIG_ENV = {"BIG": "x" * (24 * 1024)}  # well under the 64 KB a task may have; 40 of them are 1 MB
 
@@ -29,7 +30,7 @@ def finish_ready(client: Client, ok: bool = True) -> None:
     claims = Claims(store, keys, "n")
     ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
     for start in range(0, len(ready), 16):
-        got, _ = claims.claim(ready[start:start + 16], store.grant(30))
+        got, _ = claims.claim(ready[start:start + 16], live_lease(store, keys, 30))
         claims.finish([(c, Outcome(Cause.EXIT, "exit 0" if ok else "exit 1", 0 if ok else 1)) for c in got])
 
 

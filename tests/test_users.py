@@ -113,7 +113,7 @@ def test_users_are_kept_apart_by_etcd(team: Cluster, nodes: list[Node]) -> None:
                     k.ready("alice", task), k.account("alice")):
             run = team.etcdctl("bob", "get", key)
             assert run.returncode != 0 and "permission denied" in run.stderr, (key, run.stdout)
-        for key in (k.kill("alice", task), k.paused("alice", job), k.job("alice", job), k.claim("bob", "x"),
+        for key in (k.kill("alice", task), k.paused("alice", job), k.job("alice", job), k.run("bob", "x"),
                     k.run("bob", "x"), k.node("fake"), k.account("bob"), k.shared_template("t")):
             run = team.etcdctl("bob", "put", key, "x")
             assert run.returncode != 0 and "permission denied" in run.stderr, (key, run.stdout)
@@ -163,11 +163,11 @@ def test_roles_grant_every_key_a_user_writes_and_nothing_else() -> None:
                 k.kill("alice", "j.0.0"), k.active("alice", "j"), k.pending("alice", "j"), k.template("alice", "t"),
                 k.schedule("alice", "s"), k.outbox("alice", "j/x"), k.secrets("alice", "j"), k.tally("alice", "j", "C", "t")):
         assert roles.allows(alice, key, write=True), key
-    for key in (k.claim("alice", "j.0.0"), k.run("alice", "j.0.0"), k.account("alice"), k.seal_public(),
+    for key in (k.run("alice", "j.0.0"), k.account("alice"), k.seal_public(),
                 k.shared_template("t")):
         assert roles.allows(alice, key, write=False) and not roles.allows(alice, key, write=True), key
     for key in (k.job("alicia", "j"), k.job("bob", "j"), k.node("n"), k.seal_private(), k.meta("compaction"),
-                k.account("bob"), k.leader("sweeper"), k.ready("bob", "j.0.0"), NS + "users/alice"):
+                k.account("bob"), k.leader("sweeper"), k.ready("bob", "j.0.0"), k.alive(1), NS + "users/alice"):
         assert not roles.allows(alice, key, write=False), key
     assert roles.valid_name("conductor") and roles.valid_name("a/b") and roles.valid_name("") and not roles.valid_name("ann")
 

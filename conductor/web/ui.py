@@ -108,7 +108,7 @@ def task_watched(client: Client, query: dict[str, str]) -> list[Watched]:
 
 
 def nodes_watched(client: Client, query: dict[str, str]) -> list[Watched]:
-    return [(client.keys.node(), False), (client.keys.q("claims"), False)]  # the nodes, what they run
+    return [(client.keys.node(), False), (client.keys.q("runs"), False)]  # the nodes, what they run
 
 
 def schedules_watched(client: Client, query: dict[str, str]) -> list[Watched]:
