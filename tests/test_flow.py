@@ -65,12 +65,13 @@ def test_a_passed_ttl_runs_again_and_no_cache_bypasses(client, shared_etcd, star
     marks = tmp_path / "marks"
     start_nodes(shared_etcd.endpoint, 1)
     job = example("cache.yaml", MARKS=str(marks))
-    job["layers"][0]["cache"] = {"key": "build-{COMMIT}", "ttl": "3s"}
+    ttl = 8  # long enough that the steps after the first expiry all fall inside the fresh entry's life
+    job["layers"][0]["cache"] = {"key": "build-{COMMIT}", "ttl": f"{ttl}s"}
     first = client.post(job)
     assert client.wait(first, timeout=30)["state"] == "COMPLETED"
     ended = client.task(f"{first}.0.0")["ended"]
 
-    wait_for(lambda: time.time() > ended + 3.2, 10, what="the ttl passed")
+    wait_for(lambda: time.time() > ended + ttl + 0.2, ttl + 10, what="the ttl passed")
     again = client.post(job)
     assert client.wait(again, timeout=30)["state"] == "COMPLETED"
     assert len(lines(marks)) == 2, "an expired entry does not count"
