@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import batch, codec, footprint, ids, layerplan, model, owners, partial, seal, states
+from . import batch, codec, counts, footprint, ids, layerplan, model, owners, partial, seal, states
 from .batch import Item, fit, fits, op_size
 from .errors import Refused, StoreError
 from .keys import Keys
@@ -438,16 +438,19 @@ class Board:
         return ops
 
     def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, layerplan.LayerCounts]:
-        """(ready, running or orphaned, errored) per layer, read as one snapshot per 40 layers."""
+        """(ready, running or orphaned, errored) per layer: key counts of ready and run markers and
+        the job's counter keys (conductor/counts.py), a layer's always in one snapshot (one per
+        40 layers)."""
         k = self.keys
-        items = [Item([Get.count(k.ready(user, lid + ".")), Get.count(k.run(user, lid + ".")),
-                       Get.count(k.tally(user, job_id, states.ERRORED, lid + "."))], tag=lid) for lid in layer_ids]
+        items = [Item([Get.count(k.ready(user, lid + ".")), Get.count(k.run(user, lid + "."))], tag=lid)
+                 for lid in layer_ids]
         out: dict[str, layerplan.LayerCounts] = {}
-        for group in fit(items):  # a layer's three counts always in the same snapshot
-            res = self.store.read([op for op in group.ops if isinstance(op, Get)])
+        for group in fit(items, reserve_ops=1):
+            res = self.store.read([Get.prefix(k.count(user, job_id))] + [op for op in group.ops if isinstance(op, Get)])
+            ended = counts.total(kv.value for kv in res.responses[0].kvs)
             for n, lid in enumerate(group.tags):
-                ready, running, errored = (r.count for r in res.responses[3 * n:3 * n + 3])
-                out[str(lid)] = layerplan.LayerCounts(ready, running, errored)
+                ready, running = (r.count for r in res.responses[1 + 2 * n:3 + 2 * n])
+                out[str(lid)] = layerplan.LayerCounts(ready, running, counts.of_layer(ended, str(lid))[states.ERRORED])
         return out
 
 

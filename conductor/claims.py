@@ -10,8 +10,9 @@ Atomicity and fencing:
   transaction's revision) is the fencing token.
 * :meth:`Claims.finish` commits outcomes only where the run marker still has that create revision
   and the claim's lease is still alive (invariant 1): a node whose lease expired commits nothing,
-  since etcd deleted its alive key when the lease ended. The task, its tally or ready marker,
-  result, log tail, and the removal of the run marker are one transaction.
+  since etcd deleted its alive key when the lease ended. The task, its ready marker, result, log
+  tail, the removal of the run marker, and the job's counter key (:mod:`conductor.counts`: one put
+  per job of the batch) are one transaction.
 * :meth:`Claims.recover` ends the run of a task whose run marker names a lease that no longer lives
   (its node's lease expired), once, whichever node gets there first.
 
@@ -27,7 +28,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, cast
 
-from . import codec, concurrency, lifecycle, model, taskcache
+from . import codec, concurrency, counts, lifecycle, model, taskcache
 from .batch import Group, Item, fit
 from .errors import ConductorError
 from .keys import Keys, lease_hex
@@ -37,6 +38,9 @@ from .ops import Compare, Delete, Get, Op, Put, absent, created_at, mod_is, pres
 from .store import Store
 
 log = logging.getLogger("conductor.claims")
+
+JOBS_PER_TXN = 8  # jobs one finish transaction may touch: each adds a counter put and its compare
+COUNTER_BYTES = 400  # room kept per counter put (a counter value is a few numbers per layer)
 
 
 @dataclass
@@ -88,6 +92,7 @@ class Finished:
     task: Value
     state: str
     revision: int = 0
+    delta: counts.Delta = field(default_factory=dict)  # what it changes in its job's counts
 
 
 class Claims:
@@ -99,6 +104,11 @@ class Claims:
         # does the node know of a kill request for (user, task)? A finish deletes one it knows of
         # and otherwise compares that there is none, so it writes no key for a request never made
         self.has_kill = has_kill or (lambda user, task: True)
+        self.counters = counts.Counters(keys, self._read_value)
+
+    def _read_value(self, key: str) -> tuple[bytes, int] | None:
+        kv = self.store.get(key)
+        return (kv.value, kv.mod_revision) if kv else None
 
     # ---- claim ---------------------------------------------------------------------------------
 
@@ -164,41 +174,80 @@ class Claims:
 
     # ---- finish --------------------------------------------------------------------------------
 
-    def finish(self, items: list[tuple[Claimed, Outcome]]) -> tuple[list[Finished], list[Claimed]]:
+    def finish(self, items: list[tuple[Claimed, Outcome]],
+               writer: str | None = None) -> tuple[list[Finished], list[Claimed]]:
         """Commit outcomes, fenced by each claim. Returns (committed, lost): a lost one's claim had
         expired or been taken, so nothing of it was written. Outcomes are grouped by
-        :func:`conductor.batch.fit` into as few transactions as etcd's limits allow; a group whose
-        compares fail is retried one outcome at a time (each its own transaction)."""
+        :func:`conductor.batch.fit` into as few transactions as etcd's limits allow (at most
+        ``JOBS_PER_TXN`` jobs each, for their counter puts); a group whose compares fail is retried
+        one outcome at a time (each its own transaction). ``writer`` names the counter keys the
+        counts go to (the node's lease, from its finish loop: one thread only); without it each
+        transaction writes a counter key of its own."""
         committed: list[Finished] = []
         lost: list[Claimed] = []
         plain: list[Item] = []
         for claimed, outcome in items:
             if outcome.extra is not None:  # a spawned batch rewrites its layer and job: commit it on its own
-                self._one(claimed, outcome, committed, lost)
+                self._one(claimed, outcome, committed, lost, writer)
                 continue
             compare, ops, finished = self._finish_txn(claimed, claimed.task, outcome)
             plain.append(Item(ops, compare, (claimed, outcome, finished)))
-        for group in fit(plain):
-            self._commit_group(group, committed, lost)
+        for chunk in _few_jobs(plain):
+            for group in fit(chunk, reserve_ops=JOBS_PER_TXN, reserve_compare=JOBS_PER_TXN,
+                             reserve_bytes=JOBS_PER_TXN * COUNTER_BYTES):
+                self._commit_group(group, committed, lost, writer)
         return committed, lost
 
-    def _one(self, claimed: Claimed, outcome: Outcome, committed: list[Finished], lost: list[Claimed]) -> None:
-        result = self._finish_one(claimed, outcome)
+    def _one(self, claimed: Claimed, outcome: Outcome, committed: list[Finished], lost: list[Claimed],
+             writer: str | None) -> None:
+        result = self._finish_one(claimed, outcome, writer)
         (committed.append(result) if result else lost.append(claimed))
 
-    def _commit_group(self, group: Group, committed: list[Finished], lost: list[Claimed]) -> None:
+    def _commit_group(self, group: Group, committed: list[Finished], lost: list[Claimed], writer: str | None) -> None:
         tags = cast("list[tuple[Claimed, Outcome, Finished]]", group.tags)
         if len(tags) > 1:
-            res = self.store.txn(group.compare, group.ops)
+            deltas: dict[tuple[str, str], counts.Delta] = {}
+            for _, _, finished in tags:
+                counts.merge(deltas.setdefault(_job_of(finished.task), {}), finished.delta)
+            compare, ops, after = self._count_ops(deltas, writer)
+            res = self.store.txn(group.compare + compare, group.ops + ops)
             if res.succeeded:
+                self._counted(after, writer, res.revision)
                 for _, _, finished in tags:
                     finished.revision = res.revision
                     committed.append(finished)
                 return
+            self._uncounted(deltas, writer)
         for claimed, outcome, _ in tags:
-            self._one(claimed, outcome, committed, lost)
+            self._one(claimed, outcome, committed, lost, writer)
 
-    def _finish_one(self, claimed: Claimed, outcome: Outcome) -> Finished | None:
+    def _count_ops(self, deltas: dict[tuple[str, str], counts.Delta],
+                   writer: str | None) -> tuple[list[Compare], list[Op], dict[tuple[str, str], counts.Delta]]:
+        """The counter writes of a finish transaction: to the writer's keys (compared on what it
+        last wrote) or, without a writer, to fresh keys. Returns (compares, ops, new values)."""
+        if writer is None:
+            return [], counts.action_ops(self.keys, deltas), {}
+        compare: list[Compare] = []
+        ops: list[Op] = []
+        after: dict[tuple[str, str], counts.Delta] = {}
+        for (user, job), delta in deltas.items():
+            if delta:
+                c, o, after[(user, job)] = self.counters.ops(user, job, writer, delta)
+                compare += c
+                ops += o
+        return compare, ops, after
+
+    def _counted(self, after: dict[tuple[str, str], counts.Delta], writer: str | None, revision: int) -> None:
+        for (user, job), value in after.items():
+            self.counters.committed(user, job, str(writer), value, revision)
+
+    def _uncounted(self, deltas: dict[tuple[str, str], counts.Delta], writer: str | None) -> None:
+        """A failed transaction: read the writer's keys again next time (one may be what failed)."""
+        for user, job in deltas:
+            if writer is not None:
+                self.counters.forget(user, job, writer)
+
+    def _finish_one(self, claimed: Claimed, outcome: Outcome, writer: str | None = None) -> Finished | None:
         """Commit one outcome, reading the task again while only the task changed (a user's
         ``env set`` or ``pause`` meanwhile) or a kill request came. None when the claim is gone
         (run marker replaced, lease ended) or the task removed."""
@@ -208,12 +257,17 @@ class Claims:
         kill = self.has_kill(user, claimed.id)
         for _ in range(20):
             compare, ops, finished = self._finish_txn(claimed, task, outcome, task_rev, kill)
-            res = self.store.txn(compare, ops, [Get(k.run(user, claimed.id)), Get(k.task(user, claimed.id)),
-                                                Get(k.alive(claimed.lease), keys_only=True),
-                                                Get(k.kill(user, claimed.id), keys_only=True)])
+            deltas = {_job_of(finished.task): finished.delta}
+            count_compare, count_ops, after = self._count_ops(deltas, writer)
+            res = self.store.txn(compare + count_compare, ops + count_ops,
+                                 [Get(k.run(user, claimed.id)), Get(k.task(user, claimed.id)),
+                                  Get(k.alive(claimed.lease), keys_only=True),
+                                  Get(k.kill(user, claimed.id), keys_only=True)])
             if res.succeeded:
+                self._counted(after, writer, res.revision)
                 finished.revision = res.revision
                 return finished
+            self._uncounted(deltas, writer)
             run_r, task_r, alive_r, kill_r = res.responses
             if not run_r.kvs or run_r.kvs[0].create_revision != claimed.claim_rev or not alive_r.kvs:
                 log.warning("task %s: claim lost (lease expired or taken over); outcome %r not committed",
@@ -243,7 +297,7 @@ class Claims:
             compare.append(absent(k.kill(user, tid)))
         ops += concurrency.release_ops(k, claimed.task)  # flow control hook: free the run's slot
         task.pop("conc_slot", None)
-        ops += decision_ops(k, decision)
+        ops += decision_ops(k, decision, count=False)  # counted per transaction (finish, _finish_one)
         if o.result is not None:
             ops.append(Put(k.result(user, tid), codec.pack({"data": o.result, "attempt": task["attempts"],
                                                              "node": node, "at": task["ended"]})))
@@ -253,7 +307,8 @@ class Claims:
                 "attempt": task["attempts"], "node": node, "path": o.log_path, "at": task["ended"]})))
         ops += taskcache.memo_ops(k, task, claimed.job, claimed.layer, decision.state, o.result, node, bool(o.cached))
         extra = o.extra if isinstance(o.extra, Extra) else Extra()
-        return compare + list(extra.compare), ops + list(extra.ops), Finished(claimed, task, decision.state)
+        return compare + list(extra.compare), ops + list(extra.ops), Finished(
+            claimed, task, decision.state, delta=counts.change(task, decision.tally, decision.untally))
 
     # ---- recovery ------------------------------------------------------------------------------
 
@@ -314,9 +369,10 @@ class Claims:
         return kv is not None and kv.create_revision == claim_rev
 
 
-def decision_ops(k: Keys, decision: lifecycle.Decision) -> list[Op]:
-    """The writes of a lifecycle decision: the task's new value, and its ready marker and tally
-    keys as the decision says (for the caller's one transaction)."""
+def decision_ops(k: Keys, decision: lifecycle.Decision, count: bool = True) -> list[Op]:
+    """The writes of a lifecycle decision: the task's new value, its ready marker as the decision
+    says, and (``count``) a counter key of its own for what it changes in its job's counts (for
+    the caller's one transaction)."""
     task = decision.task
     user, tid = task["user"], task["id"]
     data = codec.pack(task)
@@ -325,11 +381,28 @@ def decision_ops(k: Keys, decision: lifecycle.Decision) -> list[Op]:
         ops.append(Put(k.ready(user, tid), data))
     if decision.unready:
         ops.append(Delete(k.ready(user, tid)))
-    if decision.untally:
-        ops.append(Delete(k.tally(user, task["job"], decision.untally, tid)))
-    if decision.tally:
-        ops.append(Put(k.tally(user, task["job"], decision.tally, tid), b""))
+    if count:
+        ops += counts.action_ops(k, {_job_of(task): counts.change(task, decision.tally, decision.untally)})
     return ops
+
+
+def _job_of(task: Value) -> tuple[str, str]:
+    return task["user"], task["job"]
+
+
+def _few_jobs(items: list[Item]) -> list[list[Item]]:
+    """Items cut, in order, into runs that touch at most ``JOBS_PER_TXN`` jobs each (each job of a
+    transaction adds one counter put to it)."""
+    out: list[list[Item]] = [[]]
+    jobs: set[tuple[str, str]] = set()
+    for item in items:
+        job = _job_of(cast("tuple[Claimed, Outcome, Finished]", item.tag)[2].task)
+        if job not in jobs and len(jobs) >= JOBS_PER_TXN:
+            out.append([])
+            jobs = set()
+        jobs.add(job)
+        out[-1].append(item)
+    return [chunk for chunk in out if chunk]
 
 
 def _recommitted(outcome: Outcome) -> Outcome:

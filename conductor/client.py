@@ -361,7 +361,7 @@ class Client:
             _, full, owner = self.locate(some_id)
             job = full.split(".")[0]
             prefixes = [k.job(owner, job), k.layer(owner, job + "."), k.task(owner, full if "." in full else job + "."),
-                        k.run(owner, job + "."), k.tally(owner, job)]
+                        k.run(owner, job + "."), k.count(owner, job)]
             if views.live_nodes(self.store, k) is not None:  # nodes: why a queued task waits (admins, no auth)
                 prefixes.append(k.node())
 
@@ -426,19 +426,19 @@ class Client:
              on_progress: Callable[[dict[str, Any], dict[str, int]], None] | None = None) -> dict[str, Any]:
         """Follow a job (by watches, not polling) until it is COMPLETED or ERRORED; returns it.
 
-        ``on_progress(job, counts)`` is called on every change; its last call counts every tally
-        and claim as of the commit that ended the job. Without it only the job's key is watched
+        ``on_progress(job, counts)`` is called on every change; its last call counts every finished
+        and running task as of the commit that ended the job. Without it only the job's key is watched
         (one watch instead of three: :mod:`conductor.jobwatch`). Raises WaitTimeout, NotFound."""
         _, full, owner = self.locate(job_id)
         prefixes = [self.keys.job(owner, full)]
-        if on_progress is not None:  # the tallies and run markers serve the counts only
-            prefixes += [self.keys.tally(owner, full), self.keys.run(owner, full + ".")]
+        if on_progress is not None:  # the counter keys and run markers serve the counts only
+            prefixes += [self.keys.count(owner, full), self.keys.run(owner, full + ".")]
         watch = jobwatch.JobWatch(len(prefixes))
         handlers = (watch.job_handler, watch.tally_handler, watch.claim_handler)
         followers = [self.store.follow(prefix, handlers[slot](), name=f"wait-{slot}") for slot, prefix in enumerate(prefixes)]
         try:
             return jobwatch.wait_for_end(watch, full, timeout, on_progress,
-                                         lambda slot: self.store.scan(prefixes[slot], keys_only=True))
+                                         lambda slot: self.store.scan(prefixes[slot], keys_only=slot != jobwatch.TALLY))
         finally:
             for f in followers:
                 f.stop()

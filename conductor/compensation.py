@@ -159,16 +159,24 @@ def failure_env(layer: Value, failed: Value | None, job: Value) -> dict[str, str
 
 def find_failed(store: "Store", keys: "Keys", job: Value) -> Value | None:
     """The task whose failure a compensation answers: the first ERRORED task (by id) of the job's
-    own layers, or None. Reads the job's ERRORED tally keys and that one task. Raises StoreError."""
-    from . import codec
+    own layers, or None. Reads the tasks of the layers whose counts say a task ended ERRORED
+    (conductor/counts.py), in pages, until it finds one. Raises StoreError."""
+    from . import codec, counts
 
-    own = {s["id"] for s in job.get("layers", [])}
-    for kv in store.iter_prefix(keys.tally(job["user"], job["id"], states.ERRORED), keys_only=True, page=100):
-        task_id = kv.key.rsplit("/", 1)[1]
-        if task_id.rsplit(".", 1)[0] in own:
-            found = store.get(keys.task(job["user"], task_id))
-            return codec.unpack(found.value) if found else None
+    ended = counts.total(kv.value for kv in store.iter_prefix(keys.count(job["user"], job["id"])))
+    for layer in job.get("layers", []):
+        if not counts.of_layer(ended, layer["id"])[states.ERRORED]:
+            continue
+        found = [codec.unpack(kv.value) for kv in store.iter_prefix(keys.task(job["user"], layer["id"] + "."), page=200)]
+        failed = sorted((t for t in found if t.get("state") == states.ERRORED), key=lambda t: ids_order(t["id"]))
+        if failed:
+            return failed[0]
     return None
+
+
+def ids_order(task_id: str) -> tuple[int, ...]:
+    """A task id's numbers, for ordering by layer and position (``j.2.10`` after ``j.2.9``)."""
+    return tuple(int(part) for part in task_id.split(".")[1:])
 
 
 __all__ = ["Step", "armed", "busy", "failure_env", "find_failed", "order", "step", "validate"]

@@ -19,6 +19,7 @@ from . import lifecycle, metrics, spawn, states
 from .claims import Extra
 from .lifecycle import Cause, Outcome
 from .errors import ConductorError, NoSpace, RequestRefused, StoreError
+from .keys import lease_hex
 from .executor import Run
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Finisher:
         backoff = 0.1
         while True:
             try:
-                committed, lost = node.claims.finish([(run.claimed, outcome) for run, outcome in items])
+                committed, lost = node.claims.finish([(run.claimed, outcome) for run, outcome in items], self._writer())
                 break
             except RequestRefused as exc:  # the same request can never pass: store less, once
                 committed, lost = self._commit_bare(items, exc)
@@ -104,6 +105,11 @@ class Finisher:
                 if not synced or not node.cache.layer_busy(layer):
                     self.settle(job, user)
 
+    def _writer(self) -> str:
+        """The counter keys this loop writes (conductor/counts.py): its node's lease, since this
+        thread is the only one that writes them."""
+        return lease_hex(self.node.session.lease)
+
     def _commit_bare(self, items: list[tuple[Run, Outcome]], error: Exception) -> tuple[list, list]:
         """etcd refused the outcomes' transaction as malformed (it should fit: a bug, or an etcd with
         smaller limits). Commit each outcome alone; one still refused becomes a bare failure without
@@ -113,11 +119,11 @@ class Finisher:
         committed, lost = [], []
         for run, outcome in items:
             try:
-                done, gone = self.node.claims.finish([(run.claimed, outcome)])
+                done, gone = self.node.claims.finish([(run.claimed, outcome)], self._writer())
             except RequestRefused as exc:
                 bare = Outcome(Cause.INTERNAL, f"its outcome ({outcome.reason}) could not be stored: {exc}",
                                outcome.exit_code, outcome.started, outcome.ended, outcome.usage)
-                done, gone = self.node.claims.finish([(run.claimed, bare)])
+                done, gone = self.node.claims.finish([(run.claimed, bare)], self._writer())
             committed += done
             lost += gone
         return committed, lost

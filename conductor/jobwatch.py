@@ -1,10 +1,11 @@
-"""What ``Client.wait`` follows: one job's value and, for a progress display, its tallies and claims.
+"""What ``Client.wait`` follows: one job's value and, for a progress display, its counter keys
+(conductor/counts.py) and run markers.
 
 Each view is a :class:`conductor.follow.Follower` (its own etcd watch). The job's view alone says
-when the job ends; the tally and claim views exist only to count (``on_progress``). Separate
+when the job ends; the counter and run marker views exist only to count (``on_progress``). Separate
 watches are separate streams, so when the job's view sees the commit that ended it (revision R),
 the other two may not have reached R yet: :meth:`JobWatch.behind` says so, and the waiter reads
-them once (:func:`wait_for_end`), so that the last progress call counts every tally.
+them once (:func:`wait_for_end`), so that the last progress call counts every finished task.
 
 Why no polling and no timer: every handler notifies the condition, a watch that fails notifies it
 with the error, and the waiter sleeps on it until then (or until its own deadline).
@@ -15,7 +16,7 @@ import time
 import threading
 from typing import Any, Callable
 
-from . import codec, states, views
+from . import codec, counts, states, views
 from .errors import ConductorError, NotFound, WaitTimeout
 from .follow import FollowHandler
 from .ops import KV, Event
@@ -25,14 +26,14 @@ Progress = Callable[[dict[str, Any], dict[str, int]], None]
 
 
 class JobWatch:
-    """The views ``wait`` follows, behind one condition: the job value (``job``), its tallies
-    (task -> final state) and its running claims; each with the revision it is known to be at."""
+    """The views ``wait`` follows, behind one condition: the job value (``job``), its counter keys
+    (key -> value) and its running tasks' run markers; each with the revision it is known to be at."""
 
     def __init__(self, count: int) -> None:
         self.cond = threading.Condition()
         self.job: dict[str, Any] | None = None
         self.job_revision = 0  # the mod revision of the job value seen
-        self.tallies: dict[str, str] = {}
+        self.counters: dict[str, bytes] = {}
         self.claims: set[str] = set()
         self._listed = [False] * count
         self.revisions = [0] * count  # each view is exact as of this revision
@@ -56,9 +57,7 @@ class JobWatch:
             self.revisions[slot] = revision
 
     def counts(self) -> dict[str, int]:
-        by_state = {s: 0 for s in (states.COMPLETED, states.ERRORED, states.SKIPPED)}
-        for s in self.tallies.values():
-            by_state[s] = by_state.get(s, 0) + 1
+        by_state = counts.of_job(counts.total(self.counters.values()))
         total = (self.job or {}).get("tasks", 0)
         done = sum(by_state.values())
         return {"total": total, "done": done, "running": len(self.claims),
@@ -107,19 +106,14 @@ class JobWatch:
         return self._handler(JOB, reset, apply)
 
     def tally_handler(self) -> FollowHandler:
-        def state_of(key: str) -> tuple[str, str]:
-            parts = key.rsplit("/", 2)
-            return parts[2], parts[1]
-
         def reset(kvs: list[KV]) -> None:
-            self.tallies = dict(state_of(kv.key) for kv in kvs)
+            self.counters = {kv.key: kv.value for kv in kvs}
 
         def apply(ev: Event) -> None:
-            task, state = state_of(ev.kv.key)
             if ev.kind == "put":
-                self.tallies[task] = state
-            elif self.tallies.get(task) == state:
-                del self.tallies[task]
+                self.counters[ev.kv.key] = ev.kv.value
+            else:
+                self.counters.pop(ev.kv.key, None)
 
         return self._handler(TALLY, reset, apply)
 
@@ -137,7 +131,7 @@ class JobWatch:
 def wait_for_end(watch: JobWatch, full: str, timeout: float | None, on_progress: Progress | None,
                  read: Callable[[int], tuple[list[KV], int]]) -> dict[str, Any]:
     """Sleep on ``watch.cond`` until the job has ended (and, with ``on_progress``, every view is at
-    the revision that ended it: ``read(slot)`` lists a view that is not, keys only). Returns the
+    the revision that ended it: ``read(slot)`` lists a view that is not). Returns the
     job. Raises WaitTimeout, NotFound (the job is gone), or the error a watch failed with."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with watch.cond:

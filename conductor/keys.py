@@ -29,7 +29,7 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "task": ("users/<user>/tasks/<task>", False, "task spec + state + history"),
     "result": ("users/<user>/results/<task>", False, "result bytes (capped)"),
     "log": ("users/<user>/logs/<task>", False, "log tail of the latest attempt (capped)"),
-    "tally": ("users/<user>/tally/<job>/<state>/<task>", False, "one per finished task, by state"),
+    "count": ("users/<user>/counts/<job>/<writer>", False, "finished tasks of a job by layer and state, one writer's part"),
     "secrets": ("users/<user>/secrets/<job>", False, "a job's secret inputs, sealed with the cluster's public key"),
     "template": ("templates/<user>/<name>", False, "a user's stored template: a job file with inputs and triggers"),
     "shared_template": ("public/templates/<name>", False, "a template an admin published for every user (read-only to users)"),
@@ -199,10 +199,9 @@ class Keys:
     def secrets(self, user: str, job: str) -> str:
         return self._k(f"users/{user}/secrets/{job}")
 
-    def tally(self, user: str, job: str, state: str = "", task: str = "") -> str:
-        if not state:
-            return self._k(f"users/{user}/tally/{job}/")
-        return self._k(f"users/{user}/tally/{job}/{state}/{task}")
+    def count(self, user: str, job: str, writer: str = "") -> str:
+        """``users/<user>/counts/<job>/<writer>``; without a writer, the job's prefix."""
+        return self._k(f"users/{user}/counts/{job}/{writer}")
 
     # ---- parsing keys back -----------------------------------------------------------------
     def strip(self, key: str) -> str:

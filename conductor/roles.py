@@ -29,7 +29,7 @@ ROOT = "root"
 USER_ACCESS: dict[str, str] = {
     "node": "", "leader": "", "meta": "", "cluster_token": "", "seal_private": "", "memo": "",
     "ready": "rw", "kill": "rw", "paused": "rw", "run": "r", "alive": "",
-    "job": "rw", "layer": "rw", "task": "rw", "result": "rw", "log": "rw", "tally": "rw", "secrets": "rw",
+    "job": "rw", "layer": "rw", "task": "rw", "result": "rw", "log": "rw", "count": "rw", "secrets": "rw",
     "template": "rw", "schedule": "rw", "fire": "rw", "active": "rw", "pending": "rw", "outbox": "rw",
     "join": "rw", "shared_template": "r", "seal_public": "r", "account": "r", "loop_stop": "rw", "loop_rate": "rw",
     "conc": "r", "rate": "r",  # cluster-wide, written by nodes only: users may see who holds a key

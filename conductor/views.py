@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
-from . import backoff, batch, codec, concurrency, deadlines, ids, model, owners, placement, ratelimit, states
+from . import backoff, batch, codec, concurrency, counts, deadlines, ids, model, owners, placement, ratelimit, states
 from .board import Board
 from .errors import InvalidSpec, NotFound, PermissionDenied
 from .keys import Keys
@@ -39,23 +39,27 @@ def with_etag(value: dict[str, Any], kv: KV) -> dict[str, Any]:
 
 def job_counts(store: Store, keys: Keys, jobs: list[dict[str, Any]]) -> list[dict[str, int]]:
     """Task counts by state for each job (or layer: a map with ``user``, ``job``, ``id``, ``tasks``),
-    from key counts, never by reading tasks (five counts each, as many per snapshot as fit)."""
-    ops: list[Get] = []
+    never by reading tasks: key counts of ready and run markers, and the few counter keys of its
+    job (conductor/counts.py), an entry's all in one snapshot, as many entries per snapshot as fit."""
+    items = []
     for job in jobs:
         user, jid, prefix = job["user"], job.get("job", job["id"]), job["id"] + "."
-        ops += [Get.count(keys.ready(user, prefix)), Get.count(keys.run(user, prefix))]
-        ops += [Get.count(keys.tally(user, jid, s, prefix)) for s in (states.COMPLETED, states.ERRORED, states.SKIPPED)]
-    results: list[int] = []
-    for group in batch.fit_ops(ops):  # each group one snapshot; groups in order
-        res = store.read([op for op in group if isinstance(op, Get)])
-        results += [r.count for r in res.responses]
+        items.append(batch.Item([Get.count(keys.ready(user, prefix)), Get.count(keys.run(user, prefix)),
+                                 Get.prefix(keys.count(user, jid))], tag=job))
     out = []
-    for i, job in enumerate(jobs):
-        queued, running, completed, errored, skipped = results[i * 5:i * 5 + 5]
-        total = job.get("tasks", 0)
-        out.append({"pending": max(0, total - queued - running - completed - errored - skipped),
-                    "queued": queued, "running": running, "completed": completed, "errored": errored,
-                    "skipped": skipped, "total": total})
+    for group in batch.fit(items):  # each group one snapshot
+        res = store.read([op for op in group.ops if isinstance(op, Get)])
+        for n, tag in enumerate(group.tags):
+            job = cast("dict[str, Any]", tag)
+            queued_r, running_r, counters_r = res.responses[3 * n:3 * n + 3]
+            ended = counts.total(kv.value for kv in counters_r.kvs)
+            final = counts.of_layer(ended, job["id"]) if "job" in job else counts.of_job(ended)
+            queued, running = queued_r.count, running_r.count
+            completed, errored, skipped = final[states.COMPLETED], final[states.ERRORED], final[states.SKIPPED]
+            total = job.get("tasks", 0)
+            out.append({"pending": max(0, total - queued - running - completed - errored - skipped),
+                        "queued": queued, "running": running, "completed": completed, "errored": errored,
+                        "skipped": skipped, "total": total})
     return out
 
 

@@ -84,7 +84,7 @@ def test_creation_deletion_nodes_and_fires() -> None:
     done = Event("put", kv("fires/ann/s/000000000060", {**firing, "state": "posted", "done": 2.0}, 8, 2),
                  kv("fires/ann/s/000000000060", firing, 7))
     assert [(r["from"], r["state"], r["at"]) for r in transitions(K, done)] == [("firing", "posted", 2.0)]
-    for other in ("q/claims/x", f"users/ann/logs/{JOB}.0.0", "index/x", "nodes/", f"users/ann/tally/{JOB}/C/x"):
+    for other in ("q/claims/x", f"users/ann/logs/{JOB}.0.0", "index/x", "nodes/", f"users/ann/counts/{JOB}/a1"):
         assert transitions(K, Event("put", kv(other, {"a": 1}, 9))) == []
     assert transitions(K, Event("put", KV(K.namespace + "nodes/n9", b"\xc1not msgpack", 1, 9, 1))) == []
 

@@ -8,7 +8,7 @@ from conductor.client import Client
 from conductor.jobwatch import CLAIMS, JOB, TALLY, JobWatch, wait_for_end
 from conductor.ops import KV, Event
 
-TALLY_PREFIX = "/ns/users/u/tally/j/"
+COUNT_PREFIX = "/ns/users/u/counts/j/"
 
 
 def kv(key: str, revision: int, value: bytes = b"") -> KV:
@@ -20,7 +20,8 @@ def job_kv(state: str, revision: int, tasks: int = 3) -> KV:
 
 
 def tallies(revision: int, *tasks: str) -> list[KV]:
-    return [kv(f"{TALLY_PREFIX}COMPLETED/{t}", revision) for t in tasks]
+    """Counter keys (conductor/counts.py) that count ``tasks`` COMPLETED: one writer per task."""
+    return [kv(f"{COUNT_PREFIX}w{t}", revision, codec.pack({"0": {"COMPLETED": 1}})) for t in tasks]
 
 
 def test_the_last_progress_call_counts_every_tally_when_the_tally_watch_lags():
@@ -43,7 +44,7 @@ def test_the_last_progress_call_counts_every_tally_when_the_tally_watch_lags():
     assert reads == [TALLY]
     assert calls[-1]["done"] == calls[-1]["total"] == 3
     # an event older than the read, delivered late by the tally watch, does not undo it
-    tally.events([Event("delete", kv(f"{TALLY_PREFIX}COMPLETED/j.0.2", 8))], 8)
+    tally.events([Event("delete", kv(f"{COUNT_PREFIX}wj.0.2", 8))], 8)
     assert watch.counts()["done"] == 3
 
 

@@ -161,7 +161,7 @@ def test_roles_grant_every_key_a_user_writes_and_nothing_else() -> None:
     alice = roles.user_grants(k, "alice")
     for key in (k.job("alice", "j"), k.task("alice", "j.0.0"), k.ready("alice", "j.0.0"), k.paused("alice", "j"),
                 k.kill("alice", "j.0.0"), k.active("alice", "j"), k.pending("alice", "j"), k.template("alice", "t"),
-                k.schedule("alice", "s"), k.outbox("alice", "j/x"), k.secrets("alice", "j"), k.tally("alice", "j", "C", "t")):
+                k.schedule("alice", "s"), k.outbox("alice", "j/x"), k.secrets("alice", "j"), k.count("alice", "j", "a1")):
         assert roles.allows(alice, key, write=True), key
     for key in (k.run("alice", "j.0.0"), k.account("alice"), k.seal_public(),
                 k.shared_template("t")):
@@ -238,5 +238,5 @@ def test_every_key_a_user_writes_is_granted_by_the_documented_roles(team: Cluste
     assert store.written and not refused, f"alice wrote keys the documented roles do not grant her: {refused}"
     kinds = [roles.kind_of(keys, key) for key in everything]
     assert all(kinds), [key for key, kind in zip(everything, kinds) if not kind]
-    assert {"job", "task", "tally", "account", "seal_public", "seal_private", "shared_template",
+    assert {"job", "task", "count", "account", "seal_public", "seal_private", "shared_template",
             "node", "result", "log"} <= set(kinds)

@@ -1,0 +1,122 @@
+"""How many tasks of a job ended in each final state, kept as a few counter keys per job.
+
+A job's counts live under ``users/<user>/counts/<job>/<writer>``: one key per writer, each holding
+``{layer number: {state: n}}`` for the final states (COMPLETED, ERRORED, SKIPPED). The writer is a
+node's lease (its finish loop, the only thread that writes that key, keeps the value and the
+revision it last wrote, and compares that revision) or a one-off action (a user's kill or retry, a
+recovery, a deadline: a fresh key of its own, written once). A retry writes -1. The counts of a
+job are the sum over its keys: a handful of small values, whatever the job's size.
+
+Why not one key per finished task: that was one more key write per task. Here a finish
+transaction of a batch writes one counter put per job it touches. What a task becomes is still
+written in its own key; these keys only count.
+
+Every write returns the ops and compares for the caller's one transaction (a count changes in the
+same transaction as the task it counts); nothing here writes on its own.
+"""
+from __future__ import annotations
+
+import secrets
+from typing import Callable, Iterable
+
+from . import codec, states
+from .keys import Keys
+from .model import Value
+from .ops import Compare, Op, Put, absent, mod_is
+
+FINAL = (states.COMPLETED, states.ERRORED, states.SKIPPED)
+Delta = dict[str, dict[str, int]]  # layer number -> state -> change
+
+
+def layer_number(layer_id: str) -> str:
+    """``<job>.<n>`` -> ``n`` (the key a counter value files a layer under)."""
+    return layer_id.rsplit(".", 1)[1]
+
+
+def change(task: Value, tally: str | None, untally: str | None) -> Delta:
+    """The change a decision makes to its job's counts: +1 in its new final state, -1 in the final
+    state it leaves (a retry, a kill of a skipped task...)."""
+    out: Delta = {}
+    n = layer_number(task["layer"])
+    for state, step in ((tally, 1), (untally, -1)):
+        if state in FINAL:
+            per = out.setdefault(n, {})
+            per[state] = per.get(state, 0) + step
+    return out
+
+
+def merge(into: Delta, more: Delta) -> Delta:
+    """Add ``more`` to ``into`` (in place; returns it), dropping zeros."""
+    for n, per in more.items():
+        mine = into.setdefault(n, {})
+        for state, step in per.items():
+            mine[state] = mine.get(state, 0) + step
+            if not mine[state]:
+                del mine[state]
+        if not mine:
+            del into[n]
+    return into
+
+
+def total(values: Iterable[bytes]) -> Delta:
+    """The counts of a job: the sum of its counter values (bad values are skipped: counts only)."""
+    out: Delta = {}
+    for raw in values:
+        try:
+            value = codec.unpack(raw)
+        except Exception:  # noqa: BLE001 - a value Conductor did not write counts for nothing
+            continue
+        if isinstance(value, dict):
+            merge(out, {str(n): {s: int(c) for s, c in per.items() if s in FINAL and isinstance(c, int)}
+                        for n, per in value.items() if isinstance(per, dict)})
+    return out
+
+
+def of_layer(counts: Delta, layer_id: str) -> dict[str, int]:
+    return {s: counts.get(layer_number(layer_id), {}).get(s, 0) for s in FINAL}
+
+
+def of_job(counts: Delta) -> dict[str, int]:
+    return {s: sum(per.get(s, 0) for per in counts.values()) for s in FINAL}
+
+
+def action_ops(keys: Keys, deltas: dict[tuple[str, str], Delta]) -> list[Op]:
+    """The counter writes of a one-off action: a fresh key per (user, job) it changed."""
+    return [Put(keys.count(user, job, "a" + secrets.token_hex(6)), codec.pack(delta))
+            for (user, job), delta in deltas.items() if delta]
+
+
+class Counters:
+    """A node's own counter keys (writer = its lease), as last written, for its finish loop.
+
+    Not thread-safe on purpose: one thread (the finish loop) owns it. A write is built from the
+    value and revision last committed; :meth:`committed` records the new ones once the
+    transaction succeeded, :meth:`forget` drops one whose compare failed (read again next time)."""
+
+    def __init__(self, keys: Keys, read: Callable[[str], tuple[bytes, int] | None], limit: int = 2000):
+        self.keys = keys
+        self._read = read
+        self._known: dict[str, tuple[Delta, int]] = {}
+        self._limit = limit
+
+    def ops(self, user: str, job: str, writer: str, delta: Delta) -> tuple[list[Compare], list[Op], Delta]:
+        """(compares, ops, new value) that add ``delta`` to this writer's key of ``job``."""
+        key = self.keys.count(user, job, writer)
+        value, revision = self._current(key)
+        new = merge({n: dict(per) for n, per in value.items()}, delta)
+        compare = [mod_is(key, revision) if revision else absent(key)]
+        return compare, [Put(key, codec.pack(new))], new
+
+    def committed(self, user: str, job: str, writer: str, value: Delta, revision: int) -> None:
+        if len(self._known) >= self._limit:  # jobs long ended: read again if they ever count more
+            self._known.pop(next(iter(self._known)))
+        self._known[self.keys.count(user, job, writer)] = (value, revision)
+
+    def forget(self, user: str, job: str, writer: str) -> None:
+        self._known.pop(self.keys.count(user, job, writer), None)
+
+    def _current(self, key: str) -> tuple[Delta, int]:
+        if key not in self._known:
+            found = self._read(key)
+            self._known[key] = (total([found[0]]), found[1]) if found else ({}, 0)
+        return self._known[key]
