@@ -25,6 +25,7 @@ Expected races return values (an empty list, ``False``, ``None``); failures rais
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, cast
 
@@ -97,7 +98,7 @@ class Finished:
 
 class Claims:
     def __init__(self, store: Store, keys: Keys, node: str,
-                 has_kill: Callable[[str, str], bool] | None = None):
+                 has_kill: Callable[[str, str], bool] | None = None, side: counts.Writer | None = None):
         self.store = store
         self.keys = keys
         self.node = node
@@ -105,6 +106,9 @@ class Claims:
         # and otherwise compares that there is none, so it writes no key for a request never made
         self.has_kill = has_kill or (lambda user, task: True)
         self.counters = counts.Counters(keys, self._read_value)
+        # the counter key of this node's other changes (recoveries): one per node life, not per change
+        own = "a" + secrets.token_hex(6)
+        self.side = side or counts.Writer(store, keys, lambda: own)
 
     def _read_value(self, key: str) -> tuple[bytes, int] | None:
         kv = self.store.get(key)
@@ -297,7 +301,7 @@ class Claims:
             compare.append(absent(k.kill(user, tid)))
         ops += concurrency.release_ops(k, claimed.task)  # flow control hook: free the run's slot
         task.pop("conc_slot", None)
-        ops += decision_ops(k, decision, count=False)  # counted per transaction (finish, _finish_one)
+        ops += decision_ops(k, decision)  # counted per transaction (finish, _finish_one)
         if o.result is not None:
             ops.append(Put(k.result(user, tid), codec.pack({"data": o.result, "attempt": task["attempts"],
                                                              "node": node, "at": task["ended"]})))
@@ -344,7 +348,7 @@ class Claims:
             ops: list[Op] = [Delete(marker_key)]
             if decision.changed:
                 ops += [Delete(k.kill(user, task_id))] + decision_ops(k, decision)
-            if self.store.txn(guard, ops).succeeded:
+            if (self.side.txn(guard, ops, decision) if decision.changed else self.store.txn(guard, ops)).succeeded:
                 if not decision.changed:
                     return None
                 log.info("task %s %s: %s", task_id, decision.state, decision.done)
@@ -369,10 +373,10 @@ class Claims:
         return kv is not None and kv.create_revision == claim_rev
 
 
-def decision_ops(k: Keys, decision: lifecycle.Decision, count: bool = True) -> list[Op]:
-    """The writes of a lifecycle decision: the task's new value, its ready marker as the decision
-    says, and (``count``) a counter key of its own for what it changes in its job's counts (for
-    the caller's one transaction)."""
+def decision_ops(k: Keys, decision: lifecycle.Decision) -> list[Op]:
+    """The writes of a lifecycle decision: the task's new value and its ready marker as the
+    decision says (for the caller's one transaction). What it changes in its job's counts is the
+    caller's to add (:class:`counts.Writer`, or a finish's counter puts)."""
     task = decision.task
     user, tid = task["user"], task["id"]
     data = codec.pack(task)
@@ -381,8 +385,6 @@ def decision_ops(k: Keys, decision: lifecycle.Decision, count: bool = True) -> l
         ops.append(Put(k.ready(user, tid), data))
     if decision.unready:
         ops.append(Delete(k.ready(user, tid)))
-    if count:
-        ops += counts.action_ops(k, {_job_of(task): counts.change(task, decision.tally, decision.untally)})
     return ops
 
 

@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import batch, codec, ids, lifecycle, model, spec, states
+from . import batch, codec, counts, ids, lifecycle, model, spec, states
 from .board import Board
 from .claims import decision_ops
 from .errors import NotFound, Refused, StaleEtag
@@ -53,8 +53,9 @@ class Control:
         self.store = board.store
         self.keys = board.keys
         self.by = by
-
-    # ---- helpers -----------------------------------------------------------------------------
+        # one counter key per action, however many tasks it changes (conductor/counts.py)
+        writer = "a" + secrets.token_hex(6)
+        self.counts = counts.Writer(self.store, self.keys, lambda: writer)
 
     def key_of(self, t: Target) -> str:
         return {"job": self.keys.job, "layer": self.keys.layer, "task": self.keys.task}[t.kind](t.user, t.id)
@@ -161,7 +162,7 @@ class Control:
         decision = decide(task, self.by, model.now())
         if not decision.changed:
             return Result(t.id, decision.done, kv.mod_revision)
-        res = self.store.txn([mod_is(kv.key, kv.mod_revision)], decision_ops(self.keys, decision))
+        res = self.counts.txn([mod_is(kv.key, kv.mod_revision)], decision_ops(self.keys, decision), decision)
         return Result(t.id, decision.done, res.revision) if res.succeeded else None
 
     def _request_stop(self, t: Target, kv: KV, action: str, grace: float) -> Result | None:
@@ -231,7 +232,7 @@ class Control:
         ops += [Put(layer_kv.key, codec.pack(layer)), Put(job_kv.key, codec.pack(job))]
         compare = [mod_is(kv.key, kv.mod_revision), mod_is(layer_kv.key, layer_kv.mod_revision),
                    mod_is(job_kv.key, job_kv.mod_revision)]
-        res = self.store.txn(compare, ops)
+        res = self.counts.txn(compare, ops, decision)
         return Result(t.id, "retried", res.revision) if res.succeeded else None
 
     # ---- adding tasks ------------------------------------------------------------------------

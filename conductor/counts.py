@@ -17,12 +17,17 @@ same transaction as the task it counts); nothing here writes on its own.
 from __future__ import annotations
 
 import secrets
-from typing import Callable, Iterable
+import threading
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import codec, states
 from .keys import Keys
 from .model import Value
-from .ops import Compare, Op, Put, absent, mod_is
+from .ops import Compare, Op, Put, TxnResult, absent, mod_is
+
+if TYPE_CHECKING:
+    from .lifecycle import Decision
+    from .store import Store
 
 FINAL = (states.COMPLETED, states.ERRORED, states.SKIPPED)
 Delta = dict[str, dict[str, int]]  # layer number -> state -> change
@@ -120,3 +125,37 @@ class Counters:
             found = self._read(key)
             self._known[key] = (total([found[0]]), found[1]) if found else ({}, 0)
         return self._known[key]
+
+
+class Writer:
+    """One counter key per job for a run of one-off changes (a user's action over many tasks, a
+    node's recoveries, deadlines and gate decisions), so that they add up in one key instead of one
+    key each. Thread-safe: the transaction runs under a lock (these writes are rare)."""
+
+    def __init__(self, store: "Store", keys: Keys, name: Callable[[], str]):
+        self.store = store
+        self.name = name
+        self.counters = Counters(keys, self._read)
+        self._lock = threading.Lock()
+
+    def _read(self, key: str) -> tuple[bytes, int] | None:
+        kv = self.store.get(key)
+        return (kv.value, kv.mod_revision) if kv else None
+
+    def txn(self, compare: list[Compare], ops: list[Op], decision: "Decision") -> TxnResult:
+        """One transaction: ``ops`` (a decision's writes, without counts) and what the decision
+        changes in its job's counts, added to this writer's key of the job."""
+        task = decision.task
+        user, job = task["user"], task["job"]
+        delta = change(task, decision.tally, decision.untally)
+        if not delta:
+            return self.store.txn(compare, ops)
+        with self._lock:
+            name = self.name()
+            count_compare, count_ops, value = self.counters.ops(user, job, name, delta)
+            res = self.store.txn(compare + count_compare, ops + count_ops)
+            if res.succeeded:
+                self.counters.committed(user, job, name, value, res.revision)
+            else:
+                self.counters.forget(user, job, name)
+            return res

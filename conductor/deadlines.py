@@ -151,7 +151,7 @@ class Deadlines:
         k = node.keys
         compare = [mod_is(k.ready(task["user"], task_id), entry.mod_revision),
                    mod_is(k.task(task["user"], task_id), task.get("task_rev") or entry.mod_revision)]
-        if not node.store.txn(compare, decision_ops(k, decision)).succeeded:
+        if not node.claims.side.txn(compare, decision_ops(k, decision), decision).succeeded:
             return False
         log.warning("task %s %s ERRORED: %s", task_id, task["name"], reason)
         node.finisher.settle(task["job"], task["user"])

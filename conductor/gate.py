@@ -301,7 +301,7 @@ class Gate:
               f"{conc['limit']} held by {who})")
         decision = lifecycle.decide_skip(current, by, model.now())
         guard = [mod_is(kv.key, kv.mod_revision)] + [present(k.conc(conc["key"], n)) for n in range(conc["limit"])]
-        if node.store.txn(guard, decision_ops(k, decision)).succeeded:
+        if node.claims.side.txn(guard, decision_ops(k, decision), decision).succeeded:
             log.info("task %s SKIPPED: concurrency key %s full (cancel-newest)", task["id"], conc["key"])
             node.board.settle(task["job"], task["user"], node=node.name)
         else:

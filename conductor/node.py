@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from . import __version__, metrics
+from . import __version__, counts, metrics
 from .board import Board
 from .cache import Cache
 from .claimer import Claimer
@@ -44,7 +44,7 @@ from .exitcodes import Exit
 from .finisher import Finisher
 from .gate import Gate
 from .keeper import Keeper
-from .keys import Keys
+from .keys import Keys, lease_hex
 from .runtable import RunTable
 from .scheduler import Scheduler
 from .session import NameTaken, Session
@@ -109,7 +109,8 @@ class Conductor:
         self.clock_watch.start()  # judged before the node key is written and before any chore
         self._open_session()
         self.claims = Claims(self.store, self.keys, self.name,
-                             has_kill=lambda user, task: self.cache.kill_of(user, task) is not None)
+                             has_kill=lambda user, task: self.cache.kill_of(user, task) is not None,
+                             side=counts.Writer(self.store, self.keys, lambda: lease_hex(self.session.lease) + "x"))
         self.deadlines.start()  # before the stream: its first listing sets the timers
         self._follower = self.store.follow(self.keys.stream(), self.cache, name="stream")
         self.gate.on_failure = lambda exc: self._crashed("gate", exc)
