@@ -75,6 +75,7 @@ def test_absolute_targets_and_summed_fields() -> None:
     summary = report.summarise(results([760]), SYSTEMS, 1000, 5000, 200)
     writes = row(summary, "key_writes")
     assert writes["figures"][0]["cells"]["conductor"]["median"] == 2.5   # puts + deletes
+    assert writes["figures"][0]["parts"]["conductor"] == {"puts": 2.0, "deletes": 0.5}
     assert writes["met"] is True and writes["figures"][0]["ratios"] == {}
     assert row(summary, "cpu")["met"] is True
 
@@ -106,6 +107,8 @@ def test_markdown_has_the_issue_shape() -> None:
     assert w1_line.endswith("| >= 3x Celery, >= 50% of the ceiling | yes |")
     start_line = next(line for line in lines if line.startswith("| post -> start"))
     assert "| 2.0 / 12.0 ms |" in start_line and start_line.endswith("| no |")
+    writes_line = next(line for line in lines if line.startswith("| etcd key writes"))
+    assert "| 2.5 (2.5-2.5) = 2.0 puts + 0.5 deletes |" in writes_line
     big_line = next(line for line in lines if line.startswith("| 5,000 `true` tasks"))
     assert big_line.endswith("| n/a |")
 

@@ -270,29 +270,13 @@ class Cluster:
         return out
 
     def cpu(self):
-        """CPU seconds so far: etcd; each conductor's own threads, its reaped children (the tasks)
-        and its fence watchdog; this client process."""
-        import psutil
+        """CPU seconds so far: etcd; each conductor's own threads, its helper processes (every
+        descendant running conductor code: the supervisor that spawns and reaps the tasks, the web
+        server) and the tasks they reaped; this client process."""
         me = os.times()
         out = {"client": me.user + me.system}
         for name, pid in self.pids().items():
-            try:
-                p = psutil.Process(pid)
-                t = p.cpu_times()
-                out[name] = t.user + t.system
-                if name != "etcd":
-                    out[f"{name}.tasks"] = t.children_user + t.children_system
-                    fence = 0.0
-                    for k in p.children():
-                        try:
-                            if "conductor.fence" in " ".join(k.cmdline()):
-                                ft = k.cpu_times()
-                                fence += ft.user + ft.system
-                        except psutil.Error:
-                            pass
-                    out[f"{name}.fence"] = fence
-            except psutil.Error:
-                pass
+            out.update(_node_cpu(name, pid))
         return out
 
     def rss(self):
@@ -335,6 +319,28 @@ def stop_profilers(spies):
             s.wait(timeout=5)
 
 
+def _node_cpu(name, pid):
+    import psutil
+    try:
+        p = psutil.Process(pid)
+        t = p.cpu_times()
+        kids = p.children(recursive=True)
+    except psutil.Error:
+        return {}
+    if name == "etcd":
+        return {name: t.user + t.system}
+    helpers, tasks = 0.0, t.children_user + t.children_system
+    for k in kids:
+        try:
+            if "conductor" in " ".join(k.cmdline()):
+                kt = k.cpu_times()
+                helpers += kt.user + kt.system
+                tasks += kt.children_user + kt.children_system
+        except psutil.Error:
+            pass
+    return {name: t.user + t.system, f"{name}.helpers": helpers, f"{name}.tasks": tasks}
+
+
 def cpu_delta(a, b):
     return {k: round(b[k] - a.get(k, 0.0), 3) for k in b}
 
@@ -348,16 +354,16 @@ def cost_summary(cpu, etcd0, etcd1, n, names):
     """CPU and etcd work per task for a timed part that ran n tasks (names: the conductors)."""
     conductors = sum(cpu.get(k, 0.0) for k in names)
     tasks = sum(v for k, v in cpu.items() if k.endswith(".tasks"))
-    fence = sum(v for k, v in cpu.items() if k.endswith(".fence"))
+    helpers = sum(v for k, v in cpu.items() if k.endswith(".helpers"))
     return {
         "cpu_s": cpu,
         "cpu_ms_per_task": {"conductors": round(1e3 * conductors / n, 3),
                             "etcd": round(1e3 * cpu.get("etcd", 0.0) / n, 3),
                             "task_processes": round(1e3 * tasks / n, 3),
-                            "fence": round(1e3 * fence / n, 3),
+                            "helpers": round(1e3 * helpers / n, 3),
                             "client": round(1e3 * cpu.get("client", 0.0) / n, 3),
                             # the issue-13 row: everything but the tasks' own processes
-                            "total": round(1e3 * (conductors + fence + cpu.get("etcd", 0.0)
+                            "total": round(1e3 * (conductors + helpers + cpu.get("etcd", 0.0)
                                                   + cpu.get("client", 0.0)) / n, 3)},
         "etcd_per_task": per_task(etcd0, etcd1, n),
         "etcd_db_size_mib": round(etcd1.get("db_size_bytes", 0) / 2**20, 2),

@@ -114,6 +114,12 @@ def run_values(recs: list[dict[str, Any]], fields: tuple[str, ...]) -> list[floa
     return out
 
 
+def parts(recs: list[dict[str, Any]], fields: tuple[str, ...]) -> dict[str, float] | None:
+    """The median of each field of a sum by itself, named by its last part ("puts")."""
+    out = {f.rsplit(".", 1)[-1]: statistics.median(v) for f in fields for v in [run_values(recs, (f,))] if v}
+    return out or None
+
+
 def cell(values: list[float]) -> dict[str, Any] | None:
     if not values:
         return None
@@ -158,7 +164,10 @@ def summarise_row(row: Row, results: Records, systems: list[str]) -> dict[str, A
         subject = medians.get(SUBJECT)
         if target is not None:
             verdicts += [condition_holds(cond, subject, medians) for cond in target.conditions]
-        figures.append({"name": metric.name, "cells": cells, "ratios": ratios(target, subject, medians)})
+        figure = {"name": metric.name, "cells": cells, "ratios": ratios(target, subject, medians)}
+        if len(metric.fields) > 1:   # a sum: its parts too (key writes = puts + deletes)
+            figure["parts"] = {s: parts(results.get(f"{s}/{metric.workload}", []), metric.fields) for s in systems}
+        figures.append(figure)
     return {"id": row.id, "label": row.label, "unit": row.unit.strip(), "figures": figures,
             "target": target.text if target else None, "met": all_met(verdicts) if target else None}
 
@@ -180,6 +189,14 @@ def fmt_cell(c: dict[str, Any] | None, digits: int) -> str:
     if c["runs"] > 1:
         text += f" ({fmt(c['min'], digits)}-{fmt(c['max'], digits)})"
     return text
+
+
+def _parts_text(figure: dict[str, Any], system: str, digits: int) -> str:
+    """" = 7.0 puts + 4.0 deletes" after a sum's median."""
+    named = (figure.get("parts") or {}).get(system)
+    if not named or figure["cells"].get(system) is None:
+        return ""
+    return " = " + " + ".join(f"{fmt(v, digits)} {name}" for name, v in named.items())
 
 
 def _join(parts: list[str], unit: str) -> str:
@@ -208,7 +225,8 @@ def markdown(summary: list[dict[str, Any]], systems: list[str], digits: dict[str
     for row in summary:
         nd = digits.get(row["id"], 1)
         unit = f" {row['unit']}" if row["unit"] else ""
-        cells = [_join([fmt_cell(f["cells"].get(s), nd) for f in row["figures"]], unit) for s in systems]
+        cells = [_join([fmt_cell(f["cells"].get(s), nd) + _parts_text(f, s, nd) for f in row["figures"]], unit)
+                 for s in systems]
         lines.append("| " + " | ".join([row["label"], *cells, _ratio_text(row["figures"]),
                                         row["target"] or "", _met_text(row["met"])]) + " |")
     return "\n".join(lines)
