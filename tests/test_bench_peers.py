@@ -29,7 +29,9 @@ report = load_report()
 
 
 def w1(tasks_per_s: float, **extra: Any) -> dict[str, Any]:
-    return {"tasks_per_s": tasks_per_s, "ok": True, **extra}
+    # the 1-minute load before the run: 4.0 to 9.0 over the W1 runs below
+    load = 4.0 + (tasks_per_s % 20) / 2
+    return {"tasks_per_s": tasks_per_s, "ok": True, "loadavg_before": [load, 1.0, 1.0], **extra}
 
 
 def results(conductor_w1: list[float]) -> dict[str, list[dict[str, Any]]]:
@@ -98,19 +100,21 @@ def test_a_run_reporting_ok_false_does_not_count() -> None:
 
 def test_markdown_has_the_issue_shape() -> None:
     summary = report.summarise(results([700, 800, 760]), SYSTEMS, 1000, 5000, 200)
-    table = report.markdown(summary, SYSTEMS, report.digits_of(1000, 5000, 200))
+    table = report.markdown(summary, SYSTEMS, report.digits_of(1000, 5000, 200), runs=3)
     lines = table.splitlines()
-    assert lines[0] == "|  | Celery | ceiling | Conductor default | Conductor ratio | target | met |"
+    assert lines[0] == "|  | Celery | ceiling | Conductor default | Conductor ratio | target | met | load before |"
     w1_line = next(line for line in lines if line.startswith("| 1,000 `true` tasks"))
     assert "| 760 (700-800) |" in w1_line
     assert "3.30x Celery, 0.51x ceiling" in w1_line
-    assert w1_line.endswith("| >= 3x Celery, >= 50% of the ceiling | yes |")
+    assert w1_line.endswith("| >= 3x Celery, >= 50% of the ceiling | yes | 4.0-9.0 |")
     start_line = next(line for line in lines if line.startswith("| post -> start"))
-    assert "| 2.0 / 12.0 ms |" in start_line and start_line.endswith("| no |")
+    assert "| 2.0 [1 run] / 12.0 [1 run] ms |" in start_line and start_line.endswith("| no | n/a |")
+    w2_line = next(line for line in lines if line.startswith("| 1 -> 1,000 -> 1"))
+    assert "| 2.40 s [1 run] |" in w2_line   # one of its runs failed
     writes_line = next(line for line in lines if line.startswith("| etcd key writes"))
     assert "| 2.5 (2.5-2.5) = 2.0 puts + 0.5 deletes |" in writes_line
     big_line = next(line for line in lines if line.startswith("| 5,000 `true` tasks"))
-    assert big_line.endswith("| n/a |")
+    assert big_line.endswith("| n/a | n/a |")
 
 
 def test_every_row_has_a_target() -> None:

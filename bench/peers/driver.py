@@ -11,9 +11,11 @@ Knobs (environment): RUNS=3 N=1000 N_BIG=5000 CONC=2 W4_N=200 W3=0
 Prints ONE JSON object on stdout (medians, min-max, ratios, targets, load before and after) and the
 markdown table on stderr; with --table, the table on stdout instead of the JSON. Raw JSON lines
 go to $PEERBENCH_SCRATCH/results/raw-<stamp>.jsonl, the summary and the table next to them.
+--from RAW.jsonl runs nothing and summarises an earlier run (give it that run's knobs).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -171,36 +173,69 @@ def check_systems() -> None:
         sys.exit("RUNS, N, N_BIG, W4_N and CONC must be positive integers")
 
 
-def main() -> None:
-    check_systems()
-    os.makedirs(RES_DIR, exist_ok=True)
-    before, t0 = uptime(), time.monotonic()
-    log(f"peer benchmark: systems {' '.join(SYSTEMS)}, RUNS={RUNS} N={N} N_BIG={N_BIG} W4_N={W4_N} "
-        f"CONC={CONC} W3={int(DO_W3)}; {before}")
-    results = run_all()
-    after = uptime()
+def load_raw(path: str) -> dict[str, list[dict[str, Any]]]:
+    """The records of an earlier run's raw JSON lines, grouped by cell, in run order."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                results.setdefault(rec["key"], []).append(rec)
+    return results
+
+
+def build(results: dict[str, list[dict[str, Any]]], before: str, after: str, seconds: float | None,
+          raw: str) -> tuple[dict[str, Any], str]:
+    """The JSON summary and the markdown table (with the load before and after) of one run."""
     columns = [s for s in KNOWN if s in SYSTEMS]
     rows = report.summarise(results, columns, N, N_BIG, W4_N)
-    table = report.markdown(rows, columns, report.digits_of(N, N_BIG, W4_N))
+    table = report.markdown(rows, columns, report.digits_of(N, N_BIG, W4_N), RUNS)
     failed = [r["key"] for recs in results.values() for r in recs if r.get("error") or r.get("ok") is False]
     summary = {"bench": "peers", "stamp": STAMP,
                "knobs": {"RUNS": RUNS, "N": N, "N_BIG": N_BIG, "W4_N": W4_N, "CONC": CONC, "W3": int(DO_W3),
                          "SYSTEMS": columns},
-               "uptime_before": before, "uptime_after": after, "seconds": round(time.monotonic() - t0),
+               "uptime_before": before, "uptime_after": after, "seconds": seconds,
                "versions": versions(), "rows": rows, "w3_recovery_s": w3_summary(results),
-               "failed_runs": failed, "raw": RAW}
+               "failed_runs": failed, "raw": raw}
+    return summary, f"{table}\n\nload before: {before}\nload after:  {after}\n"
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Conductor side by side with Celery + Redis and the ceiling "
+                                             "(knobs in the environment, see the module's docstring)")
+    ap.add_argument("--table", action="store_true", help="print the markdown table on stdout instead of the JSON")
+    ap.add_argument("--from", dest="raw", metavar="RAW.jsonl",
+                    help="run nothing: summarise an earlier run's raw JSON lines (with that run's knobs)")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    check_systems()
+    os.makedirs(RES_DIR, exist_ok=True)
+    if args.raw:
+        results = load_raw(args.raw)
+        first = next(iter(results.values()), [{}])[0]
+        summary, text = build(results, first.get("uptime_before", "n/a"), "n/a (summarised from the raw file)",
+                              None, args.raw)
+    else:
+        before, t0 = uptime(), time.monotonic()
+        log(f"peer benchmark: systems {' '.join(SYSTEMS)}, RUNS={RUNS} N={N} N_BIG={N_BIG} W4_N={W4_N} "
+            f"CONC={CONC} W3={int(DO_W3)}; {before}")
+        results = run_all()
+        summary, text = build(results, before, uptime(), round(time.monotonic() - t0), RAW)
     with open(os.path.join(RES_DIR, f"summary-{STAMP}.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    text = f"{table}\n\nload before: {before}\nload after:  {after}\n"
     with open(os.path.join(RES_DIR, f"table-{STAMP}.md"), "w") as f:
         f.write(text)
-    if "--table" in sys.argv[1:]:
+    if args.table:
         print(text, flush=True)
     else:
         log(text)
         print(json.dumps(summary), flush=True)
-    if failed:
-        log(f"{len(failed)} run(s) failed or reported ok=false: {', '.join(failed)}; see {RAW}")
+    if summary["failed_runs"]:
+        log(f"{len(summary['failed_runs'])} run(s) failed or reported ok=false: {', '.join(summary['failed_runs'])}; "
+            f"see {summary['raw']}")
         sys.exit(1)
 
 

@@ -168,8 +168,11 @@ def summarise_row(row: Row, results: Records, systems: list[str]) -> dict[str, A
         if len(metric.fields) > 1:   # a sum: its parts too (key writes = puts + deletes)
             figure["parts"] = {s: parts(results.get(f"{s}/{metric.workload}", []), metric.fields) for s in systems}
         figures.append(figure)
+    loads = [r["loadavg_before"][0] for m in row.metrics for s in systems
+             for r in results.get(f"{s}/{m.workload}", []) if r.get("loadavg_before")]
     return {"id": row.id, "label": row.label, "unit": row.unit.strip(), "figures": figures,
-            "target": target.text if target else None, "met": all_met(verdicts) if target else None}
+            "target": target.text if target else None, "met": all_met(verdicts) if target else None,
+            "load1_before": [min(loads), max(loads)] if loads else None}
 
 
 def summarise(results: Records, systems: list[str], n: int, n_big: int, w4_n: int) -> list[dict[str, Any]]:
@@ -182,12 +185,15 @@ def fmt(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def fmt_cell(c: dict[str, Any] | None, digits: int) -> str:
+def fmt_cell(c: dict[str, Any] | None, digits: int, runs: int = 1) -> str:
+    """"median (min-max)", and "[k runs]" when fewer than `runs` runs gave a figure."""
     if c is None:
         return "n/a"
     text = fmt(c["median"], digits)
     if c["runs"] > 1:
         text += f" ({fmt(c['min'], digits)}-{fmt(c['max'], digits)})"
+    if c["runs"] < runs:
+        text += f" [{c['runs']} run{'s' if c['runs'] > 1 else ''}]"
     return text
 
 
@@ -218,17 +224,22 @@ def _met_text(met: bool | None) -> str:
     return {True: "yes", False: "no", None: "n/a"}[met]
 
 
-def markdown(summary: list[dict[str, Any]], systems: list[str], digits: dict[str, int]) -> str:
-    """The issue's table: one column per system, then Conductor's ratios, the target and met."""
-    head = ["", *(COLUMNS.get(s, s) for s in systems), "Conductor ratio", "target", "met"]
+def _load_text(load: list[float] | None) -> str:
+    return "n/a" if not load else f"{load[0]:.1f}-{load[1]:.1f}"
+
+
+def markdown(summary: list[dict[str, Any]], systems: list[str], digits: dict[str, int], runs: int = 1) -> str:
+    """The issue's table: one column per system, then Conductor's ratios, the target, met, and the
+    range of the 1-minute load average before the row's runs."""
+    head = ["", *(COLUMNS.get(s, s) for s in systems), "Conductor ratio", "target", "met", "load before"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary:
         nd = digits.get(row["id"], 1)
         unit = f" {row['unit']}" if row["unit"] else ""
-        cells = [_join([fmt_cell(f["cells"].get(s), nd) + _parts_text(f, s, nd) for f in row["figures"]], unit)
+        cells = [_join([fmt_cell(f["cells"].get(s), nd, runs) + _parts_text(f, s, nd) for f in row["figures"]], unit)
                  for s in systems]
-        lines.append("| " + " | ".join([row["label"], *cells, _ratio_text(row["figures"]),
-                                        row["target"] or "", _met_text(row["met"])]) + " |")
+        lines.append("| " + " | ".join([row["label"], *cells, _ratio_text(row["figures"]), row["target"] or "",
+                                        _met_text(row["met"]), _load_text(row.get("load1_before"))]) + " |")
     return "\n".join(lines)
 
 
