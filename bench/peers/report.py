@@ -185,16 +185,22 @@ def fmt(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def fmt_cell(c: dict[str, Any] | None, digits: int, runs: int = 1) -> str:
-    """"median (min-max)", and "[k runs]" when fewer than `runs` runs gave a figure."""
+def fmt_cell(c: dict[str, Any] | None, digits: int) -> str:
+    """"median (min-max)"."""
     if c is None:
         return "n/a"
     text = fmt(c["median"], digits)
     if c["runs"] > 1:
         text += f" ({fmt(c['min'], digits)}-{fmt(c['max'], digits)})"
-    if c["runs"] < runs:
-        text += f" [{c['runs']} run{'s' if c['runs'] > 1 else ''}]"
     return text
+
+
+def _runs_text(figures: list[dict[str, Any]], system: str, runs: int) -> str:
+    """" [k runs]" when fewer than `runs` runs gave the system's figures (failed or not repeated)."""
+    got = [f["cells"][system]["runs"] for f in figures if f["cells"].get(system)]
+    if not got or min(got) >= runs:
+        return ""
+    return f" [{min(got)} run{'s' if min(got) > 1 else ''}]"
 
 
 def _parts_text(figure: dict[str, Any], system: str, digits: int) -> str:
@@ -236,8 +242,8 @@ def markdown(summary: list[dict[str, Any]], systems: list[str], digits: dict[str
     for row in summary:
         nd = digits.get(row["id"], 1)
         unit = f" {row['unit']}" if row["unit"] else ""
-        cells = [_join([fmt_cell(f["cells"].get(s), nd, runs) + _parts_text(f, s, nd) for f in row["figures"]], unit)
-                 for s in systems]
+        cells = [_join([fmt_cell(f["cells"].get(s), nd) + _parts_text(f, s, nd) for f in row["figures"]], unit)
+                 + _runs_text(row["figures"], s, runs) for s in systems]
         lines.append("| " + " | ".join([row["label"], *cells, _ratio_text(row["figures"]), row["target"] or "",
                                         _met_text(row["met"]), _load_text(row.get("load1_before"))]) + " |")
     return "\n".join(lines)
