@@ -185,7 +185,7 @@ def load_raw(path: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def build(results: dict[str, list[dict[str, Any]]], before: str, after: str, seconds: float | None,
-          raw: str) -> tuple[dict[str, Any], str]:
+          raw: str, ver: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The JSON summary and the markdown table (with the load before and after) of one run."""
     columns = [s for s in KNOWN if s in SYSTEMS]
     rows = report.summarise(results, columns, N, N_BIG, W4_N)
@@ -195,7 +195,7 @@ def build(results: dict[str, list[dict[str, Any]]], before: str, after: str, sec
                "knobs": {"RUNS": RUNS, "N": N, "N_BIG": N_BIG, "W4_N": W4_N, "CONC": CONC, "W3": int(DO_W3),
                          "SYSTEMS": columns},
                "uptime_before": before, "uptime_after": after, "seconds": seconds,
-               "versions": versions(), "rows": rows, "w3_recovery_s": w3_summary(results),
+               "versions": ver, "rows": rows, "w3_recovery_s": w3_summary(results),
                "failed_runs": failed, "raw": raw}
     return summary, f"{table}\n\nload before: {before}\nload after:  {after}\n"
 
@@ -216,14 +216,16 @@ def main() -> None:
     if args.raw:
         results = load_raw(args.raw)
         first = next(iter(results.values()), [{}])[0]
+        # the versions (and commit) are today's, not necessarily the run's
         summary, text = build(results, first.get("uptime_before", "n/a"), "n/a (summarised from the raw file)",
-                              None, args.raw)
+                              None, args.raw, {**versions(), "summarised_later": True})
     else:
+        ver = versions()   # before the run: the commit measured, even if the tree moves on meanwhile
         before, t0 = uptime(), time.monotonic()
         log(f"peer benchmark: systems {' '.join(SYSTEMS)}, RUNS={RUNS} N={N} N_BIG={N_BIG} W4_N={W4_N} "
             f"CONC={CONC} W3={int(DO_W3)}; {before}")
         results = run_all()
-        summary, text = build(results, before, uptime(), round(time.monotonic() - t0), RAW)
+        summary, text = build(results, before, uptime(), round(time.monotonic() - t0), RAW, ver)
     with open(os.path.join(RES_DIR, f"summary-{STAMP}.json"), "w") as f:
         json.dump(summary, f, indent=1)
     with open(os.path.join(RES_DIR, f"table-{STAMP}.md"), "w") as f:
