@@ -69,41 +69,52 @@ class Finisher:
             self.commit(items)
 
     def commit(self, items: list[tuple[Run, Outcome]]) -> None:
+        """Commit outcomes (fenced by their claims), say so, settle the layers they drained, then
+        tidy up: the settle comes before the scratch files' removal, it is what ``wait`` waits for."""
         node = self.node
         items = [(run, lifecycle.with_kill_request(outcome, node.cache.kill_of(run.claimed.task["user"], run.id)))
                  for run, outcome in items]
         items = [(run, self._prepare_spawn(run, outcome) if outcome.ok else outcome) for run, outcome in items]
+        committed, lost = self._store(items)
+        for f in committed:
+            task = f.task
+            extra = f" (exit {task['exit_code']})" if task.get("exit_code") not in (None, 0) else ""
+            log.info("task %s %s %s: %s%s", task["id"], task["name"], f.state,
+                     task["records"][-1]["reason"], extra if f.state != states.QUEUED else "")
+        for c in lost:
+            log.warning("task %s: outcome dropped, this node no longer holds it", c.id)
+        self._settle_drained(committed)
+        metrics.tasks_finished(node.name, (f.state for f in committed))
+        for run, _ in items:
+            run.cleanup()
+            node.table.remove(run)
+
+    def _store(self, items: list[tuple[Run, Outcome]]) -> tuple[list, list]:
+        """claims.finish, retried with backoff while etcd is away or full; (committed, lost)."""
         backoff = 0.1
         while True:
             try:
-                committed, lost = node.claims.finish([(run.claimed, outcome) for run, outcome in items], self._writer())
-                break
+                return self.node.claims.finish([(run.claimed, outcome) for run, outcome in items], self._writer())
             except RequestRefused as exc:  # the same request can never pass: store less, once
-                committed, lost = self._commit_bare(items, exc)
-                break
+                return self._commit_bare(items, exc)
             except StoreError as exc:  # etcd away or full: keep the outcomes; the claims fence them anyway
                 # a full etcd was said once (conductor.store.SpaceWatch), not at every retry
                 (log.debug if isinstance(exc, NoSpace) else log.warning)("cannot commit %d outcome(s) yet: %s",
                                                                           len(items), exc)
             time.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
-        for f in committed:
-            task = f.task
-            extra = f" (exit {task['exit_code']})" if task.get("exit_code") not in (None, 0) else ""
-            log.info("task %s %s %s: %s%s", task["id"], task["name"], f.state,
-                     task["records"][-1]["reason"], extra if f.state != states.QUEUED else "")
-        metrics.tasks_finished(node.name, (f.state for f in committed))
-        for c in lost:
-            log.warning("task %s: outcome dropped, this node no longer holds it", c.id)
-        for run, _ in items:
-            run.cleanup()
-            node.table.remove(run)
+
+    def _settle_drained(self, committed: list) -> None:
+        """Settle each job whose layer a final outcome may have drained: once the cache has reached
+        the finish's revision (so it knows every claim and ready task of the layer as of then), a
+        layer with none left is settled now; if the cache cannot tell, settle anyway (idempotent)."""
         layers = {(f.task["job"], f.task["layer"], f.task["user"]) for f in committed if f.state in states.FINAL}
-        if layers:
-            synced = node.cache.wait_revision(max(f.revision for f in committed), timeout=2.0)
-            for job, layer, user in layers:
-                if not synced or not node.cache.layer_busy(layer):
-                    self.settle(job, user)
+        if not layers:
+            return
+        synced = self.node.cache.wait_revision(max(f.revision for f in committed), timeout=2.0)
+        for job, layer, user in layers:
+            if not synced or not self.node.cache.layer_busy(layer):
+                self.settle(job, user)
 
     def _writer(self) -> str:
         """The counter keys this loop writes (conductor/counts.py): its node's lease, since this

@@ -25,6 +25,10 @@ JOB, TALLY, CLAIMS = 0, 1, 2
 Progress = Callable[[dict[str, Any], dict[str, int]], None]
 
 
+class NeverSeen(NotFound):
+    """The job's first listing had no such job (it was not there to be waited for at all)."""
+
+
 class JobWatch:
     """The views ``wait`` follows, behind one condition: the job value (``job``), its counter keys
     (key -> value) and its running tasks' run markers; each with the revision it is known to be at."""
@@ -34,6 +38,7 @@ class JobWatch:
         self.job: dict[str, Any] | None = None
         self.job_revision = 0  # the mod revision of the job value seen
         self.counters: dict[str, bytes] = {}
+        self.seen = False  # the job value was there at some point
         self.claims: set[str] = set()
         self._listed = [False] * count
         self.revisions = [0] * count  # each view is exact as of this revision
@@ -95,6 +100,7 @@ class JobWatch:
         def reset(kvs: list[KV]) -> None:
             self.job = views.with_etag(codec.unpack(kvs[0].value), kvs[0]) if kvs else None
             self.job_revision = kvs[0].mod_revision if kvs else 0
+            self.seen = self.seen or self.job is not None
 
         def apply(ev: Event) -> None:
             if ev.kind == "put":
@@ -129,18 +135,21 @@ class JobWatch:
 
 
 def wait_for_end(watch: JobWatch, full: str, timeout: float | None, on_progress: Progress | None,
-                 read: Callable[[int], tuple[list[KV], int]]) -> dict[str, Any]:
+                 read: Callable[[int], tuple[list[KV], int]], deadline: float | None = None) -> dict[str, Any]:
     """Sleep on ``watch.cond`` until the job has ended (and, with ``on_progress``, every view is at
     the revision that ended it: ``read(slot)`` lists a view that is not). Returns the
-    job. Raises WaitTimeout, NotFound (the job is gone), or the error a watch failed with."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    job. ``deadline`` (monotonic) replaces now + ``timeout`` when a wait began earlier. Raises
+    WaitTimeout, NeverSeen (a NotFound: the first listing had no such job), NotFound (the job was
+    removed), or the error a watch failed with."""
+    if deadline is None and timeout is not None:
+        deadline = time.monotonic() + timeout
     with watch.cond:
         while True:
             if watch.error is not None:
                 raise watch.error if isinstance(watch.error, ConductorError) else \
                     ConductorError(f"following job {full} failed: {watch.error!r}")
             if watch.ready() and watch.job is None:
-                raise NotFound(f"no job {full} (it was removed)")
+                raise (NotFound if watch.seen else NeverSeen)(f"no job {full} (it was removed)")
             if watch.ended():
                 for slot in watch.behind():  # another stream, not there yet: one read, not a wait
                     watch.catch_up(slot, *read(slot))

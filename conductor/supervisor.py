@@ -247,7 +247,7 @@ class Supervisor:
             with self.lock:
                 want_write = bool(self.out)
             watched: list[Any] = [self.sock, self.wake_r]
-            readable, writable, _ = select.select(watched, [self.sock] if want_write else [], [], timeout)
+            readable, _, _ = select.select(watched, [self.sock] if want_write else [], [], timeout)
             if self.wake_r in readable:
                 try:
                     while os.read(self.wake_r, 4096):
@@ -255,11 +255,15 @@ class Supervisor:
                 except (BlockingIOError, OSError):
                     pass
             self._reap()
-            if (self.sock in readable and not self._receive()) or (writable and not self._flush()):
+            if self.sock in readable and not self._receive():
                 self._conductor_gone()
                 return
             self._due_timers()
             self._check_deadline()
+            # send now what this turn queued (an exit just reaped), not after another turn of select
+            if not self._flush():
+                self._conductor_gone()
+                return
             if self.closing and not self.tasks:
                 self._flush_all()
                 return

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from conductor import codec
+import pytest
+
+from conductor import codec, ids
 from conductor.client import Client
-from conductor.jobwatch import CLAIMS, JOB, TALLY, JobWatch, wait_for_end
+from conductor.errors import NotFound
+from conductor.jobwatch import CLAIMS, JOB, TALLY, JobWatch, NeverSeen, wait_for_end
 from conductor.ops import KV, Event
 
 COUNT_PREFIX = "/ns/users/u/counts/j/"
@@ -77,3 +80,31 @@ def test_wait_with_progress_ends_with_every_task_counted(client: Client, shared_
     assert done["state"] == "COMPLETED"
     assert calls[-1]["done"] == calls[-1]["total"] == 12 and calls[-1]["running"] == 0
     assert client.wait(job, timeout=10)["state"] == "COMPLETED"  # an ended job: at once, one watch
+
+
+def test_a_job_never_listed_is_told_apart_from_one_removed():
+    """Client.wait follows a full id among the caller's own jobs first and looks further only when
+    the first listing had no such job (NeverSeen); a job seen and then gone is a plain NotFound."""
+    never = JobWatch(1)
+    never.job_handler().reset([], 5)
+    with pytest.raises(NeverSeen):
+        wait_for_end(never, "j", 5, None, lambda slot: ([], 0))
+    removed = JobWatch(1)
+    removed.job_handler().reset([job_kv("RUNNING", 4)], 4)
+    removed.job_handler().reset([], 9)  # listed again after a broken watch: gone meanwhile
+    with pytest.raises(NotFound) as caught:
+        wait_for_end(removed, "j", 5, None, lambda slot: ([], 0))
+    assert not isinstance(caught.value, NeverSeen)
+
+
+def test_wait_by_full_id_finds_another_users_job_and_refuses_an_unknown_one(
+        client: Client, shared_etcd: Any, namespace: str, start_nodes: Any):
+    start_nodes(shared_etcd.endpoint, 1)
+    with Client(etcd=shared_etcd.endpoint, namespace=namespace, user="someone-else") as other:
+        job = other.post({"name": "theirs", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
+        assert len(job) == ids.JOB_ID_LEN
+        assert client.wait(job, timeout=60)["state"] == "COMPLETED"  # not the caller's: located, then followed
+        assert other.wait(job, timeout=10)["state"] == "COMPLETED"  # the owner's own: followed at once
+    unknown = ids.new_job_id()
+    with pytest.raises(NotFound, match=f"no job {unknown}"):
+        client.wait(unknown, timeout=10)
