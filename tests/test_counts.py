@@ -47,7 +47,8 @@ def test_finishes_count_in_one_key_per_writer_and_a_retry_counts_down(client: Cl
     assert client.counts(job)["completed"] == 20
 
     # someone else wrote the writer's key meanwhile: the finish reads it again, and counts right
-    job2 = client.board.post(spec.validate_job({"name": "d", "layers": [{"tasks": [{"cmd": ["false"], "max_attempts": 1}] * 2}]}), "u")
+    failing = {"name": "d", "layers": [{"tasks": [{"cmd": ["false"], "max_attempts": 1}] * 2}]}
+    job2 = client.board.post(spec.validate_job(failing), "u")
     held = _claim_all(client, claims, live_lease(store, keys, 30))
     claims.finish([(held[0], Outcome(Cause.EXIT, "exit 1", 1))], writer="w1")
     store.put(keys.count("u", job2, "w1"), codec.pack({"0": {"SKIPPED": 1}}))
