@@ -297,6 +297,8 @@ class Board:
                 continue  # someone changed the job, a layer or a task: read again
             if not outcome:
                 return changed
+            if outcome == "ended":
+                return True  # the job ended and its active key is gone: no layer is left to move
             changed = True  # and again: a started layer may have drained already, or the plan was capped
         log.warning("settle of job %s gave up after %d tries (heavy contention)", job_id, MAX_TRIES)
         return changed
@@ -319,8 +321,10 @@ class Board:
             self.enqueue(user, layer_id, node=node)
         return bool(stuck)
 
-    def _settle_round(self, user: str, snap: _Snapshot, node: str | None) -> bool | None:
-        """Plan and write once: False if there was nothing to do, None if the write lost a race."""
+    def _settle_round(self, user: str, snap: _Snapshot, node: str | None) -> bool | str | None:
+        """Plan and write once: False if there was nothing to do, None if the write lost a race,
+        "ended" if the write ended the job for good (its active key deleted: no compensation to
+        run), True otherwise."""
         watched = [snap.layers[i]["id"] for i in layerplan.watched(snap.layers)]
         counts = self._counts(user, snap.job["id"], watched)
         planned = self._fitting_plan(user, snap, counts, node)
@@ -330,7 +334,8 @@ class Board:
         if not self.store.txn(compare, ops).succeeded:
             return None
         self._after_settle(user, p, inlined, node)
-        return True
+        ended = p.active == "delete" and all(s["state"] in states.FINAL for s in p.job.get("layers", []))
+        return "ended" if ended else True
 
     def _fitting_plan(self, user: str, snap: _Snapshot, counts: dict[str, layerplan.LayerCounts],
                       node: str | None) -> tuple[layerplan.Plan, _SettleTxn] | None:
