@@ -18,7 +18,8 @@ from .keys import Keys
 from .ops import KV, Get
 from .store import Store
 
-PAGE_TASKS = 20  # tasks shown per layer unless asked otherwise
+PAGE_TASKS = 20  # tasks shown per layer unless asked otherwise (the CLI, the web pages and API)
+SHOW_TASKS = 100  # tasks per layer Client.show returns unless asked otherwise (0 asks for all)
 WAITING_SAMPLE = 16  # queued tasks per layer (ready markers, read by prefix) judged for a layer's waiting
 RUNNING_SHOWN = 50  # a node's running task ids listed (``running_tasks``; ``running`` counts them all)
 COUNT_FIELDS = ("pending", "queued", "running", "completed", "errored", "skipped", "total")
