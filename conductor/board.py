@@ -4,11 +4,13 @@ Atomicity, per method:
 
 * :meth:`Board.post` writes a job that fits one request (by count and bytes, see
   :mod:`conductor.batch`) in one transaction. A bigger job is written as chunks of tasks first
-  (the first chunk also writes ``pending/<job>``), then its head (job, layers, index, active,
-  pause markers, secrets; the layers go with the tasks when there are too many for one request)
-  in one transaction that deletes the pending marker, so a visible job is always a complete job.
-  A failed chunk makes post remove what it wrote; a poster killed mid-way leaves a pending marker
-  for :func:`conductor.partial.collect`. The first layers are then queued by :meth:`Board.enqueue`.
+  (the first chunk also writes ``pending/<job>`` and is written alone, before any other; the
+  rest go several at a time, see :meth:`Store.txn_many`, and all have ended before the head is
+  sent), then its head (job, layers, index, active, pause markers, secrets; the layers go with
+  the tasks when there are too many for one request) in one transaction that deletes the
+  pending marker, so a visible job is always a complete job. A failed chunk makes post remove
+  what it wrote; a poster killed mid-way leaves a pending marker for
+  :func:`conductor.partial.collect`. The first layers are then queued by :meth:`Board.enqueue`.
 * :meth:`Board.settle` is idempotent and safe to run from any number of nodes at once: it writes
   the plan of :func:`layerplan.plan` (which layers end, which start, the job's state) in one
   transaction, guarded by the revisions of the job and of every layer it writes and by compares
@@ -150,15 +152,10 @@ class Board:
         if not fits(head, exists):  # many layers: they go first too, invisible without the job key
             head = self._head_ops(job, None, secrets) + [Delete(k.pending(user, job_id))]
             items += [Item(self._layer_ops([layer])) for layer in layers]
-        revs: dict[str, int] = {}
         try:
-            groups = fit(items, reserve_ops=1, reserve_compare=1, reserve_bytes=op_size(marker) + 200)
-            for n, group in enumerate(groups):
-                res = self._write_chunk(exists, ([marker] if n == 0 else []) + group.ops)
-                if not res.succeeded:
-                    return None
-                revs.update((str(tag), res.revision) for tag in group.tags if tag is not None)
-            if not self._write_chunk(exists, head).succeeded:
+            revs = self._write_chunks(exists, marker, list(fit(items, reserve_ops=1, reserve_compare=1,
+                                                               reserve_bytes=op_size(marker) + 200)))
+            if revs is None or not self._write_chunk(exists, head).succeeded:
                 return None
         except Exception as exc:
             partial.remove(self, user, job_id)
@@ -166,9 +163,29 @@ class Board:
                              f"{exc}") from exc
         return revs
 
+    def _write_chunks(self, exists: list[Compare], marker: Put, groups: list[batch.Group]) -> dict[str, int] | None:
+        """Write the chunks: the first (with the pending marker) alone, so the marker is in etcd
+        before any other key of the job, then the rest several at a time (:meth:`Store.txn_many`:
+        etcd commits those that arrive together with one fsync). Returns each task's revision by
+        id, None if a chunk found the job key; raises what a write raised, once none is in flight."""
+        revs: dict[str, int] = {}
+        if not groups:  # nothing goes before the head (as the loop this replaced): no marker needed
+            return revs
+        first = self._write_chunk(exists, [marker] + groups[0].ops)
+        results = [first] + (self._write_many(exists, [g.ops for g in groups[1:]]) if first.succeeded else [])
+        if not all(res.succeeded for res in results):
+            return None
+        for group, res in zip(groups, results):
+            revs.update((str(tag), res.revision) for tag in group.tags if tag is not None)
+        return revs
+
     def _write_chunk(self, compare: list[Compare], ops: list[Op]) -> Any:
         """One transaction of a chunked post (a seam for tests that cut a post short)."""
         return self.store.txn(compare, ops)
+
+    def _write_many(self, compare: list[Compare], chunks: list[list[Op]]) -> list[Any]:
+        """Transactions of a chunked post sent together, results in order (a seam for tests)."""
+        return self.store.txn_many([(compare, ops) for ops in chunks])
 
     def _task_ops(self, tasks: list[list[Value]], ready: bool) -> list[Op]:
         ops: list[Op] = []

@@ -248,6 +248,14 @@ class _Failing(Board):
         self.chunks += 1
         return super()._write_chunk(compare, ops)
 
+    def _write_many(self, compare: Any, chunks: Any) -> Any:
+        room = max(0, self.after - self.chunks)  # the chunks before the failure are sent together
+        done = super()._write_many(compare, chunks[:room])
+        self.chunks += len(done)
+        if room < len(chunks):
+            raise self.error
+        return done
+
 
 class _Killed(BaseException):
     """Stands for kill -9: nothing after it runs in the poster."""
