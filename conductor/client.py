@@ -187,10 +187,11 @@ class Client:
 
         A job or layer holds each layer's ``counts`` by state (from key counts) and a page of
         ``tasks`` tasks per layer in number order (default 100, so that what it reads does not grow
-        with the job; 0: every task, a read of the whole job; the CLI shows 20). A layer's ``more`` says how many tasks follow its page and ``next`` is the task id to
-        pass as ``after`` for the next page (None on the last). A QUEUED task, a layer and a job
-        carry ``waiting``: why no live node can hold it (or some queued task of theirs), or None
-        (see placement.why_waiting). Raises NotFound, Ambiguous, InvalidSpec."""
+        with the job; 0: every task, a read of the whole job; the CLI shows 20). A layer's ``more``
+        says how many tasks follow its page and ``next`` is the task id to pass as ``after`` for the
+        next page (None on the last). A QUEUED task, a layer and a job carry ``waiting``: why no
+        live node can hold it (or some queued task of theirs), or None (see placement.why_waiting).
+        Raises NotFound, Ambiguous, InvalidSpec."""
         parsed, full, owner = self.locate(some_id)
         after_id = self.locate(after)[1] if after else None
         if parsed.kind == "job":
