@@ -42,6 +42,12 @@ INLINE_TASKS = 40  # starting layers with at most this many tasks in all are rea
 SETTLE_LIMITS = (48, 24, 12, 6, 3, 1)  # layers moved per settle txn, tried in turn until the txn fits
 MAX_TRIES = 50
 
+# Fields of a new task left out of what post stores while they hold these values: every reader
+# takes them with .get and this default (views.with_etag puts them back for show and the API), and
+# a 100,000-task job is that much smaller, twice (the ready marker holds the task's value too).
+UNSTORED_DEFAULTS: dict[str, Any] = {"shell": False, "env": {}, "cwd": None, "timeout": None, "priority": 0,
+                                     "needs": {}, "paused_at": 0, "usage": None}
+
 _SettleTxn = tuple[list[Compare], list[Op], set[int]]  # compares, ops, the started layers queued inline
 
 
@@ -118,6 +124,7 @@ class Board:
                 "on_failure": (meta or {}).get("on_failure", [])}
         job, layers, tasks = footprint.build(spec, user, job_id, source or {"kind": "api"})
         footprint.check(job, layers, tasks)  # as spec.check_stored (conductor check) does
+        tasks = [[_compact(task) for task in layer_tasks] for layer_tasks in tasks]
         if secrets:
             job["has_secrets"] = True
         started = advance(job, {layer["index"]: layer for layer in layers}, node)
@@ -478,6 +485,12 @@ class _Snapshot:
     job: Value
     layer_kvs: dict[str, KV]
     layers: dict[int, Value]
+
+
+def _compact(task: Value) -> Value:
+    """``task`` without the fields that hold their UNSTORED_DEFAULTS."""
+    return {name: value for name, value in task.items()
+            if name not in UNSTORED_DEFAULTS or value != UNSTORED_DEFAULTS[name]}
 
 
 def _own_copy(value: Value) -> Value:

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from . import backoff, batch, codec, concurrency, deadlines, ids, model, owners, placement, ratelimit, states
-from .board import Board
+from .board import UNSTORED_DEFAULTS, Board
 from .errors import InvalidSpec, NotFound, PermissionDenied
 from .keys import Keys
 from .ops import KV, Get
@@ -32,10 +32,17 @@ def _text(data: bytes | None) -> str | None:
 
 
 def with_etag(value: dict[str, Any], kv: KV) -> dict[str, Any]:
-    out = dict(value)
+    """A value as views show it: its ``etag``, and a task's fields that post leaves out while
+    they hold their defaults (board.UNSTORED_DEFAULTS) put back."""
+    out = {**_defaults(), **value} if value.get("kind") == "task" else dict(value)
     out.pop("v", None)
     out["etag"] = kv.mod_revision
     return out
+
+
+def _defaults() -> dict[str, Any]:
+    """UNSTORED_DEFAULTS, their maps fresh (a caller may change what a view returns)."""
+    return {name: dict(value) if isinstance(value, dict) else value for name, value in UNSTORED_DEFAULTS.items()}
 
 
 def job_counts(store: Store, keys: Keys, jobs: list[dict[str, Any]]) -> list[dict[str, int]]:

@@ -11,7 +11,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from conductor import views
+from conductor import codec, views
+from conductor.board import UNSTORED_DEFAULTS
 from conductor.client import Client
 from conductor.store import Store
 from harness import EtcdServer, conductor_cli
@@ -109,3 +110,15 @@ def test_cli_api_and_web_page_read_a_bounded_share_of_a_big_job(big, etcd, names
                 assert sent < BOUNDED_BYTES, f"GET {path} made etcd send {sent:.0f} bytes"
     finally:
         web.stop()
+
+
+def test_post_leaves_default_fields_out_and_views_put_them_back(client: Client):
+    job = client.post({"name": "lean", "layers": [{"tasks": [{"cmd": ["true"]},
+                                                             {"cmd": ["env"], "env": {"A": "1"}, "priority": 3}]}]})
+    stored = codec.unpack(client.store.get(client.keys.task("tester", f"{job}.0.0")).value)
+    ready = codec.unpack(client.store.get(client.keys.ready("tester", f"{job}.0.0")).value)
+    assert not set(UNSTORED_DEFAULTS) & set(stored) and not set(UNSTORED_DEFAULTS) & set(ready)
+    shown = client.task(f"{job}.0.0")
+    assert {name: shown[name] for name in UNSTORED_DEFAULTS} == UNSTORED_DEFAULTS
+    other = client.show(job)["layer_list"][0]["task_list"][1]
+    assert other["env"] == {"A": "1"} and other["priority"] == 3 and other["shell"] is False
