@@ -4,11 +4,13 @@ Atomicity, per method:
 
 * :meth:`Board.post` writes a job that fits one request (by count and bytes, see
   :mod:`conductor.batch`) in one transaction. A bigger job is written as chunks of tasks first
-  (the first chunk also writes ``pending/<job>``), then its head (job, layers, index, active,
-  pause markers, secrets; the layers go with the tasks when there are too many for one request)
-  in one transaction that deletes the pending marker, so a visible job is always a complete job.
-  A failed chunk makes post remove what it wrote; a poster killed mid-way leaves a pending marker
-  for :func:`conductor.partial.collect`. The first layers are then queued by :meth:`Board.enqueue`.
+  (the first chunk also writes ``pending/<job>`` and is written alone, before any other; the
+  rest go several at a time, see :meth:`Store.txn_many`, and all have ended before the head is
+  sent), then its head (job, layers, index, active, pause markers, secrets; the layers go with
+  the tasks when there are too many for one request) in one transaction that deletes the
+  pending marker, so a visible job is always a complete job. A failed chunk makes post remove
+  what it wrote; a poster killed mid-way leaves a pending marker for
+  :func:`conductor.partial.collect`. The first layers are then queued by :meth:`Board.enqueue`.
 * :meth:`Board.settle` is idempotent and safe to run from any number of nodes at once: it writes
   the plan of :func:`layerplan.plan` (which layers end, which start, the job's state) in one
   transaction, guarded by the revisions of the job and of every layer it writes and by compares
@@ -39,6 +41,12 @@ log = logging.getLogger("conductor.board")
 INLINE_TASKS = 40  # starting layers with at most this many tasks in all are read to be queued in the settle txn
 SETTLE_LIMITS = (48, 24, 12, 6, 3, 1)  # layers moved per settle txn, tried in turn until the txn fits
 MAX_TRIES = 50
+
+# Fields of a new task left out of what post stores while they hold these values: every reader
+# takes them with .get and this default (views.with_etag puts them back for show and the API), and
+# a 100,000-task job is that much smaller, twice (the ready marker holds the task's value too).
+UNSTORED_DEFAULTS: dict[str, Any] = {"shell": False, "env": {}, "cwd": None, "timeout": None, "priority": 0,
+                                     "needs": {}, "paused_at": 0, "usage": None}
 
 _SettleTxn = tuple[list[Compare], list[Op], set[int]]  # compares, ops, the started layers queued inline
 
@@ -116,6 +124,7 @@ class Board:
                 "on_failure": (meta or {}).get("on_failure", [])}
         job, layers, tasks = footprint.build(spec, user, job_id, source or {"kind": "api"})
         footprint.check(job, layers, tasks)  # as spec.check_stored (conductor check) does
+        tasks = [[_compact(task) for task in layer_tasks] for layer_tasks in tasks]
         if secrets:
             job["has_secrets"] = True
         started = advance(job, {layer["index"]: layer for layer in layers}, node)
@@ -150,15 +159,10 @@ class Board:
         if not fits(head, exists):  # many layers: they go first too, invisible without the job key
             head = self._head_ops(job, None, secrets) + [Delete(k.pending(user, job_id))]
             items += [Item(self._layer_ops([layer])) for layer in layers]
-        revs: dict[str, int] = {}
         try:
-            groups = fit(items, reserve_ops=1, reserve_compare=1, reserve_bytes=op_size(marker) + 200)
-            for n, group in enumerate(groups):
-                res = self._write_chunk(exists, ([marker] if n == 0 else []) + group.ops)
-                if not res.succeeded:
-                    return None
-                revs.update((str(tag), res.revision) for tag in group.tags if tag is not None)
-            if not self._write_chunk(exists, head).succeeded:
+            revs = self._write_chunks(exists, marker, list(fit(items, reserve_ops=1, reserve_compare=1,
+                                                               reserve_bytes=op_size(marker) + 200)))
+            if revs is None or not self._write_chunk(exists, head).succeeded:
                 return None
         except Exception as exc:
             partial.remove(self, user, job_id)
@@ -166,9 +170,29 @@ class Board:
                              f"{exc}") from exc
         return revs
 
+    def _write_chunks(self, exists: list[Compare], marker: Put, groups: list[batch.Group]) -> dict[str, int] | None:
+        """Write the chunks: the first (with the pending marker) alone, so the marker is in etcd
+        before any other key of the job, then the rest several at a time (:meth:`Store.txn_many`:
+        etcd commits those that arrive together with one fsync). Returns each task's revision by
+        id, None if a chunk found the job key; raises what a write raised, once none is in flight."""
+        revs: dict[str, int] = {}
+        if not groups:  # nothing goes before the head (as the loop this replaced): no marker needed
+            return revs
+        first = self._write_chunk(exists, [marker] + groups[0].ops)
+        results = [first] + (self._write_many(exists, [g.ops for g in groups[1:]]) if first.succeeded else [])
+        if not all(res.succeeded for res in results):
+            return None
+        for group, res in zip(groups, results):
+            revs.update((str(tag), res.revision) for tag in group.tags if tag is not None)
+        return revs
+
     def _write_chunk(self, compare: list[Compare], ops: list[Op]) -> Any:
         """One transaction of a chunked post (a seam for tests that cut a post short)."""
         return self.store.txn(compare, ops)
+
+    def _write_many(self, compare: list[Compare], chunks: list[list[Op]]) -> list[Any]:
+        """Transactions of a chunked post sent together, results in order (a seam for tests)."""
+        return self.store.txn_many([(compare, ops) for ops in chunks])
 
     def _task_ops(self, tasks: list[list[Value]], ready: bool) -> list[Op]:
         ops: list[Op] = []
@@ -467,6 +491,12 @@ class _Snapshot:
     job: Value
     layer_kvs: dict[str, KV]
     layers: dict[int, Value]
+
+
+def _compact(task: Value) -> Value:
+    """``task`` without the fields that hold their UNSTORED_DEFAULTS."""
+    return {name: value for name, value in task.items()
+            if name not in UNSTORED_DEFAULTS or value != UNSTORED_DEFAULTS[name]}
 
 
 def _own_copy(value: Value) -> Value:

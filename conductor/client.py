@@ -182,16 +182,17 @@ class Client:
             raise PermissionDenied(f"permission denied: {what} may be listed by admins only, "
                                    f"and you are {self.user} [{exc}]") from None
 
-    def show(self, some_id: str, tasks: int = 0, after: str | None = None) -> dict[str, Any]:
+    def show(self, some_id: str, tasks: int = views.SHOW_TASKS, after: str | None = None) -> dict[str, Any]:
         """A job as a tree of layers and tasks, a layer with its tasks, or a task with its history,
         result and log tail, depending on what the id names.
 
         A job or layer holds each layer's ``counts`` by state (from key counts) and a page of
-        ``tasks`` tasks per layer in number order (0, the default here: every task; the CLI shows
-        20). A layer's ``more`` says how many tasks follow its page and ``next`` is the task id to
-        pass as ``after`` for the next page (None on the last). A QUEUED task, a layer and a job
-        carry ``waiting``: why no live node can hold it (or some queued task of theirs), or None
-        (see placement.why_waiting). Raises NotFound, Ambiguous, InvalidSpec."""
+        ``tasks`` tasks per layer in number order (default 100, so that what it reads does not grow
+        with the job; 0: every task, a read of the whole job; the CLI shows 20). A layer's ``more``
+        says how many tasks follow its page and ``next`` is the task id to pass as ``after`` for the
+        next page (None on the last). A QUEUED task, a layer and a job carry ``waiting``: why no
+        live node can hold it (or some queued task of theirs), or None (see placement.why_waiting).
+        Raises NotFound, Ambiguous, InvalidSpec."""
         parsed, full, owner = self.locate(some_id)
         after_id = self.locate(after)[1] if after else None
         if parsed.kind == "job":

@@ -27,6 +27,7 @@ import queue
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 
@@ -50,6 +51,7 @@ T = TypeVar("T")
 
 DEFAULT_PORT = 2379
 RETRY_WINDOW = 2.0  # seconds a read is retried through a passing unavailability
+TXNS_IN_FLIGHT = 8  # transactions txn_many keeps in flight: enough for etcd to commit them in groups
 
 _TARGETS = {"mod": etcdrpc.Compare.MOD, "create": etcdrpc.Compare.CREATE,
             "version": etcdrpc.Compare.VERSION, "value": etcdrpc.Compare.VALUE,
@@ -443,6 +445,28 @@ class Store:
         resp = self._call(self._kv.Txn, req, "transaction", timeout, idempotent=reads_only,
                           grows=_has_put((*success, *failure)))
         return _txn_result(resp, resp.header.revision)
+
+    def txn_many(self, txns: Sequence[tuple[Sequence[Compare], Sequence[Op]]],
+                 in_flight: int = TXNS_IN_FLIGHT) -> list[TxnResult]:
+        """Several independent transactions, up to ``in_flight`` at once (etcd's group commit then
+        shares one fsync among those that arrive together); their results in the order given.
+
+        Each transaction alone is atomic, as :meth:`txn`; together they are not, and their order
+        of commit is not the order given. Raises what :meth:`txn` raises (the error of the first
+        failed transaction in the order given), but only once every transaction already sent has
+        ended: none commits after this returns or raises. After a failure, those not yet sent are
+        not sent."""
+        if len(txns) <= 1 or in_flight <= 1:
+            return [self.txn(compare, ops) for compare, ops in txns]
+        with ThreadPoolExecutor(max_workers=min(in_flight, len(txns)), thread_name_prefix="etcd-txn") as pool:
+            futures = [pool.submit(self.txn, compare, ops) for compare, ops in txns]
+            for future in futures:
+                if future.exception() is not None:  # waits for it; stop sending the rest
+                    for later in futures:
+                        later.cancel()
+                    break
+        # the pool's exit has waited for every transaction sent: none is still on its way
+        return [future.result() for future in futures]  # raises the first error in order
 
     def put(self, key: str, value: bytes, lease: int = 0) -> int:
         resp = self._call(self._kv.Put, etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease), "put",

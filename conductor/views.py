@@ -12,13 +12,14 @@ import time
 from typing import Any, cast
 
 from . import backoff, batch, codec, concurrency, counts, deadlines, ids, model, owners, placement, ratelimit, states
-from .board import Board
+from .board import UNSTORED_DEFAULTS, Board
 from .errors import InvalidSpec, NotFound, PermissionDenied
 from .keys import Keys
 from .ops import KV, Get
 from .store import Store
 
-PAGE_TASKS = 20  # tasks shown per layer unless asked otherwise
+PAGE_TASKS = 20  # tasks shown per layer unless asked otherwise (the CLI, the web pages and API)
+SHOW_TASKS = 100  # tasks per layer Client.show returns unless asked otherwise (0 asks for all)
 WAITING_SAMPLE = 16  # queued tasks per layer (ready markers, read by prefix) judged for a layer's waiting
 RUNNING_SHOWN = 50  # a node's running task ids listed (``running_tasks``; ``running`` counts them all)
 COUNT_FIELDS = ("pending", "queued", "running", "completed", "errored", "skipped", "total")
@@ -31,10 +32,17 @@ def _text(data: bytes | None) -> str | None:
 
 
 def with_etag(value: dict[str, Any], kv: KV) -> dict[str, Any]:
-    out = dict(value)
+    """A value as views show it: its ``etag``, and a task's fields that post leaves out while
+    they hold their defaults (board.UNSTORED_DEFAULTS) put back."""
+    out = {**_defaults(), **value} if value.get("kind") == "task" else dict(value)
     out.pop("v", None)
     out["etag"] = kv.mod_revision
     return out
+
+
+def _defaults() -> dict[str, Any]:
+    """UNSTORED_DEFAULTS, their maps fresh (a caller may change what a view returns)."""
+    return {name: dict(value) if isinstance(value, dict) else value for name, value in UNSTORED_DEFAULTS.items()}
 
 
 def job_counts(store: Store, keys: Keys, jobs: list[dict[str, Any]]) -> list[dict[str, int]]:

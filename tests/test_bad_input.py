@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 import pytest
 
-from conductor import codec, partial, spec, templates
+from conductor import codec, ids, partial, spec, templates
 from conductor.board import Board
-from conductor.errors import InvalidSpec, StoreError
+from conductor.errors import InvalidSpec, Refused, StoreError
+from conductor.ops import Put
 from harness import conductor_cli, wait_for
 
 TASK = {"cmd": ["true"]}
@@ -248,6 +249,14 @@ class _Failing(Board):
         self.chunks += 1
         return super()._write_chunk(compare, ops)
 
+    def _write_many(self, compare: Any, chunks: Any) -> Any:
+        room = max(0, self.after - self.chunks)  # the chunks before the failure are sent together
+        done = super()._write_many(compare, chunks[:room])
+        self.chunks += len(done)
+        if room < len(chunks):
+            raise self.error
+        return done
+
 
 class _Killed(BaseException):
     """Stands for kill -9: nothing after it runs in the poster."""
@@ -276,6 +285,44 @@ def test_a_post_that_dies_half_way_is_collected_and_a_whole_job_is_not(client):
     assert partial.collect(client.board, grace=0) == [dead]
     assert _job_keys(client, dead) == []
     assert sorted(_job_keys(client, whole)) == before, "a complete job is never touched"
+
+
+class _OneChunkRefused(Board):
+    """A board whose first chunk sent together with others is one etcd refuses (too large): it
+    fails at once, while the others are still on their way."""
+
+    sent: list[int] = []
+
+    def _write_many(self, compare: Any, chunks: Any) -> Any:
+        self.sent = [len(ops) for ops in chunks]
+        bad = chunks[0] + [Put(self.keys.task("tester", "too-large"), b"x" * 2_000_000)]
+        return super()._write_many(compare, [bad, *chunks[1:]])
+
+
+def test_a_chunk_refused_among_those_in_flight_leaves_nothing(client):
+    board = _OneChunkRefused(client.board.store, client.keys)
+    with pytest.raises(StoreError, match="could not be posted, and what was written of it is removed"):
+        board.post(spec.validate_job(_bulky(700)), "tester")  # some seven chunks: six sent together
+    assert len(board.sent) >= 4, "several chunks were in flight with the refused one"
+    assert client.store.count(client.keys.namespace) == 0, "every chunk ended before the removal"
+
+
+class _Overtaken(Board):
+    """A board whose job id is posted by someone else just as its chunks go out together."""
+
+    def _write_many(self, compare: Any, chunks: Any) -> Any:
+        self.store.put(compare[0].key, codec.pack({"stands": "for the other post's job"}))
+        return super()._write_many(compare, chunks)
+
+
+def test_chunks_in_flight_write_nothing_once_the_job_id_is_taken(client):
+    board = _Overtaken(client.board.store, client.keys)
+    job, job_id = spec.validate_job(_bulky(700)), ids.new_job_id()
+    assert board.post(job, "tester", job_id=job_id) == job_id, "a given id posted by another: that is the job"
+    written = client.store.count(client.keys.task("tester"))
+    assert 0 < written < 200, f"only the first chunk's tasks were written, not {written}"
+    with pytest.raises(Refused, match="already exists"):
+        _Overtaken(client.board.store, client.keys).post(job, "tester")  # an id of its own taken: refused
 
 
 def test_collect_drops_a_stale_marker_of_a_job_that_exists(client):
