@@ -280,11 +280,10 @@ class Board:
                 v["state"] == states.PENDING or (v["state"] == states.QUEUED and v["id"] not in marked))]
 
     def _queue(self, user: str, pending: list[tuple[Value, int]], node: str | None) -> bool:
-        """Queue tasks in transactions that fit; False if any of them lost a race."""
-        clean = True
-        for group in batch.fit(self._queue_item(user, task, rev, node) for task, rev in pending):
-            clean = self.store.txn(group.compare, group.ops).succeeded and clean
-        return clean
+        """Queue tasks in transactions that fit, several in flight at once (each group is
+        compared on its own tasks' revisions, so they are independent); False if any lost a race."""
+        groups = list(batch.fit(self._queue_item(user, task, rev, node) for task, rev in pending))
+        return all(res.succeeded for res in self.store.txn_many([(g.compare, g.ops) for g in groups]))
 
     def _queue_item(self, user: str, task: Value, rev: int, node: str | None) -> batch.Item:
         """One task's queueing: what must land in one transaction, and what it is compared on."""
