@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from . import codec, states
 from .keys import Keys
@@ -26,7 +26,6 @@ from .model import Value
 from .ops import Compare, Op, Put, TxnResult, absent, mod_is
 
 if TYPE_CHECKING:
-    from .lifecycle import Decision
     from .store import Store
 
 FINAL = (states.COMPLETED, states.ERRORED, states.SKIPPED)
@@ -127,6 +126,19 @@ class Counters:
         return self._known[key]
 
 
+class Counted(Protocol):
+    """What a change must say to be counted (a :class:`conductor.lifecycle.Decision` does)."""
+
+    @property
+    def task(self) -> Value: ...
+
+    @property
+    def tally(self) -> str | None: ...
+
+    @property
+    def untally(self) -> str | None: ...
+
+
 class Writer:
     """One counter key per job for a run of one-off changes (a user's action over many tasks, a
     node's recoveries, deadlines and gate decisions), so that they add up in one key instead of one
@@ -142,7 +154,7 @@ class Writer:
         kv = self.store.get(key)
         return (kv.value, kv.mod_revision) if kv else None
 
-    def txn(self, compare: list[Compare], ops: list[Op], decision: "Decision") -> TxnResult:
+    def txn(self, compare: list[Compare], ops: list[Op], decision: Counted) -> TxnResult:
         """One transaction: ``ops`` (a decision's writes, without counts) and what the decision
         changes in its job's counts, added to this writer's key of the job."""
         task = decision.task
