@@ -22,7 +22,7 @@ def phases(client: Any, run: dict[str, Any]) -> dict[str, float]:
     """Where the median run's time went, from the tasks' own start and end stamps (ms precision):
     post -> first task started, each layer's span (first start -> last end), each hop between
     layers (last end of one -> first start of the next), last end -> the client saw COMPLETED."""
-    job = client.show(run["job"])
+    job = client.show(run["job"], tasks=0)  # every task: the spans need all of them
     spans = []
     for layer in job["layer_list"]:
         tasks = layer["task_list"]
