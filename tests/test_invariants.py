@@ -47,6 +47,33 @@ def test_fenced_finish_commits_nothing_once_the_claim_is_gone(client: Client):
     assert again.task["attempts"] == 2
 
 
+def test_no_claim_commits_on_a_lease_that_ended(client: Client):
+    """Invariant 1, at the claim: the claim compares the lease's alive key present, so a node whose
+    lease ended (its alive key gone) claims nothing, and no run marker names a dead lease."""
+    store, keys, board = client.store, client.keys, client.board
+    one_task_job(board)
+    lease = live_lease(store, keys, 5)
+    store.revoke(lease)
+    taken, stale = Claims(store, keys, "late").claim(ready_entries(store, keys), lease)
+    assert taken == [] and stale == set(), "nothing claimed, and the task is not stale for others"
+    assert store.count(keys.q("runs")) == 0 and len(ready_entries(store, keys)) == 1
+
+
+def test_a_kill_request_the_finish_had_not_seen_is_deleted_with_the_outcome(client: Client):
+    """A finish deletes only the kill requests its node has seen and compares the others absent: a
+    request written after the node looked makes the finish read again, and it is deleted in the
+    same transaction as the outcome (never left behind for a later run of the task)."""
+    store, keys, board = client.store, client.keys, client.board
+    one_task_job(board)
+    claims = Claims(store, keys, "n", has_kill=lambda user, task: False)  # it never saw the request
+    [held] = claims.claim(ready_entries(store, keys), live_lease(store, keys, 10))[0]
+    store.put(keys.kill("u", held.id), codec.pack({"action": "kill", "by": "ann", "grace": 1, "at": 1.0}))
+    [done], lost = claims.finish([(held, Outcome(Cause.EXIT, "exit 0", 0))], writer="n")
+    assert lost == [] and done.state == states.COMPLETED
+    assert store.get(keys.kill("u", held.id)) is None, "the request went with the outcome"
+    assert store.get(keys.run("u", held.id)) is None
+
+
 def test_a_claim_taken_by_another_node_fences_the_first(client: Client):
     store, keys, board = client.store, client.keys, client.board
     one_task_job(board)
