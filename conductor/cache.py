@@ -236,7 +236,7 @@ class Cache(FollowHandler):
                 raise ValueError(f"a ready marker under {user!r} names another owner")
             if name not in self.ready:
                 self.ready_by_layer[layer_of(name)] += 1
-            self.ready.put(Ready(value, kv.mod_revision))
+            self.ready.put(Ready(kv.value, kv.mod_revision, name))  # kept packed: see Ready
             self.on_ready(value)
         elif kind == "runs":
             info = ClaimInfo(str(value.get("node", "?")), int(str(value.get("lease", "0")), 16), kv.create_revision, user)

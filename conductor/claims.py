@@ -44,16 +44,28 @@ JOBS_PER_TXN = 8  # jobs one finish transaction may touch: each adds a counter p
 COUNTER_BYTES = 400  # room kept per counter put (a counter value is a few numbers per layer)
 
 
-@dataclass
 class Ready:
-    """A ready marker as a node's cache holds it: the task value and the marker's revision."""
+    """A ready marker as a node's cache holds it: the task value and the marker's revision.
 
-    task: Value
-    mod_revision: int
+    The cache gives the marker's bytes and keeps them packed (about a fifth of the unpacked map's
+    memory: a node may hold every ready task of a 100,000-task layer); ``task`` unpacks a fresh
+    copy on each read, so a caller may change what it gets. Given a map, it keeps the map."""
+
+    __slots__ = ("id", "mod_revision", "_raw", "_value")
+
+    def __init__(self, task: Value | bytes, mod_revision: int, task_id: str | None = None):
+        if isinstance(task, bytes):
+            self._raw: bytes | None = task
+            self._value: Value | None = None
+            self.id: str = task_id if task_id is not None else codec.unpack(task)["id"]
+        else:
+            self._raw, self._value = None, task
+            self.id = task["id"]
+        self.mod_revision = mod_revision
 
     @property
-    def id(self) -> str:
-        return self.task["id"]
+    def task(self) -> Value:
+        return self._value if self._value is not None else codec.unpack(self._raw or b"")
 
 
 @dataclass

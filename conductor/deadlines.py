@@ -102,6 +102,9 @@ class Deadlines:
     def __init__(self, node: "Node"):
         self.node = node
         self._timers: DueTimers | None = None
+        # task -> its start_by, for the ready tasks that have one: the sweep looks at these only
+        # (the cache keeps ready values packed; unpacking every one to look would cost too much)
+        self._start_by: dict[str, float] = {}
 
     def start(self) -> None:
         self._timers = DueTimers(self._fire, name=f"deadlines-{self.node.name}")
@@ -115,7 +118,10 @@ class Deadlines:
         if self._timers is None or not ("start_within" in task or "deadline" in task):
             return
         by = start_by(task)
-        if by is not None:
+        if by is None:
+            self._start_by.pop(task["id"], None)
+        else:
+            self._start_by[task["id"]] = by
             self._timers.at(by, ("start", task["id"], task["user"]))
         end = deadline_at(task)
         if end is not None:
@@ -188,8 +194,9 @@ class Deadlines:
         ready task of this node's cache past its start_within. Cost: one read per active job."""
         now = time.time()
         with self.node.cache.cond:
-            late = [e.id for e in map(self.node.cache.ready.get, list(self.node.cache.ready.ids()))
-                    if e is not None and (start_by(e.task) or now + 1) <= now]
+            for task_id in [t for t in self._start_by if t not in self.node.cache.ready]:
+                del self._start_by[task_id]  # claimed, ended or removed meanwhile
+            late = [task_id for task_id, by in self._start_by.items() if by <= now]
         for task_id in late:
             self.expire_start(task_id, now)
         for kv in self.node.store.iter_prefix(self.node.keys.active(), keys_only=True):
