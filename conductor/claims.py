@@ -47,9 +47,10 @@ COUNTER_BYTES = 400  # room kept per counter put (a counter value is a few numbe
 class Ready:
     """A ready marker as a node's cache holds it: the task value and the marker's revision.
 
-    The cache gives the marker's bytes and keeps them packed (about a fifth of the unpacked map's
-    memory: a node may hold every ready task of a 100,000-task layer); ``task`` unpacks a fresh
-    copy on each read, so a caller may change what it gets. Given a map, it keeps the map."""
+    The cache gives the marker's bytes and keeps them packed: a node may hold every ready task of
+    a 100,000-task layer, and packed they take about half the memory (a queue of 100,000 `true`
+    tasks: ~93 MiB instead of ~176 MiB). ``task`` unpacks a fresh copy on each read, so a caller
+    may change what it gets. Given a map, it keeps the map."""
 
     __slots__ = ("id", "mod_revision", "_raw", "_value")
 
