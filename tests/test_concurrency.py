@@ -4,6 +4,8 @@ What is checked from the run records: each attempt runs from its RUNNING record 
 record that follows it (its end); at no instant do more attempts of one key run than its limit."""
 from __future__ import annotations
 
+import re
+
 import time
 from pathlib import Path
 
@@ -199,9 +201,11 @@ def test_the_docs_example_runs_and_keys_lists_it(client, shared_etcd, start_node
     start_nodes(shared_etcd.endpoint, 2, slots=3)
     job = client.post(spec.load_file(str(EXAMPLES / "concurrency.yaml")))
     wait_for(lambda: any(e["key"] == "db-eu" and e["held"] == 2 for e in client.flow_keys()), 30)
+
     run = conductor_cli("keys", "--etcd", shared_etcd.endpoint, "--namespace", client.keys.namespace)
     assert run.returncode == 0, run.stderr
-    assert "db-eu" in run.stdout and "2 of 2 held" in run.stdout
+    # a slot is handed from one task to the next every second: the CLI may catch one of the gaps
+    assert "db-eu" in run.stdout and re.search(r"\b[12] of 2 held", run.stdout), run.stdout
     assert client.wait(job, timeout=60)["state"] == "COMPLETED"
     assert most_at_once(intervals(client, job, 6)) <= 2
     wait_for(lambda: no_flow_keys_left(client), 5)
