@@ -34,15 +34,23 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 def _client(etcd: list[str] | None, namespace: str | None, user: str | None = None) -> Any:
     from conductor.client import Client  # imports the etcd client: only when a command needs it
-    from conductor.cluster import local_store
     from conductor.settings import default_data_dir, default_etcd
 
     creds = security.credentials(user)
     # on a machine of a laptop cluster, with no --etcd and no TLS options: its own member, with its
     # client certificate
-    store = None if etcd or default_etcd() or creds.tls else local_store(default_data_dir())
+    store = None if etcd or default_etcd() or creds.tls else _cluster_store(default_data_dir())
     return Client(etcd=_endpoints(etcd), namespace=namespace, user=creds.user or None, credentials=creds,
                   store=store)
+
+
+def _cluster_store(data_dir: Any) -> Any:
+    """A Store on the laptop cluster this machine belongs to, or None."""
+    # imported here, not above: the cluster module brings cryptography, psutil and the join server,
+    # which a command given --etcd never needs
+    from conductor.cluster import local_store
+
+    return local_store(data_dir)
 
 
 def _endpoints(etcd: list[str] | None) -> list[str] | None:
