@@ -14,7 +14,10 @@ Two kinds:
   key counts (never by reading tasks), cached for a few seconds so many scrapers cost one read.
 
 Metrics are defined on first use (:func:`_defs`), so :func:`use_directory` can still choose where
-their values live; a process that never calls it (a test, a client) keeps them in memory.
+their values live; a process that never calls it (a test) keeps them in memory. A process whose
+values no ``/metrics`` can ever read (a client such as the CLI: neither a node nor a node's child)
+does not count its etcd requests, so it never loads prometheus_client, which is imported only when
+a metric is first defined or served.
 """
 from __future__ import annotations
 
@@ -24,11 +27,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
+if TYPE_CHECKING:  # imported where used: a client process (the CLI's start) never needs it
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 log = logging.getLogger("conductor.metrics")
 
@@ -60,6 +62,8 @@ _directory: Path | None = None
 
 
 def _define(registry: CollectorRegistry | None) -> _Metrics:
+    from prometheus_client import Counter, Gauge, Histogram
+
     node = ["node"]
     return _Metrics(
         started=Counter("conductor_tasks_started", "Tasks this node started", node, registry=registry),
@@ -100,6 +104,8 @@ def use_directory(directory: Path) -> None:
     """Keep this process's metric values in ``directory`` (prometheus_client's multiprocess mode),
     for the serving process to collect. Files of earlier processes are removed first: a new node
     starts its counters at zero. Call before any metric is moved; a later call changes nothing."""
+    from prometheus_client import values
+
     global _directory
     with _lock:
         if _metrics is not None or _directory is not None:
@@ -157,10 +163,20 @@ def schedule_fired(node: str, outcome: str | None) -> None:
 
 
 def etcd_request(what: str, seconds: float, error: BaseException | None) -> None:
+    """Count one etcd request, where a ``/metrics`` can read it (:func:`_served`); else nothing."""
+    if not _served():
+        return
     m = _defs()
     m.etcd_seconds.labels(what).observe(seconds)
     if error is not None:
         m.etcd_errors.labels(what, type(error).__name__).inc()
+
+
+def _served() -> bool:
+    """This process's values reach a ``/metrics``: it is a node (:func:`use_directory`) or a node's
+    child (the multiprocess directory inherited in the environment). Values kept in memory are
+    served by no one (:func:`registry` reads only the directory)."""
+    return _directory is not None or "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
 
 # ---- sampled node state ------------------------------------------------------------------------------
@@ -222,6 +238,8 @@ class TasksByState:
                     log.warning("conductor_tasks left out of this scrape: %s", exc)
                     return []
                 self._cached = (time.monotonic(), counts)
+        from prometheus_client.core import GaugeMetricFamily
+
         family = GaugeMetricFamily("conductor_tasks", "Tasks of running jobs by state (from etcd)", labels=["state"])
         for state, n in sorted(counts.items()):
             family.add_metric([state], n)
@@ -231,6 +249,9 @@ class TasksByState:
 def registry(directory: Path | None, extra: Iterable[Any] = ()) -> CollectorRegistry:
     """The registry ``/metrics`` serves: the node's files in ``directory`` (if any) and ``extra``
     collectors (such as :class:`TasksByState`)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
     reg = CollectorRegistry()
     if directory is not None and directory.is_dir():
         MultiProcessCollector(reg, path=str(directory))
