@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import TYPE_CHECKING, Any
 
 from . import codec
 from .errors import ConductorError, PermissionDenied
 from .keys import Keys
 from .ops import Put, absent
 
+# cryptography is imported by the functions that seal or open: every client imports this module (the
+# board posts through it), and most commands, such as the CLI's show, never seal anything
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 SCHEME = "x25519-hkdf-sha256-aes256gcm"
-_RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-_PRIVATE_RAW = serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
 _opened: dict[tuple[int, str], X25519PrivateKey] = {}  # (id of store, key) -> private key, read once
 
 
@@ -40,13 +37,30 @@ class SealError(ConductorError):
 
 
 def _derive(shared: bytes, context: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"conductor-seal " + context).derive(shared)
 
 
 def make_pair() -> tuple[bytes, bytes]:
     """A new key pair as (public, private) raw bytes."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     private = X25519PrivateKey.generate()
-    return private.public_key().public_bytes(*_RAW), private.private_bytes(*_PRIVATE_RAW)
+    return _public_raw(private), _private_raw(private)
+
+
+def _public_raw(private: X25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _private_raw(private: X25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    return private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
 def ensure_pair(store: Any, keys: Keys) -> bytes:
@@ -67,11 +81,14 @@ def ensure_pair(store: Any, keys: Keys) -> bytes:
 
 def seal(public: bytes, secrets: dict[str, str], context: str) -> dict[str, Any]:
     """``secrets`` sealed to ``public`` for ``context`` (``<user>/<job>``)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     ephemeral = X25519PrivateKey.generate()
     key = _derive(ephemeral.exchange(X25519PublicKey.from_public_bytes(public)), context.encode())
     nonce = os.urandom(12)
     data = AESGCM(key).encrypt(nonce, json.dumps(secrets).encode(), context.encode())
-    return {"sealed": SCHEME, "epk": ephemeral.public_key().public_bytes(*_RAW), "nonce": nonce, "data": data,
+    return {"sealed": SCHEME, "epk": _public_raw(ephemeral), "nonce": nonce, "data": data,
             "names": sorted(secrets)}
 
 
@@ -80,6 +97,10 @@ def seal_inputs(store: Any, keys: Keys, secrets: dict[str, str], user: str, job_
 
 
 def open_sealed(private: bytes, value: dict[str, Any], context: str) -> dict[str, str]:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     if value.get("sealed") != SCHEME:
         raise SealError(f"unknown sealing scheme {value.get('sealed')!r}")
     priv = X25519PrivateKey.from_private_bytes(private)
@@ -103,6 +124,8 @@ def open_inputs(store: Any, keys: Keys, value: dict[str, Any], user: str, job_id
         kv = store.get(keys.seal_private())
         if kv is None:
             raise SealError("this cluster's private seal key is missing (cluster/seal)")
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
         private = X25519PrivateKey.from_private_bytes(codec.unpack(kv.value)["key"])
         _opened[cache_key] = private
-    return open_sealed(private.private_bytes(*_PRIVATE_RAW), value, f"{user}/{job_id}")
+    return open_sealed(_private_raw(private), value, f"{user}/{job_id}")
