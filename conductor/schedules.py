@@ -22,8 +22,6 @@ import logging
 import time
 from typing import Any, NamedTuple
 
-from croniter import CroniterError, croniter
-
 from . import codec, messages, model, states, templates, ticks
 from .board import Board
 from .errors import InvalidSpec, NotFound, Refused
@@ -39,6 +37,8 @@ GRACE = 3.0  # a tick older than this when first seen was missed (nodes look at 
 def validate_cron(expr: str) -> str:
     """A cron rule, normalised; raises InvalidSpec naming ``--cron`` when it is not one, or when
     no date ever matches it (``0 0 30 2 *``: 30 February)."""
+    from croniter import CroniterError, croniter  # here: every client imports this module, few use cron
+
     fields = expr.split()
     if len(fields) not in (5, 6) or not croniter.is_valid(expr):
         raise InvalidSpec("--cron", f"{expr!r} is not a cron expression (5 fields, or 6 with seconds last)")
@@ -121,6 +121,8 @@ def next_fire(schedule: dict[str, Any], now: float) -> float:
 
 
 def next_fire_or_none(schedule: dict[str, Any], now: float | None = None) -> float | None:
+    from croniter import CroniterError
+
     try:
         return next_fire(schedule, time.time() if now is None else now)
     except (CroniterError, ValueError, OverflowError, KeyError, TypeError, InvalidSpec):

@@ -21,8 +21,6 @@ from datetime import datetime, tzinfo
 from typing import Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from .errors import InvalidSpec
 
 UTC = "UTC"
@@ -56,6 +54,8 @@ def iter_ticks(cron: str, tz: str, after: float) -> Iterator[float]:
     Raises croniter's errors (ValueError and kin) for a rule no date matches and InvalidSpec for
     an unknown zone."""
     where = zone(tz)
+    from croniter import croniter  # here: the CLI renders ticks (local) on every show, cron only for schedules
+
     it = croniter(cron, datetime.fromtimestamp(after, where))
     twice = follows_real_time(cron)
     last = after
