@@ -7,14 +7,15 @@ changed password is picked up without a restart.
 """
 from __future__ import annotations
 
-import http.client
 import os
-import ssl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import InvalidSpec
+
+if TYPE_CHECKING:  # ssl and http.client are imported where used: the CLI's every command imports this module
+    import ssl
 
 PasswordPrompt = Callable[[str], str]  # asked with the user name; returns the password
 
@@ -102,6 +103,8 @@ class Credentials:
         """A client context for etcd's HTTP side (the clock's ``/version``, TLS diagnosis):
         verifies etcd's certificate against ``cacert`` (else the system roots) and presents the
         client certificate, as the gRPC channel does."""
+        import ssl
+
         context = ssl.create_default_context(cafile=self.cacert or None)
         if self.cert:
             context.load_cert_chain(self.cert, self.key or None)
@@ -136,6 +139,9 @@ def probe_tls(host: str, port: int, creds: Credentials, timeout: float = PROBE_T
     issuer certificate``...), or None when it works or the failure is not about TLS (nothing
     listens, no answer). A GET of ``/version``: with TLS 1.3 a refused client certificate shows
     only once something is read."""
+    import http.client
+    import ssl
+
     try:
         conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=creds.ssl_context())
     except (ssl.SSLError, OSError) as exc:  # our own files: a key that does not match the cert...
