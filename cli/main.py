@@ -1,12 +1,15 @@
 """``conductor``: the command line, a thin layer over :class:`conductor.Client`."""
 from __future__ import annotations
 
+import atexit
+import gc
+import importlib
 import json as jsonlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Sequence
 
 import typer
 
@@ -249,14 +252,34 @@ def check(file: Annotated[str, typer.Argument(help="Job file, YAML or JSON; - fo
         print(f"{file}: valid: {len(normalised['layers'])} layer(s), {n} task(s)")
 
 
-from . import automation as _automation  # noqa: E402,F401 - registers template, send, schedule
-from . import control as _control  # noqa: E402,F401 - registers the steering commands
-from . import cluster as _cluster  # noqa: E402,F401 - registers join, leave, members, token
-from . import events as _events  # noqa: E402,F401 - registers events
-from . import users as _users  # noqa: E402,F401 - registers user and auth
-from . import flow as _flow  # noqa: E402,F401 - registers keys
+# The other command modules register their commands when imported, and main() imports only the
+# one its command line names (none for the commands above and serve): at every start typer builds
+# a click command of each registered command, ~1 ms each, and the modules cost their imports.
+# tests/test_cli_imports.py checks this table against what each module registers.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "automation": ("send", "template", "schedule"),
+    "control": ("pause", "unpause", "kill", "retry", "skip", "add-task", "logs", "gc", "env", "result"),
+    "cluster": ("join", "leave", "members", "token"),
+    "events": ("events",),
+    "users": ("user", "auth"),
+    "flow": ("keys",),
+}
+OWN_COMMANDS = ("serve", "run", "post", "show", "nodes", "check")  # registered by importing this module
 
-security.secure_all(app)  # --cacert, --cert, --key, --user, --password-file on every etcd command
+
+def load_commands(argv: Sequence[str] | None = None) -> None:
+    """Register the commands ``argv`` (a command line after the program name) may run: the module
+    of the command it names; every module when it names none (``--help``, no arguments) or one
+    that does not exist (click then lists or suggests among them all), or when ``argv`` is None.
+    Then add the security options to every etcd command registered (:func:`security.secure_all`).
+    Call once, before ``app()``."""
+    name = argv[0] if argv and not argv[0].startswith("-") else None
+    wanted = [module for module, names in COMMAND_MODULES.items() if name in names]
+    if not wanted and name not in OWN_COMMANDS:
+        wanted = list(COMMAND_MODULES)  # in this order, so --help lists commands as it always has
+    for module in wanted:
+        importlib.import_module(f"{__package__}.{module}")
+    security.secure_all(app)  # --cacert, --cert, --key, --user, --password-file on every etcd command
 
 
 def main() -> None:
@@ -264,6 +287,12 @@ def main() -> None:
     # says it in one. Set before grpc is first imported (the client is imported lazily, by the
     # command). GRPC_VERBOSITY=ERROR in the environment brings them back.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    # At exit the interpreter collects once more, walking every object the imports made (typer,
+    # pydantic, rich, grpc, protobuf): ~60 ms of a short command such as show. Frozen first, they
+    # are skipped; the process is ending, so nothing is kept longer. Registered now, before the
+    # command imports anything, so it runs after the exit handlers those imports register.
+    atexit.register(gc.freeze)
+    load_commands(sys.argv[1:])
     try:
         app()
     except ConductorError as exc:
