@@ -15,7 +15,8 @@ is set and no ``__pycache__`` exists (every start then compiles every module it 
 
     .venv/bin/python bench/cli_start.py --tree before=f284585 --tree after=HEAD --runs 9
 
-One JSON object on stdout (medians, minima, maxima in seconds); a table on stderr.
+One JSON object on stdout (medians, minima, maxima in seconds, of the wall time and of the CPU
+time of each process); a table on stderr.
 """
 from __future__ import annotations
 
@@ -59,17 +60,24 @@ def snapshot(name: str, rev: str | None, into: Path, bytecode: bool) -> Path:
     return dest
 
 
-def time_cli(tree: Path, args: list[str], endpoint: str, bytecode: bool) -> float:
-    """Wall seconds of one ``python -m conductor ARGS`` from ``tree``; raises if it fails."""
+def time_cli(tree: Path, args: list[str], endpoint: str, bytecode: bool) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, from wait4) of one ``python -m conductor ARGS`` from
+    ``tree``; raises RuntimeError if it fails. Under load the wall time includes waiting for a
+    core; the CPU time does not."""
     env = {**os.environ, "PYTHONPATH": str(tree), "CONDUCTOR_ETCD": endpoint, "CONDUCTOR_NAMESPACE": NAMESPACE}
     if not bytecode:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
     t0 = time.perf_counter()
     # cwd: the tree, as ``python -m`` puts the working directory first on the path (a checkout's
     # own conductor/ would be run instead)
-    subprocess.run([sys.executable, "-m", "conductor", *args], env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=tree)
-    return time.perf_counter() - t0
+    proc = subprocess.Popen([sys.executable, "-m", "conductor", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=tree)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    if proc.returncode != 0:
+        raise RuntimeError(f"conductor {' '.join(args)} from {tree} failed ({proc.returncode})")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def figures(times: list[float]) -> dict[str, float]:
@@ -101,11 +109,14 @@ def main() -> None:
             commands = {"--help": ["--help"], "show JOB": ["show", big], "show JOB --json": ["show", big, "--json"],
                         "show SMALL": ["show", small]}
             times: dict[str, dict[str, list[float]]] = {c: {n: [] for n in paths} for c in commands}
+            cpu: dict[str, dict[str, list[float]]] = {c: {n: [] for n in paths} for c in commands}
             load_before = os.getloadavg()
             for _ in range(args.runs):
                 for command, argv in commands.items():
                     for name, tree in paths.items():
-                        times[command][name].append(time_cli(tree, argv, cl.endpoint, bytecode))
+                        wall, used = time_cli(tree, argv, cl.endpoint, bytecode)
+                        times[command][name].append(wall)
+                        cpu[command][name].append(used)
             load_after = os.getloadavg()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -113,11 +124,14 @@ def main() -> None:
         "tasks": args.tasks, "runs": args.runs, "bytecode": bytecode, "trees": dict(trees),
         "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
         "client_show_s": round(client_show, 4),
-        "times": {c: {n: figures(t) for n, t in by.items()} for c, by in times.items()}}
+        "times": {c: {n: figures(t) for n, t in by.items()} for c, by in times.items()},
+        "cpu": {c: {n: figures(t) for n, t in by.items()} for c, by in cpu.items()}}
     say(f"load average {result['load_before']} before, {result['load_after']} after; "
         f"Client.show(JOB, tasks=20) in this process: {client_show:.3f} s")
+    say("wall s, median (min-max) | CPU s, median")
     for command, by in result["times"].items():
-        say(f"{command:16s} " + "   ".join(f"{n}: {f['median']:.3f} ({f['min']:.3f}-{f['max']:.3f})" for n, f in by.items()))
+        say(f"{command:16s} " + "   ".join(f"{n}: {f['median']:.3f} ({f['min']:.3f}-{f['max']:.3f}) | "
+                                          f"{result['cpu'][command][n]['median']:.3f}" for n, f in by.items()))
     emit(result)
 
 
