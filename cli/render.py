@@ -1,24 +1,46 @@
 """Human output for the CLI: tables, trees, progress. Machine output is ``--json``."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.tree import Tree
+from typing import TYPE_CHECKING, Any
 
 from conductor import ticks
 from conductor.lifecycle import attempt_text
 
+# rich is imported where a table, tree or console is made, not here: importing it costs ~35 ms of
+# every start, and --json output (and post, which prints an id) never needs it
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.tree import Tree
+
 # Piped output (``conductor show | grep``) must keep whole lines: rich would wrap at 80 columns
 # when stdout is not a terminal, so it gets a width no line reaches instead.
 PIPE_WIDTH = 100_000
-out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@functools.cache
+def _console(name: str) -> Console:
+    """The console of stdout (``out``) or stderr (``err``), made on first use."""
+    from rich.console import Console
+
+    if name == "out":
+        return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _out() -> Console:
+    return _console("out")
+
+
+def __getattr__(name: str) -> Console:
+    """``render.out`` and ``render.err``: the consoles, for the command modules."""
+    if name in ("out", "err"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 STATE_STYLE = {"PENDING": "dim", "QUEUED": "cyan", "RUNNING": "yellow", "COMPLETED": "green",
                "ERRORED": "bold red", "SKIPPED": "magenta"}
@@ -86,12 +108,14 @@ def progress(counts: dict[str, int]) -> str:
 
 
 def jobs_table(jobs: list[dict[str, Any]]) -> None:
-    out.print(jobs_renderable(jobs))
+    _out().print(jobs_renderable(jobs))
 
 
 def jobs_renderable(jobs: list[dict[str, Any]]) -> Any:
     if not jobs:
         return "[dim]no jobs[/]"
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False)
     for col in ("ID", "NAME", "STATE", "PROGRESS", "AGE", "USER"):
         table.add_column(col)
@@ -172,6 +196,8 @@ def _task_line(task: dict[str, Any]) -> str:
 
 def waiting(obj: dict[str, Any]) -> str:
     """Why a queued task (or some queued task of a layer or job) waits, or "" when none cannot be placed."""
+    from rich.markup import escape
+
     return f"[yellow]{escape(obj['waiting'])}[/]" if obj.get("waiting") else ""
 
 
@@ -183,7 +209,7 @@ def _duration(obj: dict[str, Any]) -> str:
 
 
 def job_tree(job: dict[str, Any]) -> None:
-    out.print(job_tree_renderable(job))
+    _out().print(job_tree_renderable(job))
 
 
 def job_tree_renderable(job: dict[str, Any]) -> Any:
@@ -201,6 +227,8 @@ def job_tree_renderable(job: dict[str, Any]) -> Any:
     comp = job.get("compensation")
     if comp:  # docs/flow/compensation.md: its own state beside the job's
         head += f"\ncompensation {state(comp['state'])}: {comp.get('reason', '')}"
+    from rich.tree import Tree
+
     tree = Tree(head)
     for layer in job["layer_list"]:
         counts = layer_counts(layer)
@@ -226,20 +254,22 @@ def _add_tasks(branch: Tree, layer: dict[str, Any]) -> None:
 
 
 def layer_view(layer: dict[str, Any]) -> None:
-    out.print(f"[bold]layer {layer['name']}[/] {layer['id']} of job {layer['job']}  order {layer['order']}  "
-              f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}  {layer_counts(layer)}  "
-              f"[dim]etag {layer['etag']}, {_duration(layer)}[/]")
+    _out().print(f"[bold]layer {layer['name']}[/] {layer['id']} of job {layer['job']}  order {layer['order']}  "
+                 f"{state(layer['state'], bool(layer.get('paused_at')))}  {layer_bar(layer)}  {layer_counts(layer)}  "
+                 f"[dim]etag {layer['etag']}, {_duration(layer)}[/]")
     if layer.get("waiting"):
-        out.print(waiting(layer))
+        _out().print(waiting(layer))
+    from rich.tree import Tree
+
     tree = Tree("[dim]tasks[/]")
     _add_tasks(tree, layer)
-    out.print(tree)
+    _out().print(tree)
 
 
 def task_view(task: dict[str, Any]) -> None:
     usage = task.get("usage") or {}
-    out.print(f"[bold]{task['name']}[/] {task['id']}  {state(task['state'], bool(task.get('paused_at')))}  "
-              f"[dim]etag {task['etag']}[/]")
+    _out().print(f"[bold]{task['name']}[/] {task['id']}  {state(task['state'], bool(task.get('paused_at')))}  "
+                 f"[dim]etag {task['etag']}[/]")
     cmd = " ".join(task.get("cmd") or [])
     rows = [("command", ("sh -c " if task.get("shell") else "") + cmd),
             ("image", task.get("image")), ("attempts", f"{task.get('attempts', 0)} run(s); {attempt_text(task)}"),
@@ -252,32 +282,34 @@ def task_view(task: dict[str, Any]) -> None:
             ("retry", _retry_text(task)),
             ("start within", f"{task['start_within']:g}s" if task.get("start_within") else None),
             ("env", " ".join(f"{k}={v}" for k, v in (task.get("env") or {}).items()) or None)]
+    from rich.table import Table
+
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="dim")
     table.add_column()
     for name, value in rows:
         if value not in (None, "", "-"):
             table.add_row(name, str(value))
-    out.print(table)
+    _out().print(table)
     if task.get("waiting"):
-        out.print(waiting(task))
-    out.print("[bold]history[/]" + (f" [dim]({task['records_dropped']} older records dropped)[/]"
-                                      if task.get("records_dropped") else ""))
+        _out().print(waiting(task))
+    _out().print("[bold]history[/]" + (f" [dim]({task['records_dropped']} older records dropped)[/]"
+                                         if task.get("records_dropped") else ""))
     hist = Table(box=None, pad_edge=False)
     for col in ("TIME", "STATE", "NODE", "REASON"):
         hist.add_column(col)
     for rec in task.get("records", []):
         hist.add_row(_clock(rec.get("at")), state(rec["state"]), rec.get("node") or "-", rec.get("reason") or "")
-    out.print(hist)
+    _out().print(hist)
     if task.get("result") is not None:
-        out.print("[bold]result[/]")
-        out.print(task["result"], markup=False)
+        _out().print("[bold]result[/]")
+        _out().print(task["result"], markup=False)
     log = task.get("log")
     if log:
         extra = f", last {len(log['tail'] or '')} bytes shown" if log.get("truncated") else ""
-        out.print(f"[bold]log tail[/] [dim](attempt {log.get('attempt')} on {log.get('node')}, {log.get('size')} bytes"
-                  f"{extra}; full log at {log.get('path')} on that node)[/]")
-        out.print(log.get("tail") or "", markup=False, end="")
+        _out().print(f"[bold]log tail[/] [dim](attempt {log.get('attempt')} on {log.get('node')}, {log.get('size')} bytes"
+                     f"{extra}; full log at {log.get('path')} on that node)[/]")
+        _out().print(log.get("tail") or "", markup=False, end="")
 
 
 def _retry_text(task: dict[str, Any]) -> str | None:
@@ -325,10 +357,12 @@ def renewal(node: dict[str, Any]) -> str:
 
 def nodes_table(nodes: list[dict[str, Any]], alarms: list[dict[str, str]] | None = None) -> None:
     for line in alarm_lines(alarms or []):
-        out.print(line)
+        _out().print(line)
     if not nodes:
-        out.print("[dim]no live nodes[/]")
+        _out().print("[dim]no live nodes[/]")
         return
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False)
     for col in ("NAME", "HOST", "RUNNING", "LABELS", "CPUS", "MEMORY FREE", "LOAD", "UP", "CLOCK", "RENEW",
                 "VERSION"):
@@ -338,4 +372,4 @@ def nodes_table(nodes: list[dict[str, Any]], alarms: list[dict[str, str]] | None
         table.add_row(n.get("name", "?"), f"{n.get('host')} pid {n.get('pid')}", f"{n['running']}/{n.get('slots')}",
                       labels, str(n.get("cpus")), f"{size(n.get('memory_available'))} of {size(n.get('memory'))}",
                       f"{n.get('load', 0):.2f}", age(n.get("started")), clock(n), renewal(n), n.get("version", "?"))
-    out.print(table)
+    _out().print(table)

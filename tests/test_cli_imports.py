@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conductor.client import Client
 
 # Libraries only some commands need: containers (docker), the web UI and /metrics (starlette,
@@ -50,12 +52,14 @@ def test_the_client_loads_no_library_a_read_does_not_need(tmp_path: Path) -> Non
     assert _loaded(modules, HEAVY) == []
 
 
+@pytest.mark.parametrize("json_output", [False, True], ids=["table", "json"])
 def test_show_of_a_job_reads_it_with_neither_the_other_commands_nor_their_libraries(
-        client: Client, shared_etcd, namespace: str, tmp_path: Path) -> None:
+        client: Client, shared_etcd, namespace: str, tmp_path: Path, json_output: bool) -> None:
     job = client.post({"name": "shown", "layers": [{"tasks": [{"cmd": ["true"]} for _ in range(3)]}]})
     show = tmp_path / "show.txt"
+    argv = ["conductor", "show", job, "--etcd", shared_etcd.endpoint, "--namespace", namespace]
     code = ("import sys\n"
-            f"sys.argv = ['conductor', 'show', {job!r}, '--etcd', {shared_etcd.endpoint!r}, '--namespace', {namespace!r}]\n"
+            f"sys.argv = {argv + ['--json'] * json_output!r}\n"
             f"sys.stdout = open({str(show)!r}, 'w')\n"
             "from conductor.cli.main import main\n"
             "main()\n")
@@ -64,6 +68,7 @@ def test_show_of_a_job_reads_it_with_neither_the_other_commands_nor_their_librar
     assert "grpc" in modules
     assert _loaded(modules, HEAVY) == []
     assert [m for m in OTHER_COMMAND_MODULES if f"conductor.cli.{m}" in modules] == []
+    assert _loaded(modules, ("rich",)) == ([] if json_output else ["rich"])  # JSON needs no console
 
 
 def _registered(modules: str) -> list[str]:
