@@ -3,26 +3,37 @@
 threads only for itself). Linux only; elsewhere, and on any failure, it does nothing."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import functools
 import sys
 import threading
+from typing import Any
 
 _PR_SET_NAME = 15
-_libc = None
-if sys.platform.startswith("linux"):
+
+
+@functools.cache
+def _libc() -> Any:
+    """libc, loaded on the first naming: ctypes and the library search cost every importer (the
+    CLI imports this module through lifecycle) a few ms, and only threads of a node are named."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes.util
+
     try:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
-        _libc = None
+        return None
 
 
 def name_this_thread(name: str | None = None) -> None:
     """Name the OS thread after ``name`` or the Python thread's name (cut to 15 bytes)."""
-    if _libc is None:
+    libc = _libc()
+    if libc is None:
         return
+    import ctypes
+
     raw = (name or threading.current_thread().name).encode(errors="replace")[:15]
     try:
-        _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0)
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0)
     except (OSError, AttributeError):
         pass
