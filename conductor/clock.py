@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from email.utils import parsedate_to_datetime
 from statistics import median
 from typing import Any, Sequence
 
@@ -57,6 +56,8 @@ def date_offset(date_header: str, sent: float, received: float) -> float:
     """The offset of a server's clock from its HTTP ``Date`` header, taken between ``sent`` and
     ``received`` (local clock). The header has whole seconds, cut down: its clock read somewhere in
     [date, date + 1), so half a second is added. Raises ValueError for a malformed header."""
+    from email.utils import parsedate_to_datetime  # here: every client imports this module, only nodes read clocks
+
     try:
         stamp = parsedate_to_datetime(date_header).timestamp()
     except (TypeError, ValueError, IndexError) as exc:
