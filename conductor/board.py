@@ -14,11 +14,11 @@ Atomicity, per method:
 * :meth:`Board.settle` is idempotent and safe to run from any number of nodes at once: it writes
   the plan of :func:`layerplan.plan` (which layers end, which start, the job's state) in one
   transaction, guarded by the revisions of the job and of every layer it writes and by compares
-  that no task of a drained layer is ready, claimed or orphaned. It is how layer order
-  (invariant 3) is kept.
-* :meth:`Board.enqueue` queues a running layer's tasks in groups that fit etcd's limits (a task
-  and its ready marker in the same transaction), then marks the layer ``enqueued``; a layer is
-  never finished before that.
+  that no task of a drained layer changed since the counts that found it drained were read (a
+  range compare over the layer's tasks). It is how layer order (invariant 3) is kept.
+* :meth:`Board.enqueue` queues a running layer's tasks (PENDING rewritten QUEUED: a task key is
+  its own queue entry) in groups that fit etcd's limits, then marks the layer ``enqueued``; a
+  layer is never finished before that.
 
 Every multi-key write here is sized with :mod:`conductor.batch`, by count and by bytes.
 """
@@ -33,7 +33,8 @@ from .batch import Item, fit, fits, op_size
 from .errors import Refused, StoreError
 from .keys import Keys
 from .model import Value
-from .ops import KV, Compare, Delete, Get, Op, Put, absent, mod_is, range_empty
+from .keys import prefix_end
+from .ops import KV, Compare, Delete, Get, Op, Put, absent, mod_is
 from .store import Store
 
 log = logging.getLogger("conductor.board")
@@ -44,7 +45,7 @@ MAX_TRIES = 50
 
 # Fields of a new task left out of what post stores while they hold these values: every reader
 # takes them with .get and this default (views.with_etag puts them back for show and the API), and
-# a 100,000-task job is that much smaller, twice (the ready marker holds the task's value too).
+# a 100,000-task job is that much smaller.
 UNSTORED_DEFAULTS: dict[str, Any] = {"shell": False, "env": {}, "cwd": None, "timeout": None, "priority": 0,
                                      "needs": {}, "paused_at": 0, "usage": None}
 
@@ -95,16 +96,20 @@ class Board:
         given = job_id is not None
         job_id = job_id or ids.new_job_id()
         job, layers, tasks, started = self._values(spec, user, job_id, source, meta, bool(secrets), node)
-        whole = self._task_ops(tasks, ready=True) + self._head_ops(job, layers, secrets)
         exists = [absent(self.keys.job(user, job_id))]
-        if fits(whole, exists):
-            if not self.store.txn(exists, whole).succeeded:
-                return self._exists(job_id, given)
-            self._log_post(job, layers)
-            return job_id
+        if job["tasks"] + len(layers) + 4 <= batch.MAX_TXN_OPS:  # else it cannot fit: do not pack it twice
+            queued = [[_queued(task, node) for task in lt] if i in started else lt for i, lt in enumerate(tasks)]
+            for i in started:
+                layers[i]["enqueued"] = True  # its tasks go QUEUED in this same transaction
+            whole = self._task_ops(queued) + self._head_ops(job, layers, secrets)
+            if fits(whole, exists):
+                if not self.store.txn(exists, whole).succeeded:
+                    return self._exists(job_id, given)
+                self._log_post(job, layers)
+                return job_id
         for i in started:
             layers[i]["enqueued"] = False  # queued after the head: see _post_chunked
-        revs = self._post_chunked(job, layers, tasks, secrets)
+        revs = self._post_chunked(job, layers, tasks, secrets)  # every task PENDING
         if revs is None:
             return self._exists(job_id, given)
         self._log_post(job, layers)
@@ -119,7 +124,8 @@ class Board:
                 meta: dict[str, Any] | None, secrets: bool,
                 node: str | None) -> tuple[Value, list[Value], list[list[Value]], list[int]]:
         """The values a post writes, checked against the stored-size caps (raises InvalidSpec),
-        with the layers that start at once RUNNING and their tasks QUEUED; and those layers."""
+        with the layers that start at once RUNNING (their tasks still PENDING: the caller queues
+        them, in the post's one transaction or by enqueue after the head); and those layers."""
         spec = {**spec, "on_success": (meta or {}).get("on_success", []),
                 "on_failure": (meta or {}).get("on_failure", [])}
         job, layers, tasks = footprint.build(spec, user, job_id, source or {"kind": "api"})
@@ -128,10 +134,6 @@ class Board:
         if secrets:
             job["has_secrets"] = True
         started = advance(job, {layer["index"]: layer for layer in layers}, node)
-        for i in started:
-            for task in tasks[i]:
-                model.move(task, states.QUEUED, "its layer started", node)
-            layers[i]["enqueued"] = True
         return job, layers, tasks, started
 
     @staticmethod
@@ -143,10 +145,10 @@ class Board:
 
     def _post_chunked(self, job: Value, layers: list[Value], tasks: list[list[Value]],
                       secrets: dict[str, str] | None) -> dict[str, int] | None:
-        """Write a big job: tasks (the first layers' already QUEUED, without ready markers) in
-        chunks, the first with a ``pending/<job>`` marker, then the head in one transaction that
-        deletes the marker, so the job appears whole or not at all. The ready markers come later
-        (enqueue), so no node starts a task of a job nobody can see yet.
+        """Write a big job: tasks (all PENDING) in chunks, the first with a ``pending/<job>``
+        marker, then the head in one transaction that deletes the marker, so the job appears whole
+        or not at all. The first layers' tasks are queued after it (enqueue), so no node starts a
+        task of a job nobody can see yet.
 
         Returns each task's revision by id, or None when the job key exists already (nothing of
         ours is removed: the keys are the other post's). If a write fails, removes what this post
@@ -155,7 +157,7 @@ class Board:
         exists = [absent(k.job(user, job_id))]
         marker = Put(k.pending(user, job_id), codec.pack({"user": user, "at": model.now()}))
         head = self._head_ops(job, layers, secrets) + [Delete(k.pending(user, job_id))]
-        items = [Item(self._task_ops([[task]], ready=False), tag=task["id"]) for lt in tasks for task in lt]
+        items = [Item(self._task_ops([[task]]), tag=task["id"]) for lt in tasks for task in lt]
         if not fits(head, exists):  # many layers: they go first too, invisible without the job key
             head = self._head_ops(job, None, secrets) + [Delete(k.pending(user, job_id))]
             items += [Item(self._layer_ops([layer])) for layer in layers]
@@ -194,14 +196,12 @@ class Board:
         """Transactions of a chunked post sent together, results in order (a seam for tests)."""
         return self.store.txn_many([(compare, ops) for ops in chunks])
 
-    def _task_ops(self, tasks: list[list[Value]], ready: bool) -> list[Op]:
+    def _task_ops(self, tasks: list[list[Value]]) -> list[Op]:
         ops: list[Op] = []
         for layer_tasks in tasks:
             for task in layer_tasks:
-                data, user = codec.pack(task), task["user"]
-                ops.append(Put(self.keys.task(user, task["id"]), data))
-                if ready and task["state"] == states.QUEUED:
-                    ops.append(Put(self.keys.ready(user, task["id"]), data))
+                user = task["user"]
+                ops.append(Put(self.keys.task(user, task["id"]), codec.pack(task)))
                 if task.get("paused_at"):
                     ops.append(Put(self.keys.paused(user, task["id"]), b""))
         return ops
@@ -242,13 +242,11 @@ class Board:
                 node: str | None = None) -> None:
         """Queue the tasks of a RUNNING layer, then mark the layer enqueued.
 
-        A PENDING task is rewritten as QUEUED together with its ready marker (whose value is the
-        same bytes), in the same transaction. A task already written QUEUED (a job's first layer,
-        posted in chunks) gets only its ready marker, which then names the task's revision
-        (``task_rev``) for the claim's compare. Transactions are grouped to fit etcd's limits by
-        count and bytes (:func:`batch.fit`); each is compared on the revisions of its tasks, and a
-        lost race lists the layer again. Staged tasks never committed are deleted first. Raises
-        TooLarge only if one task alone cannot be queued (the spec limits rule that out)."""
+        Each PENDING task is rewritten QUEUED (its key is its queue entry), compared on the
+        revision it was read at. Transactions are grouped to fit etcd's limits by count and bytes
+        (:func:`batch.fit`), several in flight; a lost race lists the layer again. Staged tasks
+        never committed are deleted first. Raises TooLarge only if one task alone cannot be
+        queued (the spec limits rule that out)."""
         k = self.keys
         for _ in range(MAX_TRIES):
             found = self.load(k.layer(user, layer_id))
@@ -267,17 +265,15 @@ class Board:
                 return
 
     def _unqueued(self, user: str, layer: Value) -> list[tuple[Value, int]]:
-        """The committed tasks of a layer still to queue (with their revisions); deletes on the way
-        the staged tasks whose batch was never committed (their writer died or was refused)."""
-        k, layer_id = self.keys, layer["id"]
-        kvs, _ = self.store.scan(k.task(user, layer_id + "."))
-        marked = {k.last(kv.key) for kv in self.store.scan(k.ready(user, layer_id + "."), keys_only=True)[0]}
+        """The committed PENDING tasks of a layer (with their revisions); deletes on the way the
+        staged tasks whose batch was never committed (their writer died or was refused)."""
+        kvs, _ = self.store.scan(self.keys.task(user, layer["id"] + "."))
         values = [(codec.unpack(kv.value), kv) for kv in kvs]
         garbage = [Delete(kv.key) for v, kv in values if not model.committed(v, layer)]
         for group in batch.fit_ops(garbage):
             self.store.txn([], group)
-        return [(v, kv.mod_revision) for v, kv in values if model.committed(v, layer) and (
-                v["state"] == states.PENDING or (v["state"] == states.QUEUED and v["id"] not in marked))]
+        return [(v, kv.mod_revision) for v, kv in values
+                if model.committed(v, layer) and v["state"] == states.PENDING]
 
     def _queue(self, user: str, pending: list[tuple[Value, int]], node: str | None) -> bool:
         """Queue tasks in transactions that fit, several in flight at once (each group is
@@ -286,14 +282,9 @@ class Board:
         return all(res.succeeded for res in self.store.txn_many([(g.compare, g.ops) for g in groups]))
 
     def _queue_item(self, user: str, task: Value, rev: int, node: str | None) -> batch.Item:
-        """One task's queueing: what must land in one transaction, and what it is compared on."""
-        k = self.keys
-        key = k.task(user, task["id"])
-        if task["state"] == states.PENDING:
-            data = codec.pack(model.move(_own_copy(task), states.QUEUED, "its layer started", node))
-            return batch.Item([Put(key, data), Put(k.ready(user, task["id"]), data)], [mod_is(key, rev)])
-        ready = Put(k.ready(user, task["id"]), codec.pack({**task, "task_rev": rev}))
-        return batch.Item([ready], [mod_is(key, rev), absent(k.ready(user, task["id"]))])
+        """One task's queueing: its QUEUED value, compared on the revision it was read at."""
+        key = self.keys.task(user, task["id"])
+        return batch.Item([Put(key, codec.pack(_queued(task, node)))], [mod_is(key, rev)])
 
     # ---- moving layers on ----------------------------------------------------------------------
 
@@ -348,7 +339,7 @@ class Board:
         """Plan and write once: False if there was nothing to do, None if the write lost a race,
         "ended" if the write ended the job for good (its active key deleted: no compensation to
         run), True otherwise."""
-        watched = [snap.layers[i]["id"] for i in layerplan.watched(snap.layers)]
+        watched = [snap.layers[i] for i in layerplan.watched(snap.layers)]
         counts = self._counts(user, snap.job["id"], watched)
         planned = self._fitting_plan(user, snap, counts, node)
         if planned is None:
@@ -377,15 +368,16 @@ class Board:
     def _settle_txn(self, user: str, snap: _Snapshot, p: layerplan.Plan, node: str | None) -> _SettleTxn | None:
         """The transaction that writes plan ``p``, or None if it does not fit in one request.
 
-        Compares: the job's revision; each drained layer's ready and run ranges empty; each
-        written layer's revision; each inlined task's revision. Ops: inlined tasks and their ready
-        markers, deletes of uncommitted staged tasks, the moved layers, the outbox entries, the
-        active key, and the job value last."""
+        Compares: the job's revision; each drained layer's tasks unchanged since the counts that
+        found it drained were read (``p.counted``: every task's mod revision at most that); each
+        written layer's revision; each inlined task's revision. Ops: inlined tasks (QUEUED), deletes
+        of uncommitted staged tasks, the moved layers, the outbox entries, the active key, and the
+        job value last."""
         k = self.keys
         compare = [mod_is(snap.job_kv.key, snap.job_kv.mod_revision)]
         for i in p.drained:
-            lid = p.layers[i]["id"]
-            compare += [range_empty(k.ready(user, lid + ".")), range_empty(k.run(user, lid + "."))]
+            tasks = k.task(user, p.layers[i]["id"] + ".")
+            compare.append(Compare(tasks, "mod", "<", p.counted + 1, prefix_end(tasks)))
         layer_keys = {i: k.layer(user, layer["id"]) for i, layer in p.layers.items()}
         compare += [mod_is(key, snap.layer_kvs[key].mod_revision) for key in layer_keys.values()]
         tail = self._messages(p) + self._active_ops(user, p) + [Put(snap.job_kv.key, codec.pack(p.job))]
@@ -402,7 +394,7 @@ class Board:
     def _inline(self, user: str, p: layerplan.Plan, ops: list[Op], compare: list[Compare],
                 node: str | None) -> dict[int, batch.Item]:
         """The started layers whose queueing fits in the settle transaction, each whole: its
-        committed PENDING tasks (with their ready markers) and the deletes of its uncommitted staged
+        committed PENDING tasks (rewritten QUEUED) and the deletes of its uncommitted staged
         tasks. Only small layers are read at all (INLINE_TASKS in all); the rest go to enqueue."""
         chosen: dict[int, batch.Item] = {}
         budget = INLINE_TASKS
@@ -465,20 +457,18 @@ class Board:
             ops += messages.outbox_ops(self, p.job, list(m.names), m.outcome, m.what)
         return ops
 
-    def _counts(self, user: str, job_id: str, layer_ids: list[str]) -> dict[str, layerplan.LayerCounts]:
-        """(ready, running or orphaned, errored) per layer: key counts of ready and run markers and
-        the job's counter keys (conductor/counts.py), a layer's always in one snapshot (one per
-        40 layers)."""
-        k = self.keys
-        items = [Item([Get.count(k.ready(user, lid + ".")), Get.count(k.run(user, lid + "."))], tag=lid)
-                 for lid in layer_ids]
+    def _counts(self, user: str, job_id: str, layers: list[Value]) -> dict[str, layerplan.LayerCounts]:
+        """(not yet run, running or orphaned, errored) per layer, from the job's counter keys
+        (conductor/counts.py) read in one snapshot, whose revision each count carries: the
+        settle compares that the drained layers' tasks did not change since."""
+        res = self.store.read([Get.prefix(self.keys.count(user, job_id))])
+        ended = counts.total(kv.value for kv in res.responses[0].kvs)
         out: dict[str, layerplan.LayerCounts] = {}
-        for group in fit(items, reserve_ops=1):
-            res = self.store.read([Get.prefix(k.count(user, job_id))] + [op for op in group.ops if isinstance(op, Get)])
-            ended = counts.total(kv.value for kv in res.responses[0].kvs)
-            for n, lid in enumerate(group.tags):
-                ready, running = (r.count for r in res.responses[1 + 2 * n:3 + 2 * n])
-                out[str(lid)] = layerplan.LayerCounts(ready, running, counts.of_layer(ended, str(lid))[states.ERRORED])
+        for layer in layers:
+            per = counts.of_layer(ended, layer["id"])
+            running = per.pop(states.RUNNING)
+            left = max(0, int(layer.get("tasks") or 0) - running - sum(per.values()))
+            out[layer["id"]] = layerplan.LayerCounts(left, running, per[states.ERRORED], res.revision)
         return out
 
 
@@ -490,6 +480,11 @@ class _Snapshot:
     job: Value
     layer_kvs: dict[str, KV]
     layers: dict[int, Value]
+
+
+def _queued(task: Value, node: str | None) -> Value:
+    """A copy of a PENDING task as its started layer queues it."""
+    return model.move(_own_copy(task), states.QUEUED, "its layer started", node)
 
 
 def _compact(task: Value) -> Value:

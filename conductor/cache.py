@@ -1,19 +1,21 @@
-"""A node's live copy of the ``q/`` stream: ready tasks, run markers (claims), live leases, kill
-requests, pause markers.
+"""A node's live copy of the ``q/`` stream: QUEUED tasks (what it may claim), RUNNING tasks (the
+claims: who runs what, on which lease), live leases, kill requests, pause markers.
 
 Keys are ``q/<kind>/<user>/<id>``; the owner is taken from the path (what etcd's access control
-checked), and a ready marker whose value names another owner is ignored.
+checked), and a task whose value names another owner is ignored. Tasks in other states (PENDING,
+final) are not kept: a node's memory follows what can be claimed and what runs.
 
 Fed by one list-then-watch (:meth:`Store.follow`), so after handling the events of revision R the
 cache is exactly the stream's state at R. Two things rest on that:
 
-* **Orphans**: a finish deletes a run marker; a lease's end deletes its ``q/alive/<lease>`` key
-  (etcd deletes it with the lease). A run marker whose lease has no alive key after a revision is
-  an orphan, reported to ``on_orphan`` (and again on every full listing, so a missed event is
-  repaired).
+* **Orphans**: a finish rewrites a RUNNING task final; a lease's end deletes its
+  ``q/alive/<lease>`` key (etcd deletes it with the lease). A RUNNING task whose lease has no
+  alive key after a revision is an orphan, reported to ``on_orphan`` (and again on every full
+  listing, so a missed event is repaired).
 * **Layer drained**: after its finish at revision R, a node waits until the cache has reached R;
-  if it then sees no ready and no running task of the layer, the layer may be finished. Whoever
-  commits the last finish of a layer sees that, so no layer is left unfinished.
+  if it then sees no queued and no running task of the layer, the layer may be finished (the
+  settle itself checks the job's counts). Whoever commits the last finish of a layer sees that,
+  so no layer is left unfinished.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def layer_of(task_id: str) -> str:
 
 @dataclass(frozen=True)
 class ClaimInfo:
-    """A run marker as the cache holds it: who runs the task, on which lease, since which revision."""
+    """A RUNNING task as the cache holds it: who runs it, on which lease, and the revision the
+    cache first saw it RUNNING on that lease (the claim's, unless the listing came later)."""
 
     node: str
     lease: int
@@ -156,7 +159,7 @@ class Cache(FollowHandler):
         self.on_ready: Callable[[dict], None] = lambda task: None
         self.cond = threading.Condition()
         self.ready = ReadyQueue()
-        self.runs: dict[str, ClaimInfo] = {}  # task -> its run marker (the claim)
+        self.runs: dict[str, ClaimInfo] = {}  # task -> its claim (the task is RUNNING)
         self.alive: set[int] = set()  # the leases whose alive key exists
         self.paused: set[str] = set()  # owned(user, id) of every pause marker
         self.ready_by_layer: Counter[str] = Counter()
@@ -219,6 +222,8 @@ class Cache(FollowHandler):
         """Apply a put. A value that is not what Conductor writes (a user's etcdctl, say) is
         skipped and said once per key: the stream is everybody's, a node must not fall over it."""
         kind, user, name = self.keys.split_stream(kv.key)
+        if kind in ("jobs", "layers"):  # in the stream for users' ordered feeds; a node needs none
+            return
         try:
             value = codec.unpack(kv.value) if kv.value else {}
             self._put(kind, user, name, kv, value)
@@ -228,21 +233,8 @@ class Cache(FollowHandler):
                 log.warning("ignoring %s: not a value Conductor wrote (%s)", kv.key, exc)
 
     def _put(self, kind: str, user: str, name: str, kv: KV, value: dict) -> None:
-        if kind == "ready":
-            if value.get("id") != name or not isinstance(value.get("job"), str) \
-                    or not isinstance(value.get("layer"), str) or not isinstance(value.get("priority", 0), int):
-                raise ValueError("a ready marker must hold its task")
-            if value.get("user") != user:  # the path is what etcd's access control checked
-                raise ValueError(f"a ready marker under {user!r} names another owner")
-            if name not in self.ready:
-                self.ready_by_layer[layer_of(name)] += 1
-            self.ready.put(Ready(kv.value, kv.mod_revision, name))  # kept packed: see Ready
-            self.on_ready(value)
-        elif kind == "runs":
-            info = ClaimInfo(str(value.get("node", "?")), int(str(value.get("lease", "0")), 16), kv.create_revision, user)
-            if name not in self.runs:
-                self.runs_by_layer[layer_of(name)] += 1
-            self.runs[name] = info
+        if kind == "tasks":
+            self._task(user, name, kv, value)
         elif kind == "alive":
             self.alive.add(_lease(user))
         elif kind == "paused":
@@ -251,15 +243,47 @@ class Cache(FollowHandler):
             self.kills[owned(user, name)] = value
             self.on_kill(user, name, value)
 
+    def _task(self, user: str, name: str, kv: KV, value: dict) -> None:
+        """A task's new value: queued (claimable), running (a claim), or neither (forgotten)."""
+        if value.get("id") != name or not isinstance(value.get("job"), str) \
+                or not isinstance(value.get("layer"), str) or not isinstance(value.get("priority", 0), int):
+            raise ValueError("a task key must hold its task")
+        if value.get("user") != user:  # the path is what etcd's access control checked
+            raise ValueError(f"a task under {user!r} names another owner")
+        state = value.get("state")
+        if state == "QUEUED":
+            self._unrun(name)
+            if name not in self.ready:
+                self.ready_by_layer[layer_of(name)] += 1
+            self.ready.put(Ready(kv.value, kv.mod_revision, name))  # kept packed: see Ready
+            self.on_ready(value)
+            return
+        self._unready(name)
+        if state != "RUNNING":
+            self._unrun(name)
+            return
+        lease = _lease(str(value.get("lease", "")))
+        known = self.runs.get(name)
+        if known is None:
+            self.runs_by_layer[layer_of(name)] += 1
+        elif known.lease == lease:  # a user's change of a running task: the claim stays as it was
+            return
+        self.runs[name] = ClaimInfo(str(value.get("node", "?")), lease, kv.mod_revision, user)
+
+    def _unready(self, name: str) -> None:
+        if self.ready.remove(name) is not None:
+            self._dec(self.ready_by_layer, layer_of(name))
+
+    def _unrun(self, name: str) -> None:
+        if self.runs.pop(name, None) is not None:
+            self._dec(self.runs_by_layer, layer_of(name))
+
     def _apply_delete(self, key: str) -> int | None:
-        """Apply a delete; for a deleted alive key return its lease (its run markers are orphans)."""
+        """Apply a delete; for a deleted alive key return its lease (its RUNNING tasks are orphans)."""
         kind, user, name = self.keys.split_stream(key)
-        if kind == "ready":
-            if self.ready.remove(name) is not None:
-                self._dec(self.ready_by_layer, layer_of(name))
-        elif kind == "runs":
-            if self.runs.pop(name, None) is not None:
-                self._dec(self.runs_by_layer, layer_of(name))
+        if kind == "tasks":
+            self._unready(name)
+            self._unrun(name)
         elif kind == "alive":
             lease = _lease(user)
             self.alive.discard(lease)
@@ -288,7 +312,7 @@ class Cache(FollowHandler):
             self.cond.notify_all()
 
     def drop(self, stale: dict[str, int]) -> None:
-        """Forget ready entries found stale by a failed claim ({task: the marker revision the claim
+        """Forget queued entries found stale by a failed claim ({task: the revision the claim
         compared}), each only if the cache still holds that revision of it: a newer one (the task
         queued again while the claim was on its way) is live, and no event would bring it back."""
         with self.cond:
@@ -303,7 +327,7 @@ class Cache(FollowHandler):
             return self.cond.wait_for(lambda: self.is_synced and self.revision >= revision, timeout)
 
     def layer_busy(self, layer_id: str) -> bool:
-        """Has the layer a task that is ready, or running (its run marker, orphaned or not)?"""
+        """Has the layer a task that is queued, or running (orphaned or not)?"""
         with self.cond:
             return self.ready_by_layer.get(layer_id, 0) > 0 or self.runs_by_layer.get(layer_id, 0) > 0
 
@@ -311,7 +335,7 @@ class Cache(FollowHandler):
         return [(c.user, t, c.lease) for t, c in self.runs.items() if c.lease not in self.alive]
 
     def orphans(self) -> list[tuple[str, str, int]]:
-        """(user, task, lease) of every run marker whose lease has no alive key."""
+        """(user, task, lease) of every RUNNING task whose lease has no alive key."""
         with self.cond:
             return self._orphans()
 

@@ -1,20 +1,21 @@
 """The node side of the board: claim, finish, hand back, recover.
 
+A task's key (``q/u/<user>/tasks/<task>``) is its own queue entry and, while RUNNING, its claim.
+
 Atomicity and fencing:
 
-* :meth:`Claims.claim` takes a batch of ready tasks in one transaction. For each task it compares
-  the ready marker's and the task's revision (the two are written together, so they are equal),
-  that no run marker exists, and that neither the job nor the layer is paused, and once that the
-  node's ``q/alive/<lease>`` key lives; then it deletes the ready marker and writes the run marker
-  (the claim: node, lease, attempt) and the task as RUNNING. The run marker's create revision (the
-  transaction's revision) is the fencing token.
-* :meth:`Claims.finish` commits outcomes only where the run marker still has that create revision
-  and the claim's lease is still alive (invariant 1): a node whose lease expired commits nothing,
-  since etcd deleted its alive key when the lease ended. The task, its ready marker, result, log
-  tail, the removal of the run marker, and the job's counter key (:mod:`conductor.counts`: one put
-  per job of the batch) are one transaction.
-* :meth:`Claims.recover` ends the run of a task whose run marker names a lease that no longer lives
-  (its node's lease expired), once, whichever node gets there first.
+* :meth:`Claims.claim` takes a batch of QUEUED tasks in one transaction. For each task it compares
+  the task's revision (the one the node's cache holds), that neither the job nor the layer is
+  paused, and once that the node's ``q/alive/<lease>`` key lives; then it rewrites the task
+  RUNNING (naming node, lease and attempt) and adds the claims to the claim loop's counter key
+  (RUNNING per layer). The transaction's revision is the claim's fencing token.
+* :meth:`Claims.finish` commits outcomes only where the task is still that claim (its revision
+  compared; a user's change meanwhile is read and committed over, see :meth:`_finish_one`) and
+  the claim's lease is still alive (invariant 1): a node whose lease expired commits nothing,
+  since etcd deleted its alive key when the lease ended. The task, result, log tail and the job's
+  counter key (:mod:`conductor.counts`: one put per job of the batch) are one transaction.
+* :meth:`Claims.recover` ends the run of a RUNNING task whose lease no longer lives (its node's
+  lease expired), once, whichever node gets there first.
 
 What a task becomes (claimed, finished, recovered) is decided by :mod:`conductor.lifecycle`; this
 module only reads and writes what it decides.
@@ -29,13 +30,13 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, cast
 
-from . import codec, concurrency, counts, lifecycle, model, taskcache
+from . import codec, concurrency, counts, lifecycle, model, states, taskcache
 from .batch import Group, Item, fit
 from .errors import ConductorError
 from .keys import Keys, lease_hex
 from .lifecycle import Cause, Outcome
 from .model import Value
-from .ops import Compare, Delete, Get, Op, Put, absent, created_at, mod_is, present
+from .ops import Compare, Delete, Get, Op, Put, absent, mod_is, present
 from .store import Store
 
 log = logging.getLogger("conductor.claims")
@@ -45,9 +46,9 @@ COUNTER_BYTES = 400  # room kept per counter put (a counter value is a few numbe
 
 
 class Ready:
-    """A ready marker as a node's cache holds it: the task value and the marker's revision.
+    """A QUEUED task as a node's cache holds it: the task value and the key's revision.
 
-    The cache gives the marker's bytes and keeps them packed: a node may hold every ready task of
+    The cache gives the task's bytes and keeps them packed: a node may hold every ready task of
     a 100,000-task layer, and packed they take about half the memory (a queue of 100,000 `true`
     tasks: ~93 MiB instead of ~176 MiB). ``task`` unpacks a fresh copy on each read, so a caller
     may change what it gets. Given a map, it keeps the map."""
@@ -71,7 +72,8 @@ class Ready:
 
 @dataclass
 class Claimed:
-    """A task this node holds: the value it wrote and the fencing token of its claim."""
+    """A task this node holds: the value it wrote, the task key's revision now (the claim's, or a
+    user's change since) and the fencing token of its claim (the claim transaction's revision)."""
 
     task: Value
     task_rev: int
@@ -118,7 +120,8 @@ class Claims:
         # does the node know of a kill request for (user, task)? A finish deletes one it knows of
         # and otherwise compares that there is none, so it writes no key for a request never made
         self.has_kill = has_kill or (lambda user, task: True)
-        self.counters = counts.Counters(keys, self._read_value)
+        self.counters = counts.Counters(keys, self._read_value)  # the finish loop's
+        self.claim_counters = counts.Counters(keys, self._read_value)  # the claim loop's
         # the counter key of this node's other changes (recoveries): one per node life, not per change
         own = "a" + secrets.token_hex(6)
         self.side = side or counts.Writer(store, keys, lambda: own)
@@ -133,7 +136,8 @@ class Claims:
         """Claim every task of ``batch`` or none. Returns what was claimed, and on failure the
         ids found stale (taken by another node, changed, or paused) so the caller can drop them.
         ``gate`` (a :class:`conductor.gate.Gate`) adds the concurrency slots and rate permits the
-        tasks take, in this same transaction; a failure of those compares names no task stale."""
+        tasks take, in this same transaction; a failure of those compares names no task stale.
+        Only the claim loop calls this (it owns the claim counter key)."""
         k, node = self.keys, self.node
         at = model.now()
         compare: list[Compare] = []
@@ -141,37 +145,43 @@ class Claims:
         running: list[Value] = []
         jobs: dict[str, str] = {}
         layers: dict[str, str] = {}
+        deltas: dict[tuple[str, str], counts.Delta] = {}
         for entry in batch:
-            task_rev = entry.task.get("task_rev") or entry.mod_revision  # see Board.enqueue
-            task = lifecycle.decide_claim(entry.task, node, at)  # a copy: the cache's value stays as it was
-            task.pop("task_rev", None)
+            task = lifecycle.decide_claim(entry.task, node, at, lease_hex(lease))  # a copy: the cache's stays
             if gate is not None:  # flow control hook: the slot this claim takes (conductor/gate.py)
                 gate.mark(task)
             user = task["user"]
             running.append(task)
-            compare += [mod_is(k.ready(user, task["id"]), entry.mod_revision),
-                        mod_is(k.task(user, task["id"]), task_rev), absent(k.run(user, task["id"]))]
-            claim = {"node": node, "lease": lease_hex(lease), "attempt": task["attempts"], "user": user, "at": at}
-            ops += [Delete(k.ready(user, task["id"])),
-                    Put(k.run(user, task["id"]), codec.pack(claim)),
-                    Put(k.task(user, task["id"]), codec.pack(task))]
+            compare.append(mod_is(k.task(user, task["id"]), entry.mod_revision))
+            ops.append(Put(k.task(user, task["id"]), codec.pack(task)))
             jobs[task["job"]] = user
             layers[task["layer"]] = user
+            counts.merge(deltas.setdefault(_job_of(task), {}), counts.change(task, states.RUNNING, None))
         if gate is not None:  # flow control hook: concurrency slots and rate logs (conductor/gate.py)
             flow_compare, flow_ops = gate.txn_parts(running, lease, at)
             compare += flow_compare
             ops += flow_ops
+        writer = lease_hex(lease) + "c"
+        count_compare, count_ops, after = self._count_ops(deltas, writer, self.claim_counters)
         reads: list[Op] = []
         reads += [Get(k.job(u, j)) for j, u in jobs.items()] + [Get(k.layer(u, lid)) for lid, u in layers.items()]
         compare += [absent(k.paused(u, i)) for i, u in (*jobs.items(), *layers.items())]
         compare.append(present(k.alive(lease)))  # a claim on a lease that ended would be an orphan at once
         check: list[Op] = []
-        check += [Get(k.ready(e.task["user"], e.id), keys_only=True) for e in batch]
+        check += [Get(k.task(e.task["user"], e.id), keys_only=True) for e in batch]
         check += [Get(k.paused(u, i), keys_only=True) for i, u in (*jobs.items(), *layers.items())]
-        res = self.store.txn(compare, ops + reads, check)
+        try:
+            res = self.store.txn(compare + count_compare, ops + count_ops + reads, check)
+        except ConductorError:
+            self._uncounted(deltas, writer, self.claim_counters)  # it may have committed: read the key again
+            raise
         if not res.succeeded:
-            return [], self._stale(batch, list(jobs), list(layers), res.responses)
-        values = [codec.unpack(r.kvs[0].value) if r.kvs else {} for r in res.responses[len(ops):]]
+            stale = self._stale(batch, list(jobs), list(layers), res.responses)
+            if not stale:  # no task moved: the counter key may be what failed (its owner may write it)
+                self._uncounted(deltas, writer, self.claim_counters)
+            return [], stale
+        self._counted(after, writer, res.revision, self.claim_counters)
+        values = [codec.unpack(r.kvs[0].value) if r.kvs else {} for r in res.responses[len(ops) + len(count_ops):]]
         job_values = dict(zip(jobs, values[:len(jobs)]))
         layer_values = dict(zip(layers, values[len(jobs):]))
         return [Claimed(task, res.revision, res.revision, lease, job_values[task["job"]], layer_values[task["layer"]])
@@ -238,36 +248,41 @@ class Claims:
         for claimed, outcome, _ in tags:
             self._one(claimed, outcome, committed, lost, writer)
 
-    def _count_ops(self, deltas: dict[tuple[str, str], counts.Delta],
-                   writer: str | None) -> tuple[list[Compare], list[Op], dict[tuple[str, str], counts.Delta]]:
-        """The counter writes of a finish transaction: to the writer's keys (compared on what it
-        last wrote) or, without a writer, to fresh keys. Returns (compares, ops, new values)."""
+    def _count_ops(self, deltas: dict[tuple[str, str], counts.Delta], writer: str | None,
+                   counters: counts.Counters | None = None
+                   ) -> tuple[list[Compare], list[Op], dict[tuple[str, str], counts.Delta]]:
+        """The counter writes of a claim or finish transaction: to the writer's keys (compared on
+        what it last wrote; ``counters`` holds those, the finish loop's by default) or, without a
+        writer, to fresh keys. Returns (compares, ops, new values)."""
         if writer is None:
             return [], counts.action_ops(self.keys, deltas), {}
+        counters = counters or self.counters
         compare: list[Compare] = []
         ops: list[Op] = []
         after: dict[tuple[str, str], counts.Delta] = {}
         for (user, job), delta in deltas.items():
             if delta:
-                c, o, after[(user, job)] = self.counters.ops(user, job, writer, delta)
+                c, o, after[(user, job)] = counters.ops(user, job, writer, delta)
                 compare += c
                 ops += o
         return compare, ops, after
 
-    def _counted(self, after: dict[tuple[str, str], counts.Delta], writer: str | None, revision: int) -> None:
+    def _counted(self, after: dict[tuple[str, str], counts.Delta], writer: str | None, revision: int,
+                 counters: counts.Counters | None = None) -> None:
         for (user, job), value in after.items():
-            self.counters.committed(user, job, str(writer), value, revision)
+            (counters or self.counters).committed(user, job, str(writer), value, revision)
 
-    def _uncounted(self, deltas: dict[tuple[str, str], counts.Delta], writer: str | None) -> None:
+    def _uncounted(self, deltas: dict[tuple[str, str], counts.Delta], writer: str | None,
+                   counters: counts.Counters | None = None) -> None:
         """A failed transaction: read the writer's keys again next time (one may be what failed)."""
         for user, job in deltas:
             if writer is not None:
-                self.counters.forget(user, job, writer)
+                (counters or self.counters).forget(user, job, writer)
 
     def _finish_one(self, claimed: Claimed, outcome: Outcome, writer: str | None = None) -> Finished | None:
         """Commit one outcome, reading the task again while only the task changed (a user's
         ``env set`` or ``pause`` meanwhile) or a kill request came. None when the claim is gone
-        (run marker replaced, lease ended) or the task removed."""
+        (the task taken over, its lease ended) or the task removed."""
         k = self.keys
         user = claimed.task["user"]
         task, task_rev = claimed.task, claimed.task_rev
@@ -277,23 +292,24 @@ class Claims:
             deltas = {_job_of(finished.task): finished.delta}
             count_compare, count_ops, after = self._count_ops(deltas, writer)
             res = self.store.txn(compare + count_compare, ops + count_ops,
-                                 [Get(k.run(user, claimed.id)), Get(k.task(user, claimed.id)),
-                                  Get(k.alive(claimed.lease), keys_only=True),
+                                 [Get(k.task(user, claimed.id)), Get(k.alive(claimed.lease), keys_only=True),
                                   Get(k.kill(user, claimed.id), keys_only=True)])
             if res.succeeded:
                 self._counted(after, writer, res.revision)
                 finished.revision = res.revision
                 return finished
             self._uncounted(deltas, writer)
-            run_r, task_r, alive_r, kill_r = res.responses
-            if not run_r.kvs or run_r.kvs[0].create_revision != claimed.claim_rev or not alive_r.kvs:
-                log.warning("task %s: claim lost (lease expired or taken over); outcome %r not committed",
-                            claimed.id, outcome.reason)
-                return None
+            task_r, alive_r, kill_r = res.responses
             if not task_r.kvs:
                 log.warning("task %s was removed while it ran; outcome not committed", claimed.id)
                 return None
-            task, task_rev = codec.unpack(task_r.kvs[0].value), task_r.kvs[0].mod_revision
+            current = codec.unpack(task_r.kvs[0].value)
+            if not alive_r.kvs or not holds(current, claimed):
+                log.warning("task %s: claim lost (lease expired or taken over); outcome %r not committed",
+                            claimed.id, outcome.reason)
+                return None
+            task, task_rev = current, task_r.kvs[0].mod_revision
+            claimed.task_rev = task_rev
             kill = bool(kill_r.kvs)
             outcome = _recommitted(outcome)
         return None
@@ -305,9 +321,8 @@ class Claims:
         decision = lifecycle.decide(current, o, node, model.now())
         task = decision.task
         user, tid = task["user"], task["id"]
-        compare = [created_at(k.run(user, tid), claimed.claim_rev),
-                   mod_is(k.task(user, tid), task_rev or claimed.task_rev), present(k.alive(claimed.lease))]
-        ops: list[Op] = [Delete(k.run(user, tid))]
+        compare = [mod_is(k.task(user, tid), task_rev or claimed.task_rev), present(k.alive(claimed.lease))]
+        ops: list[Op] = []
         if kill if kill is not None else self.has_kill(user, tid):
             ops.append(Delete(k.kill(user, tid)))
         else:
@@ -327,78 +342,88 @@ class Claims:
         return compare + list(extra.compare), ops + list(extra.ops), Finished(
             claimed, task, decision.state, delta=counts.change(task, decision.tally, decision.untally))
 
+    def fence(self, claimed: Claimed) -> list[Compare]:
+        """The compares that hold while ``claimed`` is still this node's claim, for a write beside
+        the finish (a log tail, a spawned batch): the task as last known, and the lease alive.
+        After a user's change of the task they fail until :meth:`refresh` has read it again."""
+        return [mod_is(self.keys.task(claimed.task["user"], claimed.id), claimed.task_rev),
+                present(self.keys.alive(claimed.lease))]
+
+    def refresh(self, claimed: Claimed) -> bool:
+        """Read the task again: is it still ``claimed`` (then its revision is updated)?"""
+        kv = self.store.get(self.keys.task(claimed.task["user"], claimed.id))
+        if kv is None or not holds(codec.unpack(kv.value), claimed):
+            return False
+        claimed.task_rev = kv.mod_revision
+        return True
+
     # ---- recovery ------------------------------------------------------------------------------
 
     def recover(self, user: str, task_id: str, lease: int) -> str | None:
-        """End the run of a task whose run marker names a lease that ended (its node's lease
-        expired or was revoked while it held the task), as :func:`lifecycle.decide_lost` says
-        (requeued as a disruption, ended as a pending kill or skip request asked, or ERRORED with
-        no disruption left), once, whichever node gets there first (one transaction guarded by
-        the marker's revision and the lease's alive key being gone). Returns the task's new state,
-        or None when there was nothing to do."""
+        """End the run of a RUNNING task whose lease ended (its node's lease expired or was revoked
+        while it held the task), as :func:`lifecycle.decide_lost` says (requeued as a disruption,
+        ended as a pending kill or skip request asked, or ERRORED with no disruption left), once,
+        whichever node gets there first (one transaction guarded by the task's revision and the
+        lease's alive key being gone). Returns the task's new state, or None when there was
+        nothing to do."""
         k = self.keys
-        marker_key = k.run(user, task_id)
         for _ in range(20):
-            snap = self.store.read([Get(marker_key), Get(k.alive(lease), keys_only=True), Get(k.task(user, task_id)),
+            snap = self.store.read([Get(k.task(user, task_id)), Get(k.alive(lease), keys_only=True),
                                     Get(k.kill(user, task_id))])
-            marker_r, alive_r, task_r, stop_r = snap.responses
-            if not marker_r.kvs or alive_r.kvs:
-                return None  # finished meanwhile, or its node is alive: not an orphan
-            marker = marker_r.kvs[0]
-            found = codec.unpack(marker.value)
-            if int(str(found.get("lease", "0")), 16) != lease:
-                return None
-            guard = [mod_is(marker_key, marker.mod_revision), absent(k.alive(lease))]
-            if not task_r.kvs:
-                self.store.txn(guard, [Delete(marker_key)])
-                return None
+            task_r, alive_r, stop_r = snap.responses
+            if not task_r.kvs or alive_r.kvs:
+                return None  # removed, or its node is alive: not an orphan
             task_kv = task_r.kvs[0]
+            task = codec.unpack(task_kv.value)
+            if task.get("state") != states.RUNNING or task.get("lease") != lease_hex(lease):
+                return None  # finished, or claimed again, meanwhile
             stop = stop_r.kvs[0] if stop_r.kvs else None
-            decision = lifecycle.decide_lost(codec.unpack(task_kv.value), found.get("node", "?"),
+            decision = lifecycle.decide_lost(task, task.get("node", "?"),
                                              codec.unpack(stop.value) if stop else None, self.node, model.now())
-            guard += [mod_is(task_kv.key, task_kv.mod_revision),
-                      mod_is(k.kill(user, task_id), stop.mod_revision) if stop else absent(k.kill(user, task_id))]
-            ops: list[Op] = [Delete(marker_key)]
-            if decision.changed:
-                ops += [Delete(k.kill(user, task_id))] + decision_ops(k, decision)
-            if (self.side.txn(guard, ops, decision) if decision.changed else self.store.txn(guard, ops)).succeeded:
-                if not decision.changed:
-                    return None
+            if not decision.changed:
+                return None
+            guard = [mod_is(task_kv.key, task_kv.mod_revision), absent(k.alive(lease)),
+                     mod_is(k.kill(user, task_id), stop.mod_revision) if stop else absent(k.kill(user, task_id))]
+            ops: list[Op] = [Delete(k.kill(user, task_id))] + decision_ops(k, decision)  # its slots went with its lease
+            if self.side.txn(guard, ops, decision).succeeded:
                 log.info("task %s %s: %s", task_id, decision.state, decision.done)
                 return decision.state
         return None
 
     def orphans(self) -> list[tuple[str, str, int]]:
-        """(user, task, lease) of every run marker whose lease has no alive key (one snapshot)."""
+        """(user, task, lease) of every RUNNING task whose lease has no alive key (one snapshot of
+        the leases, the tasks paged: a fallback for a node whose stream is not live)."""
         k = self.keys
-        snap = self.store.read([Get.prefix(k.q("runs")), Get.prefix(k.alive(), keys_only=True)])
-        alive = {k.last(kv.key) for kv in snap.responses[1].kvs}
+        alive = {k.last(kv.key) for kv in self.store.scan(k.alive(), keys_only=True)[0]}
         out = []
-        for kv in snap.responses[0].kvs:
-            _, user, task_id = k.split_stream(kv.key)
-            lease = int(str(codec.unpack(kv.value).get("lease", "0")), 16)
-            if lease_hex(lease) not in alive:
-                out.append((user, task_id, lease))
+        for kv in self.store.iter_prefix(k.q("u")):  # every user's jobs, layers and tasks
+            kind, user, task_id = k.split_stream(kv.key)
+            task = codec.unpack(kv.value) if kind == "tasks" else {}
+            if task.get("state") == states.RUNNING and str(task.get("lease", "")) not in alive:
+                out.append((user, task_id, _lease_of(task)))
         return out
 
-    def present_claim(self, user: str, task_id: str, claim_rev: int) -> bool:
-        kv = self.store.get(self.keys.run(user, task_id))
-        return kv is not None and kv.create_revision == claim_rev
+
+def holds(task: Value, claimed: Claimed) -> bool:
+    """Is ``task`` (as read now) still the run ``claimed`` started: RUNNING, on its lease, the
+    same attempt? A user's change of a running task keeps these; a take-over does not."""
+    return (task.get("state") == states.RUNNING and task.get("lease") == lease_hex(claimed.lease)
+            and task.get("attempts") == claimed.task.get("attempts"))
+
+
+def _lease_of(task: Value) -> int:
+    try:
+        return int(str(task.get("lease", "0")), 16)
+    except ValueError:
+        return 0
 
 
 def decision_ops(k: Keys, decision: lifecycle.Decision) -> list[Op]:
-    """The writes of a lifecycle decision: the task's new value and its ready marker as the
-    decision says (for the caller's one transaction). What it changes in its job's counts is the
-    caller's to add (:class:`counts.Writer`, or a finish's counter puts)."""
+    """The write of a lifecycle decision: the task's new value, which is also its queue entry
+    (for the caller's one transaction). What it changes in its job's counts is the caller's to
+    add (:class:`counts.Writer`, or a finish's counter puts)."""
     task = decision.task
-    user, tid = task["user"], task["id"]
-    data = codec.pack(task)
-    ops: list[Op] = [Put(k.task(user, tid), data)]
-    if decision.ready:
-        ops.append(Put(k.ready(user, tid), data))
-    if decision.unready:
-        ops.append(Delete(k.ready(user, tid)))
-    return ops
+    return [Put(k.task(task["user"], task["id"]), codec.pack(task))]
 
 
 def _job_of(task: Value) -> tuple[str, str]:

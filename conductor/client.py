@@ -354,8 +354,8 @@ class Client:
         k = self.keys
         if some_id is None:
             user = filters.get("user") or self.user
-            prefixes = ([k.user(user), k.run(user)] if not filters.get("all_users")
-                        else [k.active(), k.q("paused"), k.q("runs")])
+            # a user's jobs and counter keys (every claim and finish changes one)
+            prefixes = [k.job(user), k.user(user)] if not filters.get("all_users") else [k.user(), k.active(), k.q("paused")]
 
             def read() -> Any:
                 return self.jobs(**filters)
@@ -363,7 +363,7 @@ class Client:
             _, full, owner = self.locate(some_id)
             job = full.split(".")[0]
             prefixes = [k.job(owner, job), k.layer(owner, job + "."), k.task(owner, full if "." in full else job + "."),
-                        k.run(owner, job + "."), k.count(owner, job)]
+                        k.count(owner, job)]
             if views.live_nodes(self.store, k) is not None:  # nodes: why a queued task waits (admins, no auth)
                 prefixes.append(k.node())
 
@@ -395,7 +395,7 @@ class Client:
         wanted = eventlog.Filter(user=None if all_users else self.user, ids=[self._event_id(i) for i in ids])
         # under etcd auth a user may watch only their own prefix (no nodes, no fires); admins ask all_users
         own = self.store.credentials.auth and not all_users
-        feed = EventFeed(self.store, self.keys, wanted, deliver, since, started, self.keys.user(self.user) if own else None)
+        feed = EventFeed(self.store, self.keys, wanted, deliver, since, started, self.keys.objects(self.user) if own else None)
         if stop is None:
             feed.run()
             return
@@ -448,14 +448,14 @@ class Client:
         """:meth:`wait` on a located job. Raises jobwatch.NeverSeen (a NotFound) when the first
         listing has no such job, NotFound when it is removed while waited for, WaitTimeout."""
         prefixes = [self.keys.job(owner, full)]
-        if on_progress is not None:  # the counter keys and run markers serve the counts only
-            prefixes += [self.keys.count(owner, full), self.keys.run(owner, full + ".")]
+        if on_progress is not None:  # the counter keys serve the counts only
+            prefixes.append(self.keys.count(owner, full))
         watch = jobwatch.JobWatch(len(prefixes))
-        handlers = (watch.job_handler, watch.tally_handler, watch.claim_handler)
+        handlers = (watch.job_handler, watch.tally_handler)
         followers = [self.store.follow(prefix, handlers[slot](), name=f"wait-{slot}") for slot, prefix in enumerate(prefixes)]
         try:
             return jobwatch.wait_for_end(watch, full, timeout, on_progress,
-                                         lambda slot: self.store.scan(prefixes[slot], keys_only=slot != jobwatch.TALLY),
+                                         lambda slot: self.store.scan(prefixes[slot]),
                                          deadline)
         finally:
             for f in followers:

@@ -23,7 +23,7 @@ from .board import Board
 from .claims import decision_ops
 from .errors import NotFound, Refused, StaleEtag
 from .model import Value
-from .ops import KV, Compare, Delete, Op, Put, created_at, mod_is
+from .ops import KV, Compare, Delete, Op, Put, mod_is
 
 log = logging.getLogger("conductor.control")
 
@@ -101,8 +101,6 @@ class Control:
             ops: list[Op] = [Put(kv.key, data)]
             ops.append(Put(self.keys.paused(t.user, t.id), codec.pack({"by": self.by, "at": model.now()})) if paused
                        else Delete(self.keys.paused(t.user, t.id)))
-            if t.kind == "task" and value["state"] == states.QUEUED:
-                ops.append(Put(self.keys.ready(t.user, t.id), data))  # a queued task's ready marker is its copy
             res = self.store.txn([mod_is(kv.key, kv.mod_revision)], ops)
             return Result(t.id, word, res.revision) if res.succeeded else None
 
@@ -167,12 +165,10 @@ class Control:
 
     def _request_stop(self, t: Target, kv: KV, action: str, grace: float) -> Result | None:
         k = self.keys
-        claim = self.store.get(k.run(t.user, t.id))
         request = {"action": action, "by": self.by, "grace": grace, "at": model.now()}
-        # with no run marker its run just ended; with one whose lease ended, whoever recovers the
-        # task honours the request
-        guard = [created_at(claim.key, claim.create_revision)] if claim else []
-        res = self.store.txn(guard + [mod_is(kv.key, kv.mod_revision)], [Put(k.kill(t.user, t.id), codec.pack(request))])
+        # compared on the RUNNING task as read: its node honours the request, or whoever recovers
+        # it if its lease ended; if it ended meanwhile, this is tried again on what it became
+        res = self.store.txn([mod_is(kv.key, kv.mod_revision)], [Put(k.kill(t.user, t.id), codec.pack(request))])
         return Result(t.id, f"{'kill' if action == 'kill' else 'skip'} requested", kv.mod_revision) \
             if res.succeeded else None
 
@@ -272,11 +268,7 @@ class Control:
                     env[name] = val
             value["env"] = spec.parse_env(env, "env")
             model.add_record(value, value["state"], f"env changed by {self.by}: {', '.join(sorted(changes))}")
-            data = codec.pack(value)
-            ops: list[Op] = [Put(kv.key, data)]
-            if t.kind == "task" and value["state"] == states.QUEUED:
-                ops.append(Put(self.keys.ready(t.user, t.id), data))
-            res = self.store.txn([mod_is(kv.key, kv.mod_revision)], ops)
+            res = self.store.txn([mod_is(kv.key, kv.mod_revision)], [Put(kv.key, codec.pack(value))])
             return Result(t.id, "env set", res.revision) if res.succeeded else None
 
         return self._retrying(t, attempt)

@@ -1,11 +1,13 @@
-"""How many tasks of a job ended in each final state, kept as a few counter keys per job.
+"""How many tasks of a job run now and ended in each final state, kept as a few counter keys per job.
 
 A job's counts live under ``users/<user>/counts/<job>/<writer>``: one key per writer, each holding
-``{layer number: {state: n}}`` for the final states (COMPLETED, ERRORED, SKIPPED). The writer is a
-node's lease (its finish loop, the only thread that writes that key, keeps the value and the
-revision it last wrote, and compares that revision) or a one-off action (a user's kill or retry, a
-recovery, a deadline: a fresh key of its own, written once). A retry writes -1. The counts of a
-job are the sum over its keys: a handful of small values, whatever the job's size.
+``{layer number: {state: n}}`` for RUNNING and the final states (COMPLETED, ERRORED, SKIPPED). The
+writer is a node's lease (its finish loop, the only thread that writes that key, keeps the value
+and the revision it last wrote, and compares that revision), the lease + ``c`` (its claim loop:
++1 RUNNING per claim), or a one-off action (a user's kill or retry, a recovery, a deadline). A
+finish writes -1 RUNNING and +1 in its final state, a retry -1 in the state it leaves. One writer's
+part may be negative (one node claims, another recovers); the counts of a job are the sum over
+its keys: a handful of small values, whatever the job's size.
 
 Why not one key per finished task: that was one more key write per task. Here a finish
 transaction of a batch writes one counter put per job it touches. What a task becomes is still
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 FINAL = (states.COMPLETED, states.ERRORED, states.SKIPPED)
+COUNTED = (states.RUNNING, *FINAL)
 Delta = dict[str, dict[str, int]]  # layer number -> state -> change
 
 
@@ -38,12 +41,12 @@ def layer_number(layer_id: str) -> str:
 
 
 def change(task: Value, tally: str | None, untally: str | None) -> Delta:
-    """The change a decision makes to its job's counts: +1 in its new final state, -1 in the final
-    state it leaves (a retry, a kill of a skipped task...)."""
+    """The change a decision makes to its job's counts: +1 in its new counted state (RUNNING or
+    final), -1 in the counted state it leaves (a finish leaves RUNNING, a retry a final state)."""
     out: Delta = {}
     n = layer_number(task["layer"])
     for state, step in ((tally, 1), (untally, -1)):
-        if state in FINAL:
+        if state in COUNTED:
             per = out.setdefault(n, {})
             per[state] = per.get(state, 0) + step
     return out
@@ -71,17 +74,18 @@ def total(values: Iterable[bytes]) -> Delta:
         except Exception:  # noqa: BLE001 - a value Conductor did not write counts for nothing
             continue
         if isinstance(value, dict):
-            merge(out, {str(n): {s: int(c) for s, c in per.items() if s in FINAL and isinstance(c, int)}
+            merge(out, {str(n): {s: int(c) for s, c in per.items() if s in COUNTED and isinstance(c, int)}
                         for n, per in value.items() if isinstance(per, dict)})
     return out
 
 
 def of_layer(counts: Delta, layer_id: str) -> dict[str, int]:
-    return {s: counts.get(layer_number(layer_id), {}).get(s, 0) for s in FINAL}
+    """A layer's counts by state (RUNNING and the final states; never below 0 to a reader)."""
+    return {s: max(0, counts.get(layer_number(layer_id), {}).get(s, 0)) for s in COUNTED}
 
 
 def of_job(counts: Delta) -> dict[str, int]:
-    return {s: sum(per.get(s, 0) for per in counts.values()) for s in FINAL}
+    return {s: max(0, sum(per.get(s, 0) for per in counts.values())) for s in COUNTED}
 
 
 def action_ops(keys: Keys, deltas: dict[tuple[str, str], Delta]) -> list[Op]:

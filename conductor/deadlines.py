@@ -141,7 +141,7 @@ class Deadlines:
 
     def expire_start(self, task_id: str, now: float | None = None) -> bool:
         """ERROR a task of the cache's ready queue that is past its ``start_within``; one compared
-        transaction on its ready marker and task (a node that claimed it first wins). Returns
+        transaction on the task as queued (a node that claimed it first wins). Returns
         whether this call ended it."""
         node = self.node
         with node.cache.cond:
@@ -155,8 +155,7 @@ class Deadlines:
         if not decision.changed:
             return False
         k = node.keys
-        compare = [mod_is(k.ready(task["user"], task_id), entry.mod_revision),
-                   mod_is(k.task(task["user"], task_id), task.get("task_rev") or entry.mod_revision)]
+        compare = [mod_is(k.task(task["user"], task_id), entry.mod_revision)]
         if not node.claims.side.txn(compare, decision_ops(k, decision), decision).succeeded:
             return False
         log.warning("task %s %s ERRORED: %s", task_id, task["name"], reason)

@@ -9,7 +9,7 @@ is a plain map::
 ``rev`` is the etcd revision of the write (every record of one write shares it), so a reader that
 saw everything up to ``rev`` resumes with ``--since rev + 1``. What makes a record:
 
-- jobs, layers, tasks (``users/<u>/jobs|layers|tasks/<id>``): one record per history record the
+- jobs, layers, tasks (``q/u/<u>/jobs|layers|tasks/<id>``): one record per history record the
   write added (a value keeps its history in ``records``; ``records_dropped`` counts those trimmed,
   so ``records_dropped + len(records)`` only grows). A write that adds no record (a log push, the
   node's bookkeeping) is no transition. A value's creation without a record (layers and tasks are
@@ -40,8 +40,8 @@ _USER_KINDS = {"jobs": "job", "layers": "layer", "tasks": "task"}
 def classify(keys: Keys, key: str) -> tuple[str, str | None, str] | None:
     """(kind, user, id) of a key that can make transitions; None for every other key."""
     parts = keys.strip(key).split("/")
-    if len(parts) == 4 and parts[0] == "users" and parts[2] in _USER_KINDS:
-        return _USER_KINDS[parts[2]], parts[1], parts[3]
+    if len(parts) == 5 and parts[:2] == ["q", "u"] and parts[3] in _USER_KINDS:
+        return _USER_KINDS[parts[3]], parts[2], parts[4]
     if len(parts) == 2 and parts[0] == "nodes" and parts[1]:
         return "node", None, parts[1]
     if len(parts) == 4 and parts[0] == "fires" and parts[3]:

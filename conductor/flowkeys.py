@@ -1,6 +1,6 @@
 """What ``conductor keys`` shows: every concurrency key with its holders and waiters, every rate
 key with its recent starts, its waiters and when the next start may be. Read-only, from one read of
-the slots, one of the rate logs and one of the ready markers (which hold the waiting tasks)."""
+the slots, one of the rate logs and one of the tasks (the QUEUED ones wait)."""
 from __future__ import annotations
 
 import time
@@ -16,26 +16,28 @@ if TYPE_CHECKING:
 MAX_LISTED = 50  # waiter ids listed per key (all are counted)
 
 
-def _ready_markers(store: "Store", keys: "Keys", user: str | None) -> Any:
-    """Every user's ready markers (nodes, admins, no etcd auth); else only ``user``'s."""
+def _tasks(store: "Store", keys: "Keys", user: str | None) -> Any:
+    """Every user's tasks (nodes, admins, no etcd auth); else only ``user``'s."""
     try:
-        return list(store.iter_prefix(keys.q("ready")))
+        return [kv for kv in store.iter_prefix(keys.q("u")) if keys.split_stream(kv.key)[0] == "tasks"]
     except PermissionDenied:
         if user is None:
             raise
-        return list(store.iter_prefix(keys.ready(user)))
+        return list(store.iter_prefix(keys.task(user)))
 
 
 def _waiters(store: "Store", keys: "Keys", user: str | None = None) -> tuple[dict[str, list[dict[str, Any]]],
                                                                            dict[str, list[dict[str, Any]]]]:
-    """{key: queued tasks} for concurrency and for rate keys, from the ready markers (only
+    """{key: queued tasks} for concurrency and for rate keys, from the QUEUED tasks (only
     ``user``'s when etcd lets them see no other)."""
     conc: dict[str, list[dict[str, Any]]] = {}
     rate: dict[str, list[dict[str, Any]]] = {}
-    for kv in _ready_markers(store, keys, user):
+    for kv in _tasks(store, keys, user):
         try:
             task = codec.unpack(kv.value)
         except Exception:  # noqa: BLE001 - not a value Conductor wrote: nothing waits there
+            continue
+        if not isinstance(task, dict) or task.get("state") != "QUEUED":
             continue
         if task.get("concurrency"):
             conc.setdefault(task["concurrency"]["key"], []).append(task)

@@ -1,11 +1,11 @@
 """What ``Client.wait`` follows: one job's value and, for a progress display, its counter keys
-(conductor/counts.py) and run markers.
+(conductor/counts.py: running and finished tasks by layer).
 
 Each view is a :class:`conductor.follow.Follower` (its own etcd watch). The job's view alone says
-when the job ends; the counter and run marker views exist only to count (``on_progress``). Separate
-watches are separate streams, so when the job's view sees the commit that ended it (revision R),
-the other two may not have reached R yet: :meth:`JobWatch.behind` says so, and the waiter reads
-them once (:func:`wait_for_end`), so that the last progress call counts every finished task.
+when the job ends; the counter view exists only to count (``on_progress``). Separate watches are
+separate streams, so when the job's view sees the commit that ended it (revision R), the counter
+view may not have reached R yet: :meth:`JobWatch.behind` says so, and the waiter reads it once
+(:func:`wait_for_end`), so that the last progress call counts every finished task.
 
 Why no polling and no timer: every handler notifies the condition, a watch that fails notifies it
 with the error, and the waiter sleeps on it until then (or until its own deadline).
@@ -21,7 +21,7 @@ from .errors import ConductorError, NotFound, WaitTimeout
 from .follow import FollowHandler
 from .ops import KV, Event
 
-JOB, TALLY, CLAIMS = 0, 1, 2
+JOB, TALLY = 0, 1
 Progress = Callable[[dict[str, Any], dict[str, int]], None]
 
 
@@ -31,7 +31,7 @@ class NeverSeen(NotFound):
 
 class JobWatch:
     """The views ``wait`` follows, behind one condition: the job value (``job``), its counter keys
-    (key -> value) and its running tasks' run markers; each with the revision it is known to be at."""
+    (key -> value); each with the revision it is known to be at."""
 
     def __init__(self, count: int) -> None:
         self.cond = threading.Condition()
@@ -39,7 +39,6 @@ class JobWatch:
         self.job_revision = 0  # the mod revision of the job value seen
         self.counters: dict[str, bytes] = {}
         self.seen = False  # the job value was there at some point
-        self.claims: set[str] = set()
         self._listed = [False] * count
         self.revisions = [0] * count  # each view is exact as of this revision
         self._resets: list[Callable[[list[KV]], None]] = [lambda kvs: None] * count
@@ -52,7 +51,7 @@ class JobWatch:
         return bool(self.job and self.job["state"] in (states.COMPLETED, states.ERRORED) and self.ready())
 
     def behind(self) -> list[int]:
-        """The views (TALLY, CLAIMS) not yet at the revision of the job value seen."""
+        """The views (TALLY) not yet at the revision of the job value seen."""
         return [slot for slot in range(1, len(self.revisions)) if self.revisions[slot] < self.job_revision]
 
     def catch_up(self, slot: int, kvs: list[KV], revision: int) -> None:
@@ -63,9 +62,10 @@ class JobWatch:
 
     def counts(self) -> dict[str, int]:
         by_state = counts.of_job(counts.total(self.counters.values()))
+        running = by_state.pop(states.RUNNING)
         total = (self.job or {}).get("tasks", 0)
         done = sum(by_state.values())
-        return {"total": total, "done": done, "running": len(self.claims),
+        return {"total": total, "done": done, "running": running,
                 "completed": by_state[states.COMPLETED], "errored": by_state[states.ERRORED],
                 "skipped": by_state[states.SKIPPED]}
 
@@ -122,16 +122,6 @@ class JobWatch:
                 self.counters.pop(ev.kv.key, None)
 
         return self._handler(TALLY, reset, apply)
-
-    def claim_handler(self) -> FollowHandler:
-        def reset(kvs: list[KV]) -> None:
-            self.claims = {kv.key.rsplit("/", 1)[1] for kv in kvs}
-
-        def apply(ev: Event) -> None:
-            task = ev.kv.key.rsplit("/", 1)[1]
-            (self.claims.add if ev.kind == "put" else self.claims.discard)(task)
-
-        return self._handler(CLAIMS, reset, apply)
 
 
 def wait_for_end(watch: JobWatch, full: str, timeout: float | None, on_progress: Progress | None,

@@ -1,6 +1,6 @@
 """A conductor's keeper thread: the chores that keep the cluster repaired and tidy.
 
-* Orphans reported by the cache (a run marker left without its claim) are requeued, once,
+* Orphans reported by the cache (a RUNNING task whose lease ended) are requeued, once,
   whichever node gets there first (every waiting orphan at once; a node that loses the race sees
   the task requeued and moves on).
 * Running tasks are sampled for memory and their log tails pushed to etcd about once a second,
@@ -25,7 +25,7 @@ from .claims import Claimed, Outcome
 from .lifecycle import Cause
 from .errors import StoreError
 from .executor import Run
-from .ops import Compare, Delete, Put, absent, created_at, present
+from .ops import Compare, Delete, Put, absent
 
 if TYPE_CHECKING:
     from .parts import Node
@@ -42,9 +42,10 @@ class Keeper:
         self._orphans: queue.Queue[tuple[str, str, int]] = queue.Queue()
         self._chore_errors: dict[str, str] = {}
         self._loops = loopguard.Warner()
+        self._said_running: frozenset[str] = frozenset()  # the runs the node key last said
 
     def orphan(self, user: str, task_id: str, lease: int) -> None:
-        """The stream saw a run marker left without its claim (called from the stream thread)."""
+        """The stream saw a RUNNING task whose lease ended (called from the stream thread)."""
         self._orphans.put((user, task_id, lease))
 
     def _push_log(self, run: Run) -> None:
@@ -63,11 +64,13 @@ class Keeper:
         node, task = self.node, run.claimed.task
         value = {"data": tail, "size": size, "truncated": size > node.limits.tail_cap, "attempt": task["attempts"],
                  "node": node.name, "path": run.log_path, "at": time.time(), "running": True}
+        put = [Put(node.keys.log(task["user"], run.id), codec.pack(value))]
         try:  # fenced like a finish: a node that lost the claim writes nothing
-            node.store.txn([created_at(node.keys.run(task["user"], run.id), run.claimed.claim_rev),
-                            present(node.keys.alive(run.claimed.lease))],
-                           [Put(node.keys.log(task["user"], run.id), codec.pack(value))])
-            run.pushed = pushed
+            res = node.store.txn(node.claims.fence(run.claimed), put)
+            if not res.succeeded and node.claims.refresh(run.claimed):  # a user changed the task meanwhile
+                res = node.store.txn(node.claims.fence(run.claimed), put)
+            if res.succeeded:
+                run.pushed = pushed
         except StoreError:
             pass
 
@@ -109,8 +112,11 @@ class Keeper:
                 self.sweep()
             except StoreError as exc:
                 log.debug("sweep deferred: %s", exc)
-        if now >= facts_at:
+        running = frozenset(run.id for run in self.node.table.runs())
+        if now >= facts_at or (running != self._said_running and now >= facts_at - 9):
+            # host facts every 10 s; what it runs (node key: running, running_tasks) within a second
             facts_at = now + 10
+            self._said_running = running
             self.node.session.refresh_info()
         return sweep_at, facts_at
 

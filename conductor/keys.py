@@ -2,11 +2,13 @@
 
 All keys live under a namespace (default ``/conductor/``). ``docs/keyspace.md`` documents the same
 table for other tools; a test checks the two agree. The ``q/`` prefix holds what every node
-watches in one stream: ready markers, run markers (the claims), live leases, kill requests and
-pause markers, so that the events of one revision arrive together.
+watches in one stream: jobs, layers and the tasks themselves (a QUEUED task is the queue entry, a
+RUNNING one the claim), live leases, kill requests and pause markers, so that the events of one
+revision arrive together. A user's jobs, layers and tasks share one prefix (``q/u/<user>/``), so a
+user under etcd auth can follow all of them in one ordered watch too.
 
-Everything a user owns lives under a prefix of its own (``users/<user>/``, ``q/<kind>/<user>/``,
-``active/<user>/``...), so etcd's role-based access control can grant each user exactly their
+Everything a user owns lives under a prefix of its own (``users/<user>/``, ``q/u/<user>/``,
+``q/<kind>/<user>/``, ``active/<user>/``...), so etcd's role-based access control can grant each user exactly their
 prefixes (:mod:`conductor.roles` builds the grants from this table). Whoever reads a key takes the
 owner from the key's path, never from its value: the path is what etcd checked.
 """
@@ -19,17 +21,16 @@ DEFAULT_NAMESPACE = "/conductor/"
 # name -> (pattern, lease-bound?, what it holds). The docs' table is checked against this.
 LAYOUT: dict[str, tuple[str, bool, str]] = {
     "node": ("nodes/<node>", True, "node info: host, pid, version, labels, slots, facts"),
-    "ready": ("q/ready/<user>/<task>", False, "exists while the task may be claimed; value = the task"),
     "alive": ("q/alive/<lease>", True, "exists while a node's lease lives; every claim on that lease is fenced by it"),
-    "run": ("q/runs/<user>/<task>", False, "the claim: which node runs the task on which lease; create_revision = fencing token"),
     "kill": ("q/kills/<user>/<task>", False, "a request to stop a running task (kill or skip), for its node"),
     "paused": ("q/paused/<user>/<id>", False, "exists while a job, layer or task is paused"),
-    "job": ("users/<user>/jobs/<job>", False, "job spec + state"),
-    "layer": ("users/<user>/layers/<layer>", False, "layer spec + state"),
-    "task": ("users/<user>/tasks/<task>", False, "task spec + state + history"),
+    "job": ("q/u/<user>/jobs/<job>", False, "job spec + state"),
+    "layer": ("q/u/<user>/layers/<layer>", False, "layer spec + state"),
+    "task": ("q/u/<user>/tasks/<task>", False, "task spec + state + history; QUEUED: claimable, RUNNING: the claim"),
     "result": ("users/<user>/results/<task>", False, "result bytes (capped)"),
     "log": ("users/<user>/logs/<task>", False, "log tail of the latest attempt (capped)"),
-    "count": ("users/<user>/counts/<job>/<writer>", False, "finished tasks of a job by layer and state, one writer's part"),
+    "count": ("users/<user>/counts/<job>/<writer>", False,
+              "running and finished tasks of a job by layer and state, one writer's part"),
     "secrets": ("users/<user>/secrets/<job>", False, "a job's secret inputs, sealed with the cluster's public key"),
     "template": ("templates/<user>/<name>", False, "a user's stored template: a job file with inputs and triggers"),
     "shared_template": ("public/templates/<name>", False, "a template an admin published for every user (read-only to users)"),
@@ -157,15 +158,9 @@ class Keys:
     def stream(self) -> str:
         return self._k("q/")
 
-    def ready(self, user: str, task: str = "") -> str:
-        return self._k(f"q/ready/{user}/{task}")
-
     def alive(self, lease: int | None = None) -> str:
         """``q/alive/<lease>``: a node's liveness in the stream; without a lease, the prefix."""
         return self._k("q/alive/" + ("" if lease is None else lease_hex(lease)))
-
-    def run(self, user: str, task: str = "") -> str:
-        return self._k(f"q/runs/{user}/{task}")
 
     def kill(self, user: str, task: str = "") -> str:
         return self._k(f"q/kills/{user}/{task}")
@@ -174,21 +169,28 @@ class Keys:
         return self._k(f"q/paused/{user}/{some_id}")
 
     def q(self, kind: str) -> str:
-        """``q/<kind>/``: one kind of the stream for every user (``claims``, ``runs``...; nodes and admins)."""
+        """``q/<kind>/``: one kind of the stream for every user (``kills``, ``paused``, ``u`` (every
+        user's jobs, layers and tasks)...; nodes and admins)."""
         return self._k(f"q/{kind}/")
+
+    # ---- a user's jobs, layers and tasks: in the stream, one prefix per user ----------------------
+    def objects(self, user: str) -> str:
+        """``q/u/<user>/``: a user's jobs, layers and tasks, one range (what their event feed follows)."""
+        return self._k(f"q/u/{user}/")
+
+    def job(self, user: str, job: str = "") -> str:
+        return self._k(f"q/u/{user}/jobs/{job}")
+
+    def layer(self, user: str, layer: str = "") -> str:
+        return self._k(f"q/u/{user}/layers/{layer}")
+
+    def task(self, user: str, task: str = "") -> str:
+        """``q/u/<user>/tasks/<task>``: a task is its own queue entry and, while RUNNING, its claim."""
+        return self._k(f"q/u/{user}/tasks/{task}")
 
     # ---- a user's objects ------------------------------------------------------------------
     def user(self, user: str = "") -> str:
         return self._k(f"users/{user}/" if user else "users/")
-
-    def job(self, user: str, job: str = "") -> str:
-        return self._k(f"users/{user}/jobs/{job}")
-
-    def layer(self, user: str, layer: str = "") -> str:
-        return self._k(f"users/{user}/layers/{layer}")
-
-    def task(self, user: str, task: str = "") -> str:
-        return self._k(f"users/{user}/tasks/{task}")
 
     def result(self, user: str, task: str = "") -> str:
         return self._k(f"users/{user}/results/{task}")
@@ -209,9 +211,12 @@ class Keys:
         return key[len(self.namespace):] if key.startswith(self.namespace) else key
 
     def split_stream(self, key: str) -> tuple[str, str, str]:
-        """``q/<kind>/<user>/<id>`` -> (kind, user, id); empty parts for a key of another shape."""
+        """``q/<kind>/<user>/<id>`` or ``q/u/<user>/<kind>/<id>`` -> (kind, user, id) (kind
+        ``jobs``, ``layers``, ``tasks`` for the latter); empty parts for a key of another shape."""
         kind, _, rest = self.strip(key)[2:].partition("/")
         user, _, name = rest.partition("/")
+        if kind == "u":
+            kind, _, name = name.partition("/")
         return kind, user, name
 
     def last(self, key: str) -> str:

@@ -1,7 +1,7 @@
 """Layer settling as a pure plan: which layers end, which start, and what becomes of the job.
 
-:func:`plan` looks at values read in one snapshot (a job, its layers, and counts of the ``q/`` keys
-of its running layers) and returns a :class:`Plan`: no etcd, no clock (``now`` is passed in), and
+:func:`plan` looks at values read in one snapshot (a job, its layers, and the counts of its
+running layers' tasks) and returns a :class:`Plan`: no etcd, no clock (``now`` is passed in), and
 no input is changed; the values in a plan are copies, moved through :func:`model.move`. The rules
 themselves stay in :mod:`conductor.states` (``layer_outcome``, ``runnable_orders``, ``job_state``);
 this module only applies them in the order a settle needs. :meth:`Board.settle` turns a plan into
@@ -26,9 +26,10 @@ JOB_REASONS = {states.RUNNING: "a layer started", states.COMPLETED: "every layer
 class LayerCounts:
     """What is left of one running layer in ``q/``, and how many of its tasks errored."""
 
-    ready: int = 0
-    claimed: int = 0  # claims or run markers, whichever is more: an orphan keeps its layer open
+    ready: int = 0  # not run yet (queued, or pending while the layer is being queued)
+    claimed: int = 0  # running, orphaned or not: an orphan keeps its layer open
     errored: int = 0
+    revision: int = 0  # the snapshot these counts were read at
 
     @property
     def drained(self) -> bool:
@@ -67,6 +68,7 @@ class Plan:
     messages: tuple[Message, ...] = ()
     active: str | None = None  # "put", "delete" or None: what to do with active/<job>
     compensation: str | None = None  # the compensation's new state, when it moved (compensation.py)
+    counted: int = 0  # the revision of the counts: drained layers' tasks must not have changed since
 
     @property
     def empty(self) -> bool:
@@ -95,6 +97,7 @@ def plan(job: Value, layers: Mapping[int, Value], counts: Mapping[str, LayerCoun
     read together. ``limit`` caps the layers that move (the rest are left to the next settle, which
     starts where this one stopped); None means no cap. Raises nothing for consistent input."""
     draft = _Draft(job, layers, node, now, limit)
+    draft.counted = max((c.revision for c in counts.values()), default=0)
     for i in watched(layers):
         if draft.full:
             break
@@ -158,6 +161,7 @@ class _Draft:
         self.layers = dict(layers)
         self.node, self.now, self.limit = node, now, limit
         self.changed: dict[int, Value] = {}
+        self.counted = 0
         self.ended: list[Transition] = []
         self.started: list[Transition] = []
 
@@ -314,7 +318,7 @@ class _Draft:
     def result(self) -> Plan:
         return Plan(job=self.job, was=self.was, layers=dict(self.changed), ended=tuple(self.ended),
                     started=tuple(self.started), messages=tuple(self.messages()), active=self.active(),
-                    compensation=self.compensation)
+                    compensation=self.compensation, counted=self.counted)
 
 
 def _message(value: Value, good: bool, what: str) -> list[Message]:

@@ -94,16 +94,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Decision:
-    """What to write for one task: its new value and state, and the markers that go with it.
+    """What to write for one task: its new value and state, and what that changes in its job's
+    counts (:mod:`conductor.counts`). The task key is the queue entry, so its value is all there
+    is to write: QUEUED makes it claimable, anything else does not.
 
     ``changed`` False means nothing is to be written (``done`` says why, e.g. "already SKIPPED")."""
 
     task: Value
     state: str
-    tally: str | None = None  # put the tally key of this state
-    untally: str | None = None  # delete the tally key of this state
-    ready: bool = False  # put the ready marker (the task is QUEUED)
-    unready: bool = False  # delete the ready marker
+    tally: str | None = None  # counted +1 in this state (RUNNING or final)
+    untally: str | None = None  # counted -1 in this state: the counted state it leaves
     done: str = ""  # what happened, in words: the log line, and what the CLI reports
     changed: bool = True
 
@@ -158,13 +158,14 @@ def _own_copy(task: Value) -> Value:
 # ---- a node's claim -----------------------------------------------------------------------------
 
 
-def decide_claim(task: Value, node: str, now: float) -> Value:
-    """The RUNNING value a claim writes: one more run started (``attempts``)."""
+def decide_claim(task: Value, node: str, now: float, lease: str = "") -> Value:
+    """The RUNNING value a claim writes: one more run started (``attempts``), by ``node`` on
+    ``lease`` (hex): the claim itself, which the node's lease's alive key fences."""
     out = _own_copy(task)
     _set_counts(out, failures(task), disruptions(task))  # an older value gets the fields it lacked
     out["attempts"] = task.get("attempts", 0) + 1
     out.pop("not_before", None)  # a retry delay is over once the task runs
-    out.update(node=node, started=now, ended=None, exit_code=None, usage=None, reason=None)
+    out.update(node=node, lease=lease, started=now, ended=None, exit_code=None, usage=None, reason=None)
     model.move(out, states.RUNNING, f"claimed by {node} ({attempt_text(out)})", node, now)
     return out
 
@@ -208,6 +209,10 @@ def decide(task: Value, outcome: Outcome, node: str, now: float) -> Decision:
     if task["state"] != states.RUNNING:
         return Decision(out, task["state"], done=f"kept {task['state']}")
     _set_counts(out, failures(task), disruptions(task))  # an older value gets the fields it lacked
+    return _ran(_decided(out, outcome, node, now))
+
+
+def _decided(out: Value, outcome: Outcome, node: str, now: float) -> Decision:
     if outcome.ok:
         return _final(out, states.COMPLETED, f"{outcome.reason} on {node} ({attempt_text(out)})", node, now)
     if outcome.is_stop:
@@ -216,6 +221,12 @@ def decide(task: Value, outcome: Outcome, node: str, now: float) -> Decision:
     if outcome.is_disruption:
         return _disrupted(out, outcome, node, now)
     return _failed(out, outcome, node, now)
+
+
+def _ran(decision: Decision) -> Decision:
+    """A decision over a RUNNING task: the task leaves RUNNING (counted -1 there)."""
+    decision.task.pop("lease", None)  # the claim is over
+    return dataclasses.replace(decision, untally=states.RUNNING)
 
 
 def _final(task: Value, state: str, reason: str, node: str | None, now: float) -> Decision:
@@ -265,7 +276,7 @@ def _disruption_words(outcome: Outcome, node: str) -> str:
 
 def _requeue(task: Value, reason: str, node: str | None, now: float) -> Decision:
     model.move(task, states.QUEUED, reason, node, now)
-    return Decision(task, states.QUEUED, ready=True, done=reason)
+    return Decision(task, states.QUEUED, done=reason)
 
 
 def decide_lost(task: Value, lost_node: str, kill_request: dict[str, Any] | None, node: str,
@@ -284,8 +295,8 @@ def decide_lost(task: Value, lost_node: str, kill_request: dict[str, Any] | None
     out["ended"] = now
     if stopped.is_stop:
         new = states.SKIPPED if stopped.cause is Cause.SKIPPED else states.ERRORED
-        return _final(out, new, stopped.reason, node, now)
-    return _disrupted(out, stopped, node, now)
+        return _ran(_final(out, new, stopped.reason, node, now))
+    return _ran(_disrupted(out, stopped, node, now))
 
 
 # ---- a user's change of a task that is not running ------------------------------------------------
@@ -312,8 +323,7 @@ def _decide_stop(task: Value, action: str, by: str, now: float) -> Decision:
     out = _own_copy(task)
     model.move(out, new, f"{verb} by {by}" + (" before it ran" if state != states.ERRORED else ""), None, now)
     out["ended"] = out.get("ended") or now
-    return Decision(out, new, tally=new, untally=state if state in states.FINAL else None,
-                    unready=state == states.QUEUED, done=verb)
+    return Decision(out, new, tally=new, untally=state if state in states.FINAL else None, done=verb)
 
 
 def decide_expired(task: Value, reason: str, now: float) -> Decision:
@@ -323,10 +333,9 @@ def decide_expired(task: Value, reason: str, now: float) -> Decision:
         return Decision(task, task["state"], done=f"already {task['state']}", changed=False)
     out = _own_copy(task)
     out.pop("not_before", None)
-    out.pop("task_rev", None)  # a ready marker's field, not the task's
     model.move(out, states.ERRORED, reason, None, now)
     out.update(ended=now, reason=reason)
-    return Decision(out, states.ERRORED, tally=states.ERRORED, unready=True, done=reason)
+    return Decision(out, states.ERRORED, tally=states.ERRORED, done=reason)
 
 
 def decide_retry(task: Value, by: str, layer_state: str, now: float, explicit: bool = True) -> Decision:
@@ -344,8 +353,7 @@ def decide_retry(task: Value, by: str, layer_state: str, now: float, explicit: b
     out.update(exit_code=None, reason=None, ended=None)
     new = states.PENDING if layer_state == states.PENDING else states.QUEUED
     model.move(out, new, f"retried by {by}", None, now)
-    return Decision(out, new, untally=state if state in states.FINAL else None, ready=new == states.QUEUED,
-                    done="retried")
+    return Decision(out, new, untally=state if state in states.FINAL else None, done="retried")
 
 
 __all__ = ["Cause", "Outcome", "Decision", "DEFAULT_MAX_DISRUPTIONS", "attempt_text",

@@ -8,7 +8,7 @@ from __future__ import annotations
 KIB, MIB = 1024, 1024 * 1024
 MAX_FILE_BYTES = 64 * MIB  # a job file read for check or post
 MAX_JOB_BYTES = 32 * MIB  # a job's stored values (job, layers, tasks as post encodes them) in all
-MAX_VALUE_BYTES = 512 * KIB  # one stored value (a task's, say): it travels with its twin in one request
+MAX_VALUE_BYTES = 512 * KIB  # one stored value (a task's, say): two fit in one request with room to spare
 MAX_TASKS = 250_000  # tasks in one job
 MAX_DEPTH = 64  # nesting of maps and lists in a job file (a job needs fewer than ten)
 MAX_DIGITS = 64  # digits of one integer (Python refuses to convert more than 4,300)

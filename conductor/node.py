@@ -48,6 +48,7 @@ from .keys import Keys, lease_hex
 from .runtable import RunTable
 from .scheduler import Scheduler
 from .session import NameTaken, Session
+from .views import RUNNING_SHOWN
 from .settings import NodeSettings
 from .store import Store, TLSFiles
 from .supervision import Supervision
@@ -234,6 +235,9 @@ class Conductor:
                 **self.clock.record()}
         if hasattr(self, "session"):
             info.update(self.session.renewal_stats())
+        if hasattr(self, "table"):  # what it runs, for `conductor nodes` (the keeper rewrites it on a change)
+            ids = sorted(run.id for run in self.table.runs())
+            info.update(running=len(ids), running_tasks=ids[:RUNNING_SHOWN])
         return info
 
     def _sample(self) -> tuple[dict[int, int], int, int]:

@@ -36,6 +36,7 @@ class Get:
     count_only: bool = False
     keys_only: bool = False
     limit: int = 0
+    descending: bool = False  # by key, last first (with ``limit``: the range's last keys)
 
     @classmethod
     def prefix(cls, prefix: str, **kw: Any) -> "Get":

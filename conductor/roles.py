@@ -3,9 +3,9 @@
 With etcd auth on there are three kinds of account:
 
 * **users** get a role of their own, ``conductor-user-<name>``, granting exactly their prefixes
-  (``users/<name>/``, ``q/ready/<name>/``, ``templates/<name>/``...): read and write where the
-  CLI lets them change things, read only where only nodes write (run markers: the claims), nothing of
-  anyone else's. A user's etcdctl can therefore do no more than their ``conductor`` commands.
+  (``users/<name>/``, ``q/u/<name>/`` (jobs, layers, tasks), ``templates/<name>/``...): read and
+  write where the CLI lets them change things, read only where only nodes write (concurrency
+  slots, rate logs), nothing of anyone else's. A user's etcdctl can therefore do no more than their ``conductor`` commands.
 * **the node account** (``conductor``, role ``conductor-node``) reads and writes the whole
   namespace: nodes run every user's tasks. It cannot manage users (no root role).
 * **admins** hold etcd's ``root`` role: everything, and ``conductor user ...``.
@@ -28,7 +28,7 @@ ROOT = "root"
 # key kind -> what a user may do with their own keys of it: "rw", "r" or "" (nothing)
 USER_ACCESS: dict[str, str] = {
     "node": "", "leader": "", "meta": "", "cluster_token": "", "seal_private": "", "memo": "",
-    "ready": "rw", "kill": "rw", "paused": "rw", "run": "r", "alive": "",
+    "kill": "rw", "paused": "rw", "alive": "",
     "job": "rw", "layer": "rw", "task": "rw", "result": "rw", "log": "rw", "count": "rw", "secrets": "rw",
     "template": "rw", "schedule": "rw", "fire": "rw", "active": "rw", "pending": "rw", "outbox": "rw",
     "join": "rw", "shared_template": "r", "seal_public": "r", "account": "r", "loop_stop": "rw", "loop_rate": "rw",
@@ -70,8 +70,10 @@ def user_grants(keys: Keys, user: str) -> list[Grant]:
 
 def user_grants_from(keys: Keys, user: str, access_of: dict[str, str]) -> list[Grant]:
     """The grants a user gets from an access table (``USER_ACCESS``, or the docs' copy in tests)."""
-    own = keys.user(user)  # users/<user>/: every kind under it is read-write, granted as one range
-    out = [Grant(READWRITE, own, prefix_end(own))]
+    # users/<user>/ and q/u/<user>/ (jobs, layers, tasks): every kind under them is read-write,
+    # each granted as one range (a user's event feed watches all of q/u/<user>/ at once)
+    own = (keys.user(user), keys.objects(user))
+    out = [Grant(READWRITE, prefix, prefix_end(prefix)) for prefix in own]
     for kind, (pattern, _, _) in LAYOUT.items():
         access = access_of.get(kind, "")
         key, end = _scope(keys, pattern, user)

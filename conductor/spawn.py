@@ -17,7 +17,7 @@ from .board import Board
 from .claims import Claimed
 from .control import Stager
 from .errors import InvalidSpec, Refused
-from .ops import created_at, present
+from .ops import mod_is, present
 
 MAX_SPAWN = 100_000
 
@@ -64,7 +64,7 @@ def stage(board: Board, claimed: Claimed, data: bytes, node: str) -> Stager:
              for i, item in enumerate(items)]
     stager = Stager(board, task["user"], target["id"], token=f"spawn-{task['id']}-{task['attempts']}")
     if specs:
-        guard = [created_at(board.keys.run(task["user"], task["id"]), claimed.claim_rev),
+        guard = [mod_is(board.keys.task(task["user"], task["id"]), claimed.task_rev),  # still our claim
                  present(board.keys.alive(claimed.lease))]
         stager.stage(specs, guard)
     return stager

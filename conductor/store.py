@@ -711,6 +711,9 @@ def _has_put(ops: Sequence[Op]) -> bool:
 def _range_request(op: Get) -> Any:
     req = etcdrpc.RangeRequest(key=op.key.encode(), count_only=op.count_only, keys_only=op.keys_only,
                                limit=op.limit)
+    if op.descending:
+        req.sort_order = etcdrpc.RangeRequest.DESCEND
+        req.sort_target = etcdrpc.RangeRequest.KEY
     if op.range_end is not None:
         req.range_end = op.range_end.encode("latin-1")
     return req

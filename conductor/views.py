@@ -1,7 +1,7 @@
 """Read-only views of what is in etcd, as plain JSON-ready maps (what ``show --json`` prints).
 
-Every object carries its ``etag`` (its key's mod_revision). Progress counts come from counting
-keys (ready markers, claims, tallies), never from reading every task, and a job or layer view holds
+Every object carries its ``etag`` (its key's mod_revision). Progress counts come from the job's
+counter keys (conductor/counts.py), never from reading every task, and a job or layer view holds
 only a page of each layer's tasks (read by exact key), so what a view reads does not grow with the
 size of the job.
 """
@@ -20,7 +20,7 @@ from .store import Store
 
 PAGE_TASKS = 20  # tasks shown per layer unless asked otherwise (the CLI, the web pages and API)
 SHOW_TASKS = 100  # tasks per layer Client.show returns unless asked otherwise (0 asks for all)
-WAITING_SAMPLE = 16  # queued tasks per layer (ready markers, read by prefix) judged for a layer's waiting
+WAITING_SAMPLE = 16  # queued tasks per layer (of its last tasks, read by prefix) judged for a layer's waiting
 RUNNING_SHOWN = 50  # a node's running task ids listed (``running_tasks``; ``running`` counts them all)
 COUNT_FIELDS = ("pending", "queued", "running", "completed", "errored", "skipped", "total")
 
@@ -46,28 +46,32 @@ def _defaults() -> dict[str, Any]:
 
 
 def job_counts(store: Store, keys: Keys, jobs: list[dict[str, Any]]) -> list[dict[str, int]]:
-    """Task counts by state for each job (or layer: a map with ``user``, ``job``, ``id``, ``tasks``),
-    never by reading tasks: key counts of ready and run markers, and the few counter keys of its
-    job (conductor/counts.py), an entry's all in one snapshot, as many entries per snapshot as fit."""
-    items = []
-    for job in jobs:
-        user, jid, prefix = job["user"], job.get("job", job["id"]), job["id"] + "."
-        items.append(batch.Item([Get.count(keys.ready(user, prefix)), Get.count(keys.run(user, prefix)),
-                                 Get.prefix(keys.count(user, jid))], tag=job))
+    """Task counts by state for each job (or layer: a map with ``user``, ``job``, ``id``, ``tasks``,
+    ``state``), never by reading tasks: the few counter keys of its job (conductor/counts.py, running
+    and final states), as many entries per snapshot as fit. The tasks of a layer that has started and
+    neither run nor ended are ``queued``; those of any other layer ``pending``."""
+    items = [batch.Item([Get.prefix(keys.count(job["user"], job.get("job", job["id"])))], tag=job) for job in jobs]
     out = []
     for group in batch.fit(items):  # each group one snapshot
         res = store.read([op for op in group.ops if isinstance(op, Get)])
-        for n, tag in enumerate(group.tags):
+        for response, tag in zip(res.responses, group.tags):
             job = cast("dict[str, Any]", tag)
-            queued_r, running_r, counters_r = res.responses[3 * n:3 * n + 3]
-            ended = counts.total(kv.value for kv in counters_r.kvs)
-            final = counts.of_layer(ended, job["id"]) if "job" in job else counts.of_job(ended)
-            queued, running = queued_r.count, running_r.count
-            completed, errored, skipped = final[states.COMPLETED], final[states.ERRORED], final[states.SKIPPED]
-            total = job.get("tasks", 0)
-            out.append({"pending": max(0, total - queued - running - completed - errored - skipped),
-                        "queued": queued, "running": running, "completed": completed, "errored": errored,
-                        "skipped": skipped, "total": total})
+            ended = counts.total(kv.value for kv in response.kvs)
+            layers = [job] if "job" in job else [*job.get("layers", []), *(job.get("compensation") or {}).get("layers", [])]
+            out.append(_counted(job.get("tasks", 0), layers, ended))
+    return out
+
+
+def _counted(total: int, layers: list[dict[str, Any]], ended: counts.Delta) -> dict[str, int]:
+    """Counts by state of ``total`` tasks in ``layers`` (values or the job's layer lines)."""
+    out = {name: 0 for name in COUNT_FIELDS}
+    for layer in layers:
+        per = counts.of_layer(ended, layer["id"])
+        left = max(0, int(layer.get("tasks") or 0) - sum(per.values()))
+        out["queued" if layer.get("state") == states.RUNNING else "pending"] += left
+        for state, n in per.items():
+            out[state.lower()] += n
+    out["total"] = total
     return out
 
 
@@ -243,9 +247,8 @@ def _read_tasks(store: Store, keys: Keys, user: str, wanted: list[tuple[str, int
 
 def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
     store, keys = board.store, board.keys
-    snap = store.read([Get(keys.task(user, task_id)), Get(keys.result(user, task_id)), Get(keys.log(user, task_id)),
-                       Get(keys.run(user, task_id))])
-    task_r, result_r, log_r, claim_r = snap.responses
+    snap = store.read([Get(keys.task(user, task_id)), Get(keys.result(user, task_id)), Get(keys.log(user, task_id))])
+    task_r, result_r, log_r = snap.responses
     if not task_r.kvs:
         raise NotFound(f"no task {task_id}")
     task = with_etag(codec.unpack(task_r.kvs[0].value), task_r.kvs[0])
@@ -263,27 +266,21 @@ def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
         task["log"] = None
     if task["state"] == states.RUNNING and task.get("started"):
         task["elapsed"] = round(time.time() - task["started"], 1)
-    task["claimed"] = bool(claim_r.kvs)
+    task["claimed"] = task["state"] == states.RUNNING  # a RUNNING task is its claim
     if task["state"] == states.QUEUED:
         task["waiting"] = task_waiting(task, live_nodes(store, keys)) or flow_waiting(store, keys, task)
     return task
 
 
 def list_nodes(store: Store, keys: Keys) -> list[dict[str, Any]]:
-    """Live nodes with their facts and the slots their claims use now."""
-    snap = store.read([Get.prefix(keys.node()), Get.prefix(keys.q("runs"))])
-    used: dict[str, int] = {}
-    running: dict[str, list[str]] = {}
-    for kv in snap.responses[1].kvs:
-        node = str(codec.unpack(kv.value).get("node"))
-        used[node] = used.get(node, 0) + 1
-        running.setdefault(node, []).append(kv.key.rsplit("/", 1)[1])  # a run marker ends with its task id
+    """Live nodes with their facts and what they run: each node key says (``running``,
+    ``running_tasks``: up to RUNNING_SHOWN ids), rewritten by its node within a second of a change."""
     nodes = []
-    for kv in snap.responses[0].kvs:
+    for kv in store.iter_prefix(keys.node()):
         info = codec.unpack(kv.value)
         info.pop("v", None)
-        info["running"] = used.get(str(info.get("name")), 0)
-        info["running_tasks"] = sorted(running.get(str(info.get("name")), []))[:RUNNING_SHOWN]
+        info["running"] = int(info.get("running") or 0)
+        info["running_tasks"] = sorted(info.get("running_tasks") or [])[:RUNNING_SHOWN]
         nodes.append(info)
     return sorted(nodes, key=lambda n: n.get("name", ""))
 
@@ -346,7 +343,7 @@ class _Judge:
 def add_waiting(store: Store, keys: Keys, layers: list[dict[str, Any]]) -> None:
     """Give each QUEUED task of the layers' pages its ``waiting`` (a reason or None) and each layer
     ``waiting``: the first reason among its page's queued tasks and up to WAITING_SAMPLE of its
-    queued tasks read from their ready markers (so it costs a bounded read however big the
+    queued tasks among its last tasks by id (so it costs a bounded read however big the
     layer), or None. Reads the live node keys only when something is queued."""
     for layer in layers:
         layer["waiting"] = None
@@ -365,13 +362,15 @@ def add_waiting(store: Store, keys: Keys, layers: list[dict[str, Any]]) -> None:
 
 
 def _ready_samples(store: Store, keys: Keys, layer_ids: list[tuple[str, str]]) -> dict[str, list[dict[str, Any]]]:
-    """{layer id: up to WAITING_SAMPLE of its queued tasks}, from their ready markers (which hold
-    the task value), in snapshots that fit etcd's limits."""
-    gets = [Get.prefix(keys.ready(user, lid + "."), limit=WAITING_SAMPLE) for user, lid in layer_ids]
+    """{layer id: up to WAITING_SAMPLE of its queued tasks}, among its last 2 x WAITING_SAMPLE
+    tasks by key (tasks start roughly in posting order: the last are the likeliest still to
+    wait), in snapshots that fit etcd's limits."""
+    gets = [Get.prefix(keys.task(user, lid + "."), limit=2 * WAITING_SAMPLE, descending=True) for user, lid in layer_ids]
     found: dict[str, list[dict[str, Any]]] = {}
     for group in batch.fit_ops(gets):
         for response in store.read([op for op in group if isinstance(op, Get)]).responses:
             for kv in response.kvs:
                 task = codec.unpack(kv.value)
-                found.setdefault(str(task.get("layer")), []).append(task)
+                if task.get("state") == states.QUEUED and len(found.get(str(task.get("layer")), [])) < WAITING_SAMPLE:
+                    found.setdefault(str(task.get("layer")), []).append(task)
     return found

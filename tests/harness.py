@@ -48,6 +48,21 @@ def live_lease(store, keys, ttl: int, node: str = "test") -> int:
     return lease
 
 
+def tasks_in(store, keys, state: str, user: str = "u", prefix: str = "") -> list:
+    """The tasks of ``user`` (ids starting with ``prefix``) in ``state``, as
+    :class:`conductor.claims.Ready` entries (value and revision): for QUEUED, what a node's cache
+    holds as claimable."""
+    from conductor import codec
+    from conductor.claims import Ready
+
+    out = []
+    for kv in store.scan(keys.task(user, prefix))[0]:
+        task = codec.unpack(kv.value)
+        if task.get("state") == state:
+            out.append(Ready(task, kv.mod_revision))
+    return out
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> object:
     """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from conductor import codec, views
 from conductor.board import UNSTORED_DEFAULTS
 from conductor.client import Client
 from conductor.store import Store
-from harness import EtcdServer, conductor_cli
+from harness import EtcdServer, conductor_cli, tasks_in
 from webserver import WebServer
 
 TASKS = 3000  # queued: 3000 task keys and 3000 ready markers, some 2 MB in all
@@ -46,13 +46,13 @@ class CountingStore(Store):
 @pytest.fixture
 def big(etcd: EtcdServer, namespace: str) -> Iterator[tuple[Client, CountingStore, str]]:
     """A client on a counting store, and a job whose first layer's 3000 tasks are queued (no node
-    runs them, so every one has its ready marker)."""
+    runs them, so every one is QUEUED)."""
     store = CountingStore(etcd.endpoint)
     client = Client(namespace=namespace, user="tester", store=store)
     job = client.post({"name": "big", "layers": [
         {"name": "wide", "tasks": [{"name": f"t{n}", "cmd": ["true"]} for n in range(TASKS)]},
         {"name": "after", "tasks": [{"cmd": ["true"]}]}]})
-    assert store.count(client.keys.ready("tester", job + ".")) == TASKS
+    assert len(tasks_in(store, client.keys, "QUEUED", "tester", job + ".0.")) == TASKS
     yield client, store, job
     client.close()
 
@@ -116,8 +116,7 @@ def test_post_leaves_default_fields_out_and_views_put_them_back(client: Client):
     job = client.post({"name": "lean", "layers": [{"tasks": [{"cmd": ["true"]},
                                                              {"cmd": ["env"], "env": {"A": "1"}, "priority": 3}]}]})
     stored = codec.unpack(client.store.get(client.keys.task("tester", f"{job}.0.0")).value)
-    ready = codec.unpack(client.store.get(client.keys.ready("tester", f"{job}.0.0")).value)
-    assert not set(UNSTORED_DEFAULTS) & set(stored) and not set(UNSTORED_DEFAULTS) & set(ready)
+    assert stored["state"] == "QUEUED" and not set(UNSTORED_DEFAULTS) & set(stored)
     shown = client.task(f"{job}.0.0")
     assert {name: shown[name] for name in UNSTORED_DEFAULTS} == UNSTORED_DEFAULTS
     other = client.show(job)["layer_list"][0]["task_list"][1]

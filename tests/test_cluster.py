@@ -188,7 +188,7 @@ def test_a_claim_whose_reply_was_lost_is_handed_back(client: Client, shared_etcd
     job = client.post({"name": "stray", "layers": [{"tasks": [shell(f"echo ran >> {tmp_path / 'ran.txt'}")]}]})
     info = codec.unpack(client.store.get(client.keys.node(node.name)).value)
     lease = int(info["lease"], 16)
-    kv = client.store.get(client.keys.ready(client.user, f"{job}.0.0"))
+    kv = client.store.get(client.keys.task(client.user, f"{job}.0.0"))
     # a claim on the node's lease that the node never made: what a lost reply leaves behind
     [held], _ = Claims(client.store, client.keys, node.name).claim([Ready(codec.unpack(kv.value), kv.mod_revision)],
                                                                     lease)

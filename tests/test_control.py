@@ -275,7 +275,7 @@ def test_gc_removes_only_what_is_finished_and_old(client, shared_etcd, start_nod
     assert client.gc(keep=1, dry_run=True) == [old]
     assert client.gc(keep=1) == [old]
     assert [j["id"] for j in client.jobs()] == [held, running]
-    assert client.store.count(client.keys.namespace + f"users/tester/tasks/{old}.") == 0
+    assert client.store.count(client.keys.task("tester", f"{old}.")) == 0
     assert client.store.count(client.keys.job(client.user, old)) == 0
     client.kill(running, grace=0.5)
 

@@ -41,7 +41,7 @@ def task(state: str, *moves: tuple[str, str]) -> dict[str, Any]:
 def test_a_put_that_adds_records_makes_one_transition_per_record() -> None:
     before = task("QUEUED", ("QUEUED", "its layer started"))
     after = task("QUEUED", ("QUEUED", "its layer started"), ("RUNNING", "claimed"), ("QUEUED", "exit 3"))
-    ev = Event("put", kv(f"users/ann/tasks/{JOB}.0.0", after, 7, 3), kv(f"users/ann/tasks/{JOB}.0.0", before, 6, 2))
+    ev = Event("put", kv(f"q/u/ann/tasks/{JOB}.0.0", after, 7, 3), kv(f"q/u/ann/tasks/{JOB}.0.0", before, 6, 2))
     got = transitions(K, ev)
     assert [(r["from"], r["state"], r["reason"]) for r in got] == [("QUEUED", "RUNNING", "claimed"),
                                                                    ("RUNNING", "QUEUED", "exit 3")]
@@ -52,7 +52,7 @@ def test_a_put_that_adds_records_makes_one_transition_per_record() -> None:
 def test_a_put_without_a_new_record_is_no_transition() -> None:
     value = task("RUNNING", ("QUEUED", "l"), ("RUNNING", "c"))
     pushed = {**value, "usage": {"cpu": 1}}
-    ev = Event("put", kv(f"users/ann/tasks/{JOB}.0.0", pushed, 9, 4), kv(f"users/ann/tasks/{JOB}.0.0", value, 8, 3))
+    ev = Event("put", kv(f"q/u/ann/tasks/{JOB}.0.0", pushed, 9, 4), kv(f"q/u/ann/tasks/{JOB}.0.0", value, 8, 3))
     assert transitions(K, ev) == []
 
 
@@ -60,19 +60,19 @@ def test_trimmed_history_still_counts_the_added_records() -> None:
     value = task("QUEUED", *[(s, "r") for s in ["QUEUED", "RUNNING"] * 20], ("QUEUED", "r"))
     assert len(value["records"]) == model.MAX_RECORDS and value["records_dropped"] == 1
     after = model.move(codec.unpack(codec.pack(value)), "RUNNING", "claimed again", "n2", at=6.0)
-    ev = Event("put", kv(f"users/ann/tasks/{JOB}.0.0", after, 9, 50), kv(f"users/ann/tasks/{JOB}.0.0", value, 8, 49))
+    ev = Event("put", kv(f"q/u/ann/tasks/{JOB}.0.0", after, 9, 50), kv(f"q/u/ann/tasks/{JOB}.0.0", value, 8, 49))
     [rec] = transitions(K, ev)
     assert (rec["from"], rec["state"], rec["reason"], rec["node"]) == ("QUEUED", "RUNNING", "claimed again", "n2")
 
 
 def test_creation_deletion_nodes_and_fires() -> None:
     layer = {"kind": "layer", "id": f"{JOB}.0", "state": "PENDING", "records": []}
-    [born] = transitions(K, Event("put", kv(f"users/ann/layers/{JOB}.0", layer, 3)))
+    [born] = transitions(K, Event("put", kv(f"q/u/ann/layers/{JOB}.0", layer, 3)))
     assert (born["kind"], born["id"], born["from"], born["state"]) == ("layer", f"{JOB}.0", None, "PENDING")
     job = model.new_job(JOB, {"name": "j", "layers": []}, "ann", {"kind": "api"})
-    [posted] = transitions(K, Event("put", kv(f"users/ann/jobs/{JOB}", job, 3)))
+    [posted] = transitions(K, Event("put", kv(f"q/u/ann/jobs/{JOB}", job, 3)))
     assert (posted["state"], posted["reason"]) == ("PENDING", "posted by ann")
-    gone = Event("delete", kv(f"users/ann/jobs/{JOB}", None, 20), kv(f"users/ann/jobs/{JOB}", job, 4, 2))
+    gone = Event("delete", kv(f"q/u/ann/jobs/{JOB}", None, 20), kv(f"q/u/ann/jobs/{JOB}", job, 4, 2))
     assert [(r["from"], r["state"]) for r in transitions(K, gone)] == [("PENDING", "removed")]
     node = {"name": "n1", "started": 1.5}
     assert [r["state"] for r in transitions(K, Event("put", kv("nodes/n1", node, 4)))] == ["joined"]
@@ -84,7 +84,8 @@ def test_creation_deletion_nodes_and_fires() -> None:
     done = Event("put", kv("fires/ann/s/000000000060", {**firing, "state": "posted", "done": 2.0}, 8, 2),
                  kv("fires/ann/s/000000000060", firing, 7))
     assert [(r["from"], r["state"], r["at"]) for r in transitions(K, done)] == [("firing", "posted", 2.0)]
-    for other in ("q/claims/x", f"users/ann/logs/{JOB}.0.0", "index/x", "nodes/", f"users/ann/counts/{JOB}/a1"):
+    for other in ("q/claims/x", "q/kills/ann/x", "q/alive/00000000000000aa", f"users/ann/logs/{JOB}.0.0", "index/x",
+                  "nodes/", f"users/ann/counts/{JOB}/a1"):
         assert transitions(K, Event("put", kv(other, {"a": 1}, 9))) == []
     assert transitions(K, Event("put", KV(K.namespace + "nodes/n9", b"\xc1not msgpack", 1, 9, 1))) == []
 
@@ -93,8 +94,8 @@ def test_filter_by_user_and_by_id() -> None:
     def put(key: str, value: dict[str, Any]) -> Event:
         return Event("put", kv(key, value, 3))
 
-    evs = [put(f"users/ann/layers/{JOB}.0", {"state": "PENDING"}), put(f"users/bob/tasks/{JOB}x.0.0", {"state": "PENDING"}),
-           put(f"users/ann/tasks/{JOB}.1.0", {"state": "PENDING"}), put("nodes/n1", {"name": "n1"})]
+    evs = [put(f"q/u/ann/layers/{JOB}.0", {"state": "PENDING"}), put(f"q/u/bob/tasks/{JOB}x.0.0", {"state": "PENDING"}),
+           put(f"q/u/ann/tasks/{JOB}.1.0", {"state": "PENDING"}), put("nodes/n1", {"name": "n1"})]
     assert [r["id"] for r in select(K, evs, Filter(user="ann"))] == [f"{JOB}.0", f"{JOB}.1.0", "n1"]
     assert len(select(K, evs, Filter())) == 4
     assert [r["id"] for r in select(K, evs, Filter(ids=[f"{JOB}.1"]))] == [f"{JOB}.1.0"]
@@ -142,7 +143,7 @@ def history(client: Any, job: str) -> dict[str, list[str]]:
     without a record: the first layer and its tasks are born started), then its stored records."""
     out = {}
     for kind in ("jobs", "layers", "tasks"):
-        prefix = f"{client.keys.namespace}users/tester/{kind}/{job}"
+        prefix = f"{client.keys.namespace}q/u/tester/{kind}/{job}"
         for kv in client.store.scan(prefix)[0]:
             born = codec.unpack(client.store.range(kv.key, revision=kv.create_revision).kvs[0].value)
             records = codec.unpack(kv.value)["records"]

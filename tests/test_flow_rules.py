@@ -37,7 +37,7 @@ def test_jitter_stays_within_its_band_and_is_the_same_for_the_same_failure():
 def test_a_failure_with_a_retry_policy_is_queued_not_before_its_delay():
     task = running_task(retry={"delay": 4.0, "backoff": 2.0, "max_delay": 60.0, "jitter": False}, failures=1)
     d = lifecycle.decide(task, Outcome(Cause.EXIT, "exit 1", exit_code=1), "n0", 1000.0)
-    assert d.state == states.QUEUED and d.ready
+    assert d.state == states.QUEUED and d.untally == states.RUNNING
     assert d.task["not_before"] == 1008.0  # second failure: 4 * 2
     assert backoff.due(d.task, 1007.9) == 1008.0 and backoff.due(d.task, 1008.0) is None
     assert "next try due at" in backoff.waiting(d.task, 1000.0)
@@ -69,7 +69,7 @@ def test_start_by_counts_from_the_queueing_and_only_before_the_first_run():
     assert deadlines.start_by(task) == 15.0
     assert deadlines.start_by({**task, "attempts": 1}) is None
     d = lifecycle.decide_expired({**task, "kind": "task", "user": "u"}, "not started within 10s", 16.0)
-    assert d.state == states.ERRORED and d.unready and d.tally == states.ERRORED
+    assert d.state == states.ERRORED and d.tally == states.ERRORED and d.untally is None
     paused = {**task, "records": [*task["records"], {"state": states.QUEUED, "at": 9.0}]}
     assert deadlines.start_by(paused) == 15.0, "a record that keeps the state (a pause) restarts nothing"
     retried = lifecycle.decide_retry({**d.task, "state": states.ERRORED}, "me", states.RUNNING, 30.0)

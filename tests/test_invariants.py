@@ -14,11 +14,12 @@ from conductor.ops import KV, Event, Put
 from conductor.follow import FollowHandler
 from conductor.lifecycle import Cause
 from conductor.store import Store
-from harness import live_lease, wait_for
+from harness import live_lease, tasks_in, wait_for
 
 
 def ready_entries(store: Store, keys: Keys) -> list[Ready]:
-    return [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
+    """The claimable tasks of user u: their QUEUED task keys (a task is its own queue entry)."""
+    return tasks_in(store, keys, states.QUEUED)
 
 
 def one_task_job(board: Board, **task) -> str:
@@ -38,7 +39,7 @@ def test_fenced_finish_commits_nothing_once_the_claim_is_gone(client: Client):
     assert committed == [] and [c.id for c in lost] == [held.id]
     after = store.get(keys.task("u", held.id))
     assert after.mod_revision == before.mod_revision, "nothing was written"
-    assert store.count(keys.count("u", job)) == 0, "nothing was counted"
+    assert client.counts(job)["completed"] == 0, "nothing was counted"
     # someone else may now recover it, exactly once
     other = Claims(store, keys, "node-b")
     assert other.recover("u", held.id, lease) == states.QUEUED
@@ -49,14 +50,14 @@ def test_fenced_finish_commits_nothing_once_the_claim_is_gone(client: Client):
 
 def test_no_claim_commits_on_a_lease_that_ended(client: Client):
     """Invariant 1, at the claim: the claim compares the lease's alive key present, so a node whose
-    lease ended (its alive key gone) claims nothing, and no run marker names a dead lease."""
+    lease ended (its alive key gone) claims nothing, and no RUNNING task names a dead lease."""
     store, keys, board = client.store, client.keys, client.board
     one_task_job(board)
     lease = live_lease(store, keys, 5)
     store.revoke(lease)
     taken, stale = Claims(store, keys, "late").claim(ready_entries(store, keys), lease)
     assert taken == [] and stale == set(), "nothing claimed, and the task is not stale for others"
-    assert store.count(keys.q("runs")) == 0 and len(ready_entries(store, keys)) == 1
+    assert tasks_in(store, keys, states.RUNNING) == [] and len(ready_entries(store, keys)) == 1
 
 
 def test_a_kill_request_the_finish_had_not_seen_is_deleted_with_the_outcome(client: Client):
@@ -71,7 +72,7 @@ def test_a_kill_request_the_finish_had_not_seen_is_deleted_with_the_outcome(clie
     [done], lost = claims.finish([(held, Outcome(Cause.EXIT, "exit 0", 0))], writer="n")
     assert lost == [] and done.state == states.COMPLETED
     assert store.get(keys.kill("u", held.id)) is None, "the request went with the outcome"
-    assert store.get(keys.run("u", held.id)) is None
+    assert codec.unpack(store.get(keys.task("u", held.id)).value)["state"] == states.COMPLETED
 
 
 def test_a_claim_taken_by_another_node_fences_the_first(client: Client):
@@ -98,7 +99,7 @@ def test_a_big_job_is_never_seen_half_written(client: Client):
         def events(self, events: list[Event], revision: int) -> None:
             seen.extend((ev.kv.key, ev.kv.mod_revision) for ev in events if ev.kind == "put")
 
-    follower = store.follow(keys.user("tester"), Recorder())
+    follower = store.follow(keys.objects("tester"), Recorder())
     done.wait(5)
     n = 700
     job = client.post({"name": "big", "layers": [{"tasks": [{"cmd": ["true", str(i)]} for i in range(n)]},
@@ -110,7 +111,7 @@ def test_a_big_job_is_never_seen_half_written(client: Client):
     assert len(task_revs) == n + 1, "every task was written before the job appeared"
     assert len({r for r in task_revs.values()}) > 1, "the job was split into several transactions"
     assert client.job(job)["tasks"] == n + 1
-    assert store.count(keys.ready(client.user, job + ".0.")) == n, "its first layer was queued after"
+    assert len(tasks_in(store, keys, states.QUEUED, client.user, job + ".0.")) == n, "its first layer was queued after"
 
 
 def test_bounded_storage_result_cap_log_tail_and_records(client: Client, shared_etcd, start_nodes):
@@ -150,8 +151,8 @@ def test_layer_order_no_claim_before_lower_orders_are_done(client: Client):
     assert [r.id for r in ready_entries(store, keys)] == [f"{job}.1.0"]
 
 
-def test_orphans_are_found_from_run_markers(client: Client):
-    """Invariant 4: a run marker whose lease has no alive key is an orphan; the sweep's read finds it."""
+def test_orphans_are_found_from_running_tasks(client: Client):
+    """Invariant 4: a RUNNING task whose lease has no alive key is an orphan; the sweep's read finds it."""
     store, keys, board = client.store, client.keys, client.board
     one_task_job(board, max_attempts=1)
     claims, lease = Claims(store, keys, "gone"), live_lease(store, keys, 5)
@@ -192,8 +193,7 @@ def test_values_keep_unknown_fields(client: Client):
     kv = store.get(key)
     value = codec.unpack(kv.value)
     value["from_the_future"] = {"x": 1}
-    data = codec.pack(value)
-    store.txn([], [Put(key, data), Put(keys.ready("u", f"{job}.0.0"), data)])
+    store.txn([], [Put(key, codec.pack(value))])
     claims, lease = Claims(store, keys, "n"), live_lease(store, keys, 10)
     [held], _ = claims.claim(ready_entries(store, keys), lease)
     claims.finish([(held, Outcome(Cause.EXIT, "exit 0", 0))])
@@ -219,7 +219,7 @@ def test_a_large_batch_of_finishes_is_split_to_fit_etcd_limits(client: Client):
     committed, lost = claims.finish(outcomes, writer="w")
     assert len(committed) == 32 and lost == []
     assert client.counts(job)["completed"] == 32
-    assert store.count(keys.count("u", job)) == 1, "a node's finishes add up in one counter key of the job"
+    assert store.count(keys.count("u", job)) == 2, "a node's claims and finishes add up in a counter key each"
     assert len(codec.unpack(store.get(keys.result("u", f"{job}.0.31")).value)["data"]) == 60_000
 
 
@@ -230,7 +230,7 @@ def test_an_orphaned_task_keeps_its_layer_open(client: Client):
                                                                  {"tasks": [{"cmd": ["true"]}]}]}), "u")
     claims, lease = Claims(store, keys, "dying"), live_lease(store, keys, 5)
     [held], _ = claims.claim(ready_entries(store, keys), lease)
-    store.revoke(lease)  # claim gone, run marker left: an orphan
+    store.revoke(lease)  # lease gone, its task left RUNNING: an orphan
     assert board.settle(job, "u") is False
     assert ready_entries(store, keys) == [], "the next layer did not start"
     assert Claims(store, keys, "rescuer").recover("u", held.id, lease) == states.QUEUED

@@ -8,7 +8,7 @@ import pytest
 from conductor import codec, ids
 from conductor.client import Client
 from conductor.errors import NotFound
-from conductor.jobwatch import CLAIMS, JOB, TALLY, JobWatch, NeverSeen, wait_for_end
+from conductor.jobwatch import JOB, TALLY, JobWatch, NeverSeen, wait_for_end
 from conductor.ops import KV, Event
 
 COUNT_PREFIX = "/ns/users/u/counts/j/"
@@ -19,7 +19,7 @@ def kv(key: str, revision: int, value: bytes = b"") -> KV:
 
 
 def job_kv(state: str, revision: int, tasks: int = 3) -> KV:
-    return kv("/ns/users/u/jobs/j", revision, codec.pack({"id": "j", "state": state, "tasks": tasks}))
+    return kv("/ns/q/u/u/jobs/j", revision, codec.pack({"id": "j", "state": state, "tasks": tasks}))
 
 
 def tallies(revision: int, *tasks: str) -> list[KV]:
@@ -30,11 +30,10 @@ def tallies(revision: int, *tasks: str) -> list[KV]:
 def test_the_last_progress_call_counts_every_tally_when_the_tally_watch_lags():
     """The job's watch saw it COMPLETED at revision 10; the tally watch (another stream) is still at
     revision 6 with 2 of 3 tallies. wait reads the tallies once and its last call counts all 3."""
-    watch = JobWatch(3)
+    watch = JobWatch(2)
     watch.job_handler().reset([job_kv("COMPLETED", 10)], 10)
     tally = watch.tally_handler()
     tally.reset(tallies(6, "j.0.0", "j.0.1"), 6)
-    watch.claim_handler().reset([], 10)
     reads: list[int] = []
     calls: list[dict[str, int]] = []
 
@@ -52,10 +51,9 @@ def test_the_last_progress_call_counts_every_tally_when_the_tally_watch_lags():
 
 
 def test_no_read_when_every_view_is_at_the_end():
-    watch = JobWatch(3)
+    watch = JobWatch(2)
     watch.job_handler().reset([job_kv("ERRORED", 10)], 12)
     watch.tally_handler().reset(tallies(12, "j.0.0"), 12)
-    watch.claim_handler().reset([], 12)
 
     def read(slot: int) -> tuple[list[KV], int]:
         raise AssertionError(f"no read was needed (slot {slot})")
@@ -69,7 +67,7 @@ def test_without_progress_only_the_job_is_followed():
     watch.job_handler().events([Event("put", job_kv("COMPLETED", 9))], 9)
     assert watch.behind() == [] and watch.ended()
     assert wait_for_end(watch, "j", 5, None, lambda slot: ([], 0))["state"] == "COMPLETED"
-    assert (JOB, TALLY, CLAIMS) == (0, 1, 2)
+    assert (JOB, TALLY) == (0, 1)
 
 
 def test_wait_with_progress_ends_with_every_task_counted(client: Client, shared_etcd: Any, start_nodes: Any):

@@ -236,9 +236,9 @@ def bulky_tasks(count: int, env_bytes: int = 24 * 1024) -> list[dict[str, Any]]:
 
 
 def test_queueing_a_layer_of_bulky_tasks_is_grouped_to_fit_etcd():
-    """40 (and 200) tasks of 24 KB env each: one txn would be far over 1.5 MiB; every group fits."""
+    """80 (and 200) tasks of 24 KB env each: one txn would be over 1.5 MiB; every group fits."""
     b = Board(None, Keys("/x/"))  # type: ignore[arg-type]  # building ops reads nothing
-    for count in (40, 200):
+    for count in (80, 200):
         tasks = bulky_tasks(count)
         items = [b._queue_item("u", task, 7, "n") for task in tasks]
         assert not batch.fits([op for i in items for op in i.ops]), "the whole layer must not fit in one txn"

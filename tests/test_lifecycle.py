@@ -50,7 +50,7 @@ def check_moves(before: dict[str, Any], decision: Decision) -> None:
 def test_exit_0_completes_and_writes_its_tally():
     before = running()
     d = lifecycle.decide(before, ended(Cause.EXIT, 0, "exit 0"), "n1", NOW)
-    assert (d.state, d.tally, d.ready) == (states.COMPLETED, states.COMPLETED, False)
+    assert (d.state, d.tally, d.untally) == (states.COMPLETED, states.COMPLETED, states.RUNNING)
     assert d.task["records"][-1]["reason"] == "exit 0 on n1 (attempt 1 of 3)"
     assert d.task["exit_code"] == 0 and d.task["ended"] == NOW and d.task["started"] == NOW - 5
     check_moves(before, d)
@@ -62,7 +62,7 @@ def test_a_failure_is_retried_while_attempts_are_left(cause: Cause, code: int | 
     outcome = ended(cause, code)
     assert outcome.is_failure and not outcome.ok and not outcome.is_disruption
     d = lifecycle.decide(before, outcome, "n1", NOW)
-    assert (d.state, d.ready, d.tally) == (states.QUEUED, True, None)
+    assert (d.state, d.untally, d.tally) == (states.QUEUED, states.RUNNING, None)
     assert (d.task["failures"], d.task["disruptions"], d.task["attempts"]) == (2, 0, 1)
     assert [r["state"] for r in d.task["records"][-2:]] == [states.ERRORED, states.QUEUED]
     assert d.task["records"][-2]["reason"] == "why on n1 (attempt 2 of 3)"
@@ -74,7 +74,7 @@ def test_a_failure_is_retried_while_attempts_are_left(cause: Cause, code: int | 
 def test_a_failure_with_no_attempt_left_errors(cause: Cause, code: int | None):
     before = running(failures=2)
     d = lifecycle.decide(before, ended(cause, code), "n1", NOW)
-    assert (d.state, d.tally, d.ready) == (states.ERRORED, states.ERRORED, False)
+    assert (d.state, d.tally, d.untally) == (states.ERRORED, states.ERRORED, states.RUNNING)
     assert d.task["records"][-1]["reason"] == "why on n1; no attempt left (3 of 3)"
     assert d.task["failures"] == 3
     check_moves(before, d)
@@ -92,7 +92,7 @@ def test_a_disruption_is_requeued_without_using_an_attempt(cause: Cause):
     outcome = ended(cause)
     assert outcome.is_disruption and not outcome.is_failure
     d = lifecycle.decide(before, outcome, "n1", NOW)
-    assert (d.state, d.ready, d.tally) == (states.QUEUED, True, None)
+    assert (d.state, d.untally, d.tally) == (states.QUEUED, states.RUNNING, None)
     assert (d.task["failures"], d.task["disruptions"], d.task["attempts"]) == (0, 4, 1)
     assert "not counted as a failed attempt (disruption 4 of 10)" in d.task["records"][-1]["reason"]
     check_moves(before, d)
@@ -117,7 +117,7 @@ def test_a_hand_back_names_its_node():
 def test_a_users_stop_is_final_whatever_is_left(cause: Cause, state: str):
     before = running()
     d = lifecycle.decide(before, ended(cause, -15, "stopped by ann"), "n1", NOW)
-    assert (d.state, d.tally, d.ready) == (state, state, False)
+    assert (d.state, d.tally, d.untally) == (state, state, states.RUNNING)
     assert (d.task["failures"], d.task["disruptions"]) == (0, 0), "a stop counts neither"
     check_moves(before, d)
 
@@ -126,7 +126,7 @@ def test_a_users_stop_is_final_whatever_is_left(cause: Cause, state: str):
 def test_a_task_moved_meanwhile_keeps_its_state(moved: str):
     before = dict(running(), state=moved)
     d = lifecycle.decide(before, ended(Cause.EXIT, 0, "exit 0"), "n1", NOW)
-    assert (d.state, d.tally, d.ready, d.task["records"]) == (moved, None, False, before["records"])
+    assert (d.state, d.tally, d.untally, d.task["records"]) == (moved, None, None, before["records"])
     assert d.task["exit_code"] == 0 and d.task["reason"] == "exit 0"
 
 
@@ -172,7 +172,7 @@ def test_kill_causes_and_which_kill_wins():
 def test_a_lost_node_is_a_disruption():
     before = running(max_attempts=1)
     d = lifecycle.decide_lost(before, "n1", None, "n2", NOW)
-    assert (d.state, d.ready, d.changed) == (states.QUEUED, True, True)
+    assert (d.state, d.untally, d.changed) == (states.QUEUED, states.RUNNING, True)
     assert (d.task["failures"], d.task["disruptions"]) == (0, 1)
     reason = d.task["records"][-1]["reason"]
     assert reason.startswith("node n1 was lost (its lease expired) during attempt 1") and d.task["records"][-1]["node"] == "n2"
@@ -189,7 +189,7 @@ def test_a_lost_node_with_no_disruption_left_errors():
 def test_a_lost_node_with_a_kill_request_ends_as_asked(action: str, state: str):
     before = running()
     d = lifecycle.decide_lost(before, "n1", {"action": action, "by": "ann"}, "n2", NOW)
-    assert (d.state, d.tally, d.ready) == (state, state, False)
+    assert (d.state, d.tally, d.untally) == (state, state, states.RUNNING)
     assert d.task["records"][-1]["reason"].startswith(f"{'killed' if action == 'kill' else 'skipped'} by ann (node n1")
     assert d.task["ended"] == NOW and d.task["disruptions"] == 0
     check_moves(before, d)
@@ -214,7 +214,7 @@ def test_kill_of_each_state(state: str):
     if state in (states.COMPLETED, states.SKIPPED, states.ERRORED):
         assert not d.changed and d.done == f"already {state}" and d.task is before
         return
-    assert (d.state, d.tally, d.unready, d.untally) == (states.ERRORED, states.ERRORED, state == states.QUEUED, None)
+    assert (d.state, d.tally, d.untally) == (states.ERRORED, states.ERRORED, None)
     assert d.task["records"][-1]["reason"] == "killed by ann before it ran" and d.task["ended"] == NOW
     check_moves(before, d)
 
@@ -232,7 +232,6 @@ def test_skip_of_each_state(state: str):
         return
     assert (d.state, d.tally) == (states.SKIPPED, states.SKIPPED)
     assert d.untally == (states.ERRORED if state == states.ERRORED else None)
-    assert d.unready == (state == states.QUEUED)
     check_moves(before, d)
 
 
@@ -249,7 +248,7 @@ def test_retry_of_each_state(state: str, layer_state: str):
         assert not d.changed and d.done == f"already {state}"
         return
     new = states.PENDING if layer_state == states.PENDING else states.QUEUED
-    assert (d.state, d.ready, d.untally, d.tally) == (new, new == states.QUEUED, state, None)
+    assert (d.state, d.untally, d.tally) == (new, state, None)
     assert (d.task["attempts"], d.task["failures"], d.task["disruptions"]) == (5, 0, 0), "budgets fresh, runs kept"
     check_moves(before, d)
 
@@ -335,7 +334,8 @@ def test_every_decision_respects_the_transition_table(state: str, used: tuple[in
         users += [lifecycle.decide_retry(before, "ann", s, NOW) for s in (states.PENDING, states.RUNNING)]
     for d in decisions + users:
         check_moves(before, d)
-        assert d.ready == (d.state == states.QUEUED and d.state != state)
+        assert d.untally == (states.RUNNING if state == states.RUNNING and d.changed else d.untally)
+        assert d.untally != states.RUNNING or state == states.RUNNING, "only a run ends RUNNING"
         assert d.tally in (None, d.state) and (d.tally is None or d.state in states.FINAL)
         if state != states.RUNNING:
             assert d.tally is None or any(d is u for u in users), "only a user's change writes a tally for a task not running"

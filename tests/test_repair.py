@@ -17,7 +17,7 @@ from conductor.errors import NotFound
 from conductor.follow import Follower, FollowHandler
 from conductor.ops import KV, Event, Put
 from conductor.store import Store
-from harness import live_lease, wait_for
+from harness import live_lease, tasks_in, wait_for
 
 
 class Recorder(FollowHandler):
@@ -161,19 +161,19 @@ def test_wait_on_a_job_removed_mid_wait_raises_not_found(client: Client):
 
 def test_the_sweeper_repairs_a_missed_settle_and_a_missed_orphan(client: Client, shared_etcd, start_nodes):
     """Work left as a crashed writer would leave it, with no watch event to announce it: a layer whose
-    tasks all finished but that was never settled, and a run marker whose claim is gone."""
-    from conductor.claims import Claims, Ready
+    tasks all finished but that was never settled, and a RUNNING task whose lease is gone."""
+    from conductor.claims import Claims
     from conductor.lifecycle import Cause, Outcome
 
     store, keys = client.store, client.keys
     job = client.post({"name": "unsettled", "layers": [{"tasks": [{"cmd": ["true"]}]}, {"tasks": [{"cmd": ["true"]}]}]})
     claims = Claims(store, keys, "ghost")
-    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
+    ready = tasks_in(store, keys, "QUEUED", client.user)
     got, _ = claims.claim(ready, live_lease(store, keys, 30))
     claims.finish([(c, Outcome(Cause.EXIT, "exit 0", 0)) for c in got])  # finished, never settled
     orphan = client.post({"name": "orphaned", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
     lease = live_lease(store, keys, 2)
-    ready = [Ready(codec.unpack(kv.value), kv.mod_revision) for kv in store.scan(keys.q("ready"))[0]]
+    ready = tasks_in(store, keys, "QUEUED", client.user)
     claims.claim(ready, lease)
     store.revoke(lease)  # its "node" is gone before any conductor watched
     assert client.job(job)["state"] == "RUNNING" and client.task(f"{orphan}.0.0")["state"] == "RUNNING"
@@ -213,7 +213,7 @@ def test_a_node_cut_off_from_etcd_kills_its_task_before_its_lease_can_expire(etc
 def test_values_written_by_users_never_crash_a_node(client: Client, shared_etcd, start_nodes, unused):
     """Garbage in the watched prefix (a user with etcdctl) is not a node's bug: it is skipped."""
     node = start_nodes(shared_etcd.endpoint, 1)[0]
-    client.store.txn([], [Put(client.keys.ready(client.user, "not-a-task"), b"\xc1garbage")])
+    client.store.txn([], [Put(client.keys.task(client.user, "not-a-task"), b"\xc1garbage")])
     job = client.post({"name": "after", "layers": [{"tasks": [{"cmd": ["true"]}]}]})
     assert client.wait(job, timeout=30)["state"] == "COMPLETED"
     assert node.alive()
@@ -221,23 +221,23 @@ def test_values_written_by_users_never_crash_a_node(client: Client, shared_etcd,
 
 
 def test_a_failed_claim_drops_only_the_ready_revision_it_compared():
-    """The race a hostile load found: a node claims a retried task with the ready marker it saw,
-    the claim fails as stale because the task was queued again meanwhile, and the node must not
-    forget the newer marker its cache already holds (no event would ever bring it back, and the
+    """The race a hostile load found: a node claims a retried task with the revision it saw, the
+    claim fails as stale because the task was queued again meanwhile, and the node must not
+    forget the newer revision its cache already holds (no event would ever bring it back, and the
     task would wait forever)."""
     from conductor.cache import Cache
     from conductor.keys import Keys
 
     keys = Keys("/t/")
     cache = Cache(keys)
-    task = {"id": "j.0.0", "job": "j", "layer": "j.0", "user": "u", "priority": 0}
+    task = {"id": "j.0.0", "job": "j", "layer": "j.0", "user": "u", "priority": 0, "state": "QUEUED"}
 
-    def put(rev: int) -> Event:
-        return Event("put", KV(keys.ready("u", "j.0.0"), codec.pack(task), rev, rev, 1))
+    def put(rev: int, **more: object) -> Event:
+        return Event("put", KV(keys.task("u", "j.0.0"), codec.pack({**task, **more}), 1, rev, 1))
 
     cache.reset([], 1)
     cache.events([put(40)], 40)
-    cache.events([Event("delete", KV(keys.ready("u", "j.0.0"), b"", 0, 41, 0)), put(58)], 58)
+    cache.events([put(41, state="RUNNING", lease="00000000000000aa"), put(58)], 58)
     cache.drop({"j.0.0": 40})  # the claim compared revision 40: stale, but 58 is live
     assert cache.ready.get("j.0.0") is not None and cache.ready.get("j.0.0").mod_revision == 58
     assert cache.layer_busy("j.0")

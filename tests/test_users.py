@@ -110,14 +110,16 @@ def test_users_are_kept_apart_by_etcd(team: Cluster, nodes: list[Node]) -> None:
         # bob with etcdctl and his own etcd user: alice's keys are out of reach, read or write
         k = Keys(NS)
         for key in (k.job("alice", job), k.result("alice", task), k.secrets("alice", job), k.seal_private(),
-                    k.ready("alice", task), k.account("alice")):
+                    k.task("alice", task), k.account("alice")):
             run = team.etcdctl("bob", "get", key)
             assert run.returncode != 0 and "permission denied" in run.stderr, (key, run.stdout)
-        for key in (k.kill("alice", task), k.paused("alice", job), k.job("alice", job), k.run("bob", "x"),
-                    k.run("bob", "x"), k.node("fake"), k.account("bob"), k.shared_template("t")):
+        for key in (k.kill("alice", task), k.paused("alice", job), k.job("alice", job), k.task("alice", task),
+                    k.conc("x", 0), k.node("fake"), k.account("bob"), k.shared_template("t")):
             run = team.etcdctl("bob", "put", key, "x")
             assert run.returncode != 0 and "permission denied" in run.stderr, (key, run.stdout)
         assert team.etcdctl("bob", "get", "--prefix", "--keys-only", NS + "users/").returncode != 0
+        assert team.etcdctl("bob", "get", "--prefix", "--keys-only", NS + "q/u/").returncode != 0
+        assert team.etcdctl("bob", "get", "--prefix", "--keys-only", k.objects("bob")).returncode == 0
         assert team.etcdctl("bob", "get", "--prefix", "--keys-only", k.user("bob")).returncode == 0
 
         # an admin sees and steers every user's jobs
@@ -159,15 +161,16 @@ def test_users_are_kept_apart_by_etcd(team: Cluster, nodes: list[Node]) -> None:
 def test_roles_grant_every_key_a_user_writes_and_nothing_else() -> None:
     k = Keys(NS)
     alice = roles.user_grants(k, "alice")
-    for key in (k.job("alice", "j"), k.task("alice", "j.0.0"), k.ready("alice", "j.0.0"), k.paused("alice", "j"),
+    for key in (k.job("alice", "j"), k.task("alice", "j.0.0"), k.layer("alice", "j.0"), k.paused("alice", "j"),
                 k.kill("alice", "j.0.0"), k.active("alice", "j"), k.pending("alice", "j"), k.template("alice", "t"),
                 k.schedule("alice", "s"), k.outbox("alice", "j/x"), k.secrets("alice", "j"), k.count("alice", "j", "a1")):
         assert roles.allows(alice, key, write=True), key
-    for key in (k.run("alice", "j.0.0"), k.account("alice"), k.seal_public(),
+    for key in (k.conc("x", 0), k.rate("x"), k.account("alice"), k.seal_public(),
                 k.shared_template("t")):
         assert roles.allows(alice, key, write=False) and not roles.allows(alice, key, write=True), key
     for key in (k.job("alicia", "j"), k.job("bob", "j"), k.node("n"), k.seal_private(), k.meta("compaction"),
-                k.account("bob"), k.leader("sweeper"), k.ready("bob", "j.0.0"), k.alive(1), NS + "users/alice"):
+                k.account("bob"), k.leader("sweeper"), k.task("bob", "j.0.0"), k.alive(1), NS + "users/alice",
+                k.task("alicia", "j.0.0")):
         assert not roles.allows(alice, key, write=False), key
     assert roles.valid_name("conductor") and roles.valid_name("a/b") and roles.valid_name("") and not roles.valid_name("ann")
 

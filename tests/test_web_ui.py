@@ -248,7 +248,8 @@ def test_the_browser_follows_a_running_job_live_and_steers_it_with_etags(client:
     # for a free connection to this server before the seventh page (the phone's) could load
     driver.get(web.url + "/ui/nodes")
     until(driver, lambda d: css(d, "#node-n0") is not None, "the node's card")
-    assert "1 running of 4 slots" in text(driver, "#node-n0")
+    until(driver, lambda d: "1 running of 4 slots" in text(d, "#node-n0"),  # its node key says so within a second
+          "the node's card counts the running task")
     assert css(driver, f"#node-n0 a.chip[href='/ui/tasks/{follow}']") is not None, "its running task, linked"
     assert shared_etcd.endpoint.rsplit(":", 1)[1] in text(driver, "table")
     shots(driver, "nodes")

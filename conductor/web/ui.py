@@ -91,8 +91,9 @@ def schedules_model(client: Client, query: dict[str, str]) -> dict[str, Any]:
 def jobs_watched(client: Client, query: dict[str, str]) -> list[Watched]:
     k = client.keys
     if query.get("all") in ("1", "on", "true"):
-        return [(k.user(), False)]  # every user's jobs: all of users/ (admins, or etcd auth off)
-    return [(k.job(client.user), False), (k.layer(client.user), False), (k.task(client.user), False)]
+        # every user's jobs (admins, or etcd auth off): their counts in users/, starts and ends in active/
+        return [(k.user(), False), (k.active(), False)]
+    return [(k.job(client.user), False), (k.user(client.user), False)]  # the jobs, their counter keys
 
 
 def job_watched(client: Client, query: dict[str, str]) -> list[Watched]:
@@ -108,7 +109,7 @@ def task_watched(client: Client, query: dict[str, str]) -> list[Watched]:
 
 
 def nodes_watched(client: Client, query: dict[str, str]) -> list[Watched]:
-    return [(client.keys.node(), False), (client.keys.q("runs"), False)]  # the nodes, what they run
+    return [(client.keys.node(), False)]  # the nodes and, in their keys, what they run
 
 
 def schedules_watched(client: Client, query: dict[str, str]) -> list[Watched]:
