@@ -319,13 +319,15 @@ class Board:
 
     def _snapshot(self, user: str, job_id: str) -> _Snapshot | None:
         k = self.keys
-        snap = self.store.read([Get(k.job(user, job_id)), Get.prefix(k.layer(user, job_id + "."))])
+        snap = self.store.read([Get(k.job(user, job_id)), Get.prefix(k.layer(user, job_id + ".")),
+                                Get.prefix(k.count(user, job_id))])
         if not snap.responses[0].kvs:
             return None
         job_kv = snap.responses[0].kvs[0]
         layer_kvs = {kv.key: kv for kv in snap.responses[1].kvs}
         layers = {(v := codec.unpack(kv.value))["index"]: v for kv in layer_kvs.values()}
-        return _Snapshot(job_kv, codec.unpack(job_kv.value), layer_kvs, layers)
+        counters = counts.total(kv.value for kv in snap.responses[2].kvs)
+        return _Snapshot(job_kv, codec.unpack(job_kv.value), layer_kvs, layers, counters, snap.revision)
 
     def _repair(self, user: str, snap: _Snapshot, node: str | None) -> bool:
         """Queue the running layers whose queueing was cut short; whether there were any."""
@@ -340,7 +342,7 @@ class Board:
         "ended" if the write ended the job for good (its active key deleted: no compensation to
         run), True otherwise."""
         watched = [snap.layers[i] for i in layerplan.watched(snap.layers)]
-        counts = self._counts(user, snap.job["id"], watched)
+        counts = _counts(snap, watched)
         planned = self._fitting_plan(user, snap, counts, node)
         if planned is None:
             return False
@@ -457,29 +459,30 @@ class Board:
             ops += messages.outbox_ops(self, p.job, list(m.names), m.outcome, m.what)
         return ops
 
-    def _counts(self, user: str, job_id: str, layers: list[Value]) -> dict[str, layerplan.LayerCounts]:
-        """(not yet run, running or orphaned, errored) per layer, from the job's counter keys
-        (conductor/counts.py) read in one snapshot, whose revision each count carries: the
-        settle compares that the drained layers' tasks did not change since."""
-        res = self.store.read([Get.prefix(self.keys.count(user, job_id))])
-        ended = counts.total(kv.value for kv in res.responses[0].kvs)
-        out: dict[str, layerplan.LayerCounts] = {}
-        for layer in layers:
-            per = counts.of_layer(ended, layer["id"])
-            running = per.pop(states.RUNNING)
-            left = max(0, int(layer.get("tasks") or 0) - running - sum(per.values()))
-            out[layer["id"]] = layerplan.LayerCounts(left, running, per[states.ERRORED], res.revision)
-        return out
-
-
 @dataclass(frozen=True)
 class _Snapshot:
-    """A job and its layers as read together, with the keys whose revisions fence the write."""
+    """A job, its layers and its counts as read together (at ``revision``), with the keys whose
+    revisions fence the write."""
 
     job_kv: KV
     job: Value
     layer_kvs: dict[str, KV]
     layers: dict[int, Value]
+    counters: counts.Delta
+    revision: int
+
+
+def _counts(snap: _Snapshot, layers: list[Value]) -> dict[str, layerplan.LayerCounts]:
+    """(not yet run, running or orphaned, errored) per layer, from the job's counter keys
+    (conductor/counts.py) read with the job: each count carries that snapshot's revision, and the
+    settle compares that the drained layers' tasks did not change since."""
+    out: dict[str, layerplan.LayerCounts] = {}
+    for layer in layers:
+        per = counts.of_layer(snap.counters, layer["id"])
+        running = per.pop(states.RUNNING)
+        left = max(0, int(layer.get("tasks") or 0) - running - sum(per.values()))
+        out[layer["id"]] = layerplan.LayerCounts(left, running, per[states.ERRORED], snap.revision)
+    return out
 
 
 def _queued(task: Value, node: str | None) -> Value:
