@@ -1,9 +1,10 @@
-"""A node's live copy of the ``q/`` stream: QUEUED tasks (what it may claim), RUNNING tasks (the
-claims: who runs what, on which lease), live leases, kill requests, pause markers.
+"""A node's live copy of the ``q/`` stream: what it may claim (:mod:`conductor.queued`: running
+layers' chunks and queued task keys), RUNNING tasks (the claims: who runs what, on which lease),
+live leases, kill requests, pause markers.
 
-Keys are ``q/<kind>/<user>/<id>``; the owner is taken from the path (what etcd's access control
-checked), and a task whose value names another owner is ignored. Tasks in other states (PENDING,
-final) are not kept: a node's memory follows what can be claimed and what runs.
+Keys are ``q/<kind>/<user>/<id>`` and ``q/u/<user>/<kind>/<id>``; the owner is taken from the path
+(what etcd's access control checked), and a value that names another owner is ignored. Final
+tasks are not kept: a node's memory follows what can be claimed and what runs.
 
 Fed by one list-then-watch (:meth:`Store.follow`), so after handling the events of revision R the
 cache is exactly the stream's state at R. Two things rest on that:
@@ -19,19 +20,17 @@ cache is exactly the stream's state at R. Two things rest on that:
 """
 from __future__ import annotations
 
-import itertools
 import logging
-import random
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 from . import codec
-from .claims import Ready
 from .keys import Keys
 from .ops import KV, Event
 from .follow import FollowHandler
+from .queued import Queued
 
 log = logging.getLogger("conductor.cache")
 
@@ -65,89 +64,6 @@ def owned(user: str, some_id: str) -> str:
     return f"{user}/{some_id}"
 
 
-class ReadyQueue:
-    """Ready tasks grouped by (priority, job, layer), picked best group first.
-
-    Within a group a node picks at random among the first few tasks, so nodes racing for one
-    layer rarely pick the same task, while tasks still start roughly in posting order. A task that
-    is queued again (a retry, an orphan of a lost node, a hand-back) goes to the front of its group:
-    it was queued before every task still waiting there, so it waits at most for the next free slot.
-    Groups are taken by priority, then job id (posting order), so it also goes ahead of later jobs.
-    """
-
-    def __init__(self) -> None:
-        self._groups: dict[tuple[int, str, str, str], OrderedDict[str, Ready]] = {}
-        self._where: dict[str, tuple[int, str, str, str]] = {}
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def __contains__(self, task_id: str) -> bool:
-        return task_id in self._where
-
-    def put(self, entry: Ready) -> None:
-        self.remove(entry.id)
-        task = entry.task
-        group = (-int(task.get("priority", 0)), task["job"], task["layer"], task["user"])
-        bag = self._groups.setdefault(group, OrderedDict())
-        bag[entry.id] = entry
-        if task.get("attempts"):  # queued again (retry, orphan, hand-back): it was queued before the rest
-            bag.move_to_end(entry.id, last=False)
-        self._where[entry.id] = group
-
-    def remove(self, task_id: str) -> Ready | None:
-        group = self._where.pop(task_id, None)
-        if group is None:
-            return None
-        bag = self._groups[group]
-        entry = bag.pop(task_id)
-        if not bag:
-            del self._groups[group]
-        return entry
-
-    def get(self, task_id: str) -> Ready | None:
-        group = self._where.get(task_id)
-        return self._groups[group][task_id] if group else None
-
-    def clear(self) -> None:
-        self._groups.clear()
-        self._where.clear()
-
-    def pick(self, want: int, accept: Callable[[Ready], bool],
-             skip_groups: Callable[[str, str, str], bool]) -> list[Ready]:
-        """Up to ``want`` entries that ``accept`` takes, best priority first.
-
-        In each group a shuffled window of the first entries comes first (so racing nodes rarely
-        pick the same task); when the window cannot fill the batch the rest of the group is read in
-        order, so tasks this node cannot hold (a label it lacks) never hide the ones behind them."""
-        out: list[Ready] = []
-        for group in sorted(self._groups):
-            if len(out) >= want:
-                break
-            if skip_groups(group[3], group[1], group[2]):  # (user, job, layer)
-                continue
-            entries = iter(self._groups[group].values())
-            window = list(itertools.islice(entries, 4 * want + 8))
-            random.shuffle(window)
-            for entry in itertools.chain(window, entries):
-                if len(out) >= want:
-                    break
-                if accept(entry):
-                    out.append(entry)
-        return out
-
-    def ids(self) -> Iterable[str]:
-        return self._where.keys()
-
-    def depth_by_priority(self) -> dict[int, int]:
-        """Ready tasks by priority, from the groups (a handful of groups, not every task); for the
-        queue-depth metric."""
-        out: dict[int, int] = {}
-        for (neg_priority, _job, _layer, _user), bag in list(self._groups.items()):
-            out[-neg_priority] = out.get(-neg_priority, 0) + len(bag)
-        return out
-
-
 class Cache(FollowHandler):
     def __init__(self, keys: Keys, on_orphan: Callable[[str, str, int], None] | None = None,
                  on_kill: Callable[[str, str, dict], None] | None = None):
@@ -158,12 +74,13 @@ class Cache(FollowHandler):
         # each ready task as it arrives, under this cache's lock (deadlines.py sets its timers)
         self.on_ready: Callable[[dict], None] = lambda task: None
         self.cond = threading.Condition()
-        self.ready = ReadyQueue()
+        self.queued = Queued(lambda task: self.on_ready(task))
+        self.ready = self.queued.ready
         self.runs: dict[str, ClaimInfo] = {}  # task -> its claim (the task is RUNNING)
         self.alive: set[int] = set()  # the leases whose alive key exists
         self.paused: set[str] = set()  # owned(user, id) of every pause marker
-        self.ready_by_layer: Counter[str] = Counter()
         self.runs_by_layer: Counter[str] = Counter()
+        self._suspects: set[str] = set()  # keyless tasks a claim found taken, until the next events
         self.kills: dict[str, dict] = {}  # owned(user, task) -> kill request
         self.revision = 0
         self.is_synced = False
@@ -175,15 +92,16 @@ class Cache(FollowHandler):
 
     def reset(self, kvs: list[KV], revision: int) -> None:
         with self.cond:
-            self.ready.clear()
+            self.queued.clear()
             self.runs.clear()
             self.alive.clear()
             self.paused.clear()
-            self.ready_by_layer.clear()
             self.runs_by_layer.clear()
             self.kills.clear()
+            self._suspects.clear()
             for kv in kvs:
                 self._apply_put(kv)
+            self.queued.refresh_all()
             self.revision = revision
             self.is_synced = True
             self.changes += 1
@@ -203,6 +121,8 @@ class Cache(FollowHandler):
                     gone = self._apply_delete(ev.kv.key)
                     if gone is not None:
                         ended.add(gone)
+            self.queued.settle()
+            self._suspects.clear()
             self.revision = max(self.revision, revision)
             self.changes += 1
             orphans = [(c.user, t, c.lease) for t, c in self.runs.items() if c.lease in ended] if ended else []
@@ -222,8 +142,6 @@ class Cache(FollowHandler):
         """Apply a put. A value that is not what Conductor writes (a user's etcdctl, say) is
         skipped and said once per key: the stream is everybody's, a node must not fall over it."""
         kind, user, name = self.keys.split_stream(kv.key)
-        if kind in ("jobs", "layers"):  # in the stream for users' ordered feeds; a node needs none
-            return
         try:
             value = codec.unpack(kv.value) if kv.value else {}
             self._put(kind, user, name, kv, value)
@@ -235,6 +153,15 @@ class Cache(FollowHandler):
     def _put(self, kind: str, user: str, name: str, kv: KV, value: dict) -> None:
         if kind == "tasks":
             self._task(user, name, kv, value)
+        elif kind == "layers":
+            if value.get("id") != name or value.get("user") != user or not isinstance(value.get("job"), str):
+                raise ValueError("a layer key must hold its layer")
+            self.queued.layer(name, value)
+        elif kind == "jobs":
+            self.queued.job(name, True)
+        elif kind == "chunks":
+            layer_id, _, first = name.partition("/")
+            self.queued.chunk(layer_id, int(first), kv.value)
         elif kind == "alive":
             self.alive.add(_lease(user))
         elif kind == "paused":
@@ -250,16 +177,8 @@ class Cache(FollowHandler):
             raise ValueError("a task key must hold its task")
         if value.get("user") != user:  # the path is what etcd's access control checked
             raise ValueError(f"a task under {user!r} names another owner")
-        state = value.get("state")
-        if state == "QUEUED":
-            self._unrun(name)
-            if name not in self.ready:
-                self.ready_by_layer[layer_of(name)] += 1
-            self.ready.put(Ready(kv.value, kv.mod_revision, name))  # kept packed: see Ready
-            self.on_ready(value)
-            return
-        self._unready(name)
-        if state != "RUNNING":
+        self.queued.task(name, value, kv)  # queued (kept packed: see Ready), or no longer
+        if value.get("state") != "RUNNING":
             self._unrun(name)
             return
         lease = _lease(str(value.get("lease", "")))
@@ -270,10 +189,6 @@ class Cache(FollowHandler):
             return
         self.runs[name] = ClaimInfo(str(value.get("node", "?")), lease, kv.mod_revision, user)
 
-    def _unready(self, name: str) -> None:
-        if self.ready.remove(name) is not None:
-            self._dec(self.ready_by_layer, layer_of(name))
-
     def _unrun(self, name: str) -> None:
         if self.runs.pop(name, None) is not None:
             self._dec(self.runs_by_layer, layer_of(name))
@@ -282,8 +197,16 @@ class Cache(FollowHandler):
         """Apply a delete; for a deleted alive key return its lease (its RUNNING tasks are orphans)."""
         kind, user, name = self.keys.split_stream(key)
         if kind == "tasks":
-            self._unready(name)
+            self.queued.task(name, None)
             self._unrun(name)
+        elif kind == "layers":
+            self.queued.layer(name, None)
+        elif kind == "jobs":
+            self.queued.job(name, False)
+        elif kind == "chunks":
+            layer_id, _, first = name.partition("/")
+            if first.isdigit():
+                self.queued.chunk(layer_id, int(first), None)
         elif kind == "alive":
             lease = _lease(user)
             self.alive.discard(lease)
@@ -314,12 +237,19 @@ class Cache(FollowHandler):
     def drop(self, stale: dict[str, int]) -> None:
         """Forget queued entries found stale by a failed claim ({task: the revision the claim
         compared}), each only if the cache still holds that revision of it: a newer one (the task
-        queued again while the claim was on its way) is live, and no event would bring it back."""
+        queued again while the claim was on its way) is live, and no event would bring it back.
+        A keyless task (revision 0) found stale has a key by now, or its layer was paused: it
+        is not offered again until the next events say which."""
         with self.cond:
             for tid, revision in stale.items():
-                entry = self.ready.get(tid)
-                if entry is not None and entry.mod_revision == revision and self.ready.remove(tid) is not None:
-                    self._dec(self.ready_by_layer, layer_of(tid))
+                if revision:
+                    self.queued.drop(tid, revision)
+                else:
+                    self._suspects.add(tid)
+
+    def suspect(self, task_id: str) -> bool:
+        """Did a claim find this keyless task taken, with no event since to say by whom?"""
+        return task_id in self._suspects
 
     def wait_revision(self, revision: int, timeout: float) -> bool:
         """Wait until the cache has applied ``revision``; False if it is not live or time ran out."""
@@ -329,7 +259,7 @@ class Cache(FollowHandler):
     def layer_busy(self, layer_id: str) -> bool:
         """Has the layer a task that is queued, or running (orphaned or not)?"""
         with self.cond:
-            return self.ready_by_layer.get(layer_id, 0) > 0 or self.runs_by_layer.get(layer_id, 0) > 0
+            return self.queued.busy(layer_id) or self.runs_by_layer.get(layer_id, 0) > 0
 
     def _orphans(self) -> list[tuple[str, str, int]]:
         return [(c.user, t, c.lease) for t, c in self.runs.items() if c.lease not in self.alive]

@@ -123,6 +123,8 @@ class Claimer:
                 return False
             if unfit.get(entry.id) == entry.mod_revision:
                 return False
+            if not entry.mod_revision and node.cache.suspect(entry.id):  # keyless, found taken: wait for the event
+                return False
             needs = task.get("needs") or {}
             if placement.fits(needs, facts, container=bool(task.get("image"))) is not None:
                 if len(unfit) >= UNFIT_MEMO:

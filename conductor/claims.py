@@ -5,7 +5,8 @@ A task's key (``q/u/<user>/tasks/<task>``) is its own queue entry and, while RUN
 Atomicity and fencing:
 
 * :meth:`Claims.claim` takes a batch of QUEUED tasks in one transaction. For each task it compares
-  the task's revision (the one the node's cache holds), that neither the job nor the layer is
+  the task's revision (the one the node's cache holds; 0 for a task that has no key yet, so the
+  claim creates it: conductor/chunks.py), that neither the job nor the layer is
   paused, and once that the node's ``q/alive/<lease>`` key lives; then it rewrites the task
   RUNNING (naming node, lease and attempt) and adds the claims to the claim loop's counter key
   (RUNNING per layer). The transaction's revision is the claim's fencing token.
@@ -191,7 +192,7 @@ class Claims:
     def _stale(batch: list[Ready], jobs: list[str], layers: list[str], responses: list[Any]) -> set[str]:
         stale = set()
         for entry, r in zip(batch, responses):
-            if not r.kvs or r.kvs[0].mod_revision != entry.mod_revision:
+            if (r.kvs[0].mod_revision if r.kvs else 0) != entry.mod_revision:  # 0: keyless, now keyed
                 stale.add(entry.id)
         paused = {i for i, r in zip(jobs + layers, responses[len(batch):]) if r.kvs}
         for entry in batch:

@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import batch, codec, counts, ids, lifecycle, model, spec, states
+from . import batch, chunks, codec, counts, ids, lifecycle, model, spec, states
 from .board import Board
 from .claims import decision_ops
 from .errors import NotFound, Refused, StaleEtag
@@ -67,7 +67,15 @@ class Control:
         return found
 
     def _loaded(self, t: Target) -> tuple[Value, KV]:
-        value, kv = self._load(self.key_of(t), f"{t.kind} {t.id}")
+        """The value of a job, layer or task and its key (a task without a key yet: what its chunk
+        gives, at revision 0, so the write creates the key); raises NotFound, StaleEtag."""
+        if t.kind == "task":
+            found = self.board.load_task(t.user, t.id)
+            if found is None:
+                raise NotFound(f"no task {t.id}")
+            value, kv = found
+        else:
+            value, kv = self._load(self.key_of(t), f"{t.kind} {t.id}")
         if t.etag is not None and kv.mod_revision != t.etag:
             raise StaleEtag(t.id, t.etag, kv.mod_revision)
         return value, kv
@@ -79,7 +87,7 @@ class Control:
             if result is not None:
                 return result
             if t.etag is not None:
-                _, kv = self._load(self.key_of(t), f"{t.kind} {t.id}")
+                _, kv = self._loaded(Target(t.kind, t.id, t.user))
                 raise StaleEtag(t.id, t.etag, kv.mod_revision)
         raise Refused(f"{t.id}: gave up after {MAX_TRIES} tries; it changes too often right now")
 
@@ -123,8 +131,9 @@ class Control:
                 if t.kind == "job":
                     layer = Target("layer", layer_id, t.user)
                     self._retrying(layer, functools.partial(self._flag, layer, action))
-                for kv in self.store.iter_prefix(self.keys.task(t.user, layer_id + ".")):
-                    task = Target("task", kv.key.rsplit("/", 1)[1], t.user)
+                found = self.board.load(self.keys.layer(t.user, layer_id))
+                for value, _ in (self.board.layer_tasks(t.user, found[0]) if found else {}).values():
+                    task = Target("task", value["id"], t.user)
                     self._retrying(task, functools.partial(self._stop_task, task, action, grace, None))
         self._settle(t.id.split(".")[0], t.user)
         return result
@@ -295,10 +304,11 @@ class Control:
 class Stager:
     """Adds a batch of tasks to a PENDING layer in any size, exactly once.
 
-    Numbers are reserved first (the layer's ``next``), then the tasks are written in chunks marked
-    with the batch's ``token``, and one commit transaction adds the batch to the layer's task count
-    and committed tokens. Until then the staged tasks are ignored by every reader, and when the
-    layer starts any batch never committed (its writer died) is deleted.
+    Numbers are reserved first (the layer's ``next``), then the tasks are written as chunk keys
+    (conductor/chunks.py) marked with the batch's ``token``, and one commit transaction adds the
+    batch to the layer's task count and committed tokens. Until then the staged chunks are ignored
+    by every reader; a batch never committed (its writer died) stays ignored, and goes with its
+    job.
     """
 
     def __init__(self, board: Board, user: str, layer_id: str, token: str):
@@ -326,16 +336,11 @@ class Stager:
                 break
         else:
             raise Refused(f"layer {self.layer_id} changes too often to add tasks now")
-        ids_out: list[str] = []
-        items: list[batch.Item] = []
-        for i, task_spec in enumerate(specs):
-            task = model.new_task(layer, first + i, task_spec)
-            task["staged"] = self.token
-            ids_out.append(task["id"])
-            ops: list[Op] = [Put(k.task(self.user, task["id"]), codec.pack(task))]
-            if task.get("paused_at"):
-                ops.append(Put(k.paused(task["user"], task["id"]), b""))
-            items.append(batch.Item(ops))
+        tasks = [model.new_task(layer, first + i, task_spec) for i, task_spec in enumerate(specs)]
+        ids_out = [task["id"] for task in tasks]
+        items = [batch.Item([Put(k.chunk(self.user, self.layer_id, n), chunks.value(n, part, self.token))])
+                 for n, part in chunks.cut([chunks.spec_of(t, first + i) for i, t in enumerate(tasks)], first)]
+        items += [batch.Item([Put(k.paused(t["user"], t["id"]), b"")]) for t in tasks if t.get("paused_at")]
         guard_bytes = batch.Item((), guard).size
         for group in batch.fit(items, reserve_compare=len(guard), reserve_bytes=guard_bytes):
             if not store.txn(guard, group.ops).succeeded:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import codec, concurrency, ratelimit
+from . import chunks, codec, concurrency, ratelimit
 from .errors import PermissionDenied
 
 if TYPE_CHECKING:
@@ -16,29 +16,48 @@ if TYPE_CHECKING:
 MAX_LISTED = 50  # waiter ids listed per key (all are counted)
 
 
-def _tasks(store: "Store", keys: "Keys", user: str | None) -> Any:
-    """Every user's tasks (nodes, admins, no etcd auth); else only ``user``'s."""
+def _objects(store: "Store", keys: "Keys", user: str | None) -> Any:
+    """Every user's jobs, layers, chunks and tasks (nodes, admins, no etcd auth); else ``user``'s."""
     try:
-        return [kv for kv in store.iter_prefix(keys.q("u")) if keys.split_stream(kv.key)[0] == "tasks"]
+        return list(store.iter_prefix(keys.q("u")))
     except PermissionDenied:
         if user is None:
             raise
-        return list(store.iter_prefix(keys.task(user)))
+        return list(store.iter_prefix(keys.objects(user)))
+
+
+def _queued(store: "Store", keys: "Keys", user: str | None) -> list[dict[str, Any]]:
+    """The queued tasks: QUEUED task keys, and the running layers' tasks that have no key yet
+    (what their chunks give: conductor/chunks.py)."""
+    layers: dict[str, dict[str, Any]] = {}
+    raw: dict[str, list[bytes]] = {}
+    keyed: dict[str, dict[str, Any]] = {}
+    for kv in _objects(store, keys, user):
+        kind, _, name = keys.split_stream(kv.key)
+        try:
+            if kind == "layers":
+                layers[name] = codec.unpack(kv.value)
+            elif kind == "chunks":
+                raw.setdefault(name.partition("/")[0], []).append(kv.value)
+            elif kind == "tasks":
+                keyed[name] = codec.unpack(kv.value)
+        except Exception:  # noqa: BLE001 - not a value Conductor wrote: nothing waits there
+            continue
+    out = [t for t in keyed.values() if isinstance(t, dict) and t.get("state") == "QUEUED"]
+    for layer_id, values in raw.items():
+        layer = layers.get(layer_id)
+        if isinstance(layer, dict) and layer.get("state") == "RUNNING":
+            out += [t for t in chunks.tasks_of(layer, values, "QUEUED").values() if t["id"] not in keyed]
+    return out
 
 
 def _waiters(store: "Store", keys: "Keys", user: str | None = None) -> tuple[dict[str, list[dict[str, Any]]],
                                                                            dict[str, list[dict[str, Any]]]]:
-    """{key: queued tasks} for concurrency and for rate keys, from the QUEUED tasks (only
-    ``user``'s when etcd lets them see no other)."""
+    """{key: queued tasks} for concurrency and for rate keys (only ``user``'s when etcd lets them
+    see no other)."""
     conc: dict[str, list[dict[str, Any]]] = {}
     rate: dict[str, list[dict[str, Any]]] = {}
-    for kv in _tasks(store, keys, user):
-        try:
-            task = codec.unpack(kv.value)
-        except Exception:  # noqa: BLE001 - not a value Conductor wrote: nothing waits there
-            continue
-        if not isinstance(task, dict) or task.get("state") != "QUEUED":
-            continue
+    for task in _queued(store, keys, user):
         if task.get("concurrency"):
             conc.setdefault(task["concurrency"]["key"], []).append(task)
         if task.get("rate"):

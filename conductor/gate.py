@@ -292,7 +292,7 @@ class Gate:
         """cancel-newest: SKIPPED at once, in one transaction that checks the task is still as
         queued and every slot of the key still taken (so a slot freed meanwhile lets it run)."""
         node, k = self.node, self.keys
-        found = node.board.load(k.task(task["user"], task["id"]))
+        found = node.board.load_task(task["user"], task["id"])  # keyless until claimed or changed
         if found is None or found[0]["state"] != "QUEUED":
             return
         current, kv = found

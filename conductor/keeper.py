@@ -191,10 +191,10 @@ class Keeper:
         self.node.deadlines.sweep()
 
     def _settle_active(self) -> None:
-        """Settle every active job again, finishing any queueing that was cut short."""
+        """Settle every active job again (a settle that failed, or whose node died before it)."""
         for kv in self.node.store.iter_prefix(self.node.keys.active(), keys_only=True):
             user, job = self.node.keys.strip(kv.key).split("/")[1:3]
-            self.node.board.settle(job, user, node=self.node.name, repair=True)
+            self.node.board.settle(job, user, node=self.node.name)
 
     def _release_strays(self) -> None:
         """Hand back claims on this node's lease that it is not running: a claim whose reply was

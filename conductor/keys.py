@@ -26,7 +26,8 @@ LAYOUT: dict[str, tuple[str, bool, str]] = {
     "paused": ("q/paused/<user>/<id>", False, "exists while a job, layer or task is paused"),
     "job": ("q/u/<user>/jobs/<job>", False, "job spec + state"),
     "layer": ("q/u/<user>/layers/<layer>", False, "layer spec + state"),
-    "task": ("q/u/<user>/tasks/<task>", False, "task spec + state + history; QUEUED: claimable, RUNNING: the claim"),
+    "task": ("q/u/<user>/tasks/<task>", False, "task spec + state + history, from its first claim or change on"),
+    "chunk": ("q/u/<user>/chunks/<layer>/<first>", False, "the specs of up to 1,000 consecutive tasks of a layer"),
     "result": ("users/<user>/results/<task>", False, "result bytes (capped)"),
     "log": ("users/<user>/logs/<task>", False, "log tail of the latest attempt (capped)"),
     "count": ("users/<user>/counts/<job>/<writer>", False,
@@ -185,8 +186,18 @@ class Keys:
         return self._k(f"q/u/{user}/layers/{layer}")
 
     def task(self, user: str, task: str = "") -> str:
-        """``q/u/<user>/tasks/<task>``: a task is its own queue entry and, while RUNNING, its claim."""
+        """``q/u/<user>/tasks/<task>``: written by a task's first claim or change (conductor/chunks.py);
+        while RUNNING, the claim."""
         return self._k(f"q/u/{user}/tasks/{task}")
+
+    def chunk(self, user: str, layer: str, first: int | None = None) -> str:
+        """``q/u/<user>/chunks/<layer>/<first>`` (7 digits, so chunks sort by number); without
+        ``first``, the layer's chunk prefix."""
+        return self._k(f"q/u/{user}/chunks/{layer}/" + ("" if first is None else f"{first:07d}"))
+
+    def chunks(self, user: str, prefix: str = "") -> str:
+        """``q/u/<user>/chunks/<prefix>``: the chunks of every layer whose id starts with ``prefix``."""
+        return self._k(f"q/u/{user}/chunks/{prefix}")
 
     # ---- a user's objects ------------------------------------------------------------------
     def user(self, user: str = "") -> str:
@@ -216,7 +227,7 @@ class Keys:
         kind, _, rest = self.strip(key)[2:].partition("/")
         user, _, name = rest.partition("/")
         if kind == "u":
-            kind, _, name = name.partition("/")
+            kind, _, name = name.partition("/")  # a chunk's name is <layer>/<first>
         return kind, user, name
 
     def last(self, key: str) -> str:

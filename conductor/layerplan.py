@@ -236,7 +236,7 @@ class _Draft:
             self._end_at_start(i, states.COMPLETED, "it has no tasks")
         else:
             reason = "every layer of lower order is done"
-            self._move(i, states.RUNNING, reason).update(started=self.now, enqueued=False)
+            self._move(i, states.RUNNING, reason).update(started=self.now, enqueued=True)
             self.started.append(Transition(i, states.RUNNING, reason))
             go_on = False
         s["state"] = layer["state"]
@@ -306,7 +306,7 @@ class _Draft:
             self._end_at_start(i, state, "it has no tasks" if state == states.COMPLETED else "stopped by a user")
             return True
         reason = f"compensating for {layer['compensates']}" if layer.get("compensates") else "the job failed"
-        self._move(i, states.RUNNING, reason).update(started=self.now, enqueued=False)
+        self._move(i, states.RUNNING, reason).update(started=self.now, enqueued=True)
         self.started.append(Transition(i, states.RUNNING, reason))
         return False
 

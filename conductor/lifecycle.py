@@ -162,6 +162,8 @@ def decide_claim(task: Value, node: str, now: float, lease: str = "") -> Value:
     """The RUNNING value a claim writes: one more run started (``attempts``), by ``node`` on
     ``lease`` (hex): the claim itself, which the node's lease's alive key fences."""
     out = _own_copy(task)
+    if out["state"] == states.PENDING:  # a task a user changed before its layer started
+        model.move(out, states.QUEUED, "its layer started", None, now)
     _set_counts(out, failures(task), disruptions(task))  # an older value gets the fields it lacked
     out["attempts"] = task.get("attempts", 0) + 1
     out.pop("not_before", None)  # a retry delay is over once the task runs

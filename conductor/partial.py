@@ -24,10 +24,11 @@ GRACE = 600.0  # seconds a post may take before its keys are taken for a dead po
 
 
 def job_key_ops(board: "Board", user: str, job_id: str) -> list[Op]:
-    """Range deletes of every key a post writes before its head: tasks, layers and pause
-    markers (job ids have a fixed length, so ``<job>`` as a prefix names only this job's ids)."""
+    """Range deletes of every key a post writes before its head: chunks, tasks, layers and
+    pause markers (job ids have a fixed length, so ``<job>`` as a prefix names only this job's ids)."""
     k = board.keys
     return [Delete.prefix(k.task(user, job_id + ".")), Delete.prefix(k.layer(user, job_id + ".")),
+            Delete.prefix(k.chunks(user, job_id + ".")),
             Delete.prefix(k.paused(user, job_id)), Delete(k.pending(user, job_id))]
 
 

@@ -58,7 +58,7 @@ def remove_job(board: Board, user: str, job_id: str) -> bool:
     if job["state"] not in (states.COMPLETED, states.ERRORED):
         return False
     dot = job_id + "."
-    ops = [Delete.prefix(k.task(user, dot)), Delete.prefix(k.layer(user, dot)),
+    ops = [Delete.prefix(k.task(user, dot)), Delete.prefix(k.layer(user, dot)), Delete.prefix(k.chunks(user, dot)),
            Delete.prefix(k.result(user, dot)), Delete.prefix(k.log(user, dot)), Delete.prefix(k.count(user, job_id)),
            Delete.prefix(k.paused(user, job_id)), Delete.prefix(k.kill(user, dot)),
            Delete(k.secrets(user, job_id)), Delete(k.active(user, job_id)), Delete(kv.key)]

@@ -29,7 +29,7 @@ ROOT = "root"
 USER_ACCESS: dict[str, str] = {
     "node": "", "leader": "", "meta": "", "cluster_token": "", "seal_private": "", "memo": "",
     "kill": "rw", "paused": "rw", "alive": "",
-    "job": "rw", "layer": "rw", "task": "rw", "result": "rw", "log": "rw", "count": "rw", "secrets": "rw",
+    "job": "rw", "layer": "rw", "task": "rw", "chunk": "rw", "result": "rw", "log": "rw", "count": "rw", "secrets": "rw",
     "template": "rw", "schedule": "rw", "fire": "rw", "active": "rw", "pending": "rw", "outbox": "rw",
     "join": "rw", "shared_template": "r", "seal_public": "r", "account": "r", "loop_stop": "rw", "loop_rate": "rw",
     "conc": "r", "rate": "r",  # cluster-wide, written by nodes only: users may see who holds a key

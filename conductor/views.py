@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any, cast
 
-from . import backoff, batch, codec, concurrency, counts, deadlines, ids, model, owners, placement, ratelimit, states
+from . import backoff, batch, chunks, codec, concurrency, counts, deadlines, ids, model, owners, placement, ratelimit, states
 from .board import UNSTORED_DEFAULTS, Board
 from .errors import InvalidSpec, NotFound, PermissionDenied
 from .keys import Keys
@@ -20,7 +20,7 @@ from .store import Store
 
 PAGE_TASKS = 20  # tasks shown per layer unless asked otherwise (the CLI, the web pages and API)
 SHOW_TASKS = 100  # tasks per layer Client.show returns unless asked otherwise (0 asks for all)
-WAITING_SAMPLE = 16  # queued tasks per layer (of its last tasks, read by prefix) judged for a layer's waiting
+WAITING_SAMPLE = 16  # queued tasks per layer (of its last task keys and chunk) judged for a layer's waiting
 RUNNING_SHOWN = 50  # a node's running task ids listed (``running_tasks``; ``running`` counts them all)
 COUNT_FIELDS = ("pending", "queued", "running", "completed", "errored", "skipped", "total")
 
@@ -199,25 +199,38 @@ def fill_pages(store: Store, keys: Keys, user: str, layers: list[dict[str, Any]]
 
 
 def _all_tasks(store: Store, keys: Keys, user: str, layer: dict[str, Any], first: int) -> list[dict[str, Any]]:
-    found = (with_etag(codec.unpack(kv.value), kv) for kv in store.iter_prefix(keys.task(user, layer["id"] + ".")))
-    tasks = [t for t in found if model.committed(t, layer) and (ids.parse_id(t["id"]).task or 0) >= first]
-    return sorted(tasks, key=lambda t: ids.id_sort_key(t["id"]))
+    """Every committed task of a layer from number ``first`` on: its key's value, or what its chunk
+    gives (conductor/chunks.py), in number order."""
+    raw = [kv.value for kv in store.iter_prefix(keys.chunk(user, layer["id"]))]
+    out = {n: _keyless(layer, task) for n, task in chunks.tasks_of(layer, raw, chunks.state_in(layer)).items()}
+    for kv in store.iter_prefix(keys.task(user, layer["id"] + ".")):
+        task = with_etag(codec.unpack(kv.value), kv)
+        if model.committed(task, layer):
+            out[chunks.number_of(task["id"])] = task
+    return [task for n, task in sorted(out.items()) if n >= first]
+
+
+def _keyless(layer: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """A task without a key as views show it: etag 0 (a write compared on it creates the key)."""
+    return with_etag(task, KV("", b"", 0, 0, 0))
 
 
 def _pages_by_key(store: Store, keys: Keys, user: str, layers: list[dict[str, Any]], limit: int,
                   start: dict[str, int]) -> None:
-    """Read ``limit + 1`` committed tasks per layer by exact key, in rounds (numbers reserved by
-    an add that never committed leave holes, read past in the next round)."""
+    """Read ``limit + 1`` committed tasks per layer by exact key, with the chunks that hold them,
+    in rounds (numbers reserved by an add that never committed leave holes, read past in the next
+    round)."""
     cursor = {layer["id"]: start.get(layer["id"], 0) for layer in layers}
     pages: dict[str, list[dict[str, Any]]] = {layer["id"]: [] for layer in layers}
     by_id = {layer["id"]: layer for layer in layers}
     while True:
-        wanted: list[tuple[str, int]] = []
+        wanted: dict[str, range] = {}
         for layer in layers:
             lid, end = layer["id"], layer.get("next", layer.get("tasks", 0))
             missing = limit + 1 - len(pages[lid])
             numbers = range(cursor[lid], min(end, cursor[lid] + missing)) if missing > 0 else range(0)
-            wanted += [(lid, n) for n in numbers]
+            if numbers:
+                wanted[lid] = numbers
             cursor[lid] += len(numbers)
         if not wanted:
             break
@@ -232,26 +245,40 @@ def _pages_by_key(store: Store, keys: Keys, user: str, layers: list[dict[str, An
         layer["more"] = max(1, layer.get("tasks", 0) - seen) if extra else 0
 
 
-def _read_tasks(store: Store, keys: Keys, user: str, wanted: list[tuple[str, int]],
+def _read_tasks(store: Store, keys: Keys, user: str, wanted: dict[str, range],
                 by_id: dict[str, dict[str, Any]], pages: dict[str, list[dict[str, Any]]]) -> None:
-    """Read tasks by key, in snapshots that fit etcd's limits, into their layer's page."""
-    gets = [Get(keys.task(user, f"{lid}.{n}")) for lid, n in wanted]
-    for group in batch.fit_ops(gets):
-        for response in store.read([op for op in group if isinstance(op, Get)]).responses:
-            for kv in response.kvs:
-                task = with_etag(codec.unpack(kv.value), kv)
-                layer = by_id[task["layer"]]
-                if model.committed(task, layer):
+    """Read tasks by key and the chunks that hold the rest, in snapshots that fit etcd's limits,
+    into their layer's page in number order."""
+    items = []
+    for lid, numbers in wanted.items():
+        gets = [Get(keys.task(user, f"{lid}.{n}")) for n in numbers]
+        gets += [Get(keys.chunk(user, lid, 0), keys.chunk(user, lid, numbers.start + 1), limit=1, descending=True),
+                 Get(keys.chunk(user, lid, numbers.start + 1), keys.chunk(user, lid, numbers.stop))]
+        items.append(batch.Item(gets, tag=lid))
+    for group in batch.fit(items):
+        responses = iter(store.read([op for op in group.ops if isinstance(op, Get)]).responses)
+        for tag in group.tags:
+            lid = str(tag)
+            layer, numbers = by_id[lid], wanted[lid]
+            keyed = [next(responses) for _ in numbers]
+            raw = [kv.value for r in (next(responses), next(responses)) for kv in r.kvs]
+            given = chunks.tasks_of(layer, raw, chunks.state_in(layer))
+            for n, r in zip(numbers, keyed):
+                task = with_etag(codec.unpack(r.kvs[0].value), r.kvs[0]) if r.kvs else None
+                if task is not None and model.committed(task, layer):
                     pages[layer["id"]].append(task)
+                elif task is None and n in given:
+                    pages[layer["id"]].append(_keyless(layer, given[n]))
 
 
 def task_detail(board: Board, task_id: str, user: str) -> dict[str, Any]:
     store, keys = board.store, board.keys
-    snap = store.read([Get(keys.task(user, task_id)), Get(keys.result(user, task_id)), Get(keys.log(user, task_id))])
-    task_r, result_r, log_r = snap.responses
-    if not task_r.kvs:
+    found = board.load_task(user, task_id)  # a task without a key yet: what its chunk gives, etag 0
+    if found is None:
         raise NotFound(f"no task {task_id}")
-    task = with_etag(codec.unpack(task_r.kvs[0].value), task_r.kvs[0])
+    task = with_etag(*found)
+    snap = store.read([Get(keys.result(user, task_id)), Get(keys.log(user, task_id))])
+    result_r, log_r = snap.responses
     if result_r.kvs:
         result = codec.unpack(result_r.kvs[0].value)
         task["result"] = _text(result.get("data"))
@@ -343,8 +370,8 @@ class _Judge:
 def add_waiting(store: Store, keys: Keys, layers: list[dict[str, Any]]) -> None:
     """Give each QUEUED task of the layers' pages its ``waiting`` (a reason or None) and each layer
     ``waiting``: the first reason among its page's queued tasks and up to WAITING_SAMPLE of its
-    queued tasks among its last tasks by id (so it costs a bounded read however big the
-    layer), or None. Reads the live node keys only when something is queued."""
+    queued tasks from its last task keys and its last chunk (so it costs a bounded read however
+    big the layer), or None. Reads the live node keys only when something is queued."""
     for layer in layers:
         layer["waiting"] = None
     page_queued = {layer["id"]: [t for t in layer["task_list"] if t["state"] == states.QUEUED] for layer in layers}
@@ -362,15 +389,29 @@ def add_waiting(store: Store, keys: Keys, layers: list[dict[str, Any]]) -> None:
 
 
 def _ready_samples(store: Store, keys: Keys, layer_ids: list[tuple[str, str]]) -> dict[str, list[dict[str, Any]]]:
-    """{layer id: up to WAITING_SAMPLE of its queued tasks}, among its last 2 x WAITING_SAMPLE
-    tasks by key (tasks start roughly in posting order: the last are the likeliest still to
-    wait), in snapshots that fit etcd's limits."""
-    gets = [Get.prefix(keys.task(user, lid + "."), limit=2 * WAITING_SAMPLE, descending=True) for user, lid in layer_ids]
+    """{layer id: up to WAITING_SAMPLE of its queued tasks}: QUEUED ones among its last
+    2 x WAITING_SAMPLE task keys (a retry, a lost node's task), then the specs of its last chunk
+    (what its tasks that have no key yet ask for), in snapshots that fit etcd's limits."""
+    items = [batch.Item([Get.prefix(keys.task(user, lid + "."), limit=2 * WAITING_SAMPLE, descending=True),
+                         Get.prefix(keys.chunk(user, lid), limit=1, descending=True),
+                         Get(keys.layer(user, lid))], tag=lid) for user, lid in layer_ids]
     found: dict[str, list[dict[str, Any]]] = {}
-    for group in batch.fit_ops(gets):
-        for response in store.read([op for op in group if isinstance(op, Get)]).responses:
-            for kv in response.kvs:
-                task = codec.unpack(kv.value)
-                if task.get("state") == states.QUEUED and len(found.get(str(task.get("layer")), [])) < WAITING_SAMPLE:
-                    found.setdefault(str(task.get("layer")), []).append(task)
+    for group in batch.fit(items):
+        responses = store.read([op for op in group.ops if isinstance(op, Get)]).responses
+        for n, lid in enumerate(group.tags):
+            keyed, last, layer_r = responses[3 * n:3 * n + 3]
+            sample = [t for kv in keyed.kvs if (t := codec.unpack(kv.value)).get("state") == states.QUEUED]
+            if last.kvs and layer_r.kvs:
+                layer = codec.unpack(layer_r.kvs[0].value)
+                given = list(chunks.tasks_of(layer, [last.kvs[0].value], states.QUEUED).values())
+                sample += _keyless_of(store, keys, given[-WAITING_SAMPLE:])
+            found[str(lid)] = sample[:WAITING_SAMPLE]
     return found
+
+
+def _keyless_of(store: Store, keys: Keys, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Those of ``tasks`` (as their chunk gives them) that have no key: still what the chunk says."""
+    if not tasks:
+        return []
+    found = store.read([Get(keys.task(t["user"], t["id"]), keys_only=True) for t in tasks]).responses
+    return [t for t, r in zip(tasks, found) if not r.kvs]

@@ -50,17 +50,27 @@ def live_lease(store, keys, ttl: int, node: str = "test") -> int:
 
 def tasks_in(store, keys, state: str, user: str = "u", prefix: str = "") -> list:
     """The tasks of ``user`` (ids starting with ``prefix``) in ``state``, as
-    :class:`conductor.claims.Ready` entries (value and revision): for QUEUED, what a node's cache
-    holds as claimable."""
-    from conductor import codec
+    :class:`conductor.claims.Ready` entries (value and revision; 0 for a task without a key yet,
+    as its chunk gives it): for QUEUED, what a node's cache offers to claim."""
+    from conductor import chunks, codec
     from conductor.claims import Ready
 
-    out = []
-    for kv in store.scan(keys.task(user, prefix))[0]:
-        task = codec.unpack(kv.value)
-        if task.get("state") == state:
-            out.append(Ready(task, kv.mod_revision))
-    return out
+    layers, raw, keyed = {}, {}, {}
+    for kv in store.scan(keys.objects(user))[0]:
+        kind, _, name = keys.split_stream(kv.key)
+        if kind == "layers":
+            layers[name] = codec.unpack(kv.value)
+        elif kind == "chunks":
+            raw.setdefault(name.partition("/")[0], []).append(kv.value)
+        elif kind == "tasks" and name.startswith(prefix):
+            keyed[name] = (codec.unpack(kv.value), kv.mod_revision)
+    out = [Ready(task, rev) for task, rev in keyed.values() if task.get("state") == state]
+    for layer_id, values in raw.items():
+        layer = layers.get(layer_id)
+        if layer is not None and chunks.state_in(layer) == state:
+            out += [Ready(t, 0) for t in chunks.tasks_of(layer, values, state).values()
+                    if t["id"].startswith(prefix) and t["id"] not in keyed]
+    return sorted(out, key=lambda e: [int(p) if p.isdigit() else p for p in e.id.split(".")])
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> object:

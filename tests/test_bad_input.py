@@ -21,7 +21,7 @@ from conductor import codec, ids, partial, spec, templates
 from conductor.board import Board
 from conductor.errors import InvalidSpec, Refused, StoreError
 from conductor.ops import Put
-from harness import conductor_cli, wait_for
+from harness import conductor_cli, tasks_in, wait_for
 
 TASK = {"cmd": ["true"]}
 
@@ -214,6 +214,11 @@ def _bulky(n: int = 120, value: int = 10_000) -> dict[str, Any]:
     return {"name": "bulky", "layers": [{"name": "a", "tasks": tasks}, {"name": "b", "tasks": [TASK]}]}
 
 
+def _posted_tasks(client: Any, user: str, prefix: str = "") -> int:
+    """How many tasks the chunks of ``user`` (of layers starting with ``prefix``) hold."""
+    return sum(len(codec.unpack(kv.value)["specs"]) for kv in client.store.iter_prefix(client.keys.chunks(user, prefix)))
+
+
 def _job_keys(client: Any, job_id: str) -> list[str]:
     return [kv.key for kv in client.store.iter_prefix(client.keys.namespace, keys_only=True) if job_id in kv.key]
 
@@ -225,13 +230,12 @@ def test_a_job_bigger_than_one_request_is_posted_whole(shared_etcd, namespace, t
     assert run.returncode == 0, run.stderr
     job_id = run.stdout.strip()
     user = _owner(client, job_id)
-    assert client.store.count(client.keys.task(user, job_id + ".")) == 121
+    assert _posted_tasks(client, user, job_id + ".") == 121
+    assert client.store.count(client.keys.chunks(user, job_id + ".")) > 2, "in more chunks than one request holds"
     assert client.store.count(client.keys.pending()) == 0, "the head deleted the pending marker"
     job = codec.unpack(client.store.get(client.keys.job(user, job_id)).value)
     assert job["state"] == "RUNNING" and [s["tasks"] for s in job["layers"]] == [120, 1]
-    queued = [t for kv in client.store.scan(client.keys.task(user, job_id + ".0."))[0]
-              if (t := codec.unpack(kv.value))["state"] == "QUEUED"]
-    assert len(queued) == 120, "its first layer is queued"
+    assert len(tasks_in(client.store, client.keys, "QUEUED", user, job_id + ".0.")) == 120, "its first layer is queued"
 
 
 def _owner(client: Any, job_id: str) -> str:
@@ -321,8 +325,8 @@ def test_chunks_in_flight_write_nothing_once_the_job_id_is_taken(client):
     board = _Overtaken(client.board.store, client.keys)
     job, job_id = spec.validate_job(_bulky(700)), ids.new_job_id()
     assert board.post(job, "tester", job_id=job_id) == job_id, "a given id posted by another: that is the job"
-    written = client.store.count(client.keys.task("tester"))
-    assert 0 < written < 200, f"only the first chunk's tasks were written, not {written}"
+    written = _posted_tasks(client, "tester")
+    assert 0 < written < 200, f"only the first transaction's tasks were written, not {written}"
     with pytest.raises(Refused, match="already exists"):
         _Overtaken(client.board.store, client.keys).post(job, "tester")  # an id of its own taken: refused
 
@@ -373,7 +377,7 @@ def test_a_job_with_more_layers_than_one_request_holds_is_posted_whole(client):
     job_id = client.board.post(spec.validate_job({"layers": [{"tasks": [TASK]} for _ in range(300)]}), "tester")
     k = client.keys
     assert client.store.count(k.layer("tester", job_id + ".")) == 300
-    assert client.store.count(k.task("tester", job_id + ".")) == 300
+    assert _posted_tasks(client, "tester", job_id + ".") == 300
     assert client.store.count(k.pending()) == 0
     job = codec.unpack(client.store.get(k.job("tester", job_id)).value)
     assert len(job["layers"]) == 300 and job["state"] == "RUNNING"
@@ -386,14 +390,14 @@ def test_kill9_of_a_real_post_mid_way_is_collected(shared_etcd, namespace, tmp_p
                              "--namespace", namespace, "--user", "tester"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: client.store.count(client.keys.task("tester")) > 0 or proc.poll() is not None,
-                 timeout=60, interval=0.01, what="the post's first task keys")
+        wait_for(lambda: client.store.count(client.keys.chunks("tester")) > 0 or proc.poll() is not None,
+                 timeout=60, interval=0.01, what="the post's first chunks")
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    first = next(client.store.iter_prefix(client.keys.task("tester"), keys_only=True), None)
+    first = next(client.store.iter_prefix(client.keys.chunks("tester"), keys_only=True), None)
     assert first is not None, proc.stderr.read() if proc.stderr else ""
-    job_id = first.key.rsplit("/", 1)[1].split(".")[0]
+    job_id = first.key.rsplit("/", 2)[1].split(".")[0]  # .../chunks/<job>.<n>/<first>
     if client.store.get(client.keys.job("tester", job_id)) is not None:
         pytest.skip("the post finished before it could be killed")
     assert client.store.get(client.keys.pending("tester", job_id)) is not None, "a dead post leaves its marker"

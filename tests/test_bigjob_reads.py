@@ -18,9 +18,10 @@ from conductor.store import Store
 from harness import EtcdServer, conductor_cli, tasks_in
 from webserver import WebServer
 
-TASKS = 3000  # queued: 3000 task keys and 3000 ready markers, some 2 MB in all
-BOUNDED_KEYS = 400  # what one view may read: pages, layers, ready samples; far below the job's keys
-BOUNDED_BYTES = 250_000  # what etcd may send for one view of it, out of the job's ~2 MB
+TASKS = 3000  # queued, with no task key yet: 3000 specs of ~1 KB in ~15 chunks, some 3 MB in all
+BOUNDED_KEYS = 400  # what one view may read: pages, layers, samples; far below the job's tasks
+BOUNDED_BYTES = 600_000  # what etcd may send for one view of it (a page's chunks), out of the job's ~3 MB
+NOTE = "n" * 1000  # each task's own env: what makes the chunks, and a whole read, big
 
 
 class CountingStore(Store):
@@ -50,7 +51,7 @@ def big(etcd: EtcdServer, namespace: str) -> Iterator[tuple[Client, CountingStor
     store = CountingStore(etcd.endpoint)
     client = Client(namespace=namespace, user="tester", store=store)
     job = client.post({"name": "big", "layers": [
-        {"name": "wide", "tasks": [{"name": f"t{n}", "cmd": ["true"]} for n in range(TASKS)]},
+        {"name": "wide", "tasks": [{"name": f"t{n}", "cmd": ["true"], "env": {"NOTE": NOTE}} for n in range(TASKS)]},
         {"name": "after", "tasks": [{"cmd": ["true"]}]}]})
     assert len(tasks_in(store, client.keys, "QUEUED", "tester", job + ".0.")) == TASKS
     yield client, store, job
@@ -63,7 +64,7 @@ def test_show_job_and_list_read_a_bounded_number_of_keys(big):
     wide = tree["layer_list"][0]
     assert len(wide["task_list"]) == views.SHOW_TASKS == 100 and wide["more"] == TASKS - 100
     assert wide["counts"]["queued"] == TASKS and tree["counts"]["total"] == TASKS + 1
-    assert wide["waiting"] and tree["waiting"], "why it waits, judged from a sample of ready markers"
+    assert wide["waiting"] and tree["waiting"], "why it waits, judged from a sample of its tasks"
     assert keys <= BOUNDED_KEYS, f"show read {keys} keys"
     keys, layer = store.reads(lambda: client.show(f"{job}.0"))
     assert len(layer["task_list"]) == 100 and keys <= BOUNDED_KEYS, f"show of the layer read {keys} keys"
@@ -73,8 +74,8 @@ def test_show_job_and_list_read_a_bounded_number_of_keys(big):
     assert listed[0]["counts"]["queued"] == TASKS and keys <= 5, f"the list read {keys} keys"
     keys, _ = store.reads(lambda: client.counts(job))
     assert keys <= 5, f"counts read {keys} keys"
-    keys, everything = store.reads(lambda: client.show(job, tasks=0))  # asked for: every task
-    assert len(everything["layer_list"][0]["task_list"]) == TASKS and keys >= TASKS
+    keys, everything = store.reads(lambda: client.show(job, tasks=0))  # asked for: every task (in its chunks)
+    assert len(everything["layer_list"][0]["task_list"]) == TASKS and keys >= store.count(client.keys.chunks("tester"))
 
 
 def _sent_bytes(etcd: EtcdServer) -> float:
@@ -115,8 +116,10 @@ def test_cli_api_and_web_page_read_a_bounded_share_of_a_big_job(big, etcd, names
 def test_post_leaves_default_fields_out_and_views_put_them_back(client: Client):
     job = client.post({"name": "lean", "layers": [{"tasks": [{"cmd": ["true"]},
                                                              {"cmd": ["env"], "env": {"A": "1"}, "priority": 3}]}]})
-    stored = codec.unpack(client.store.get(client.keys.task("tester", f"{job}.0.0")).value)
-    assert stored["state"] == "QUEUED" and not set(UNSTORED_DEFAULTS) & set(stored)
+    [chunk] = client.store.scan(client.keys.chunk("tester", f"{job}.0"))[0]
+    stored = codec.unpack(chunk.value)["specs"]
+    assert stored == [{"cmd": ["true"]}, {"cmd": ["env"], "env": {"A": "1"}, "priority": 3}], \
+        "a chunk holds what each task has that a fresh one has not"
     shown = client.task(f"{job}.0.0")
     assert {name: shown[name] for name in UNSTORED_DEFAULTS} == UNSTORED_DEFAULTS
     other = client.show(job)["layer_list"][0]["task_list"][1]

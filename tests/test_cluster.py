@@ -188,10 +188,9 @@ def test_a_claim_whose_reply_was_lost_is_handed_back(client: Client, shared_etcd
     job = client.post({"name": "stray", "layers": [{"tasks": [shell(f"echo ran >> {tmp_path / 'ran.txt'}")]}]})
     info = codec.unpack(client.store.get(client.keys.node(node.name)).value)
     lease = int(info["lease"], 16)
-    kv = client.store.get(client.keys.task(client.user, f"{job}.0.0"))
+    task, kv = client.board.load_task(client.user, f"{job}.0.0")  # no key yet: what its chunk gives
     # a claim on the node's lease that the node never made: what a lost reply leaves behind
-    [held], _ = Claims(client.store, client.keys, node.name).claim([Ready(codec.unpack(kv.value), kv.mod_revision)],
-                                                                    lease)
+    [held], _ = Claims(client.store, client.keys, node.name).claim([Ready(task, kv.mod_revision)], lease)
     wait_for(lambda: "never started" in node.log(), 10, what="the node handed the stray claim back")
     assert client.wait(job, timeout=20)["state"] == "COMPLETED"
     assert (tmp_path / "ran.txt").read_text() == "ran\n"

@@ -3,10 +3,10 @@ with real claims and fenced finishes."""
 from __future__ import annotations
 
 from conductor import codec, counts, spec, states
-from conductor.claims import Claims, Outcome, Ready
+from conductor.claims import Claims, Outcome
 from conductor.client import Client
 from conductor.lifecycle import Cause
-from harness import live_lease
+from harness import live_lease, tasks_in
 
 
 def test_change_merge_and_total():
@@ -26,8 +26,7 @@ def test_change_merge_and_total():
 
 
 def _claim_all(client: Client, claims: Claims, lease: int) -> list:
-    ready = [Ready(t, kv.mod_revision) for kv in client.store.scan(client.keys.task("u"))[0]
-             if (t := codec.unpack(kv.value))["state"] == "QUEUED"]
+    ready = tasks_in(client.store, client.keys, "QUEUED")
     held = []
     for start in range(0, len(ready), 16):
         got, _ = claims.claim(ready[start:start + 16], lease)

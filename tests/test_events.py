@@ -209,7 +209,8 @@ def test_ids_filter_and_bad_input(client, shared_etcd, tmp_path):
     wait_for(lambda: any((r["reason"] or "").startswith("paused by") for r in reader.records), 20,
              what="the layer's history was replayed up to its pause")
     reader.stop()
-    assert {r["id"] for r in reader.records} == {f"{job}.0", f"{job}.0.0", f"{job}.0.1"}
+    # its tasks never ran nor were changed: they have no key yet, so no transition (conductor/chunks.py)
+    assert {r["id"] for r in reader.records} == {f"{job}.0"}
     assert [r["reason"] for r in reader.records if r["id"] == f"{job}.0"][-1].startswith("paused by")
     for args, word in ((["--since", "0"], "--since"), (["nosuchjob!"], "id")):
         run = conductor_cli("events", *args, "--etcd", shared_etcd.endpoint, "--namespace", ns, "--user", "tester")

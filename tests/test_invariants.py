@@ -102,14 +102,18 @@ def test_a_big_job_is_never_seen_half_written(client: Client):
     follower = store.follow(keys.objects("tester"), Recorder())
     done.wait(5)
     n = 700
-    job = client.post({"name": "big", "layers": [{"tasks": [{"cmd": ["true", str(i)]} for i in range(n)]},
+    bulky = {"BULK": "x" * 3000}  # 2 MB of tasks in all: more than one request
+    job = client.post({"name": "big", "layers": [{"tasks": [{"cmd": ["true", str(i)], "env": bulky} for i in range(n)]},
                                                  {"tasks": [{"cmd": ["true"]}]}]})
     wait_for(lambda: any(k.endswith(f"/jobs/{job}") for k, _ in seen), 10)
     follower.stop()
     job_rev = min(r for k, r in seen if k.endswith(f"/jobs/{job}"))
-    task_revs = {k: r for k, r in seen if "/tasks/" in k and r < job_rev}
-    assert len(task_revs) == n + 1, "every task was written before the job appeared"
-    assert len({r for r in task_revs.values()}) > 1, "the job was split into several transactions"
+    chunk_revs = {k: r for k, r in seen if "/chunks/" in k}
+    assert chunk_revs and max(chunk_revs.values()) < job_rev, "every chunk was written before the job appeared"
+    assert len(set(chunk_revs.values())) > 1, "the job was split into several transactions"
+    specs = sum(len(codec.unpack(store.get(k).value)["specs"]) for k in chunk_revs)
+    assert specs == n + 1, "the chunks hold every task"
+    assert not any("/tasks/" in k for k, _ in seen), "no task has a key before it runs"
     assert client.job(job)["tasks"] == n + 1
     assert len(tasks_in(store, keys, states.QUEUED, client.user, job + ".0.")) == n, "its first layer was queued after"
 
@@ -183,15 +187,14 @@ def test_paused_job_is_not_claimed(client: Client):
     store, keys, board = client.store, client.keys, client.board
     job = board.post(spec.validate_job({"name": "p", "paused": True, "layers": [{"tasks": [{"cmd": ["true"]}]}]}), "u")
     assert ready_entries(store, keys) == [], "nothing of a paused job is queued"
-    assert codec.unpack(store.get(keys.task("u", f"{job}.0.0")).value)["state"] == states.PENDING
+    assert board.load_task("u", f"{job}.0.0")[0]["state"] == states.PENDING
 
 
 def test_values_keep_unknown_fields(client: Client):
     store, keys, board = client.store, client.keys, client.board
     job = one_task_job(board)
     key = keys.task("u", f"{job}.0.0")
-    kv = store.get(key)
-    value = codec.unpack(kv.value)
+    value = board.load_task("u", f"{job}.0.0")[0]  # what its chunk gives: written as its key
     value["from_the_future"] = {"x": 1}
     store.txn([], [Put(key, codec.pack(value))])
     claims, lease = Claims(store, keys, "n"), live_lease(store, keys, 10)

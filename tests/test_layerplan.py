@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from conductor import batch, board, codec, model, states
+from conductor import batch, board, chunks, codec, model, states
 from conductor.board import Board
 from conductor.keys import Keys
 from conductor.layerplan import LayerCounts, Message, Plan, Transition, plan
@@ -55,7 +55,7 @@ def test_first_plan_starts_the_lowest_order_and_changes_nothing_it_was_given():
     p = plan(job, layers, {}, "n", NOW)
     assert (job, layers) == before, "the plan must not change its inputs"
     assert p.started == (Transition(0, states.RUNNING, "every layer of lower order is done"),)
-    assert p.ended == () and p.layers[0]["started"] == NOW and p.layers[0]["enqueued"] is False
+    assert p.ended == () and p.layers[0]["started"] == NOW and p.layers[0]["enqueued"] is True
     assert p.job["state"] == states.RUNNING and p.job_reason == "a layer started" and p.job["started"] == NOW
     assert p.job["layers"][0]["state"] == states.RUNNING and p.active is None
     assert p.layers[0]["records"][-1] == {"state": states.RUNNING, "reason": "every layer of lower order is done",
@@ -235,19 +235,20 @@ def bulky_tasks(count: int, env_bytes: int = 24 * 1024) -> list[dict[str, Any]]:
     return tasks
 
 
-def test_queueing_a_layer_of_bulky_tasks_is_grouped_to_fit_etcd():
-    """80 (and 200) tasks of 24 KB env each: one txn would be over 1.5 MiB; every group fits."""
+def test_a_layer_of_bulky_tasks_is_posted_in_chunks_that_fit_etcd():
+    """80 (and 200) tasks of 24 KB env each: one request could not hold them; every chunk is a
+    separate key of at most CHUNK_BYTES of specs, and the chunks go in groups that fit."""
     b = Board(None, Keys("/x/"))  # type: ignore[arg-type]  # building ops reads nothing
+    _, layers = job_of({}, {"n": 200})
     for count in (80, 200):
         tasks = bulky_tasks(count)
-        items = [b._queue_item("u", task, 7, "n") for task in tasks]
-        assert not batch.fits([op for i in items for op in i.ops]), "the whole layer must not fit in one txn"
-        groups = list(batch.fit(items))
-        assert sum(len(g.items) for g in groups) == count and len(groups) > 1
-        for g in groups:
-            assert batch.fits(g.ops, g.compare)
-            assert len(g.ops) <= batch.MAX_TXN_OPS and len(g.compare) <= batch.MAX_TXN_OPS
-            assert sum(batch.op_size(op) for op in g.ops) <= batch.REQUEST_BUDGET < batch.MAX_REQUEST_BYTES
-        queued = [codec.unpack(g.ops[0].value) for g in groups]
-        assert all(t["state"] == states.QUEUED for t in queued)
-    assert all(t["state"] == states.PENDING for t in tasks), "queueing works on copies"
+        ops = b._chunk_ops([layers[1]], [tasks])
+        assert not batch.fits(ops), "the whole layer must not fit in one txn"
+        values = [codec.unpack(op.value) for op in ops]
+        assert sum(len(v["specs"]) for v in values) == count and [v["first"] for v in values] == sorted(
+            v["first"] for v in values)
+        assert all(batch.op_size(op) <= chunks.CHUNK_BYTES + 1024 for op in ops)
+        groups = list(batch.fit(batch.Item([op]) for op in ops))
+        assert len(groups) > 1 and all(batch.fits(g.ops, g.compare) for g in groups)
+        assert values[0]["specs"][0]["env"] == {"BIG": "x" * 24 * 1024}, "a chunk keeps what a task has of its own"
+    assert all(t["state"] == states.PENDING for t in tasks), "posting works on copies"

@@ -13,7 +13,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from conductor import metrics
-from conductor.cache import ReadyQueue
+from conductor.readyqueue import ReadyQueue
 from conductor.claims import Ready
 from conductor.client import Client
 from harness import EtcdServer, free_port, wait_for

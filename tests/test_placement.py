@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conductor import spec
-from conductor.cache import ReadyQueue
+from conductor.readyqueue import ReadyQueue
 from conductor.claims import Ready
 from conductor.client import Client
 from conductor.errors import InvalidSpec

@@ -235,7 +235,9 @@ def test_a_failed_claim_drops_only_the_ready_revision_it_compared():
     def put(rev: int, **more: object) -> Event:
         return Event("put", KV(keys.task("u", "j.0.0"), codec.pack({**task, **more}), 1, rev, 1))
 
-    cache.reset([], 1)
+    layer = {"id": "j.0", "job": "j", "index": 0, "user": "u", "state": "RUNNING", "tasks": 1}
+    cache.reset([KV(keys.job("u", "j"), codec.pack({"id": "j"}), 1, 1, 1),
+                 KV(keys.layer("u", "j.0"), codec.pack(layer), 1, 1, 1)], 1)  # a running layer
     cache.events([put(40)], 40)
     cache.events([put(41, state="RUNNING", lease="00000000000000aa"), put(58)], 58)
     cache.drop({"j.0.0": 40})  # the claim compared revision 40: stale, but 58 is live

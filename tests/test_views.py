@@ -171,7 +171,7 @@ def test_add_task_with_the_current_etag_succeeds_and_a_stale_one_is_refused(clie
     assert run.returncode == 5, run.stderr
     layer = client.show(f"{job}.1")
     assert layer["tasks"] == 2 and len(layer["task_list"]) == 2, "nothing was added"
-    assert client.store.count(client.keys.task("tester", f"{job}.1.")) == 2, "nothing was staged either"
+    assert client.store.count(client.keys.chunk("tester", f"{job}.1")) == 2, "nothing was staged either (a chunk each)"
 
 
 def test_a_secret_in_a_layer_env_is_filled_at_run_time_masked_and_removed_by_gc(client, shared_etcd, start_nodes):
