@@ -314,8 +314,11 @@ def _cmd(task: dict[str, Any], where: str, shell: bool) -> list[str]:
     return argv
 
 
-def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int = 0) -> dict[str, Any]:
-    """One task map -> normalised task spec (raises InvalidSpec naming ``where``)."""
+def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int = 0,
+                  sized: bool = True) -> dict[str, Any]:
+    """One task map -> normalised task spec (raises InvalidSpec naming ``where``). ``sized`` False
+    leaves out the size cap: a whole job's tasks are held to it where their stored values are
+    built (conductor/footprint.py, which post and ``conductor check`` both run)."""
     if not isinstance(task, dict):
         raise InvalidSpec(where, f"must be a map with at least 'cmd', not a {_kind(task)}")
     _unknown(task, TASK_FIELDS, where)
@@ -343,7 +346,7 @@ def validate_task(task: Any, where: str, inherited: dict[str, Any], number: int 
     out.update({name: merged[name] for name in FLOW_FIELDS if merged.get(name) is not None})
     for name in KEY_FIELDS & set(merged):
         out[name] = dict(merged[name])
-    size = len(json.dumps(out))  # tasks added later (add-task, spawn files) are held to the cap too
+    size = len(json.dumps(out)) if sized else 0  # tasks added later (add-task, spawn files): here
     if size > MAX_VALUE_BYTES:
         raise InvalidSpec(where, f"is {_bytes(size)} as JSON; one task may be at most {_bytes(MAX_VALUE_BYTES)}")
     return out
@@ -369,7 +372,7 @@ def validate_layer(layer: Any, where: str, index: int, inherited: dict[str, Any]
         "paused": _bool(layer.get("paused", False), f"{where}.paused"),
         "on_error": on_error,
         "defaults": defaults,  # what tasks added later (add-task, spawn files) inherit
-        "tasks": [validate_task(t, f"{where}.tasks[{i}]", defaults, i) for i, t in enumerate(tasks)],
+        "tasks": [validate_task(t, f"{where}.tasks[{i}]", defaults, i, sized=False) for i, t in enumerate(tasks)],
     }
     _unique([t["name"] for t in out["tasks"]], f"{where}.tasks", "task")
     share = flow.parse_share(layer.get("min_success"), f"{where}.min_success")
