@@ -38,6 +38,7 @@ class Chunked:
         self.ranges: dict[int, list[tuple[int, int]]] = {}  # priority -> sorted (first, end) ranges
         self.left: dict[int, int] = {}  # priority -> numbers not taken
         self.taken: set[int] = set()
+        self._cursor: dict[int, tuple[int, int]] = {}  # priority -> (range, number) before which all are taken
         self._specs: OrderedDict[int, list[Value]] = OrderedDict()  # a few chunks unpacked
 
     def add(self, first: int, specs: list[Value], raw: bytes) -> bool:
@@ -63,6 +64,7 @@ class Chunked:
 
     def _range(self, priority: int, first: int, end: int) -> None:
         bisect.insort(self.ranges.setdefault(priority, []), (first, end))
+        self._cursor.pop(priority, None)  # a range may have come in front of it
         self.left[priority] = self.left.get(priority, 0) + end - first
 
     def _chunk_of(self, number: int) -> int | None:
@@ -110,11 +112,25 @@ class Chunked:
         return Ready(task, 0, task["id"])
 
     def numbers(self, priority: int) -> Iterator[int]:
-        """The untaken numbers of one priority, in order."""
-        for first, end in self.ranges.get(priority, []):
-            for n in range(first, end):
+        """The untaken numbers of one priority, in order. A number once taken stays taken (a task
+        key is not deleted while its layer runs), so the taken ones in front are passed once: the
+        next call starts after them (a new chunk of this priority starts it over)."""
+        ranges = self.ranges.get(priority, [])
+        at, n = self._cursor.get(priority, (0, 0))
+        leading = True
+        while at < len(ranges):
+            first, end = ranges[at]
+            n = max(n, first)
+            while n < end:
                 if n not in self.taken:
+                    if leading:
+                        self._cursor[priority] = (at, n)
+                        leading = False
                     yield n
+                n += 1
+            at += 1
+        if leading:
+            self._cursor[priority] = (at, n)
 
 
 class ReadyQueue:

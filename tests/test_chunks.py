@@ -52,9 +52,15 @@ def test_a_running_layer_offers_its_keyless_tasks_best_priority_first_and_not_ta
     c.take(1001)
     assert c.left == {0: 1004, 5: 4}
     assert list(c.numbers(5)) == [1003, 1005, 1007, 1009]
+    for n in range(0, 900):
+        c.take(n)
+    assert next(c.numbers(0)) == 900 and next(c.numbers(0)) == 900, "the taken ones in front, passed once"
+    more = [{"cmd": ["true"]}] * 5
+    c.add(2000, more, chunks.value(2000, more))
+    assert list(c.numbers(0))[-5:] == list(range(2000, 2005)) and next(c.numbers(0)) == 900
     entry = c.entry(1003)
     assert entry.mod_revision == 0 and entry.task["priority"] == 5 and entry.task["state"] == states.QUEUED
-    assert not c.has(3) and c.has(4) and not c.has(1010)
+    assert not c.has(3) and c.has(904) and not c.has(1010)
 
 
 def test_queued_starts_a_layer_once_its_job_is_seen_and_parks_its_keys_before():
