@@ -53,6 +53,19 @@ def free_port():
     raise RuntimeError("no free port")
 
 
+def cluster_from_args(tag, doc=None):
+    """(args, Cluster) for a workload script: positional N and CONCURRENCY, then :func:`add_args`'s
+    options; the cluster is not started (use it as a context manager, then ``start()``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("n", type=int)
+    ap.add_argument("concurrency", type=int)
+    add_args(ap)
+    a = ap.parse_args()
+    return a, Cluster(tag, a.concurrency, slots=a.slots, ttl=a.ttl, node_dir=a.node_dir)
+
+
 def add_args(ap):
     """Options every conductor script takes (positional N and CONCURRENCY come first)."""
     ap.add_argument("--slots", default="1",
